@@ -1,0 +1,1 @@
+"""kedit: lifelong knowledge editing for language models, as a library, a CLI and a service."""

@@ -1,0 +1,21 @@
+"""`kedit`: the command line. Each area registers its own commands below."""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="kedit",
+    help="Lifelong knowledge editing for language models (ENCORE, MEMIT, AlphaEdit).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# --- command registration (one line per area; each module defines register(app)) ---
+from app.editing.cli import register as _register_editing  # noqa: E402
+
+_register_editing(app)
+# --- end of command registration ---
+
+
+def main() -> None:
+    app()

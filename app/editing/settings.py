@@ -1,0 +1,111 @@
+"""Editing hyper-parameters: one typed object, three methods, named presets.
+
+ENCORE, MEMIT and AlphaEdit differ only in these numbers (design.md §3):
+- MEMIT:     lambda_n = 0, MPES off.
+- ENCORE:    lambda_n > 0 (the Frobenius-norm constraint), MPES on.
+- AlphaEdit: keys projected onto the null space of C₀ (nullspace_threshold set),
+             lambda_p = 0, lambda_n is its ridge term, MPES off.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["encore", "memit", "alphaedit"]
+
+
+class EditSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Method = "encore"
+    layers: tuple[int, ...] = Field(description="edited MLP down-projections, ascending")
+
+    # Step 1: target vectors z* = z + δ at the last edited layer.
+    lr: float = Field(0.5, gt=0, description="Adam learning rate for δ")
+    max_steps: int = Field(25, ge=1, le=1000, description="at most this many forward passes per fact")
+    clamp_norm_factor: float = Field(0.75, gt=0, description="hard clamp ‖δ‖ ≤ c·‖z‖")
+    kl_factor: float = Field(0.0625, ge=0, description="weight of KL('{subject} is a') to the unedited model")
+    delta_penalty: float = Field(0.5, ge=0, description="weight of ‖δ‖/‖z‖²")
+    mpes_margin: int = Field(
+        1, ge=0, description="MPES: stop once the target was top-1 everywhere 1+margin times; 0 turns MPES off"
+    )
+    loss_stop: float = Field(5e-2, ge=0, description="stop a fact's optimisation when its loss falls below this")
+    n_prefixes: int = Field(5, ge=0, le=5, description="generated context prefixes ('The …', 'Therefore …', …)")
+    prefix_tokens: int = Field(10, ge=2, le=40, description="length of each generated prefix, in tokens")
+
+    # Step 2: the closed-form update per layer.
+    lambda_p: float = Field(15000.0, ge=0, description="weight of the key second moment C₀ (preservation)")
+    lambda_n: float = Field(20.0, ge=0, description="Frobenius-norm constraint λn·I (AlphaEdit: its ridge)")
+    preserve_previous: bool = Field(True, description="add Σ K_prev K_prevᵀ of earlier edits to the solve")
+    nullspace_threshold: float | None = Field(
+        None, gt=0, description="AlphaEdit: project onto eigenvectors of C₀ with eigenvalue below this"
+    )
+
+    # Key statistics C₀ = E[k kᵀ].
+    stats_tokens: int = Field(150_000, ge=1000, description="token budget for C₀")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EditSettings":
+        if not self.layers:
+            raise ValueError("layers must name at least one layer")
+        if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
+            raise ValueError(f"layers must be distinct, ascending and non-negative, got {list(self.layers)}")
+        if self.method == "alphaedit" and self.nullspace_threshold is None:
+            raise ValueError("alphaedit needs nullspace_threshold")
+        if self.method != "alphaedit" and self.nullspace_threshold is not None:
+            raise ValueError("nullspace_threshold is only used by alphaedit")
+        return self
+
+    @property
+    def last_layer(self) -> int:
+        return self.layers[-1]
+
+
+def _llama3_8b(method: Method) -> EditSettings:
+    # The authors' published settings (hparams/{ENCORE,AlphaEdit}/llama3-8b.json).
+    base = dict(layers=(4, 5, 6, 7, 8), lambda_p=15000.0, clamp_norm_factor=0.75, kl_factor=0.0625, delta_penalty=0.5)
+    if method == "encore":
+        return EditSettings(method="encore", lambda_n=20.0, mpes_margin=1, lr=0.5, max_steps=25, **base)
+    if method == "memit":
+        return EditSettings(method="memit", lambda_n=0.0, mpes_margin=0, lr=0.5, max_steps=25, **base)
+    return EditSettings(
+        method="alphaedit", lambda_n=10.0, mpes_margin=0, lr=0.1, max_steps=25,
+        nullspace_threshold=2e-2, **{**base, "lambda_p": 0.0},
+    )
+
+
+def _gpt2_xl(method: Method) -> EditSettings:
+    # hparams/ENCORE/gpt2-xl.json: layers 13–17, λp 20000, λn 10, prob_cutoff −4 (margin +3).
+    base = dict(layers=(13, 14, 15, 16, 17), lambda_p=20000.0, clamp_norm_factor=0.75, max_steps=20, lr=0.5)
+    if method == "encore":
+        return EditSettings(method="encore", lambda_n=10.0, mpes_margin=3, **base)
+    if method == "memit":
+        return EditSettings(method="memit", lambda_n=0.0, mpes_margin=0, **base)
+    return EditSettings(method="alphaedit", lambda_n=10.0, mpes_margin=0, nullspace_threshold=2e-2,
+                        **{**base, "lambda_p": 0.0})
+
+
+def _smollm2(method: Method) -> EditSettings:
+    # Chosen by measurement on the shared CounterFact data: see benchmarks/sweep.py and
+    # benchmarks/results/. Start point was the Llama settings with the layers kept.
+    base = dict(layers=(4, 5, 6, 7, 8), lambda_p=15000.0, clamp_norm_factor=0.75)
+    if method == "encore":
+        return EditSettings(method="encore", lambda_n=20.0, mpes_margin=1, **base)
+    if method == "memit":
+        return EditSettings(method="memit", lambda_n=0.0, mpes_margin=0, **base)
+    return EditSettings(method="alphaedit", lambda_n=10.0, mpes_margin=0, lr=0.1, nullspace_threshold=2e-2,
+                        **{**base, "lambda_p": 0.0})
+
+
+PRESETS = {"smollm2": _smollm2, "llama3-8b": _llama3_8b, "gpt2-xl": _gpt2_xl}
+
+
+def preset(name: str = "smollm2", method: Method = "encore", **overrides) -> EditSettings:
+    """Settings for a named model family and method, with any field overridden."""
+    try:
+        make = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    # Rebuilt rather than copied so that overrides are validated too.
+    return EditSettings(**{**make(method).model_dump(), **overrides})
