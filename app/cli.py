@@ -14,6 +14,9 @@ app = typer.Typer(
 from app.editing.cli import register as _register_editing  # noqa: E402
 
 _register_editing(app)
+from app.eval.cli import register as _register_eval  # noqa: E402
+
+_register_eval(app)
 # --- end of command registration ---
 
 

@@ -1,0 +1,96 @@
+"""Run checkpoints on disk: editor state as safetensors + JSON (never pickle), plus progress.
+
+Layout of DIR/checkpoint/:
+  editor.safetensors  every tensor of `editor.state_dict()`, under a path-like key
+  editor.json         the rest of the state, with {"__tensor__": key} where a tensor was
+  progress.json       the runner's progress (batches done, timings, norms, scores so far)
+
+A checkpoint is written to DIR/checkpoint.tmp and then renamed into place, so an
+interruption while writing leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def flatten_state(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested state (dicts, lists, tuples, tensors, JSON scalars) into a JSON
+    skeleton and a flat {key: tensor} map. Dict keys may be str, int, float, bool or None."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(x: Any, path: str) -> Any:
+        if isinstance(x, torch.Tensor):
+            key = path or "root"
+            tensors[key] = x.detach().cpu().contiguous().clone()
+            return {"__tensor__": key}
+        if isinstance(x, dict):
+            items = []
+            for k, v in x.items():
+                if not isinstance(k, (str, int, float, bool)) and k is not None:
+                    raise TypeError(f"state key {k!r} at {path or 'root'} is not a JSON scalar")
+                items.append([k, walk(v, f"{path}.{k}" if path else str(k))])
+            return {"__dict__": items}
+        if isinstance(x, tuple):
+            return {"__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(x)]}
+        if isinstance(x, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(x)]
+        if x is None or isinstance(x, (str, int, float, bool)):
+            return x
+        raise TypeError(f"cannot store a {type(x).__name__} at {path or 'root'} (tensors and JSON values only)")
+
+    return walk(obj, ""), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__dict__" in skeleton:
+            return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
+        if "__tuple__" in skeleton:
+            return tuple(unflatten_state(v, tensors) for v in skeleton["__tuple__"])
+        raise ValueError(f"unknown entry in a state skeleton: {sorted(skeleton)}")
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def save_checkpoint(out_dir: Path | str, editor_state: Any, progress: dict) -> Path:
+    out_dir = Path(out_dir)
+    final, tmp, old = out_dir / CHECKPOINT_DIR, out_dir / f"{CHECKPOINT_DIR}.tmp", out_dir / f"{CHECKPOINT_DIR}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    skeleton, tensors = flatten_state(editor_state)
+    save_file(tensors, str(tmp / "editor.safetensors"))
+    (tmp / "editor.json").write_text(json.dumps(skeleton))
+    (tmp / "progress.json").write_text(json.dumps(progress))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(out_dir: Path | str) -> tuple[Any, dict]:
+    """(editor state, progress) of the last checkpoint in `out_dir`."""
+    out_dir = Path(out_dir)
+    ckpt = out_dir / CHECKPOINT_DIR
+    if not ckpt.exists() and (out_dir / f"{CHECKPOINT_DIR}.old").exists():
+        ckpt = out_dir / f"{CHECKPOINT_DIR}.old"  # interrupted between the two renames
+    if not (ckpt / "progress.json").exists():
+        raise FileNotFoundError(
+            f"{out_dir} has no checkpoint to resume from; start the run with --checkpoint-every K so it writes one"
+        )
+    tensors = load_file(str(ckpt / "editor.safetensors"))
+    state = unflatten_state(json.loads((ckpt / "editor.json").read_text()), tensors)
+    return state, json.loads((ckpt / "progress.json").read_text())

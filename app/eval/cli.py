@@ -1,0 +1,211 @@
+"""`kedit eval`: run the sequential evaluation, resume it, compare runs.
+
+    kedit eval --dataset counterfact --records 200 --batch-size 100 --method encore --out runs/encore
+    kedit eval run ...                 (the same, spelled as a subcommand)
+    kedit eval --resume runs/encore    (continue from the last checkpoint)
+    kedit eval compare runs/encore runs/memit
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from app.eval.checkpoint import CHECKPOINT_DIR
+from app.eval.data import DataFormatError, load_dataset
+from app.eval.health import HealthConfig
+from app.eval.paths import default_data_path
+from app.eval.runner import RUN_FILE, SUMMARY_FILE, RunOptions, resume_from, run_eval
+
+console = Console(stderr=True)
+
+eval_app = typer.Typer(
+    help=(
+        "Sequential knowledge-editing evaluation (design.md §4). Edits the first N records of a CounterFact "
+        "or zsRE file in batches of B on one model, scores the unedited model and the edited one (ES/PS/NS/S/GE, "
+        "or zsRE token accuracies), records seconds per edit and the norm of every edited matrix, and writes "
+        "DIR/summary.json with scores.png, norms.png and health.png. See docs/eval.md."
+    ),
+    no_args_is_help=True,
+    invoke_without_command=True,
+)
+
+
+class DatasetName(str, Enum):
+    counterfact = "counterfact"
+    counterfact_extra = "counterfact-extra"
+    zsre = "zsre"
+
+
+class MethodName(str, Enum):
+    encore = "encore"
+    memit = "memit"
+    alphaedit = "alphaedit"
+
+
+class ZsreTargetName(str, Enum):
+    answers = "answers"
+    alt = "alt"
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            _fail(f"--set expects NAME=VALUE (e.g. --set lambda_n=10), got {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+        if isinstance(out[k.strip()], list):
+            out[k.strip()] = tuple(out[k.strip()])
+    return out
+
+
+def _run_main(
+    ctx: typer.Context,
+    dataset: DatasetName = typer.Option(DatasetName.counterfact, help="which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, 20,790 edits), zsre"),
+    data: Optional[Path] = typer.Option(None, help="evaluation file; default: the shared file for --dataset under ../shared/data ($KEDIT_DATA_DIR overrides). Its format is detected from its fields"),
+    records: Optional[int] = typer.Option(None, min=1, help="edit the first N records (default: all)"),
+    batch_size: int = typer.Option(100, min=1, help="edits per batch; batches are applied one after another"),
+    method: MethodName = typer.Option(MethodName.encore, help="editing method (a preset of EditSettings)"),
+    preset: str = typer.Option("smollm2", help="settings family: smollm2, llama3-8b, gpt2-xl"),
+    set_: list[str] = typer.Option([], "--set", help="override one EditSettings field, NAME=VALUE (JSON value); repeatable, e.g. --set lambda_n=10 --set 'layers=[4,5,6]'"),
+    model: Optional[str] = typer.Option(None, help="Hugging Face model folder or .gguf (default: SmolLM2-135M-Instruct)"),
+    checkpoint_every: Optional[int] = typer.Option(None, min=1, help="every K batches: score the facts edited so far, measure model health, save a checkpoint for --resume"),
+    checkpoint_sample: Optional[int] = typer.Option(None, min=1, help="score at most M edited facts at a checkpoint (a fixed seeded sample); the final scores use all"),
+    generation_samples: int = typer.Option(50, min=1, help="CounterFact GE: number of texts generated from the records' generation prompts"),
+    health: bool = typer.Option(True, help="measure WikiText perplexity and generation entropy (unedited, checkpoints, end)"),
+    ppl_tokens: int = typer.Option(4096, min=64, help="tokens of the WikiText-103 validation slice scored for perplexity"),
+    zsre_target: ZsreTargetName = typer.Option(ZsreTargetName.answers, help="zsRE edit target: 'answers' (answers[0], as in the MEMIT/ENCORE code) or 'alt'"),
+    score_batch_size: int = typer.Option(32, min=1, help="sequences per forward pass when scoring"),
+    seed: int = typer.Option(0, help="seed for generation sampling, checkpoint samples and the editor's prefixes"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    cache_dir: Optional[Path] = typer.Option(None, help="model/key-statistics cache (default $KEDIT_CACHE_DIR or ~/.cache/kedit)"),
+    out: Optional[Path] = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint (other options are taken from its run.json)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Run (or resume) a sequential editing evaluation."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if resume is not None:
+        _resume(resume, progress)
+        return
+    if out is None:
+        _fail("give --out DIR (where summary.json and the plots go), or --resume DIR")
+    if (out / CHECKPOINT_DIR).exists() and not (out / SUMMARY_FILE).exists():
+        _fail(f"{out} holds an unfinished run: continue it with `kedit eval --resume {out}` or choose another --out")
+    config = {
+        "dataset": dataset.value, "data": str(data or default_data_path(dataset.value)), "records": records,
+        "batch_size": batch_size, "method": method.value, "preset": preset, "overrides": _parse_overrides(set_),
+        "model": model, "checkpoint_every": checkpoint_every, "checkpoint_sample": checkpoint_sample,
+        "generation_samples": generation_samples, "health": health, "ppl_tokens": ppl_tokens,
+        "zsre_target": zsre_target.value, "score_batch_size": score_batch_size, "seed": seed, "device": device,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _execute(config, out, progress, resume=False)
+
+
+def _load_inputs(config: dict):
+    from app.editing.settings import preset as make_preset
+
+    try:
+        ds = load_dataset(config["data"], zsre_target=config["zsre_target"], limit=config["records"])
+    except DataFormatError as e:
+        _fail(str(e))
+    wanted = "zsre" if config["dataset"] == "zsre" else "counterfact"
+    if ds.kind != wanted:
+        _fail(f"{config['data']} holds {ds.format} records but --dataset is {config['dataset']}; pass --dataset {ds.kind}")
+    try:
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config["overrides"].items()}
+        settings = make_preset(config["preset"], config["method"], **overrides)
+    except Exception as e:  # pydantic's message names the field and the problem
+        _fail(f"bad settings: {e}")
+    options = RunOptions(
+        batch_size=config["batch_size"], checkpoint_every=config["checkpoint_every"],
+        checkpoint_sample=config["checkpoint_sample"], generation_samples=config["generation_samples"],
+        score_batch_size=config["score_batch_size"], seed=config["seed"],
+        health=HealthConfig(ppl_tokens=config["ppl_tokens"], seed=config["seed"]) if config["health"] else None,
+    )
+    return ds, settings, options
+
+
+def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
+    from app.editing.model import load_model
+    from app.editing.stats import load_key_stats
+
+    ds, settings, options = _load_inputs(config)
+    if not resume:
+        (out / RUN_FILE).write_text(json.dumps(config, indent=1))
+    console.print(f"loading model {config['model'] or 'SmolLM2-135M-Instruct'} …")
+    lm = load_model(config["model"], cache_dir=config["cache_dir"], device=config["device"])
+    needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
+    key_stats = load_key_stats(lm, settings, cache_dir=config["cache_dir"]) if needs_stats else None
+    run_info = {"dataset": config["dataset"], "data": config["data"], "format": ds.format, "model": lm.name,
+                "preset": config["preset"], "command": config}
+    if resume:
+        summary = resume_from(out, lm, settings, ds.records, options, key_stats=key_stats, run_info=run_info,
+                              progress=progress)
+    else:
+        summary = run_eval(lm, settings, ds.records, options=options, key_stats=key_stats, out_dir=out,
+                           run_info=run_info, progress=progress)
+    _report(summary, out)
+
+
+def _resume(run_dir: Path, progress: bool) -> None:
+    if not (run_dir / RUN_FILE).exists():
+        _fail(f"{run_dir / RUN_FILE} not found: --resume needs the --out folder of a run started with --checkpoint-every")
+    if not (run_dir / CHECKPOINT_DIR).exists():
+        _fail(f"{run_dir} has no checkpoint yet: start again, with --checkpoint-every K so checkpoints are written")
+    config = json.loads((run_dir / RUN_FILE).read_text())
+    _execute(config, run_dir, progress, resume=True)
+
+
+def _report(summary: dict, out: Path) -> None:
+    from app.eval.compare import compare_rows
+    from rich.table import Table
+
+    header, rows = compare_rows([summary], [out.name])
+    table = Table(title=f"{out}: final scores (unedited model in brackets)")
+    for h in header:
+        table.add_column(h)
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+    console.print(f"wrote {out / SUMMARY_FILE} and the plots in {out}")
+
+
+eval_app.callback(invoke_without_command=True)(_run_main)
+eval_app.command("run", help="Run (or resume) a sequential editing evaluation; the same options as `kedit eval`.")(_run_main)
+
+
+@eval_app.command("compare")
+def compare_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="--out folders of finished runs"),
+    out: Optional[Path] = typer.Option(None, help="plot path (default: compare.png next to the first run folder)"),
+) -> None:
+    """Overlay several runs (e.g. ENCORE vs MEMIT vs AlphaEdit) in one plot and one table."""
+    from app.eval.compare import compare
+
+    try:
+        table, path = compare(run_dirs, out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    Console().print(table)
+    console.print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")

@@ -1,0 +1,64 @@
+"""`kedit eval compare DIR…`: several finished runs in one table and one overlaid plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from rich.table import Table
+
+from app.eval.plots import COMPARE_PNG, kind_of, plot_compare
+from app.eval.runner import SUMMARY_FILE
+
+
+def load_summary(run_dir: Path | str) -> dict:
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.exists():
+        hint = " (the run was interrupted: continue it with `kedit eval --resume DIR`)" if (Path(run_dir) / "checkpoint").exists() else ""
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} the --out folder of a finished `kedit eval` run?{hint}")
+    return json.loads(path.read_text())
+
+
+def _cell(value, fmt: str = "{:.1f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (plain strings, also used by tests)."""
+    kinds = {kind_of(s) for s in summaries}
+    score_keys = (["es", "ps", "ns", "s", "ge"] if "counterfact" in kinds else []) + (
+        ["edit_acc", "paraphrase_acc", "locality_acc", "locality_kept"] if "zsre" in kinds else [])
+    header = ["run", "method", "edits"] + score_keys + ["s/edit", "max growth %", "ppl (unedited)"]
+    rows = []
+    for s, label in zip(summaries, labels):
+        growth = [rows_[-1]["growth"] for rows_ in s.get("norms", {}).values() if rows_]
+        base_ppl = s.get("baseline", {}).get("perplexity")
+        ppl = (s.get("health") or {}).get("perplexity")
+        row = [label, s.get("settings", {}).get("method", "?"), str(s.get("edits", "?"))]
+        for k in score_keys:
+            v, b = s.get(k), s.get("baseline", {}).get(k)
+            row.append("–" if v is None else f"{v:.1f}" + (f" ({b:.1f})" if b is not None else ""))
+        row += [
+            _cell(s.get("seconds_per_edit"), "{:.2f}"),
+            _cell(100 * max(growth) if growth else None),
+            "–" if ppl is None else f"{ppl:.2f}" + (f" ({base_ppl:.2f})" if base_ppl is not None else ""),
+        ]
+        rows.append(row)
+    return header, rows
+
+
+def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None) -> tuple[Table, Path]:
+    """Build the table and write the overlaid plot (default: compare.png in the first run's parent)."""
+    if not run_dirs:
+        raise ValueError("give at least one run folder")
+    summaries = [load_summary(d) for d in run_dirs]
+    labels = [Path(d).name or str(d) for d in run_dirs]
+    header, rows = compare_rows(summaries, labels)
+    table = Table(title="kedit eval: runs compared (unedited model in brackets)")
+    for h in header:
+        table.add_column(h, justify="left" if h in ("run", "method") else "right")
+    for r in rows:
+        table.add_row(*r)
+    out_path = Path(out) if out else Path(run_dirs[0]).resolve().parent / COMPARE_PNG
+    plot_compare(summaries, labels, out_path)
+    return table, out_path

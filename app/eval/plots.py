@@ -1,0 +1,153 @@
+"""PNG plots of one run (scores, norm growth, model health vs number of edits) and of
+several runs overlaid (`kedit eval compare`). Matplotlib with the Agg backend: no display needed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SCORE_KEYS = {
+    "counterfact": [("es", "ES"), ("ps", "PS"), ("ns", "NS"), ("s", "S")],
+    "zsre": [("edit_acc", "edit acc"), ("paraphrase_acc", "paraphrase acc"), ("locality_acc", "locality acc")],
+}
+SCORES_PNG, NORMS_PNG, HEALTH_PNG, COMPARE_PNG = "scores.png", "norms.png", "health.png", "compare.png"
+
+
+def kind_of(summary: dict) -> str:
+    return summary.get("run", {}).get("kind") or ("counterfact" if "es" in summary else "zsre")
+
+
+def score_curve(summary: dict, key: str) -> tuple[list[int], list[float]]:
+    """(edits, score) points: the unedited model at 0, each checkpoint, the end of the run."""
+    xs, ys = [0], [summary["baseline"][key]]
+    for c in summary.get("checkpoints", []):
+        xs.append(c["edits"])
+        ys.append(c["scores"][key])
+    xs.append(summary["edits"])
+    ys.append(summary[key])
+    return xs, ys
+
+
+def baseline_curve(summary: dict, key: str) -> tuple[list[int], list[float]]:
+    """The unedited model on the same facts as each point of `score_curve` (checkpoints
+    may score only the facts edited so far, or a sample of them)."""
+    xs, ys = [0], [summary["baseline"][key]]
+    for c in summary.get("checkpoints", []):
+        if key in c.get("baseline", {}):
+            xs.append(c["edits"])
+            ys.append(c["baseline"][key])
+    xs.append(summary["edits"])
+    ys.append(summary["baseline"][key])
+    return xs, ys
+
+
+def health_curve(summary: dict, key: str) -> tuple[list[int], list[float]]:
+    if key not in summary.get("baseline", {}) or not summary.get("health"):
+        return [], []
+    xs, ys = [0], [summary["baseline"][key]]
+    for c in summary.get("checkpoints", []):
+        if c.get("health"):
+            xs.append(c["edits"])
+            ys.append(c["health"][key])
+    xs.append(summary["edits"])
+    ys.append(summary["health"][key])
+    return xs, ys
+
+
+def growth_curves(summary: dict) -> dict[str, tuple[list[int], list[float]]]:
+    """Per layer: (edits, 100·‖W−W₀‖F/‖W₀‖F) after every batch, starting at (0, 0)."""
+    return {layer: ([0] + [r["edits"] for r in rows], [0.0] + [100.0 * r["growth"] for r in rows])
+            for layer, rows in sorted(summary.get("norms", {}).items(), key=lambda kv: int(kv[0]))}
+
+
+def _title(summary: dict) -> str:
+    run = summary.get("run", {})
+    method = summary.get("settings", {}).get("method", "?")
+    return f"{method} on {run.get('model', 'model')}: {run.get('dataset', kind_of(summary))}, batches of {run.get('batch_size', '?')}"
+
+
+def plot_run(summary: dict, out_dir: Path | str) -> list[Path]:
+    """Write scores.png, norms.png and (when measured) health.png; returns their paths."""
+    out_dir = Path(out_dir)
+    written = []
+    kind = kind_of(summary)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (key, label) in enumerate(SCORE_KEYS[kind]):
+        xs, ys = score_curve(summary, key)
+        ax.plot(xs, ys, marker="o", label=label, color=f"C{i}")
+        bx, by = baseline_curve(summary, key)
+        ax.plot(bx, by, color=f"C{i}", ls=":", lw=1)
+    if summary.get("batches"):
+        xs = [sum(b["edits"] for b in summary["batches"][: i + 1]) for i in range(len(summary["batches"]))]
+        ax.plot(xs, [b["live_score"] for b in summary["batches"]], color="grey", lw=0.8, alpha=0.6,
+                label="newest batch, just after its edit")
+    ax.set(xlabel="number of edits", ylabel="score (%)", ylim=(-2, 102), title=_title(summary))
+    ax.legend(fontsize=8, title="dotted: unedited model", title_fontsize=8)
+    ax.grid(alpha=0.3)
+    written.append(_save(fig, out_dir / SCORES_PNG))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for layer, (xs, ys) in growth_curves(summary).items():
+        ax.plot(xs, ys, label=f"layer {layer}")
+    ax.set(xlabel="number of edits", ylabel="‖W−W₀‖F / ‖W₀‖F (%)", title="norm growth per edited layer")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    written.append(_save(fig, out_dir / NORMS_PNG))
+
+    ppl = health_curve(summary, "perplexity")
+    if ppl[0]:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        a1.plot(*ppl, marker="o")
+        a1.set(xlabel="number of edits", ylabel="perplexity", title="WikiText-103 valid slice")
+        a2.plot(*health_curve(summary, "gen_entropy"), marker="o", color="C1")
+        a2.set(xlabel="number of edits", ylabel="n-gram entropy ×100", title="free generation, fixed prompts")
+        for a in (a1, a2):
+            a.grid(alpha=0.3)
+        written.append(_save(fig, out_dir / HEALTH_PNG))
+    return written
+
+
+def plot_compare(summaries: Sequence[dict], labels: Sequence[str], out_path: Path | str) -> Path:
+    """One figure: each score, the largest layer's norm growth and perplexity vs edits, one line per run."""
+    kinds = {kind_of(s) for s in summaries}
+    keys = [k for kind in sorted(kinds) for k in SCORE_KEYS[kind]]
+    panels = keys + [("growth", "max ‖W−W₀‖/‖W₀‖ (%)"), ("perplexity", "WikiText perplexity")]
+    cols = 3
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, panels):
+        for i, (s, name) in enumerate(zip(summaries, labels)):
+            if key == "growth":
+                curves = growth_curves(s).values()
+                if not curves:
+                    continue
+                xs = next(iter(curves))[0]
+                ys = [max(c[1][j] for c in curves) for j in range(len(xs))]
+            elif key == "perplexity":
+                xs, ys = health_curve(s, "perplexity")
+            elif key in s:
+                xs, ys = score_curve(s, key)
+                ax.axhline(s["baseline"][key], color=f"C{i}", ls=":", lw=1)
+            else:
+                continue
+            if xs:
+                ax.plot(xs, ys, marker=".", color=f"C{i}", label=name)
+        ax.set(title=label, xlabel="number of edits")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("dotted: unedited model", fontsize=9)
+    return _save(fig, Path(out_path))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

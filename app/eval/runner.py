@@ -1,0 +1,348 @@
+"""The sequential-editing evaluation: edit N records in batches of B on one model, score.
+
+Protocol (design.md §4): the batches are applied one after another to the same model;
+the unedited model is scored on the same records first (baseline); every
+`checkpoint_every` batches the facts edited so far (or a fixed sample of them) are
+scored together with model health, and the run's state is saved so it can be resumed;
+at the end every edited fact is scored. Timings and weight norms are kept per batch.
+
+Use it as a library (`run_eval`) or through `kedit eval` (app/eval/cli.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from app.eval import scoring
+from app.eval.checkpoint import load_checkpoint, save_checkpoint
+from app.eval.data import CounterFactRecord, Record, ZsreRecord
+from app.eval.health import HealthConfig, measure_health
+from app.eval.metrics import harmonic_mean, mean_ngram_entropy
+
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+
+
+class RunInterrupted(Exception):
+    """Raised by `stop_after_batches` (tests, and a clean way to stop a long run)."""
+
+
+@dataclass
+class RunOptions:
+    """How the evaluation is run (not how edits are made: that is EditSettings)."""
+
+    batch_size: int
+    checkpoint_every: int | None = None  # batches between checkpoints (scores + saved state)
+    checkpoint_sample: int | None = None  # score at most this many edited facts at a checkpoint
+    generation_samples: int = 50  # CounterFact GE: texts generated from the records' generation prompts
+    score_batch_size: int = 32  # sequences per forward pass when scoring
+    health: HealthConfig | None = field(default_factory=HealthConfig)  # None: skip perplexity/generation entropy
+    seed: int = 0
+
+
+# --- scoring a set of records ------------------------------------------------------------
+
+
+def _kind(records: Sequence[Record]) -> str:
+    if all(isinstance(r, CounterFactRecord) for r in records):
+        return "counterfact"
+    if all(isinstance(r, ZsreRecord) for r in records):
+        return "zsre"
+    raise TypeError("records must be all CounterFact or all zsRE")
+
+
+def _details(lm, records: Sequence[Record], opts: RunOptions, ref_loc: dict | None = None) -> list[dict]:
+    if _kind(records) == "counterfact":
+        return scoring.counterfact_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size)
+    return scoring.zsre_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size, ref_loc)
+
+
+def _aggregate(kind: str, details: Sequence[dict]) -> dict[str, float]:
+    if kind == "counterfact":
+        out = {k: 100.0 * sum(d[k] for d in details) / len(details) for k in ("es", "ps", "ns")}
+        out["s"] = harmonic_mean([out["es"], out["ps"], out["ns"]])
+        return out
+    return scoring.aggregate_zsre(details)
+
+
+def _live_score(lm, kind: str, records: Sequence[Record], opts: RunOptions) -> float:
+    """ES (CounterFact) or edit accuracy (zsRE) of the batch just written: cheap, for the progress bar."""
+    if kind == "counterfact":
+        return scoring.rewrite_success(lm.model, lm.tokenizer, records, opts.score_batch_size)
+    pairs = [(r.question, r.target) for r in records]
+    res = scoring.teacher_force(lm.model, lm.tokenizer, pairs, opts.score_batch_size)
+    return 100.0 * sum(t.accuracy for t in res) / len(res)
+
+
+def _generation_prompts(records: Sequence[Record], opts: RunOptions) -> list[str]:
+    if _kind(records) == "counterfact":
+        return scoring.counterfact_generation_prompts(records, opts.generation_samples)
+    return []
+
+
+def _ge(lm, prompts: list[str], health: dict | None, opts: RunOptions) -> tuple[float | None, str]:
+    """GE from the records' generation prompts; files without any (compact CounterFact,
+    zsRE) use the fixed health prompts instead, and the summary says which."""
+    if prompts:
+        texts = scoring.generate_texts(lm.model, lm.tokenizer, prompts, seed=opts.seed)
+        return mean_ngram_entropy(texts), "generation_prompts"
+    if health is not None:
+        return health["gen_entropy"], "health_prompts"
+    return None, "none"
+
+
+def _sample_indices(n_edited: int, n_total: int, sample: int | None, seed: int) -> list[int]:
+    """A fixed sample: one seeded permutation of all records, filtered to those edited so far,
+    so the same facts are followed from checkpoint to checkpoint."""
+    if sample is None or sample >= n_edited:
+        return list(range(n_edited))
+    perm = random.Random(seed).sample(range(n_total), n_total)
+    return sorted([i for i in perm if i < n_edited][:sample])
+
+
+# --- progress state (what a checkpoint holds besides the editor) -------------------------
+
+
+@dataclass
+class RunState:
+    n_records: int
+    batch_size: int
+    batches_done: int = 0
+    batches: list[dict] = field(default_factory=list)  # per batch: edits, seconds, z/solve seconds, live score
+    norms: dict[str, list[dict]] = field(default_factory=dict)  # per layer, per batch
+    checkpoints: list[dict] = field(default_factory=list)
+    baseline: dict = field(default_factory=dict)
+    baseline_details: list[dict] = field(default_factory=list)
+    wall_seconds: float = 0.0  # time spent in this run so far (all sittings)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RunState":
+        return cls(**d)
+
+
+def _ref_loc(state: RunState, records: Sequence[Record]) -> dict | None:
+    if _kind(records) != "zsre":
+        return None
+    return {r.case_id: d["loc_argmax"] for r, d in zip(records, state.baseline_details)}
+
+
+def _public(details_scores: dict) -> dict:
+    return {k: v for k, v in details_scores.items() if k != "loc_argmax"}
+
+
+def _baseline(lm, records: Sequence[Record], opts: RunOptions, state: RunState) -> None:
+    kind = _kind(records)
+    details = _details(lm, records, opts)
+    state.baseline_details = [{k: v for k, v in d.items()} for d in details]
+    if kind == "zsre":  # the unedited model keeps its own locality predictions by definition
+        for d in state.baseline_details:
+            d["locality_kept"] = 1.0
+    base = _aggregate(kind, state.baseline_details)
+    health = measure_health(lm.model, lm.tokenizer, opts.health) if opts.health else None
+    base["ge"], _ = _ge(lm, _generation_prompts(records, opts), health, opts)
+    if health:
+        base.update(health)
+    state.baseline = base
+
+
+def _checkpoint_scores(lm, records: Sequence[Record], opts: RunOptions, state: RunState, n_edited: int) -> dict:
+    idx = _sample_indices(n_edited, len(records), opts.checkpoint_sample, opts.seed)
+    subset = [records[i] for i in idx]
+    kind = _kind(records)
+    details = _details(lm, subset, opts, _ref_loc(state, records))
+    entry: dict[str, Any] = {"edits": n_edited, "batches": state.batches_done, "scored": len(idx)}
+    entry["scores"] = _aggregate(kind, details)
+    # The unedited model on the same facts, so the curve has its reference at each point.
+    entry["baseline"] = _aggregate(kind, [state.baseline_details[i] for i in idx])
+    if opts.health:
+        entry["health"] = measure_health(lm.model, lm.tokenizer, opts.health)
+    return entry
+
+
+def _norm_rows(editor, state: RunState, n_edited: int) -> None:
+    for n in editor.norms():
+        state.norms.setdefault(str(n.layer), []).append({
+            "batch": state.batches_done - 1, "edits": n_edited, "weight": n.weight_norm,
+            "base": n.base_norm, "delta": n.delta_norm, "growth": n.growth,
+        })
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def run_eval(
+    lm,
+    settings,
+    records: Sequence[Record],
+    batch_size: int | None = None,
+    *,
+    options: RunOptions | None = None,
+    editor=None,
+    key_stats: dict | None = None,
+    out_dir: Path | str | None = None,
+    run_info: dict | None = None,
+    state: RunState | None = None,
+    progress: bool = True,
+    stop_after_batches: int | None = None,
+) -> dict:
+    """Edit `records` in sequential batches on `lm` and score them; returns the summary dict.
+
+    lm: an `app.editing.model.LoadedModel`; settings: `EditSettings`; editor: an existing
+    Editor on `lm` (else one is built from `key_stats`, or from `load_key_stats`).
+    With `out_dir`, writes summary.json and the plots there, and checkpoints when
+    `options.checkpoint_every` is set. `state` (with a restored editor) resumes a run.
+    `stop_after_batches` stops (raising RunInterrupted) once that many batches are done
+    and checkpointed, which is how the resume test simulates an interruption.
+    """
+    opts = options or RunOptions(batch_size=batch_size or 1)
+    if batch_size is not None:
+        opts.batch_size = batch_size
+    if opts.batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if not records:
+        raise ValueError("no records to edit")
+    kind = _kind(records)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    if editor is None:
+        editor = build_editor(lm, settings, key_stats, seed=opts.seed)
+
+    n_batches = math.ceil(len(records) / opts.batch_size)
+    started = time.perf_counter()
+    if state is None:
+        state = RunState(n_records=len(records), batch_size=opts.batch_size)
+        _baseline(lm, records, opts, state)
+    elif state.n_records != len(records) or state.batch_size != opts.batch_size:
+        raise ValueError("the saved progress was made with another number of records or batch size")
+    prior_wall = state.wall_seconds
+
+    live_name = "ES" if kind == "counterfact" else "edit acc"
+    bar = tqdm(total=len(records), initial=min(len(records), state.batches_done * opts.batch_size),
+               unit="edit", desc=f"{settings.method} edits", disable=not progress, dynamic_ncols=True)
+    try:
+        for b in range(state.batches_done, n_batches):
+            batch = records[b * opts.batch_size:(b + 1) * opts.batch_size]
+            t0 = time.perf_counter()
+            result = editor.apply([r.request() for r in batch], batch_id=b)
+            seconds = time.perf_counter() - t0
+            steps = [o.mpes_steps for o in result.outcomes]
+            live = _live_score(lm, kind, batch, opts)
+            state.batches.append({
+                "batch": b, "edits": len(batch), "seconds": seconds, "z_seconds": result.z_seconds,
+                "solve_seconds": result.solve_seconds, "mean_steps": sum(steps) / len(steps) if steps else None,
+                "live_score": live,
+            })
+            state.batches_done = b + 1
+            n_edited = min(len(records), state.batches_done * opts.batch_size)
+            _norm_rows(editor, state, n_edited)
+            bar.update(len(batch))
+            bar.set_postfix({live_name: f"{live:.0f}", "s/edit": f"{seconds / len(batch):.2f}"})
+
+            last = state.batches_done == n_batches
+            if opts.checkpoint_every and state.batches_done % opts.checkpoint_every == 0 and not last:
+                state.checkpoints.append(_checkpoint_scores(lm, records, opts, state, n_edited))
+                state.wall_seconds = prior_wall + time.perf_counter() - started
+                if out is not None:
+                    save_checkpoint(out, editor.state_dict(), state.to_json())
+                if stop_after_batches is not None and state.batches_done >= stop_after_batches:
+                    raise RunInterrupted(f"stopped after {state.batches_done} batches as asked")
+    finally:
+        bar.close()
+
+    summary = _final_summary(lm, editor, settings, records, opts, state, kind)
+    summary["wall_seconds"] = prior_wall + time.perf_counter() - started
+    summary["run"] = {**(run_info or {}), "records": len(records), "batch_size": opts.batch_size,
+                      "checkpoint_every": opts.checkpoint_every, "checkpoint_sample": opts.checkpoint_sample,
+                      "generation_samples": opts.generation_samples, "kind": kind,
+                      "health": asdict(opts.health) if opts.health else None, "seed": opts.seed}
+    if out is not None:
+        write_summary(out, summary)
+    return summary
+
+
+def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunState, kind: str) -> dict:
+    details = _details(lm, records, opts, _ref_loc(state, records))
+    scores = _aggregate(kind, details)
+    health = measure_health(lm.model, lm.tokenizer, opts.health) if opts.health else None
+    ge, ge_source = _ge(lm, _generation_prompts(records, opts), health, opts)
+    edits = sum(b["edits"] for b in state.batches)
+    edit_seconds = sum(b["seconds"] for b in state.batches)
+    z = sum(b["z_seconds"] for b in state.batches)
+    solve = sum(b["solve_seconds"] for b in state.batches)
+    summary: dict[str, Any] = {**scores, "ge": ge, "ge_source": ge_source}
+    summary.update({
+        "edits": edits,
+        "seconds_per_edit": edit_seconds / edits,
+        "z_seconds": z,
+        "solve_seconds": solve,
+        "z_seconds_per_edit": z / edits,
+        "solve_seconds_per_edit": solve / edits,
+        "edit_seconds": edit_seconds,
+        "health": health,
+        "baseline": state.baseline,
+        "checkpoints": state.checkpoints,
+        "batches": state.batches,
+        "norms": state.norms,
+        "settings": settings.model_dump(mode="json"),
+        "weights_hash": editor.weights_hash(),
+        "per_record": [{"case_id": r.case_id, **_public(d)} for r, d in zip(records, details)],
+    })
+    return summary
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    from app.eval.plots import plot_run  # matplotlib only when plots are written
+
+    plot_run(summary, out)
+
+
+# --- building the pieces, and resuming ------------------------------------------------------
+
+
+def build_editor(lm, settings, key_stats: dict | None = None, seed: int = 0, corpus=None, cache_dir=None):
+    """An Editor on `lm`; key statistics from the disk cache (computed once if missing).
+
+    Seeded so the editor's generated context prefixes are the same in a fresh run and
+    in a resumed one.
+    """
+    from app.editing.editor import Editor
+    from app.editing.stats import load_key_stats
+
+    needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
+    if key_stats is None and needs_stats:
+        key_stats = load_key_stats(lm, settings, corpus=corpus, cache_dir=cache_dir)
+    torch.manual_seed(seed)
+    return Editor(lm, settings, key_stats)
+
+
+def restore_editor(editor, editor_state) -> None:
+    """Load a saved `editor.state_dict()` into a fresh editor on the unedited model."""
+    if isinstance(editor_state, (tuple, list)) and len(editor_state) == 2:
+        editor.load_state_dict(*editor_state)  # (tensors, meta), as Editor.state_dict() returns
+    else:
+        editor.load_state_dict(editor_state)
+
+
+def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], options: RunOptions, *,
+                key_stats: dict | None = None, run_info: dict | None = None, progress: bool = True,
+                stop_after_batches: int | None = None) -> dict:
+    """Continue the run checkpointed in `out_dir` on a freshly loaded, unedited `lm`."""
+    editor_state, progress_json = load_checkpoint(out_dir)
+    editor = build_editor(lm, settings, key_stats, seed=options.seed)
+    restore_editor(editor, editor_state)
+    state = RunState.from_json(progress_json)
+    return run_eval(lm, settings, records, options=options, editor=editor, out_dir=out_dir, run_info=run_info,
+                    state=state, progress=progress, stop_after_batches=stop_after_batches)
