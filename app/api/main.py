@@ -1,0 +1,96 @@
+"""The FastAPI app. `create_app` wires config → service context → routes.
+
+Start-up order matters: the schema is migrated (or the start refused), the model loads and the
+log is replayed and proven against its stored hash before the first request is answered.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.api.deps import BodyInvalid, describe
+from app.api.metrics import ApiMetrics
+from app.api.routes import edits, generate, health
+from app.config import ServiceConfig
+from app.queue import WorkQueue
+from app.service.context import EditorFactory, ServiceContext, load_editor
+from app.service.errors import ServiceError
+from app.service.host import ReplayMismatch
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20  # far above max_edits_per_request × the longest fact
+
+
+def create_app(
+    config: ServiceConfig | None = None,
+    *,
+    with_worker: bool | None = None,
+    editor_factory: EditorFactory = load_editor,
+    queue: WorkQueue | None = None,
+) -> FastAPI:
+    """with_worker: run the worker in a background thread (default: in embedded mode, i.e. no Redis)."""
+    config = config or ServiceConfig()
+    run_worker = (not config.redis_url) if with_worker is None else with_worker
+    if not run_worker and not config.redis_url:
+        raise ValueError("an api without an in-process worker needs REDIS_URL to reach one")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        ctx = ServiceContext.open(config, queue=queue)
+        try:
+            app.state.ctx = ctx
+            app.state.metrics = ApiMetrics(ctx.registry, ctx)
+            ctx.start_api(editor_factory)
+            if run_worker:
+                ctx.start_worker(editor_factory)
+            log.info("kedit api ready at version %d (%s)", ctx.host.version, "with worker" if run_worker else "api only")
+            yield
+        finally:
+            ctx.close()
+
+    app = FastAPI(
+        title="kedit",
+        version="0.1.0",
+        description="Lifelong knowledge editing for language models: queue facts, watch them land in the "
+        "weights, undo any of them, and read text from the edited model.",
+        lifespan=lifespan,
+    )
+    app.include_router(edits.router)
+    app.include_router(generate.router)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def bound_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return JSONResponse(
+                {"detail": f"request body is {length} bytes; the bound is {MAX_BODY_BYTES}"}, status_code=413
+            )
+        return await call_next(request)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, exc: ServiceError):
+        body: dict = {"detail": exc.message}
+        if isinstance(exc, BodyInvalid):
+            body["errors"] = exc.errors
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(ReplayMismatch)
+    async def replay_mismatch(_request: Request, exc: ReplayMismatch):
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(_request: Request, exc: RequestValidationError):
+        errors = [
+            {k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()
+        ]
+        return JSONResponse(
+            {"detail": "; ".join(describe(err) for err in errors), "errors": errors}, status_code=422
+        )
+
+    return app

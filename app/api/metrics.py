@@ -1,0 +1,66 @@
+"""Prometheus metrics. Counts that several processes share (edits by status, batch seconds, MPES
+steps, norms) are read from the database at scrape time, so every replica reports the same
+truth; the generate latency is this process's own."""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+
+from app.store import repo
+from app.store.models import EDIT_STATUSES
+
+log = logging.getLogger(__name__)
+
+
+class LogCollector:
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+
+    def collect(self):
+        ctx = self.ctx
+        try:
+            with ctx.sessions() as s:
+                counts = repo.status_counts(s)
+                n_batches, batch_total = repo.batch_stats(s)
+                n_facts, steps_total = repo.mpes_stats(s)
+                history = repo.norm_history(s, 1)
+                head = repo.head_version_id(s)
+        except Exception:
+            log.exception("metrics: database unavailable")
+            return
+        edits = GaugeMetricFamily("kedit_edits", "edits in the log by status", labels=["status"])
+        for st in EDIT_STATUSES:
+            edits.add_metric([st], counts.get(st, 0))
+        yield edits
+        yield SummaryMetricFamily("kedit_batch_seconds", "editor seconds per applied batch",
+                                  count_value=n_batches, sum_value=batch_total)
+        yield SummaryMetricFamily("kedit_mpes_steps", "optimisation steps per applied fact",
+                                  count_value=n_facts, sum_value=steps_total)
+        growth = GaugeMetricFamily("kedit_norm_growth", "‖W−W0‖F / ‖W0‖F per edited layer", labels=["layer"])
+        delta = GaugeMetricFamily("kedit_delta_norm", "‖W−W0‖F per edited layer", labels=["layer"])
+        for layer, snaps in sorted(history.items()):
+            last = snaps[-1]
+            growth.add_metric([str(layer)], last.delta_norm / last.base_norm if last.base_norm else 0.0)
+            delta.add_metric([str(layer)], last.delta_norm)
+        yield growth
+        yield delta
+        yield GaugeMetricFamily("kedit_head_version", "newest version in the log", value=head)
+        if ctx.host is not None:
+            yield GaugeMetricFamily("kedit_served_version", "weights version this process serves",
+                                    value=ctx.host.version)
+        try:
+            depth = ctx.queue.depth()
+        except Exception:
+            return
+        yield GaugeMetricFamily("kedit_queue_depth", "queue entries not yet acknowledged", value=depth)
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry, ctx) -> None:
+        registry.register(LogCollector(ctx))
+        self.generate_seconds = Histogram(
+            "kedit_generate_seconds", "latency of /generate in this process",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=registry,
+        )

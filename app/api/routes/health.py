@@ -1,0 +1,71 @@
+"""GET /health, /ready, /health/norms, /version, /metrics."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import Ctx, ready_host
+from app.api.schemas import Health, LayerNormsOut, NormPoint, NormsOut, Ready, VersionOut
+from app.store import repo
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health, summary="Liveness")
+def health():
+    return Health(status="ok")
+
+
+@router.get("/ready", response_model=Ready, summary="Readiness: model, database, queue",
+            responses={503: {"model": Ready}})
+def ready(ctx: Ctx):
+    checks = {
+        "database": ctx.db_ok(),
+        "queue": ctx.queue.ping(),
+        "model": bool(ctx.host and ctx.host.healthy),
+    }
+    if ctx.host is not None and ctx.host.problem:
+        checks["model_problem"] = ctx.host.problem
+    if ctx.worker is not None:
+        checks["worker_active"] = ctx.worker.active
+    ok = checks["database"] and checks["queue"] and checks["model"]
+    body = Ready(ready=ok, checks=checks).model_dump()
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/health/norms", response_model=NormsOut, summary="Norms of the edited matrices over time")
+def norms(ctx: Ctx):
+    host = ready_host(ctx)
+    host.sync()
+    threshold = ctx.config.norm_alarm_growth
+    with ctx.sessions() as s:
+        history = repo.norm_history(s, ctx.config.norm_history)
+    layers = []
+    for n in host.current_norms():
+        layers.append(
+            LayerNormsOut(
+                layer=n.layer, weight_norm=n.weight_norm, base_norm=n.base_norm, delta_norm=n.delta_norm,
+                growth=n.growth, alarm=n.growth > threshold,
+                history=[
+                    NormPoint(version=h.version, weight_norm=h.weight_norm, delta_norm=h.delta_norm,
+                              growth=h.delta_norm / h.base_norm if h.base_norm else 0.0)
+                    for h in history.get(n.layer, [])
+                ],
+            )
+        )
+    return NormsOut(version=host.version, threshold=threshold, alarm=any(l.alarm for l in layers), layers=layers)
+
+
+@router.get("/version", response_model=VersionOut, summary="The weights version this process serves")
+def version(ctx: Ctx):
+    host = ready_host(ctx)
+    return VersionOut(
+        version=host.version, head=host.head(), weights_hash=host.weights_hash, base_hash=host.base_hash,
+        model=host.model_name, layers=host.layers, method=str(host.settings.get("method", "")),
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(ctx: Ctx):
+    return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,185 @@
+"""Request and response bodies (pydantic v2). Unknown fields are rejected everywhere.
+
+Length bounds come from the running config through the validation context, so an operator can
+tighten them without code changes; the hard ceilings are the editing core's own limits.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from app.editing.types import MAX_PROMPT_CHARS, MAX_SUBJECT_CHARS, MAX_TARGET_CHARS
+
+
+def _limit(info: ValidationInfo, name: str, default: int) -> int:
+    cfg = (info.context or {}).get("config")
+    return int(getattr(cfg, name, default)) if cfg is not None else default
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class EditIn(Strict):
+    prompt: str = Field(description="the fact's prompt with the subject slot {} exactly once",
+                        examples=["The mother tongue of {} is"])
+    subject: str = Field(description="the entity the fact is about", examples=["Danielle Darrieux"])
+    target_new: str = Field(description="the completion to teach", examples=["English"])
+    target_true: str | None = Field(None, description="the current completion, if known", examples=["French"])
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str, info: ValidationInfo) -> str:
+        bound = _limit(info, "max_prompt_chars", MAX_PROMPT_CHARS)
+        if len(v) > bound:
+            raise ValueError(f"prompt is {len(v)} characters long; the bound is {bound}")
+        n = v.count("{}")
+        if n != 1:
+            raise ValueError(
+                f"prompt must contain the subject slot '{{}}' exactly once (found {n}), "
+                "e.g. 'The mother tongue of {} is'"
+            )
+        rest = v.replace("{}", "", 1)
+        if "{" in rest or "}" in rest:
+            raise ValueError("prompt may contain no braces other than the one subject slot '{}'")
+        if not rest.strip():
+            raise ValueError("prompt has nothing besides the subject slot; write the sentence around '{}'")
+        return v
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str, info: ValidationInfo) -> str:
+        if not v.strip():
+            raise ValueError("subject is empty; give the entity the fact is about")
+        bound = _limit(info, "max_subject_chars", MAX_SUBJECT_CHARS)
+        if len(v) > bound:
+            raise ValueError(f"subject is {len(v)} characters long; the bound is {bound}")
+        return v
+
+    @field_validator("target_new", "target_true")
+    @classmethod
+    def _target(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            extra = " (leave target_true out instead)" if info.field_name == "target_true" else ""
+            raise ValueError(f"{info.field_name} is empty{extra}")
+        bound = _limit(info, "max_target_chars", MAX_TARGET_CHARS)
+        if len(v) > bound:
+            raise ValueError(f"{info.field_name} is {len(v)} characters long; the bound is {bound}")
+        return v
+
+
+class EditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    status: str
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None
+    error: str | None = None
+    batch_id: int | None = Field(None, description="the live batch holding this edit's change")
+    version: int | None = Field(None, validation_alias="applied_version", description="weights version that applied it")
+    reverted_version: int | None = None
+    revert_requested: bool = False
+    prob_before: float | None = Field(None, description="P(target_new | prompt) before the edit")
+    prob_after: float | None = Field(None, description="P(target_new | prompt) after the edit")
+    mpes_steps: int | None = Field(None, description="optimisation steps taken for this fact")
+    seconds: float | None = Field(None, description="editor seconds, the batch's time shared over its edits")
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        # SQLite hands timestamps back without their zone; they were written in UTC.
+        return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+
+
+class EditsAccepted(BaseModel):
+    ids: list[int]
+    edits: list[EditOut]
+
+
+class EditPage(BaseModel):
+    items: list[EditOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class GenerateIn(Strict):
+    prompt: str = Field(min_length=1, examples=["The mother tongue of Danielle Darrieux is"])
+    max_new_tokens: int = Field(16, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str, info: ValidationInfo) -> str:
+        if not v.strip():
+            raise ValueError("prompt is empty")
+        bound = _limit(info, "max_prompt_chars", MAX_PROMPT_CHARS)
+        if len(v) > bound:
+            raise ValueError(f"prompt is {len(v)} characters long; the bound is {bound}")
+        return v
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _tokens(cls, v: int, info: ValidationInfo) -> int:
+        bound = _limit(info, "max_new_tokens", 64)
+        if v > bound:
+            raise ValueError(f"max_new_tokens is {v}; the bound is {bound}")
+        return v
+
+
+class GenerateOut(BaseModel):
+    prompt: str
+    text: str = Field(description="the continuation (without the prompt)")
+    version: int = Field(description="the weights version that produced it")
+    weights_hash: str
+
+
+class NormPoint(BaseModel):
+    version: int
+    weight_norm: float
+    delta_norm: float
+    growth: float
+
+
+class LayerNormsOut(BaseModel):
+    layer: int
+    weight_norm: float
+    base_norm: float
+    delta_norm: float
+    growth: float = Field(description="‖W−W0‖F / ‖W0‖F")
+    alarm: bool
+    history: list[NormPoint]
+
+
+class NormsOut(BaseModel):
+    version: int
+    threshold: float
+    alarm: bool
+    layers: list[LayerNormsOut]
+
+
+class VersionOut(BaseModel):
+    version: int
+    head: int = Field(description="the newest version in the log (this process may briefly lag)")
+    weights_hash: str
+    base_hash: str
+    model: str
+    layers: list[int]
+    method: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    checks: dict[str, Any]

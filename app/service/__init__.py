@@ -1,0 +1,1 @@
+"""Business logic below the routes: edits, the model host (weights = base + log), worker steps."""

@@ -1,0 +1,151 @@
+"""The worker's two jobs on the log: apply a batch of queued edits, revert one applied edit.
+
+Each job ends in ONE database transaction (the commit point). Before it the editor has changed
+only this process's weights; if the job fails, or the commit does, the host rebuilds its
+weights from the log, so the weights never get ahead of what is recorded.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from app.editing.types import EditError, EditRequest
+from app.service.host import ModelHost
+from app.store import repo
+from app.store.codec import tensor_from_bytes
+from app.store.db import transaction
+from app.store.models import Edit
+
+log = logging.getLogger(__name__)
+
+
+class LostWriterLock(RuntimeError):
+    """Another worker may be editing now: this one must not commit."""
+
+
+@dataclass
+class JobReport:
+    version: int | None = None  # the version committed, if any
+    applied: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    mpes_steps: list[int] = field(default_factory=list)
+
+
+def _request(e: Edit) -> EditRequest:
+    return EditRequest(prompt=e.prompt, subject=e.subject, target_new=e.target_new, target_true=e.target_true)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, EditError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> JobReport:
+    """Run the editor on the still-queued edits among `edit_ids` and commit them as one version."""
+    report = JobReport()
+    with transaction(host.sessions) as s:
+        edits = repo.claim_for_batch(s, edit_ids)  # queued -> applying; redeliveries drop out here
+        report.skipped = sorted(set(edit_ids) - {e.id for e in edits})
+    if not edits:
+        return report
+    host.sync()
+    requests = [_request(e) for e in edits]
+    with host.sessions() as s:
+        batch_id = repo.next_batch_id(s)
+        version = repo.head_version_id(s) + 1
+    t0 = time.perf_counter()
+    try:
+        with host.writing():
+            result = host.editor.apply(requests, batch_id)
+            weights_hash = host.editor.weights_hash()
+            norms = host.editor.norms()
+    except Exception as exc:
+        reason = _reason(exc)
+        log.warning("batch of edits %s failed: %s", [e.id for e in edits], reason)
+        host.sync_or_rebuild()
+        if isinstance(exc, EditError) and len(edits) > 1:
+            # One unusable fact should not sink the others: retry each alone.
+            with transaction(host.sessions) as s:
+                for e in repo.get_edits(s, [e.id for e in edits]):
+                    e.status = "queued"
+            for e in edits:
+                sub = apply_edits(host, [e.id], lock_ok)
+                report.applied += sub.applied
+                report.failed += sub.failed
+                report.mpes_steps += sub.mpes_steps
+                report.version = sub.version or report.version
+            return report
+        with transaction(host.sessions) as s:
+            repo.mark_failed(s, [e.id for e in edits], reason)
+        report.failed = [e.id for e in edits]
+        return report
+    seconds = time.perf_counter() - t0
+    try:
+        if not lock_ok():
+            raise LostWriterLock("the writer lock was lost before commit")
+        with transaction(host.sessions) as s:
+            fresh = repo.get_edits(s, [e.id for e in edits])
+            repo.record_batch(s, repo.Applied(version, weights_hash, norms), result, fresh, seconds)
+    except Exception:
+        log.exception("could not record batch %d; undoing it in memory", batch_id)
+        host.sync_or_rebuild()
+        raise
+    host.advance(version, weights_hash)
+    report.version = version
+    report.applied = [e.id for e in edits]
+    report.mpes_steps = [int(o.mpes_steps) for o in result.outcomes]
+    report.seconds = seconds
+    return report
+
+
+def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True) -> JobReport:
+    """design.md §3: take the edit's batch out, put its other live edits back from their stored z*."""
+    report = JobReport()
+    host.sync()
+    with host.sessions() as s:
+        edit = repo.get_edit(s, edit_id)
+        if edit is None or edit.status != "applied" or not edit.revert_requested or edit.batch_id is None:
+            report.skipped = [edit_id]
+            return report
+        old_batch = edit.batch_id
+        survivors = [e for e in repo.live_edits_of_batch(s, old_batch) if e.id != edit_id]
+        requests = [_request(e) for e in survivors]
+        z_stars = [tensor_from_bytes(e.z_star) for e in survivors]
+        new_batch = repo.next_batch_id(s)
+        version = repo.head_version_id(s) + 1
+    t0 = time.perf_counter()
+    try:
+        with host.writing():
+            host.editor.remove_batch(old_batch)
+            result = host.editor.reapply(requests, z_stars, new_batch) if survivors else None
+            weights_hash = host.editor.weights_hash()
+            norms = host.editor.norms()
+    except Exception as exc:
+        reason = f"revert failed: {_reason(exc)}"
+        log.warning("revert of edit %d failed: %s", edit_id, reason)
+        host.sync_or_rebuild()
+        with transaction(host.sessions) as s:
+            repo.clear_revert_request(s, edit_id, reason)
+        report.failed = [edit_id]
+        return report
+    seconds = time.perf_counter() - t0
+    try:
+        if not lock_ok():
+            raise LostWriterLock("the writer lock was lost before commit")
+        with transaction(host.sessions) as s:
+            e = repo.get_edit(s, edit_id)
+            fresh = repo.get_edits(s, [x.id for x in survivors])
+            repo.record_revert(s, repo.Applied(version, weights_hash, norms), e, old_batch, fresh, result, seconds)
+    except Exception:
+        log.exception("could not record the revert of edit %d; undoing it in memory", edit_id)
+        host.sync_or_rebuild()
+        raise
+    host.advance(version, weights_hash)
+    report.version = version
+    report.applied = [edit_id]
+    report.seconds = seconds
+    return report

@@ -1,0 +1,97 @@
+"""Accepting, reading and reverting edits. The API layer calls these; they know nothing of HTTP."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Sequence
+
+from sqlalchemy.exc import IntegrityError
+
+from app.queue import WorkQueue
+from app.service.errors import Conflict, Invalid, NotFound
+from app.store import repo
+from app.store.db import transaction
+from app.store.models import EDIT_STATUSES, Edit
+
+log = logging.getLogger(__name__)
+
+
+def _body_hash(facts: Sequence[dict]) -> str:
+    return hashlib.sha256(json.dumps(list(facts), sort_keys=True).encode()).hexdigest()
+
+
+def submit(sessions, queue: WorkQueue, facts: Sequence[dict], idempotency_key: str | None = None) -> tuple[list[Edit], bool]:
+    """Record the facts as `queued` edits, then queue them. Returns (edits, created).
+
+    The rows commit before the XADD: if the queue is down, or this process dies in between,
+    the edits are still accepted and the worker refills the queue from them.
+    With an Idempotency-Key, a repeat of the same request returns the same edits.
+    """
+    body_hash = _body_hash(facts)
+    if idempotency_key is not None:
+        earlier = _replay_key(sessions, idempotency_key, body_hash)
+        if earlier is not None:
+            return earlier, False
+    try:
+        with transaction(sessions) as s:
+            rows = repo.insert_edits(s, facts)
+            ids = [e.id for e in rows]
+            if idempotency_key is not None:
+                repo.put_idempotency(s, idempotency_key, body_hash, ids)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # The same key raced in from another request and won; answer as it did.
+        earlier = _replay_key(sessions, idempotency_key, body_hash)
+        if earlier is None:
+            raise
+        return earlier, False
+    try:
+        queue.put("edit", ids)
+    except Exception:
+        log.exception("queue unavailable; edits %s stay queued in the database and will be refilled", ids)
+    return rows, True
+
+
+def _replay_key(sessions, key: str, body_hash: str) -> list[Edit] | None:
+    with sessions() as s:
+        row = repo.get_idempotency(s, key)
+        if row is None:
+            return None
+        if row.body_hash != body_hash:
+            raise Invalid(
+                f"Idempotency-Key {key!r} was already used with a different request body; "
+                "use a new key for a new request"
+            )
+        return repo.get_edits(s, row.edit_ids)
+
+
+def get(sessions, edit_id: int) -> Edit:
+    with sessions() as s:
+        e = repo.get_edit(s, edit_id)
+    if e is None:
+        raise NotFound(f"no edit with id {edit_id}")
+    return e
+
+
+def list_page(sessions, status: str | None, limit: int, offset: int) -> tuple[list[Edit], int]:
+    if status is not None and status not in EDIT_STATUSES:
+        raise Invalid(f"status must be one of {', '.join(EDIT_STATUSES)} (got {status!r})")
+    with sessions() as s:
+        return repo.list_edits(s, status, limit, offset)
+
+
+def request_revert(sessions, queue: WorkQueue, edit_id: int) -> Edit:
+    """Mark an applied edit for revert and queue the job; the worker does it as a new version."""
+    with transaction(sessions) as s:
+        e = repo.request_revert(s, edit_id)
+        if e is None:
+            raise NotFound(f"no edit with id {edit_id}")
+        if e.status != "applied":
+            raise Conflict(f"edit {edit_id} is {e.status}, not applied: only applied edits can be reverted")
+    try:
+        queue.put("revert", [edit_id])
+    except Exception:
+        log.exception("queue unavailable; the revert of edit %d will be refilled from the database", edit_id)
+    return e

@@ -1,0 +1,26 @@
+"""Errors the service raises for the API to turn into HTTP answers."""
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class Invalid(ServiceError):
+    status_code = 422
+
+
+class Unavailable(ServiceError):
+    status_code = 503

@@ -1,0 +1,171 @@
+"""The weights a process serves or edits: base + the live deltas of the log, kept in step with it.
+
+Every process (api replica or worker) owns one ModelHost. At start it replays the log (base +
+live batches in version order) and proves the result against the hash stored with the head
+version; it refuses to serve on a mismatch. Afterwards `sync()` walks new versions in order
+(a batch adds its deltas; a revert removes one batch and adds its survivors' new batch) under
+the write side of a readers-writer lock, so `/generate` only ever sees whole versions.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Protocol, Sequence
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.editing.types import BatchResult, EditRequest, LayerDelta, LayerNorms
+from app.service.rwlock import RWLock
+from app.store import repo
+from app.store.db import transaction
+
+log = logging.getLogger(__name__)
+
+
+class EditorLike(Protocol):
+    """The part of app.editing.editor.Editor the service relies on."""
+
+    def apply(self, requests: list[EditRequest], batch_id: int) -> BatchResult: ...
+    def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None: ...
+    def remove_batch(self, batch_id: int) -> None: ...
+    def reapply(self, requests: list[EditRequest], z_stars: list[torch.Tensor], batch_id: int) -> BatchResult: ...
+    def weights_hash(self) -> str: ...
+    def norms(self) -> list[LayerNorms]: ...
+    def generate(self, prompt: str, max_new_tokens: int) -> str: ...
+    @property
+    def batch_ids(self) -> list[int]: ...
+
+
+class ReplayMismatch(RuntimeError):
+    """The rebuilt weights do not hash to what the log recorded: serving them would be a lie."""
+
+
+class ModelHost:
+    def __init__(self, editor: EditorLike, sessions: sessionmaker[Session], model_name: str,
+                 layers: Sequence[int], settings: dict | None = None):
+        self.editor = editor
+        self.sessions = sessions
+        self.model_name = model_name
+        self.layers = list(layers)
+        self.settings = settings or {}
+        self.version = 0
+        self.weights_hash = ""
+        self.base_hash = ""
+        self.healthy = False
+        self.problem: str | None = None
+        self._rw = RWLock()
+        self._sync_mutex = threading.Lock()
+
+    # --- start ----------------------------------------------------------------------------
+
+    def bootstrap(self) -> None:
+        """Check the base weights against the log's model, then replay the log onto them."""
+        if self.editor.batch_ids:
+            raise RuntimeError("bootstrap needs an editor holding the base weights only")
+        self.base_hash = self.editor.weights_hash()
+        with transaction(self.sessions) as s:
+            info = repo.get_model_info(s)
+            if info is None:
+                repo.put_model_info(s, self.model_name, self.base_hash, self.layers, self.settings)
+            else:
+                if list(info.layers) != self.layers:
+                    raise ReplayMismatch(
+                        f"the edit log was written for layers {info.layers} but this process edits {self.layers}: "
+                        "start it with the same settings, or point it at another database"
+                    )
+                if info.base_hash != self.base_hash:
+                    raise ReplayMismatch(
+                        f"the edit log was written on base weights {info.base_hash[:12]} ({info.name}) but the loaded "
+                        f"model {self.model_name} hashes to {self.base_hash[:12]} on the edited layers: load the same "
+                        "model, or point it at another database"
+                    )
+        self.weights_hash = self.base_hash
+        self.replay()
+
+    def replay(self) -> None:
+        """Base + live deltas in version order, proven against the head version's stored hash."""
+        with self._rw.write(), self._sync_mutex:
+            for b in list(self.editor.batch_ids):
+                self.editor.remove_batch(b)
+            with self.sessions() as s:
+                head = repo.head_version(s)
+                batches = repo.live_batches(s)
+                for b in batches:
+                    self.editor.add_batch(b.id, repo.batch_deltas(s, b.id))
+            self._prove(head.id if head else 0, head.weights_hash if head else self.base_hash)
+            log.info("replayed %d live batches up to version %d", len(batches), self.version)
+
+    def _prove(self, version: int, expected: str) -> None:
+        got = self.editor.weights_hash()
+        if got != expected:
+            self.healthy = False
+            self.problem = (
+                f"weights after replaying to version {version} hash to {got[:12]}, the log says {expected[:12]}: "
+                "refusing to serve them"
+            )
+            raise ReplayMismatch(self.problem)
+        self.version, self.weights_hash, self.healthy, self.problem = version, got, True, None
+
+    # --- keeping up -------------------------------------------------------------------------
+
+    def head(self) -> int:
+        with self.sessions() as s:
+            return repo.head_version_id(s)
+
+    def sync(self) -> int:
+        """Apply every version after ours, in order; returns the version now served."""
+        if self.head() <= self.version:
+            return self.version
+        with self._rw.write(), self._sync_mutex:
+            with self.sessions() as s:
+                news = repo.versions_after(s, self.version)
+                if not news:
+                    return self.version
+                for v in news:
+                    if v.removed_batch_id is not None:
+                        self.editor.remove_batch(v.removed_batch_id)
+                    if v.added_batch_id is not None:
+                        self.editor.add_batch(v.added_batch_id, repo.batch_deltas(s, v.added_batch_id))
+            self._prove(news[-1].id, news[-1].weights_hash)
+            log.info("now at version %d (%s)", self.version, self.weights_hash[:12])
+            return self.version
+
+    def sync_or_rebuild(self) -> None:
+        """After anything went wrong mid-change: get back to exactly the log's head."""
+        try:
+            self.sync()
+            if self.editor.weights_hash() == self.weights_hash:
+                return
+        except Exception:
+            log.exception("incremental sync failed; rebuilding from the log")
+        self.replay()
+
+    # --- using the weights ------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[int]:
+        """Hold the weights still; yields the version being read."""
+        with self._rw.read():
+            if not self.healthy:
+                raise ReplayMismatch(self.problem or "the weights are not ready")
+            yield self.version
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """For the worker: no reader sees the weights while the editor changes them."""
+        with self._rw.write(), self._sync_mutex:
+            yield
+
+    def generate(self, prompt: str, max_new_tokens: int) -> tuple[str, int, str]:
+        with self.reading() as version:
+            return self.editor.generate(prompt, max_new_tokens), version, self.weights_hash
+
+    def advance(self, version: int, weights_hash: str) -> None:
+        """The worker committed `version` from its own editor: record it without replaying."""
+        self.version, self.weights_hash = version, weights_hash
+
+    def current_norms(self) -> list[LayerNorms]:
+        with self._rw.read():
+            return self.editor.norms()

@@ -1,0 +1,122 @@
+"""The edit log. Postgres (or SQLite, embedded) is the source of truth.
+
+Current weights = base + the deltas of live batches (removed_version IS NULL) in the order of
+the versions that created them. Every change of the weights is one row of `versions`.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EDIT_STATUSES = ("queued", "applying", "applied", "failed", "reverted")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelInfo(Base):
+    """The model this log belongs to: replaying deltas onto different base weights is refused."""
+
+    __tablename__ = "model_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    name: Mapped[str] = mapped_column(String(512))
+    base_hash: Mapped[str] = mapped_column(String(64))
+    layers: Mapped[list] = mapped_column(JSON)
+    settings: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Version(Base):
+    """One change of the weights: a batch applied, or a revert (remove one batch, add its survivors)."""
+
+    __tablename__ = "versions"
+    # Assigned by the single writer as head + 1; the primary key fences off a second writer.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))  # "batch" | "revert"
+    added_batch_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    removed_batch_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    edit_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the reverted edit
+    weights_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_version: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    removed_version: Mapped[int | None] = mapped_column(ForeignKey("versions.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "edit" (ENCORE ran) | "reapply" (survivors of a revert)
+    source_batch_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int] = mapped_column(Integer)
+    z_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    solve_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LayerDeltaRow(Base):
+    """ΔW = U Vᵀ of one batch at one layer, plus its keys; safetensors bytes (never pickle)."""
+
+    __tablename__ = "layer_deltas"
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Edit(Base):
+    __tablename__ = "edits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    target_new: Mapped[str] = mapped_column(Text)
+    target_true: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), nullable=True)  # the live batch holding it
+    applied_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reverted_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revert_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    z_star: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    mpes_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prob_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prob_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_edits_status_id", "status", "id"),)
+
+
+class NormSnapshot(Base):
+    __tablename__ = "norm_snapshots"
+    version: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    weight_norm: Mapped[float] = mapped_column(Float)
+    base_norm: Mapped[float] = mapped_column(Float)
+    delta_norm: Mapped[float] = mapped_column(Float)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    edit_ids: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

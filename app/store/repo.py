@@ -1,0 +1,270 @@
+"""Repository functions over the edit log. Callers own the transaction (see db.transaction)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.editing.types import BatchResult, LayerDelta, LayerNorms
+from app.store.codec import delta_from_bytes, delta_to_bytes, tensor_to_bytes
+from app.store.models import (
+    Batch,
+    Edit,
+    IdempotencyKey,
+    LayerDeltaRow,
+    ModelInfo,
+    NormSnapshot,
+    Version,
+    utcnow,
+)
+
+
+# --- edits ---------------------------------------------------------------------------------
+
+def insert_edits(s: Session, facts: Iterable[dict]) -> list[Edit]:
+    rows = [Edit(status="queued", revert_requested=False, **fact) for fact in facts]
+    s.add_all(rows)
+    s.flush()  # assigns ids
+    return rows
+
+
+def get_edit(s: Session, edit_id: int) -> Edit | None:
+    return s.get(Edit, edit_id)
+
+
+def get_edits(s: Session, ids: Sequence[int]) -> list[Edit]:
+    if not ids:
+        return []
+    rows = s.scalars(select(Edit).where(Edit.id.in_(list(ids)))).all()
+    by_id = {e.id: e for e in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def list_edits(s: Session, status: str | None, limit: int, offset: int) -> tuple[list[Edit], int]:
+    q = select(Edit)
+    c = select(func.count()).select_from(Edit)
+    if status:
+        q = q.where(Edit.status == status)
+        c = c.where(Edit.status == status)
+    rows = s.scalars(q.order_by(Edit.id).limit(limit).offset(offset)).all()
+    return list(rows), int(s.scalar(c) or 0)
+
+
+def status_counts(s: Session) -> dict[str, int]:
+    return {st: int(n) for st, n in s.execute(select(Edit.status, func.count()).group_by(Edit.status))}
+
+
+def queued_ids(s: Session) -> list[int]:
+    return list(s.scalars(select(Edit.id).where(Edit.status == "queued").order_by(Edit.id)))
+
+
+def pending_revert_ids(s: Session) -> list[int]:
+    return list(
+        s.scalars(
+            select(Edit.id).where(Edit.status == "applied", Edit.revert_requested.is_(True)).order_by(Edit.id)
+        )
+    )
+
+
+def claim_for_batch(s: Session, ids: Sequence[int]) -> list[Edit]:
+    """Queued edits among `ids` become `applying`; anything else (applied, failed, a redelivery) is skipped."""
+    rows = s.scalars(
+        select(Edit).where(Edit.id.in_(list(ids)), Edit.status == "queued").order_by(Edit.id)
+    ).all()
+    for e in rows:
+        e.status = "applying"
+    return list(rows)
+
+
+def requeue_applying(s: Session) -> int:
+    """Edits a dead worker left half-done go back to the queue (only the lock holder calls this)."""
+    res = s.execute(update(Edit).where(Edit.status == "applying").values(status="queued", updated_at=utcnow()))
+    return int(res.rowcount or 0)
+
+
+def mark_failed(s: Session, ids: Sequence[int], reason: str) -> None:
+    s.execute(
+        update(Edit).where(Edit.id.in_(list(ids))).values(status="failed", error=reason[:2000], updated_at=utcnow())
+    )
+
+
+def request_revert(s: Session, edit_id: int) -> Edit | None:
+    e = s.get(Edit, edit_id, with_for_update=True)
+    if e is not None and e.status == "applied":
+        e.revert_requested = True
+    return e
+
+
+def clear_revert_request(s: Session, edit_id: int, reason: str) -> None:
+    e = s.get(Edit, edit_id)
+    if e is not None:
+        e.revert_requested = False
+        e.error = reason[:2000]
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+def get_idempotency(s: Session, key: str) -> IdempotencyKey | None:
+    return s.get(IdempotencyKey, key)
+
+
+def put_idempotency(s: Session, key: str, body_hash: str, edit_ids: list[int]) -> None:
+    s.add(IdempotencyKey(key=key, body_hash=body_hash, edit_ids=edit_ids))
+    s.flush()
+
+
+# --- model info ----------------------------------------------------------------------------
+
+def get_model_info(s: Session) -> ModelInfo | None:
+    return s.get(ModelInfo, 1)
+
+
+def put_model_info(s: Session, name: str, base_hash: str, layers: list[int], settings: dict) -> ModelInfo:
+    info = ModelInfo(id=1, name=name, base_hash=base_hash, layers=layers, settings=settings)
+    s.add(info)
+    s.flush()
+    return info
+
+
+# --- versions and batches ------------------------------------------------------------------
+
+def head_version(s: Session) -> Version | None:
+    return s.scalars(select(Version).order_by(Version.id.desc()).limit(1)).first()
+
+
+def head_version_id(s: Session) -> int:
+    return int(s.scalar(select(func.max(Version.id))) or 0)
+
+
+def versions_after(s: Session, version: int) -> list[Version]:
+    return list(s.scalars(select(Version).where(Version.id > version).order_by(Version.id)))
+
+
+def next_batch_id(s: Session) -> int:
+    return int(s.scalar(select(func.max(Batch.id))) or 0) + 1
+
+
+def live_batches(s: Session, at_version: int | None = None) -> list[Batch]:
+    """Batches live at `at_version` (default: head), in the order of the versions that created them."""
+    q = select(Batch)
+    if at_version is None:
+        q = q.where(Batch.removed_version.is_(None))
+    else:
+        q = q.where(
+            Batch.created_version <= at_version,
+            (Batch.removed_version.is_(None)) | (Batch.removed_version > at_version),
+        )
+    return list(s.scalars(q.order_by(Batch.created_version, Batch.id)))
+
+
+def batch_deltas(s: Session, batch_id: int) -> list[LayerDelta]:
+    rows = s.scalars(select(LayerDeltaRow).where(LayerDeltaRow.batch_id == batch_id).order_by(LayerDeltaRow.layer))
+    return [delta_from_bytes(r.layer, r.data) for r in rows]
+
+
+def live_edits_of_batch(s: Session, batch_id: int) -> list[Edit]:
+    return list(
+        s.scalars(select(Edit).where(Edit.batch_id == batch_id, Edit.status == "applied").order_by(Edit.id))
+    )
+
+
+@dataclass
+class Applied:
+    """What the worker hands the store after the editor ran, for one commit."""
+
+    version: int
+    weights_hash: str
+    norms: list[LayerNorms]
+
+
+def _add_version(s: Session, applied: Applied, **fields) -> None:
+    s.add(Version(id=applied.version, weights_hash=applied.weights_hash, **fields))
+    s.flush()  # the batch rows below reference it
+    for n in applied.norms:
+        s.add(
+            NormSnapshot(
+                version=applied.version, layer=n.layer, weight_norm=n.weight_norm,
+                base_norm=n.base_norm, delta_norm=n.delta_norm,
+            )
+        )
+
+
+def _add_batch(s: Session, applied: Applied, result: BatchResult, kind: str, seconds: float,
+               source_batch_id: int | None = None) -> None:
+    s.add(
+        Batch(
+            id=result.batch_id, created_version=applied.version, kind=kind, source_batch_id=source_batch_id,
+            size=len(result.outcomes), z_seconds=result.z_seconds, solve_seconds=result.solve_seconds,
+            seconds=seconds,
+        )
+    )
+    s.flush()
+    for d in result.deltas:
+        s.add(LayerDeltaRow(batch_id=result.batch_id, layer=d.layer, data=delta_to_bytes(d)))
+
+
+def record_batch(s: Session, applied: Applied, result: BatchResult, edits: Sequence[Edit], seconds: float) -> None:
+    """The commit point of a batch: version, batch, deltas, norms and every edit's outcome together."""
+    _add_version(s, applied, kind="batch", added_batch_id=result.batch_id)
+    _add_batch(s, applied, result, "edit", seconds)
+    per_edit = seconds / max(1, len(edits))
+    for e, out in zip(edits, result.outcomes, strict=True):
+        e.status = "applied"
+        e.error = None
+        e.batch_id = result.batch_id
+        e.applied_version = applied.version
+        e.z_star = tensor_to_bytes(out.z_star)
+        e.mpes_steps = int(out.mpes_steps)
+        e.prob_before = float(out.prob_before)
+        e.prob_after = float(out.prob_after)
+        e.seconds = per_edit
+
+
+def record_revert(s: Session, applied: Applied, edit: Edit, removed_batch_id: int,
+                  survivors: Sequence[Edit], result: BatchResult | None, seconds: float) -> None:
+    """A revert is a new version: the old batch leaves, its surviving edits come back as a new batch."""
+    _add_version(
+        s, applied, kind="revert", removed_batch_id=removed_batch_id,
+        added_batch_id=result.batch_id if result is not None else None, edit_id=edit.id,
+    )
+    old = s.get(Batch, removed_batch_id)
+    old.removed_version = applied.version
+    if result is not None:
+        _add_batch(s, applied, result, "reapply", seconds, source_batch_id=removed_batch_id)
+        for e in survivors:
+            e.batch_id = result.batch_id
+    edit.status = "reverted"
+    edit.revert_requested = False
+    edit.reverted_version = applied.version
+
+
+# --- norms ---------------------------------------------------------------------------------
+
+def norm_history(s: Session, per_layer: int) -> dict[int, list[NormSnapshot]]:
+    versions = list(
+        s.scalars(select(NormSnapshot.version).distinct().order_by(NormSnapshot.version.desc()).limit(per_layer))
+    )
+    if not versions:
+        return {}
+    rows = s.scalars(
+        select(NormSnapshot).where(NormSnapshot.version.in_(versions)).order_by(NormSnapshot.version)
+    )
+    out: dict[int, list[NormSnapshot]] = {}
+    for r in rows:
+        out.setdefault(r.layer, []).append(r)
+    return out
+
+
+def batch_stats(s: Session) -> tuple[int, float]:
+    """Count and total seconds of batches the editor ran (for the batch-seconds summary)."""
+    n, total = s.execute(select(func.count(), func.coalesce(func.sum(Batch.seconds), 0.0)).where(Batch.kind == "edit")).one()
+    return int(n), float(total)
+
+
+def mpes_stats(s: Session) -> tuple[int, int]:
+    n, total = s.execute(
+        select(func.count(), func.coalesce(func.sum(Edit.mpes_steps), 0)).where(Edit.mpes_steps.is_not(None))
+    ).one()
+    return int(n), int(total)

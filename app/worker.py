@@ -1,0 +1,177 @@
+"""The batching worker: one writer per model, the rest stand by.
+
+Loop: hold the writer lock (Postgres advisory lock / flock beside SQLite) → bring the weights to
+the log's head → put edits a dead worker left `applying` back to `queued` and refill the queue
+from the database → then repeatedly take up to B messages (waiting at most T ms after the
+first), revert what asks to be reverted, apply the rest as one batch, commit, XACK, announce
+the version. Crash safety: the database commit is the point of no return; a message is acked
+only after it, and a redelivered message finds its edit no longer `queued` and is skipped.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from prometheus_client import Counter, Histogram
+
+from app.config import ServiceConfig
+from app.queue import Message, QueueLost, WorkQueue
+from app.service.applying import JobReport, LostWriterLock, apply_edits, revert_edit
+from app.service.host import ModelHost
+from app.store import repo
+from app.store.db import WriterLock, transaction
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 1.0  # how long one take() blocks for a first message; bounds shutdown latency
+
+
+class WorkerMetrics:
+    def __init__(self, registry) -> None:
+        self.batch_seconds = Histogram(
+            "kedit_worker_batch_seconds", "seconds the editor took per batch (this worker)",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=registry,
+        )
+        self.mpes_steps = Histogram(
+            "kedit_worker_mpes_steps", "optimisation steps per fact (this worker)",
+            buckets=(1, 2, 3, 5, 8, 12, 16, 20, 25, 50, 100), registry=registry,
+        )
+        self.jobs = Counter("kedit_worker_edits", "edits handled by this worker, by outcome", ["outcome"],
+                            registry=registry)
+
+
+class Worker:
+    def __init__(self, config: ServiceConfig, host: ModelHost, queue: WorkQueue, lock: WriterLock,
+                 metrics: WorkerMetrics | None = None):
+        self.config = config
+        self.host = host
+        self.queue = queue
+        self.lock = lock
+        self.metrics = metrics
+        self.active = False
+        self.last_error: str | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Stand by until the writer lock is ours, then work until `stop` is set."""
+        try:
+            while not stop.is_set():
+                if not self.lock.try_acquire():
+                    stop.wait(self.config.standby_poll_s)
+                    continue
+                log.info("writer lock acquired: this worker edits %s", self.host.model_name)
+                try:
+                    self.become_active()
+                    while not stop.is_set():
+                        if not self.lock.still_held():
+                            log.error("writer lock lost; standing by again")
+                            break
+                        self.step()
+                except Exception as exc:  # keep the process alive; a standby may take over meanwhile
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("worker loop failed; releasing the writer lock and retrying")
+                    stop.wait(1.0)
+                finally:
+                    self.active = False
+                    self.lock.release()
+        finally:
+            self.lock.release()
+
+    def become_active(self) -> None:
+        self.host.sync_or_rebuild()
+        with transaction(self.host.sessions) as s:
+            n = repo.requeue_applying(s)
+        if n:
+            log.warning("%d edits were left `applying` by a dead worker; they are queued again", n)
+        self.queue.ensure()
+        self.refill()
+        self.active = True
+
+    def refill(self) -> int:
+        """Put every edit the database still wants done back on the queue (duplicates are skipped later)."""
+        with self.host.sessions() as s:
+            queued, reverts = repo.queued_ids(s), repo.pending_revert_ids(s)
+        if queued:
+            self.queue.put("edit", queued)
+        if reverts:
+            self.queue.put("revert", reverts)
+        if queued or reverts:
+            log.info("refilled the queue from the database: %d edits, %d reverts", len(queued), len(reverts))
+        return len(queued) + len(reverts)
+
+    # --- one round --------------------------------------------------------------------------
+
+    def step(self) -> JobReport | None:
+        """Take one batch of messages and handle it. Returns None when the queue was idle."""
+        try:
+            msgs = self.queue.take(self.config.batch_size, IDLE_WAIT_S, self.config.batch_wait_ms / 1000)
+        except QueueLost:
+            log.error("the queue vanished (Redis restarted empty?); recreating it from the database")
+            self.queue.ensure()
+            self.refill()
+            return None
+        if not msgs:
+            self._idle_check()
+            return None
+        return self.handle(msgs)
+
+    def handle(self, msgs: list[Message]) -> JobReport:
+        lock_ok = self.lock.still_held
+        total = JobReport()
+        for m in [m for m in msgs if m.kind == "revert"]:
+            self._merge(total, revert_edit(self.host, m.edit_id, lock_ok), "reverted")
+        edit_ids = list(dict.fromkeys(m.edit_id for m in msgs if m.kind == "edit"))
+        if edit_ids:
+            try:
+                self._merge(total, apply_edits(self.host, edit_ids, lock_ok), "applied")
+            except LostWriterLock:
+                raise
+            except Exception:
+                # The commit failed (database trouble): nothing was recorded, so the edits go
+                # back to `queued`; the messages stay unacked and come back after reclaim.
+                with transaction(self.host.sessions) as s:
+                    repo.requeue_applying(s)
+                raise
+        self.queue.ack(msgs)
+        if total.version is not None:
+            self.queue.publish_version(total.version)
+        return total
+
+    def _merge(self, total: JobReport, r: JobReport, done: str) -> None:
+        total.version = r.version if r.version is not None else total.version
+        total.applied += r.applied
+        total.failed += r.failed
+        total.skipped += r.skipped
+        if self.metrics:
+            if r.seconds and r.mpes_steps:
+                self.metrics.batch_seconds.observe(r.seconds)
+            for n in r.mpes_steps:
+                self.metrics.mpes_steps.observe(n)
+            for outcome, ids in ((done, r.applied), ("failed", r.failed), ("skipped", r.skipped)):
+                if ids:
+                    self.metrics.jobs.labels(outcome).inc(len(ids))
+
+    def _idle_check(self) -> None:
+        """Idle and yet the database has work: Redis lost entries, or an api died between its
+        commit and its XADD. Either way the rows are the truth; queue them again."""
+        if self.queue.depth() == 0:
+            self.refill()
+
+
+def run_worker_thread(worker: Worker) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    t = threading.Thread(target=worker.run, args=(stop,), name="kedit-worker", daemon=True)
+    t.start()
+    return t, stop
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes (for startup and tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
