@@ -17,6 +17,9 @@ _register_editing(app)
 from app.eval.cli import register as _register_eval  # noqa: E402
 
 _register_eval(app)
+from app.cli_service import register as _register_service  # noqa: E402
+
+_register_service(app)
 # --- end of command registration ---
 
 

@@ -60,6 +60,8 @@ def describe(err: dict) -> str:
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
     msg = str(err.get("msg", "invalid"))
     msg = msg.removeprefix("Value error, ")
+    if err.get("type") == "missing" and where == "body":
+        return "the request needs a JSON body (see the schema at /docs)"
     if err.get("type") == "extra_forbidden":
         msg = f"unknown field {where!r} (allowed fields are listed in the OpenAPI schema at /docs)"
         return msg

@@ -66,9 +66,11 @@ def post_edits(
 def list_edits(
     ctx: Ctx,
     status: Annotated[str | None, Query(description="queued, applying, applied, failed or reverted")] = None,
-    limit: Annotated[int, Query(ge=1, description="page size")] = 50,
+    limit: Annotated[int | None, Query(ge=1, description="page size (default 50, at most the configured bound)")] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
+    if limit is None:
+        limit = min(50, ctx.config.max_page_size)
     if limit > ctx.config.max_page_size:
         raise Invalid(f"limit is {limit}; the bound is {ctx.config.max_page_size}")
     rows, total = service.list_page(ctx.sessions, status, limit, offset)

@@ -1,0 +1,135 @@
+"""`kedit serve | api | worker | verify | db`: running the service.
+
+serve   api + worker in one process (embedded default: SQLite + in-process queue when no
+        DATABASE_URL / REDIS_URL is set; with them, the same process joins production engines)
+api     an api replica only (needs REDIS_URL to reach a worker)
+worker  a worker only: stands by until it holds the writer lock, then applies queued edits
+verify  rebuild the weights from the log (base + live deltas) and check the stored hash
+db      upgrade the schema / show its revision
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Optional
+
+import typer
+
+log = logging.getLogger("kedit.service")
+
+
+def _config(**overrides):
+    from app.config import ServiceConfig
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return ServiceConfig(**given)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_http(cfg, with_worker: bool, log_level: str) -> None:
+    import uvicorn
+
+    from app.api.main import create_app
+
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
+        log.warning("listening on %s without an API key: anyone who can reach it can change the model", cfg.host)
+    uvicorn.run(create_app(cfg, with_worker=with_worker), host=cfg.host, port=cfg.port, log_level=log_level.lower())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(help="Serve the API with the worker in the same process (embedded mode by default).")
+    def serve(
+        host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
+        port: Optional[int] = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
+        model: Optional[str] = typer.Option(None, help="HF folder or .gguf (default SmolLM2; KEDIT_MODEL_PATH)"),
+        log_level: str = typer.Option("info"),
+    ) -> None:
+        _logging(log_level)
+        _run_http(_config(host=host, port=port, model_path=model), True, log_level)
+
+    @app.command(help="Serve the API only; edits go to a separate `kedit worker` through Redis.")
+    def api(
+        host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
+        port: Optional[int] = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
+        model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+        log_level: str = typer.Option("info"),
+    ) -> None:
+        _logging(log_level)
+        cfg = _config(host=host, port=port, model_path=model)
+        if not cfg.redis_url:
+            raise typer.BadParameter("`kedit api` needs REDIS_URL (and DATABASE_URL); use `kedit serve` for one process")
+        _run_http(cfg, False, log_level)
+
+    @app.command(help="Run a worker: applies queued edits while it holds the writer lock, else stands by.")
+    def worker(
+        model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+        metrics_port: Optional[int] = typer.Option(None, help="serve this worker's Prometheus metrics on this port"),
+        log_level: str = typer.Option("info"),
+    ) -> None:
+        _logging(log_level)
+        from app.service.context import ServiceContext, load_editor
+        from app.store.db import WriterLock
+        from app.worker import Worker, WorkerMetrics
+
+        cfg = _config(model_path=model)
+        ctx = ServiceContext.open(cfg)
+        host = ctx.make_host(load_editor(cfg, "worker"))
+        w = Worker(cfg, host, ctx.queue, WriterLock(ctx.engine, host.model_name), WorkerMetrics(ctx.registry))
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr=cfg.host, registry=ctx.registry)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        log.info("worker ready at version %d; waiting for the writer lock", host.version)
+        try:
+            w.run(stop)
+        finally:
+            ctx.close()
+
+    @app.command(help="Rebuild the weights from the log and check them against the stored hash.")
+    def verify(model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)")) -> None:
+        _logging("warning")
+        from app.service.context import ServiceContext, load_editor
+        from app.service.host import ReplayMismatch
+
+        cfg = _config(model_path=model)
+        ctx = ServiceContext.open(cfg)
+        try:
+            host = ctx.make_host(load_editor(cfg, "api"))
+        except ReplayMismatch as e:
+            typer.echo(f"MISMATCH: {e}", err=True)
+            raise typer.Exit(1)
+        finally:
+            ctx.close()
+        typer.echo(f"ok: version {host.version}, {len(host.editor.batch_ids)} live batches, hash {host.weights_hash}")
+
+    db_app = typer.Typer(help="The edit-log database schema (Alembic).", no_args_is_help=True)
+
+    @db_app.command("upgrade", help="Migrate the database to the newest schema.")
+    def db_upgrade() -> None:
+        from app.store.db import current_revision, make_engine, upgrade
+
+        engine = make_engine(_config().resolved_database_url())
+        upgrade(engine)
+        typer.echo(f"schema at {current_revision(engine)}")
+
+    @db_app.command("current", help="Show the schema revision of the database and the one this code needs.")
+    def db_current() -> None:
+        from app.store.db import current_revision, head_revision, make_engine
+
+        engine = make_engine(_config().resolved_database_url())
+        typer.echo(f"database: {current_revision(engine) or 'empty'}; code needs: {head_revision(engine)}")
+
+    app.add_typer(db_app, name="db")
+
+
+if __name__ == "__main__":  # `python -m app.cli_service worker`: the service commands alone
+    _app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+    register(_app)
+    _app()

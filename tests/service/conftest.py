@@ -1,0 +1,34 @@
+"""Embedded mode: SQLite + the in-process queue + the worker thread, on a tiny model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from service.helpers import make_tiny_assets, tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("tiny-service")
+    model_dir, corpus = make_tiny_assets(root)
+    return model_dir, corpus, root / "cache"  # one cache: key statistics are computed once
+
+
+@pytest.fixture
+def make_config(tiny_assets, tmp_path):
+    model_dir, corpus, cache = tiny_assets
+
+    def make(db: Path | None = None, **over):
+        db = db or tmp_path / "kedit.db"
+        return tiny_config(model_dir, corpus, cache, database_url=f"sqlite:///{db}", **over)
+
+    return make
+
+
+@pytest.fixture
+def client(make_config):
+    with TestClient(create_app(make_config())) as c:
+        yield c

@@ -1,0 +1,190 @@
+"""Every validation rule: the bad input, the 4xx, and a message a person can act on."""
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from service.helpers import tiny_config
+
+GOOD = {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English"}
+
+
+@pytest.fixture(scope="module")
+def api(tiny_assets, tmp_path_factory):
+    model_dir, corpus, cache = tiny_assets
+    db = tmp_path_factory.mktemp("validation") / "kedit.db"
+    cfg = tiny_config(
+        model_dir, corpus, cache, database_url=f"sqlite:///{db}", max_prompt_chars=64, max_subject_chars=32,
+        max_target_chars=16, max_edits_per_request=3, max_new_tokens=8, max_page_size=10,
+    )
+    with TestClient(create_app(cfg)) as c:
+        yield c
+
+
+def bad(api, body, fragment: str, status: int = 422, **kw):
+    r = api.post("/edits", json=body, **kw)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["detail"], r.json()
+    return r
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"prompt": "The mother tongue of Danielle Darrieux is"}, "exactly once (found 0)"),
+        ({"prompt": "{} and {} speak"}, "exactly once (found 2)"),
+        ({"prompt": "The {0} of {} is"}, "no braces other than the one subject slot"),
+        ({"prompt": "The tongue of {} is }"}, "no braces other than the one subject slot"),
+        ({"prompt": " {} "}, "nothing besides the subject slot"),
+        ({"prompt": "The mother tongue of {} is" + "x" * 60}, "the bound is 64"),
+        ({"subject": ""}, "subject is empty"),
+        ({"subject": "   "}, "subject is empty"),
+        ({"subject": "D" * 33}, "subject is 33 characters long; the bound is 32"),
+        ({"target_new": ""}, "target_new is empty"),
+        ({"target_new": " \t"}, "target_new is empty"),
+        ({"target_new": "E" * 17}, "target_new is 17 characters long; the bound is 16"),
+        ({"target_true": ""}, "target_true is empty (leave target_true out instead)"),
+        ({"target_true": "F" * 17}, "target_true is 17 characters long"),
+        ({"prompt": 5}, "prompt: Input should be a valid string"),
+        ({"colour": "red"}, "unknown field 'colour'"),
+    ],
+)
+def test_bad_fact_is_rejected_with_reason(api, change, fragment):
+    bad(api, {**GOOD, **change}, fragment)
+
+
+@pytest.mark.parametrize("missing", ["prompt", "subject", "target_new"])
+def test_missing_field(api, missing):
+    body = {k: v for k, v in GOOD.items() if k != missing}
+    bad(api, body, f"{missing}: Field required")
+
+
+def test_bad_fact_in_a_list_names_its_index(api):
+    r = bad(api, [GOOD, {**GOOD, "subject": ""}], "1.subject: subject is empty")
+    assert r.json()["errors"][0]["loc"] == ["body", 1, "subject"]
+
+
+def test_empty_list(api):
+    bad(api, [], "the list of edits is empty")
+
+
+def test_list_too_long(api):
+    bad(api, [GOOD] * 4, "4 edits in one request; the bound is 3")
+
+
+@pytest.mark.parametrize("body", ["a string", 42, True])
+def test_body_not_object_or_list(api, body):
+    bad(api, body, "must be a JSON object (one fact) or a JSON array")
+
+
+def test_no_body(api):
+    r = api.post("/edits")
+    assert r.status_code == 422 and "the request needs a JSON body" in r.json()["detail"]
+
+
+def test_invalid_json(api):
+    r = api.post("/edits", content=b'{"prompt": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert "JSON decode error" in r.json()["detail"]
+
+
+def test_body_too_large(api):
+    r = api.post("/edits", content=b"[" + b" " * (1 << 20) + b"]", headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert "the bound is 1048576" in r.json()["detail"]
+
+
+def test_bad_input_creates_no_edit(api):
+    before = api.get("/edits").json()["total"]
+    bad(api, [GOOD, {**GOOD, "prompt": "no slot"}], "exactly once")
+    assert api.get("/edits").json()["total"] == before
+
+
+def test_idempotency_key_bounds(api):
+    bad(api, GOOD, "String should have at most 255 characters", headers={"Idempotency-Key": "k" * 256})
+    bad(api, GOOD, "String should have at least 1 character", headers={"Idempotency-Key": ""})
+
+
+def test_idempotency_key_reused_with_other_body(api):
+    r = api.post("/edits", json=GOOD, headers={"Idempotency-Key": "reuse-1"})
+    assert r.status_code == 202
+    bad(api, {**GOOD, "target_new": "German"}, "already used with a different request body",
+        headers={"Idempotency-Key": "reuse-1"})
+
+
+# --- generate ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"prompt": ""}, "prompt: String should have at least 1 character"),
+        ({"prompt": "   "}, "prompt is empty"),
+        ({"prompt": "x" * 65}, "prompt is 65 characters long; the bound is 64"),
+        ({"prompt": "Paris is", "max_new_tokens": 0}, "greater than or equal to 1"),
+        ({"prompt": "Paris is", "max_new_tokens": 9}, "max_new_tokens is 9; the bound is 8"),
+        ({"prompt": "Paris is", "max_new_tokens": "many"}, "max_new_tokens: Input should be a valid integer"),
+    ],
+)
+def test_generate_get_bounds(api, params, fragment):
+    r = api.get("/generate", params=params)
+    assert r.status_code == 422, r.text
+    assert fragment in r.json()["detail"]
+
+
+def test_generate_get_needs_prompt(api):
+    r = api.get("/generate")
+    assert r.status_code == 422
+    assert "prompt: Field required" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"prompt": "Paris is", "temperature": 1}, "unknown field 'temperature'"),
+        ({"prompt": "Paris is", "max_new_tokens": 9}, "the bound is 8"),
+        ({}, "prompt: Field required"),
+        (["Paris is"], "must be a JSON object"),
+    ],
+)
+def test_generate_post_bounds(api, body, fragment):
+    r = api.post("/generate", json=body)
+    assert r.status_code == 422, r.text
+    assert fragment in r.json()["detail"]
+
+
+def test_generate_ok_answers_text_and_version(api):
+    for r in (api.get("/generate", params={"prompt": "Paris is", "max_new_tokens": 3}),
+              api.post("/generate", json={"prompt": "Paris is", "max_new_tokens": 3})):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert isinstance(body["text"], str) and body["version"] >= 0 and len(body["weights_hash"]) == 64
+
+
+# --- reading edits -------------------------------------------------------------------------
+
+def test_list_bad_status(api):
+    r = api.get("/edits", params={"status": "done"})
+    assert r.status_code == 422
+    assert "status must be one of queued, applying, applied, failed, reverted (got 'done')" in r.json()["detail"]
+
+
+def test_list_page_bounds(api):
+    r = api.get("/edits", params={"limit": 11})
+    assert r.status_code == 422 and "limit is 11; the bound is 10" in r.json()["detail"]
+    r = api.get("/edits", params={"limit": 0})
+    assert r.status_code == 422 and "limit: Input should be greater than or equal to 1" in r.json()["detail"]
+    r = api.get("/edits", params={"offset": -1})
+    assert r.status_code == 422 and "offset: Input should be greater than or equal to 0" in r.json()["detail"]
+
+
+def test_get_edit_bad_and_unknown_id(api):
+    r = api.get("/edits/abc")
+    assert r.status_code == 422 and "edit_id: Input should be a valid integer" in r.json()["detail"]
+    r = api.get("/edits/999999")
+    assert r.status_code == 404 and r.json()["detail"] == "no edit with id 999999"
+
+
+def test_revert_unknown_edit(api):
+    r = api.post("/edits/999999/revert")
+    assert r.status_code == 404 and "no edit with id 999999" in r.json()["detail"]
