@@ -240,8 +240,9 @@ class RedisQueue:
 
     def claim_stale(self, max_items: int, min_idle_ms: int | None = None) -> list[Message]:
         idle = self.reclaim_idle_ms if min_idle_ms is None else min_idle_ms
-        _next, claimed, *_deleted = self.client.xautoclaim(
-            self.stream, self.group, self.consumer, min_idle_time=idle, start_id="0-0", count=max_items
+        _next, claimed, *_deleted = self._group_call(
+            self.client.xautoclaim, self.stream, self.group, self.consumer, min_idle_time=idle, start_id="0-0",
+            count=max_items,
         )
         msgs = self._parse(claimed)
         # Entries deleted from the stream but still pending can never be processed: drop them.
@@ -249,15 +250,20 @@ class RedisQueue:
             self.client.xack(self.stream, self.group, *_deleted[0])
         return msgs
 
-    def _read(self, count: int, block_ms: int | None) -> list[Message]:
+    def _group_call(self, fn, *args, **kwargs):
         try:
-            resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+            return fn(*args, **kwargs)
         except self._redis.ResponseError as e:
             if "NOGROUP" in str(e):
                 # Redis lost the stream under us (restart without persistence); the worker's
                 # refill pass brings the work back from the database.
                 raise QueueLost(str(e)) from e
             raise
+
+    def _read(self, count: int, block_ms: int | None) -> list[Message]:
+        resp = self._group_call(
+            self.client.xreadgroup, self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
         out: list[Message] = []
         for _stream, entries in resp or []:
             out.extend(self._parse(entries))

@@ -67,11 +67,14 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+_MIGRATING = threading.Lock()  # Alembic's `context` is a module global: one migration per process at a time
+
+
 def upgrade(engine: Engine) -> None:
     from alembic import command
 
     cfg = _alembic_config(engine)
-    with engine.begin() as conn:
+    with _MIGRATING, engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
