@@ -1,0 +1,91 @@
+"""Real processes: two `kedit api` replicas and one `kedit worker`, over PostgreSQL and Redis."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.helpers import FACTS, TINY_OVERRIDES, wait_for
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def spawn(tiny_assets, pg_url, redis_prefix, tmp_path):
+    model_dir, corpus, cache = tiny_assets
+    env = {
+        **os.environ,
+        "KEDIT_MODEL_PATH": str(model_dir), "KEDIT_CACHE_DIR": str(cache), "KEDIT_STATS_CORPUS": str(corpus),
+        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES), "DATABASE_URL": pg_url.replace("+psycopg", ""),
+        "REDIS_URL": "redis://127.0.0.1:6379/0", "KEDIT_REDIS_PREFIX": redis_prefix,
+        "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.5", "KEDIT_STANDBY_POLL_S": "0.5",
+    }
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        log = open(tmp_path / f"proc{len(procs)}.log", "wb")
+        p = subprocess.Popen([sys.executable, "-m", "app.cli_service", *args, "--log-level", "warning"],
+                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def ready(url: str, proc: subprocess.Popen) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"process exited with {proc.returncode}")
+    try:
+        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_two_api_processes_and_a_worker(spawn):
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    apis = [spawn("api", "--port", str(p)) for p in ports]
+    spawn("worker")
+    for url, proc in zip(urls, apis):
+        wait_for(lambda: ready(url, proc), 180, f"{url} to be ready")
+
+    eid = httpx.post(f"{urls[0]}/edits", json=FACTS[0]).json()["ids"][0]
+    wait_for(lambda: httpx.get(f"{urls[1]}/edits/{eid}").json()["status"] == "applied", 180, "the edit to apply")
+    for url in urls:
+        wait_for(lambda: httpx.get(f"{url}/version").json()["version"] == 1, 60, f"{url} to reach version 1")
+    versions = [httpx.get(f"{url}/version").json() for url in urls]
+    assert versions[0]["weights_hash"] == versions[1]["weights_hash"] != versions[0]["base_hash"]
+    params = {"prompt": "The mother tongue of Danielle Darrieux is", "max_new_tokens": 4}
+    texts = [httpx.get(f"{url}/generate", params=params).json() for url in urls]
+    assert texts[0]["text"] == texts[1]["text"] and texts[0]["version"] == texts[1]["version"] == 1
+
+    # Restart one replica: it rebuilds the same weights from the log.
+    apis[1].send_signal(signal.SIGTERM)
+    apis[1].wait(timeout=30)
+    again = spawn("api", "--port", str(ports[1]))
+    wait_for(lambda: ready(urls[1], again), 180, "the restarted api to be ready")
+    v = httpx.get(f"{urls[1]}/version").json()
+    assert (v["version"], v["weights_hash"]) == (1, versions[0]["weights_hash"])
+    assert httpx.get(f"{urls[1]}/generate", params=params).json()["text"] == texts[0]["text"]
