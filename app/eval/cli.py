@@ -85,6 +85,7 @@ def _run_main(
     checkpoint_every: Optional[int] = typer.Option(None, min=1, help="every K batches: score the facts edited so far, measure model health, save a checkpoint for --resume"),
     checkpoint_sample: Optional[int] = typer.Option(None, min=1, help="score at most M edited facts at a checkpoint (a fixed seeded sample); the final scores use all"),
     generation_samples: int = typer.Option(50, min=1, help="CounterFact GE: number of texts generated from the records' generation prompts"),
+    gen_max_len: int = typer.Option(100, min=8, help="tokens per generated text (prompt included) for GE and the health prompts; the reference uses 100"),
     health: bool = typer.Option(True, help="measure WikiText perplexity and generation entropy (unedited, checkpoints, end)"),
     ppl_tokens: int = typer.Option(4096, min=64, help="tokens of the WikiText-103 validation slice scored for perplexity"),
     zsre_target: ZsreTargetName = typer.Option(ZsreTargetName.answers, help="zsRE edit target: 'answers' (answers[0], as in the MEMIT/ENCORE code) or 'alt'"),
@@ -110,7 +111,7 @@ def _run_main(
         "dataset": dataset.value, "data": str(data or default_data_path(dataset.value)), "records": records,
         "batch_size": batch_size, "method": method.value, "preset": preset, "overrides": _parse_overrides(set_),
         "model": model, "checkpoint_every": checkpoint_every, "checkpoint_sample": checkpoint_sample,
-        "generation_samples": generation_samples, "health": health, "ppl_tokens": ppl_tokens,
+        "generation_samples": generation_samples, "gen_max_len": gen_max_len, "health": health, "ppl_tokens": ppl_tokens,
         "zsre_target": zsre_target.value, "score_batch_size": score_batch_size, "seed": seed, "device": device,
         "cache_dir": str(cache_dir) if cache_dir else None,
     }
@@ -136,8 +137,9 @@ def _load_inputs(config: dict):
     options = RunOptions(
         batch_size=config["batch_size"], checkpoint_every=config["checkpoint_every"],
         checkpoint_sample=config["checkpoint_sample"], generation_samples=config["generation_samples"],
-        score_batch_size=config["score_batch_size"], seed=config["seed"],
-        health=HealthConfig(ppl_tokens=config["ppl_tokens"], seed=config["seed"]) if config["health"] else None,
+        gen_max_len=config.get("gen_max_len", 100), score_batch_size=config["score_batch_size"], seed=config["seed"],
+        health=HealthConfig(ppl_tokens=config["ppl_tokens"], gen_max_len=config.get("gen_max_len", 100), seed=config["seed"])
+        if config["health"] else None,
     )
     return ds, settings, options
 

@@ -43,6 +43,7 @@ class RunOptions:
     checkpoint_every: int | None = None  # batches between checkpoints (scores + saved state)
     checkpoint_sample: int | None = None  # score at most this many edited facts at a checkpoint
     generation_samples: int = 50  # CounterFact GE: texts generated from the records' generation prompts
+    gen_max_len: int = 100  # tokens per generated text, prompt included (the reference's 100)
     score_batch_size: int = 32  # sequences per forward pass when scoring
     health: HealthConfig | None = field(default_factory=HealthConfig)  # None: skip perplexity/generation entropy
     seed: int = 0
@@ -92,7 +93,7 @@ def _ge(lm, prompts: list[str], health: dict | None, opts: RunOptions) -> tuple[
     """GE from the records' generation prompts; files without any (compact CounterFact,
     zsRE) use the fixed health prompts instead, and the summary says which."""
     if prompts:
-        texts = scoring.generate_texts(lm.model, lm.tokenizer, prompts, seed=opts.seed)
+        texts = scoring.generate_texts(lm.model, lm.tokenizer, prompts, max_len=opts.gen_max_len, seed=opts.seed)
         return mean_ngram_entropy(texts), "generation_prompts"
     if health is not None:
         return health["gen_entropy"], "health_prompts"
@@ -265,7 +266,7 @@ def run_eval(
     summary["wall_seconds"] = prior_wall + time.perf_counter() - started
     summary["run"] = {**(run_info or {}), "records": len(records), "batch_size": opts.batch_size,
                       "checkpoint_every": opts.checkpoint_every, "checkpoint_sample": opts.checkpoint_sample,
-                      "generation_samples": opts.generation_samples, "kind": kind,
+                      "generation_samples": opts.generation_samples, "gen_max_len": opts.gen_max_len, "kind": kind,
                       "health": asdict(opts.health) if opts.health else None, "seed": opts.seed}
     if out is not None:
         write_summary(out, summary)

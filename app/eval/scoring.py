@@ -212,18 +212,16 @@ def aggregate_zsre(details: Sequence[dict]) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def generate_texts(model, tokenizer, prompts: Sequence[str], max_len: int = 100, top_k: int = 5,
-                   seed: int = 0, batch_size: int = 32) -> list[str]:
-    """Top-k sampled continuations, each text = prompt + continuation, at most `max_len` tokens
-    in all (the reference's generate_fast settings: top-k 5, 100 tokens).
+def generate_ids(model, tokenizer, prompts: Sequence[str], max_len: int = 100, top_k: int = 5,
+                 seed: int = 0, batch_size: int = 32) -> list[list[int]]:
+    """Top-k sampled token ids per prompt: the prompt's ids then the continuation's, at most
+    `max_len` tokens in all (the reference's generate_fast settings: top-k 5, 100 tokens).
 
     Seeded with a forked RNG, so the same weights give the same texts and the caller's
     random state is untouched. Generation stops early at EOS (the reference does not).
     """
-    if not prompts:
-        return []
     device, pad = _device(model), pad_id_of(tokenizer)
-    texts: list[str] = [""] * len(prompts)
+    out: list[list[int]] = [[] for _ in prompts]
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -238,17 +236,25 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_len: int = 100,
             for r, i in enumerate(idx):
                 ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
-            new = max(1, max_len - shortest)
             gen = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=top_k, top_p=1.0,
-                temperature=1.0, max_new_tokens=new, min_new_tokens=0, pad_token_id=pad,
+                temperature=1.0, max_new_tokens=max(1, max_len - shortest), pad_token_id=pad,
             )
             for r, i in enumerate(idx):
-                seq = encoded[i] + gen[r, width:].tolist()
-                seq = seq[:max_len]  # each text holds at most max_len tokens, prompt included
-                text = tokenizer.decode(seq, skip_special_tokens=True)
-                texts[i] = unicodedata.normalize("NFKD", text).replace("\n\n", " ")
-    return texts
+                seq = list(encoded[i]) + gen[r, width:].tolist()
+                eos = tokenizer.eos_token_id
+                if eos is not None and eos in seq[len(encoded[i]):]:  # drop EOS and the padding after it
+                    seq = seq[: seq.index(eos, len(encoded[i]))]
+                out[i] = seq[:max_len]  # at most max_len tokens, prompt included
+    return out
+
+
+def generate_texts(model, tokenizer, prompts: Sequence[str], max_len: int = 100, top_k: int = 5,
+                   seed: int = 0, batch_size: int = 32) -> list[str]:
+    """Sampled texts (prompt + continuation), normalised as the reference does (NFKD, no blank lines)."""
+    ids = generate_ids(model, tokenizer, prompts, max_len, top_k, seed, batch_size)
+    texts = [tokenizer.decode(seq, skip_special_tokens=True) for seq in ids]
+    return [unicodedata.normalize("NFKD", t).replace("\n\n", " ") for t in texts]
 
 
 def generation_entropy(model, tokenizer, prompts: Sequence[str], max_len: int = 100, seed: int = 0) -> float:

@@ -1,0 +1,184 @@
+"""The sequential runner on a tiny model: summary.json and plots, checkpoints, resume, compare, CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import build_tiny_model
+from app.eval.checkpoint import flatten_state, load_checkpoint, unflatten_state
+from app.eval.data import CounterFactRecord, parse_records
+from app.eval.health import HealthConfig
+from app.eval.plots import HEALTH_PNG, NORMS_PNG, SCORES_PNG
+from app.eval.runner import RunInterrupted, RunOptions, resume_from, run_eval
+
+FACTS = [
+    ("The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
+    ("{} is the capital of", "Paris", "Italy", "France"),
+    ("{} was founded by", "Apple", "Lionel Messi", "Steve Jobs"),
+    ("{} is a company from", "Toyota", "France", "Japan"),
+    ("{} plays", "Michael Jordan", "soccer", "basketball"),
+    ("{} played music in", "The Beatles", "Paris", "London"),
+]
+RECORDS = [
+    CounterFactRecord(
+        case_id=i, prompt=p, subject=s, target_new=new, target_true=true,
+        paraphrase_prompts=(f"Because it rained, {p.format(s)}",),
+        neighborhood_prompts=("Rome is in", "The Eiffel Tower is in"), neighborhood_true=true,
+        generation_prompts=(f"{s} is",),
+    )
+    for i, (p, s, new, true) in enumerate(FACTS)
+]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    from conftest import _TRAINING_TEXT
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(_TRAINING_TEXT * 30))
+    return path
+
+
+def _settings(method: str = "encore"):
+    from app.editing.settings import EditSettings
+
+    return EditSettings(method=method, layers=(1, 2), lambda_p=100.0, lambda_n=1.0 if method == "encore" else 0.0,
+                        mpes_margin=1 if method == "encore" else 0, max_steps=4, n_prefixes=1, prefix_tokens=3,
+                        stats_tokens=1000)
+
+
+def _lm():
+    from app.editing.model import wrap_model
+
+    model, tok = build_tiny_model("llama")
+    return wrap_model(model, tok, name="tiny-llama")
+
+
+def _options(corpus: Path, **kw) -> RunOptions:
+    health = HealthConfig(ppl_tokens=96, ppl_window=48, gen_max_len=16, gen_prompts=("Paris is", "Rome"), corpus=str(corpus))
+    return RunOptions(batch_size=2, generation_samples=4, gen_max_len=16, health=health, **kw)
+
+
+def _key_stats(lm, settings, corpus, tmp_path):
+    from app.editing.stats import load_key_stats
+
+    return load_key_stats(lm, settings, corpus=corpus, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_sequential_run_writes_summary_and_plots(tmp_path, corpus):
+    lm, settings = _lm(), _settings()
+    out = tmp_path / "run"
+    summary = run_eval(lm, settings, RECORDS, options=_options(corpus, checkpoint_every=1),
+                       key_stats=_key_stats(lm, settings, corpus, tmp_path), out_dir=out, progress=False)
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["weights_hash"] == summary["weights_hash"]
+    for key in ("es", "ps", "ns", "s", "ge", "seconds_per_edit", "z_seconds", "solve_seconds",
+                "baseline", "checkpoints", "norms", "settings"):
+        assert key in on_disk, key
+    for key in ("es", "ps", "ns", "s"):
+        assert 0.0 <= on_disk[key] <= 100.0 and 0.0 <= on_disk["baseline"][key] <= 100.0
+    assert on_disk["ge"] > 0 and on_disk["baseline"]["ge"] > 0
+    assert on_disk["edits"] == 6 and len(on_disk["batches"]) == 3
+    assert all(b["z_seconds"] >= 0 and b["solve_seconds"] >= 0 for b in on_disk["batches"])
+    assert on_disk["seconds_per_edit"] > 0
+    # Checkpoints after batches 1 and 2 (the last batch is the final score), on the facts edited so far.
+    assert [(c["edits"], c["scored"]) for c in on_disk["checkpoints"]] == [(2, 2), (4, 4)]
+    assert all("perplexity" in c["health"] for c in on_disk["checkpoints"])
+    # Norms per layer, per batch; the edits moved the weights away from W0.
+    assert sorted(on_disk["norms"]) == ["1", "2"]
+    for rows in on_disk["norms"].values():
+        assert [r["edits"] for r in rows] == [2, 4, 6]
+        assert all(r["delta"] > 0 and r["base"] > 0 for r in rows)
+        assert rows[-1]["growth"] == pytest.approx(rows[-1]["delta"] / rows[-1]["base"])
+    assert on_disk["settings"]["method"] == "encore" and on_disk["settings"]["layers"] == [1, 2]
+    assert on_disk["baseline"]["perplexity"] > 1 and on_disk["health"]["perplexity"] > 1
+    for png in (SCORES_PNG, NORMS_PNG, HEALTH_PNG):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, corpus):
+    settings = _settings()
+    lm = _lm()
+    stats = _key_stats(lm, settings, corpus, tmp_path)
+    unedited = _lm()
+    from app.editing.editor import Editor
+
+    unedited_hash = Editor(unedited, settings, stats).weights_hash()
+
+    straight = run_eval(lm, settings, RECORDS, options=_options(corpus, checkpoint_every=1), key_stats=stats,
+                        out_dir=tmp_path / "straight", progress=False)
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(RunInterrupted):
+        run_eval(_lm(), settings, RECORDS, options=_options(corpus, checkpoint_every=1), key_stats=stats,
+                 out_dir=out, progress=False, stop_after_batches=1)
+    assert not (out / "summary.json").exists()
+    _, progress = load_checkpoint(out)
+    assert progress["batches_done"] == 1
+
+    resumed = resume_from(out, _lm(), settings, RECORDS, _options(corpus, checkpoint_every=1), key_stats=stats,
+                          progress=False)
+    assert resumed["weights_hash"] == straight["weights_hash"] != unedited_hash
+    assert len(resumed["batches"]) == 3 and [c["edits"] for c in resumed["checkpoints"]] == [2, 4]
+    assert resumed["es"] == straight["es"] and resumed["baseline"] == straight["baseline"]
+
+
+def test_checkpoint_state_roundtrip():
+    import torch
+
+    state = ({"batch0.layer1.u": torch.arange(6.0).reshape(2, 3), "x": torch.ones(2, dtype=torch.float64)},
+             {"settings": {"layers": [1, 2]}, "batches": [0], 4: None, "t": (1, "a")})
+    skeleton, tensors = flatten_state(state)
+    json.dumps(skeleton)  # JSON-able: no pickle anywhere
+    back = unflatten_state(json.loads(json.dumps(skeleton)), tensors)
+    assert isinstance(back, tuple) and back[1] == state[1]
+    assert torch.equal(back[0]["batch0.layer1.u"], state[0]["batch0.layer1.u"])
+    assert back[0]["x"].dtype == torch.float64
+
+
+def test_checkpoint_sample_is_fixed_size(tmp_path, corpus):
+    lm, settings = _lm(), _settings("memit")
+    opts = _options(corpus, checkpoint_every=1, checkpoint_sample=3)
+    opts.health = None
+    summary = run_eval(lm, settings, RECORDS, options=opts,
+                       key_stats=_key_stats(lm, settings, corpus, tmp_path), progress=False)
+    assert [(c["edits"], c["scored"]) for c in summary["checkpoints"]] == [(2, 2), (4, 3)]
+    assert len(summary["per_record"]) == 6  # the final scores use every edited fact
+
+
+def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.eval.cli import eval_app
+
+    monkeypatch.setenv("KEDIT_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
+    cache = tmp_path / "cache"
+    base = ["--model", str(tiny_model_dir), "--cache-dir", str(cache), "--records", "4", "--batch-size", "2",
+            "--set", "layers=[1,2]", "--set", "stats_tokens=1000", "--set", "max_steps=3", "--set", "n_prefixes=1",
+            "--generation-samples", "4", "--gen-max-len", "12", "--ppl-tokens", "128", "--checkpoint-every", "1", "--no-progress"]
+    runner = CliRunner()
+    res = runner.invoke(eval_app, ["run", *base, "--method", "encore", "--out", str(tmp_path / "encore")])
+    assert res.exit_code == 0, res.output
+    first = json.loads((tmp_path / "encore" / "summary.json").read_text())
+    assert first["run"]["command"]["records"] == 4 and first["settings"]["layers"] == [1, 2]
+
+    # Resume from the last checkpoint (after batch 1 of 2) as if the run had stopped there.
+    (tmp_path / "encore" / "summary.json").unlink()
+    res = runner.invoke(eval_app, ["--resume", str(tmp_path / "encore"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "encore" / "summary.json").read_text())
+    assert again["weights_hash"] == first["weights_hash"]
+
+    res = runner.invoke(eval_app, [*base, "--method", "memit", "--no-health", "--out", str(tmp_path / "memit")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(eval_app, ["compare", str(tmp_path / "encore"), str(tmp_path / "memit"),
+                                   "--out", str(tmp_path / "cmp.png")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "encore" in res.output and "memit" in res.output
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+
+    res = runner.invoke(eval_app, ["compare", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "does not exist" in res.output
