@@ -1,0 +1,194 @@
+"""Load test of the kedit service, on loopback only, bounded in edits and in time.
+
+Submits CounterFact facts to POST /edits while a reader keeps calling /generate, and prints:
+edits/s accepted, edits/s applied, and /generate latency p50/p95 measured while edits apply.
+
+    # against a running service (must be on 127.0.0.1 / localhost / ::1):
+    .venv/bin/python benchmarks/load.py --url http://127.0.0.1:8000 --edits 40
+    # or let it start an embedded `kedit serve` on a free port with a throwaway database:
+    .venv/bin/python benchmarks/load.py --spawn --edits 40 [--model PATH] [--env KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("KEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+MAX_EDITS = 10_000
+MAX_SECONDS = 3600
+
+
+def facts(n: int) -> list[dict]:
+    records = json.loads((DATA / "counterfact" / "counterfact.json").read_text())
+    out = []
+    for r in records[:n]:
+        rw = r["requested_rewrite"]
+        out.append({"prompt": rw["prompt"], "subject": rw["subject"], "target_new": rw["target_new"]["str"],
+                    "target_true": rw["target_true"]["str"]})
+    if len(out) < n:
+        raise SystemExit(f"only {len(out)} CounterFact records at {DATA}")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(model: str | None, env_pairs: list[str], workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "KEDIT_DATABASE_URL": f"sqlite:///{workdir / 'kedit.db'}", "KEDIT_HOST": "127.0.0.1"}
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    if model:
+        env["KEDIT_MODEL_PATH"] = model
+    for pair in env_pairs:
+        k, _, v = pair.partition("=")
+        env[k] = v
+    log = open(workdir / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli_service", "serve", "--port", str(port),
+                             "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(client: httpx.Client, proc: subprocess.Popen | None, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the service exited with {proc.returncode}; see its log")
+        try:
+            if client.get("/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the service did not become ready in time")
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+def run(url: str, n: int, per_request: int, concurrency: int, max_seconds: float, api_key: str | None,
+        proc: subprocess.Popen | None) -> dict:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    client = httpx.Client(base_url=url, timeout=120, headers=headers)
+    wait_ready(client, proc, time.monotonic() + max_seconds)
+    items = facts(n)
+    chunks = [items[i:i + per_request] for i in range(0, n, per_request)]
+    deadline = time.monotonic() + max_seconds
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        prompt = items[0]["prompt"].format(items[0]["subject"])
+        while not stop.is_set() and time.monotonic() < deadline:
+            t = time.perf_counter()
+            r = client.get("/generate", params={"prompt": prompt, "max_new_tokens": 8})
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t)
+
+    # Baseline before load, so the figures under load can be compared with it.
+    idle = []
+    for _ in range(5):
+        t = time.perf_counter()
+        client.get("/generate", params={"prompt": "The capital of France is", "max_new_tokens": 8})
+        idle.append(time.perf_counter() - t)
+
+    start_version = client.get("/version").json()["version"]
+    t0 = time.perf_counter()
+    ids: list[int] = []
+    with ThreadPoolExecutor(concurrency) as pool:
+        for resp in pool.map(lambda c: client.post("/edits", json=c), chunks):
+            if resp.status_code != 202:
+                raise SystemExit(f"POST /edits answered {resp.status_code}: {resp.text}")
+            ids += resp.json()["ids"]
+    accept_s = time.perf_counter() - t0
+    read = threading.Thread(target=reader, daemon=True)
+    read.start()
+
+    pending = set(ids)
+    statuses: dict[str, int] = {}
+    while pending and time.monotonic() < deadline:
+        page = client.get("/edits", params={"status": "queued", "limit": 1}).json()["total"]
+        applying = client.get("/edits", params={"status": "applying", "limit": 1}).json()["total"]
+        if page == 0 and applying == 0:
+            break
+        time.sleep(0.5)
+    apply_s = time.perf_counter() - t0
+    stop.set()
+    read.join()
+    for st in ("applied", "failed", "queued", "applying"):
+        statuses[st] = client.get("/edits", params={"status": st, "limit": 1}).json()["total"]
+    end_version = client.get("/version").json()["version"]
+    done = statuses["applied"] + statuses["failed"]
+    return {
+        "edits": n, "requests": len(chunks), "accepted_per_s": n / accept_s, "applied_per_s": done / apply_s,
+        "applied": statuses["applied"], "failed": statuses["failed"], "unfinished": statuses["queued"] + statuses["applying"],
+        "versions": end_version - start_version, "seconds": apply_s,
+        "generate_n": len(latencies), "generate_p50_ms": 1000 * pct(latencies, 0.5),
+        "generate_p95_ms": 1000 * pct(latencies, 0.95), "generate_idle_p50_ms": 1000 * pct(idle, 0.5),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="a running service on loopback")
+    ap.add_argument("--spawn", action="store_true", help="start an embedded `kedit serve` with a throwaway database")
+    ap.add_argument("--model", help="with --spawn: model folder (default: the service default)")
+    ap.add_argument("--env", action="append", default=[], help="with --spawn: extra KEY=VALUE for the service")
+    ap.add_argument("--edits", type=int, default=40, help=f"facts to submit (≤ {MAX_EDITS})")
+    ap.add_argument("--per-request", type=int, default=1, help="facts per POST /edits")
+    ap.add_argument("--concurrency", type=int, default=4, help="parallel POST /edits")
+    ap.add_argument("--max-seconds", type=float, default=900, help=f"stop waiting after this (≤ {MAX_SECONDS})")
+    ap.add_argument("--api-key", default=os.environ.get("KEDIT_API_KEY"))
+    args = ap.parse_args()
+    if not 1 <= args.edits <= MAX_EDITS or not 0 < args.max_seconds <= MAX_SECONDS:
+        raise SystemExit(f"--edits must be 1..{MAX_EDITS} and --max-seconds 0..{MAX_SECONDS}")
+    if bool(args.url) == bool(args.spawn):
+        raise SystemExit("give exactly one of --url or --spawn")
+    proc, tmp = None, None
+    url = args.url
+    if url and urlparse(url).hostname not in LOOPBACK:
+        raise SystemExit(f"{url} is not a loopback address: this script only loads a local service")
+    if args.spawn:
+        tmp = tempfile.TemporaryDirectory(prefix="kedit-load-")
+        proc, url = spawn(args.model, args.env, Path(tmp.name))
+    try:
+        res = run(url, args.edits, args.per_request, args.concurrency, args.max_seconds, args.api_key, proc)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if tmp is not None:
+            tmp.cleanup()
+    print(f"edits submitted        {res['edits']} in {res['requests']} requests")
+    print(f"edits/s accepted       {res['accepted_per_s']:.1f}")
+    print(f"edits/s applied        {res['applied_per_s']:.3f}  ({res['applied']} applied, {res['failed']} failed, "
+          f"{res['unfinished']} unfinished, {res['versions']} versions, {res['seconds']:.1f} s)")
+    print(f"generate p50 / p95     {res['generate_p50_ms']:.0f} / {res['generate_p95_ms']:.0f} ms while applying "
+          f"(n={res['generate_n']}; idle p50 {res['generate_idle_p50_ms']:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
