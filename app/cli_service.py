@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = _config(model_path=model)
         ctx = ServiceContext.open(cfg)
-        host = ctx.make_host(load_editor(cfg, "worker"))
+        host = ctx.make_host(ctx.load_worker_editor(load_editor))
         w = Worker(cfg, host, ctx.queue, WriterLock(ctx.engine, host.model_name), WorkerMetrics(ctx.registry))
         if metrics_port:
             from prometheus_client import start_http_server

@@ -47,6 +47,7 @@ class RunOptions:
     score_batch_size: int = 32  # sequences per forward pass when scoring
     health: HealthConfig | None = field(default_factory=HealthConfig)  # None: skip perplexity/generation entropy
     seed: int = 0
+    progress: bool = False  # bars for long scoring passes (set by run_eval from its `progress`)
 
 
 # --- scoring a set of records ------------------------------------------------------------
@@ -60,10 +61,12 @@ def _kind(records: Sequence[Record]) -> str:
     raise TypeError("records must be all CounterFact or all zsRE")
 
 
-def _details(lm, records: Sequence[Record], opts: RunOptions, ref_loc: dict | None = None) -> list[dict]:
+def _details(lm, records: Sequence[Record], opts: RunOptions, ref_loc: dict | None = None,
+             label: str | None = None) -> list[dict]:
+    label = label if opts.progress else None
     if _kind(records) == "counterfact":
-        return scoring.counterfact_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size)
-    return scoring.zsre_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size, ref_loc)
+        return scoring.counterfact_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size, progress=label)
+    return scoring.zsre_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size, ref_loc, progress=label)
 
 
 def _aggregate(kind: str, details: Sequence[dict]) -> dict[str, float]:
@@ -144,7 +147,7 @@ def _public(details_scores: dict) -> dict:
 
 def _baseline(lm, records: Sequence[Record], opts: RunOptions, state: RunState) -> None:
     kind = _kind(records)
-    details = _details(lm, records, opts)
+    details = _details(lm, records, opts, label="scoring the unedited model")
     state.baseline_details = [{k: v for k, v in d.items()} for d in details]
     if kind == "zsre":  # the unedited model keeps its own locality predictions by definition
         for d in state.baseline_details:
@@ -161,7 +164,7 @@ def _checkpoint_scores(lm, records: Sequence[Record], opts: RunOptions, state: R
     idx = _sample_indices(n_edited, len(records), opts.checkpoint_sample, opts.seed)
     subset = [records[i] for i in idx]
     kind = _kind(records)
-    details = _details(lm, subset, opts, _ref_loc(state, records))
+    details = _details(lm, subset, opts, _ref_loc(state, records), label=f"checkpoint at {n_edited} edits")
     entry: dict[str, Any] = {"edits": n_edited, "batches": state.batches_done, "scored": len(idx)}
     entry["scores"] = _aggregate(kind, details)
     # The unedited model on the same facts, so the curve has its reference at each point.
@@ -214,6 +217,7 @@ def run_eval(
     if not records:
         raise ValueError("no records to edit")
     kind = _kind(records)
+    opts.progress = progress
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +278,7 @@ def run_eval(
 
 
 def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunState, kind: str) -> dict:
-    details = _details(lm, records, opts, _ref_loc(state, records))
+    details = _details(lm, records, opts, _ref_loc(state, records), label="final scores")
     scores = _aggregate(kind, details)
     health = measure_health(lm.model, lm.tokenizer, opts.health) if opts.health else None
     ge, ge_source = _ge(lm, _generation_prompts(records, opts), health, opts)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from app.eval import metrics
 from app.eval.data import CounterFactRecord, ZsreRecord
@@ -95,13 +96,16 @@ def pad_id_of(tokenizer) -> int:
 
 
 @torch.inference_mode()
-def teacher_force(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> list[TeacherForced]:
-    """Score many (prompt, target) pairs; results in the order of `pairs`."""
+def teacher_force(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
+                  progress: str | None = None) -> list[TeacherForced]:
+    """Score many (prompt, target) pairs; results in the order of `pairs`.
+    `progress`: a label to show a progress bar with (large sets take minutes on a CPU)."""
     encoded = [encode_pair(tokenizer, p, t) for p, t in pairs]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     out: list[TeacherForced | None] = [None] * len(encoded)
     device, pad = _device(model), pad_id_of(tokenizer)
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None or len(starts) < 20):
         idx = order[start:start + batch_size]
         seqs = [encoded[i][0] + encoded[i][1] for i in idx]
         ids, mask = _pad_batch(seqs, pad, device)
@@ -122,16 +126,18 @@ def teacher_force(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size
     return out  # type: ignore[return-value]
 
 
-def _score_unique(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> dict[tuple[str, str], TeacherForced]:
+def _score_unique(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int,
+                  progress: str | None = None) -> dict[tuple[str, str], TeacherForced]:
     unique = list(dict.fromkeys(pairs))
-    return dict(zip(unique, teacher_force(model, tokenizer, unique, batch_size)))
+    return dict(zip(unique, teacher_force(model, tokenizer, unique, batch_size, progress)))
 
 
 # --- CounterFact ------------------------------------------------------------------------
 
 
 def counterfact_record_details(model, tokenizer, records: Sequence[CounterFactRecord],
-                               batch_size: int = 32, rewrite_only: bool = False) -> list[dict[str, float]]:
+                               batch_size: int = 32, rewrite_only: bool = False,
+                               progress: str | None = None) -> list[dict[str, float]]:
     """Per record: its ES/PS/NS shares (0..1). `rewrite_only` scores ES alone (cheap, live display)."""
     pairs: list[tuple[str, str]] = []
     for r in records:
@@ -141,7 +147,7 @@ def counterfact_record_details(model, tokenizer, records: Sequence[CounterFactRe
                 pairs += [(p, r.target_new), (p, r.target_true)]
             for p in r.neighborhood_prompts:
                 pairs += [(p, r.target_new), (p, r.neighborhood_true)]
-    scored = _score_unique(model, tokenizer, pairs, batch_size)
+    scored = _score_unique(model, tokenizer, pairs, batch_size, progress)
 
     def nll_pairs(prompts, true):
         return [(scored[(p, r.target_new)].mean_nll, scored[(p, true)].mean_nll) for p in prompts]
@@ -175,7 +181,8 @@ ZSRE_KEYS = ("edit_acc", "paraphrase_acc", "locality_acc", "locality_kept")
 
 
 def zsre_record_details(model, tokenizer, records: Sequence[ZsreRecord], batch_size: int = 32,
-                        reference_loc_argmax: dict[int, Sequence[int]] | None = None) -> list[dict]:
+                        reference_loc_argmax: dict[int, Sequence[int]] | None = None,
+                        progress: str | None = None) -> list[dict]:
     """Per record: token accuracies (0..1) and the locality argmax (kept to compare later).
 
     `locality_acc` is the reference definition: argmax == the NQ answer's tokens.
@@ -185,7 +192,7 @@ def zsre_record_details(model, tokenizer, records: Sequence[ZsreRecord], batch_s
     pairs: list[tuple[str, str]] = []
     for r in records:
         pairs += [(r.question, r.target), (r.rephrase, r.target), (r.loc_prompt, r.loc_answer)]
-    scored = _score_unique(model, tokenizer, pairs, batch_size)
+    scored = _score_unique(model, tokenizer, pairs, batch_size, progress)
     details = []
     for r in records:
         loc = scored[(r.loc_prompt, r.loc_answer)]

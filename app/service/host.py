@@ -44,12 +44,13 @@ class ReplayMismatch(RuntimeError):
 
 class ModelHost:
     def __init__(self, editor: EditorLike, sessions: sessionmaker[Session], model_name: str,
-                 layers: Sequence[int], settings: dict | None = None):
+                 layers: Sequence[int], settings: dict | None = None, templates: list[str] | None = None):
         self.editor = editor
         self.sessions = sessions
         self.model_name = model_name
         self.layers = list(layers)
         self.settings = settings or {}
+        self.templates = templates
         self.version = 0
         self.weights_hash = ""
         self.base_hash = ""
@@ -68,8 +69,10 @@ class ModelHost:
         with transaction(self.sessions) as s:
             info = repo.get_model_info(s)
             if info is None:
-                repo.put_model_info(s, self.model_name, self.base_hash, self.layers, self.settings)
+                repo.put_model_info(s, self.model_name, self.base_hash, self.layers, self.settings, self.templates)
             else:
+                if self.templates and not info.templates:
+                    info.templates = list(self.templates)
                 if list(info.layers) != self.layers:
                     raise ReplayMismatch(
                         f"the edit log was written for layers {info.layers} but this process edits {self.layers}: "

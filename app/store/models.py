@@ -41,6 +41,9 @@ class ModelInfo(Base):
     base_hash: Mapped[str] = mapped_column(String(64))
     layers: Mapped[list] = mapped_column(JSON)
     settings: Mapped[dict] = mapped_column(JSON)
+    # The editor's context prefixes, generated once from the base weights: every later worker
+    # start reuses them (same prompts for the keys, and no minute of generation per start).
+    templates: Mapped[list | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

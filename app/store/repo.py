@@ -121,8 +121,9 @@ def get_model_info(s: Session) -> ModelInfo | None:
     return s.get(ModelInfo, 1)
 
 
-def put_model_info(s: Session, name: str, base_hash: str, layers: list[int], settings: dict) -> ModelInfo:
-    info = ModelInfo(id=1, name=name, base_hash=base_hash, layers=layers, settings=settings)
+def put_model_info(s: Session, name: str, base_hash: str, layers: list[int], settings: dict,
+                   templates: list[str] | None = None) -> ModelInfo:
+    info = ModelInfo(id=1, name=name, base_hash=base_hash, layers=layers, settings=settings, templates=templates)
     s.add(info)
     s.flush()
     return info

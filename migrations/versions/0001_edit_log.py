@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("base_hash", sa.String(64), nullable=False),
         sa.Column("layers", sa.JSON(), nullable=False),
         sa.Column("settings", sa.JSON(), nullable=False),
+        sa.Column("templates", sa.JSON(), nullable=True),
         sa.Column("created_at", TS, nullable=False),
     )
     op.create_table(

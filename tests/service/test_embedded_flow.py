@@ -83,6 +83,7 @@ def test_revert_keeps_batch_mates_and_later_batches_and_restart_replays(make_con
         head = c.get("/version").json()
         assert head["version"] == 3 and head["weights_hash"] != base_hash
         before_restart = answers(c)
+        templates = list(c.app.state.ctx.worker.host.editor.templates)
 
     # A new process on the same log: base + live deltas in version order, proven by the hash.
     with TestClient(create_app(cfg)) as c:
@@ -94,6 +95,12 @@ def test_revert_keeps_batch_mates_and_later_batches_and_restart_replays(make_con
         # The worker's own copy replayed to the same bits.
         wait_for(lambda: ctx.worker.active, 60, "the worker to take the lock")
         assert ctx.worker.host.weights_hash == head["weights_hash"]
+        # The context prefixes were generated once and kept in the log, not regenerated.
+        assert ctx.worker.host.editor.templates == templates
+        with ctx.sessions() as s:
+            from app.store import repo
+
+            assert repo.get_model_info(s).templates == templates
 
 
 def test_start_refuses_when_the_log_does_not_replay(make_config):

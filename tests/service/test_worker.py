@@ -21,7 +21,7 @@ def rig(make_config):
     """A database, a queue and a worker that is driven by hand (no thread)."""
     cfg = make_config()
     ctx = ServiceContext.open(cfg, queue=LocalQueue())
-    host = ctx.make_host(load_editor(cfg, "worker"))
+    host = ctx.make_host(ctx.load_worker_editor(load_editor))
     lock = WriterLock(ctx.engine, host.model_name)
     assert lock.try_acquire()
     worker = Worker(cfg, host, ctx.queue, lock)

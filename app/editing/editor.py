@@ -1,0 +1,263 @@
+"""The Editor: the state sequential editing needs, and the operations on it.
+
+State per edited layer: the base weights W₀, the live batches' factors (ΔW = U Vᵀ) in
+the order they were applied, and the preservation sum Σ K Kᵀ of the live batches' keys.
+The current weights are always W₀ + Σ live ΔW in order, computed the same way by a
+live process and by a replay, so both give the same bits (and the same hash).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import torch
+
+from app.editing.keys import states_at_lookup
+from app.editing.model import LoadedModel
+from app.editing.prompts import encode_with_subject, fill, generate_context_templates, target_ids
+from app.editing.settings import EditSettings
+from app.editing.solve import nullspace_projector, solve_update
+from app.editing.targets import compute_targets
+from app.editing.types import BatchResult, EditError, EditOutcome, EditRequest, LayerDelta, LayerNorms
+
+
+class Editor:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        settings: EditSettings,
+        key_stats: dict[int, torch.Tensor] | None = None,
+        max_rows: int = 384,
+        templates: list[str] | None = None,
+    ):
+        n_layers = lm.adapter.num_layers(lm.model)
+        if settings.last_layer >= n_layers:
+            raise EditError(f"settings edit layer {settings.last_layer} but the model has {n_layers} layers (0–{n_layers - 1})")
+        needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
+        if needs_stats and (key_stats is None or any(l not in key_stats for l in settings.layers)):
+            raise EditError("key statistics C₀ are needed for every edited layer: build them with load_key_stats() or `kedit stats`")
+        self.lm = lm
+        self.settings = settings
+        self.max_rows = max_rows
+        self.layers = list(settings.layers)
+        self.c0 = {l: key_stats[l].double() for l in self.layers} if needs_stats else {}
+        self.projector = (
+            {l: nullspace_projector(self.c0[l], settings.nullspace_threshold) for l in self.layers}
+            if settings.nullspace_threshold is not None
+            else {}
+        )
+        self.base = {l: self._w(l).detach().clone() for l in self.layers}
+        f = self.base[self.layers[0]].shape[1]
+        self.preserved = {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
+        self.live: dict[int, list[LayerDelta]] = {}
+        self._templates = templates
+
+    # ----- views -----
+    def _w(self, layer: int) -> torch.Tensor:
+        return self.lm.adapter.weight(self.lm.model, layer)
+
+    @property
+    def templates(self) -> list[str]:
+        if self._templates is None:
+            self._templates = generate_context_templates(self.lm, self.settings.n_prefixes, self.settings.prefix_tokens)
+        return self._templates
+
+    @property
+    def batch_ids(self) -> list[int]:
+        return list(self.live)
+
+    def weights_hash(self) -> str:
+        h = hashlib.sha256()
+        for l in self.layers:
+            h.update(self._w(l).detach().float().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    def norms(self) -> list[LayerNorms]:
+        out = []
+        for l in self.layers:
+            w = self._w(l).detach().double()
+            w0 = self.base[l].double()
+            out.append(LayerNorms(l, float(w.norm()), float(w0.norm()), float((w - w0).norm())))
+        return out
+
+    # ----- editing -----
+    def apply(self, requests: list[EditRequest], batch_id: int) -> BatchResult:
+        """Run ENCORE on a batch of facts and write it into the weights under `batch_id`."""
+        self._check_new(requests, batch_id)
+        t0 = time.perf_counter()
+        targets = compute_targets(self.lm, requests, self.templates, self.settings, max_rows=self.max_rows)
+        t1 = time.perf_counter()
+        deltas = self._insert(requests, targets.z_star)
+        t2 = time.perf_counter()
+        self.live[batch_id] = deltas
+        after = self.target_probabilities(requests)
+        outcomes = [
+            EditOutcome(targets.z_star[i].detach().cpu(), targets.steps[i], targets.prob_before[i], after[i])
+            for i in range(len(requests))
+        ]
+        return BatchResult(batch_id, deltas, outcomes, z_seconds=t1 - t0, solve_seconds=t2 - t1)
+
+    def reapply(self, requests: list[EditRequest], z_stars: list[torch.Tensor], batch_id: int) -> BatchResult:
+        """Write facts whose z* is already known (no optimisation): what a revert does for a batch's other edits."""
+        self._check_new(requests, batch_id)
+        before = self.target_probabilities(requests)
+        t0 = time.perf_counter()
+        deltas = self._insert(requests, torch.stack([z.to(self.lm.device).float() for z in z_stars]))
+        t1 = time.perf_counter()
+        self.live[batch_id] = deltas
+        after = self.target_probabilities(requests)
+        outcomes = [EditOutcome(z_stars[i].detach().cpu(), 0, before[i], after[i]) for i in range(len(requests))]
+        return BatchResult(batch_id, deltas, outcomes, solve_seconds=t1 - t0)
+
+    def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None:
+        """Apply stored factors (replay, or an API replica catching up with the worker)."""
+        if batch_id in self.live:
+            raise EditError(f"batch {batch_id} is already applied")
+        by_layer = {d.layer: d for d in deltas}
+        if sorted(by_layer) != self.layers:
+            raise EditError(f"batch {batch_id} edits layers {sorted(by_layer)}, this editor edits {self.layers}")
+        with torch.no_grad():
+            for l in self.layers:
+                d = by_layer[l]
+                self._w(l).add_(d.matrix().to(self.lm.device))
+                k = d.keys.double().to(self.lm.device)
+                self.preserved[l] += k @ k.T
+        self.live[batch_id] = [by_layer[l] for l in self.layers]
+
+    def remove_batch(self, batch_id: int) -> None:
+        """Take a batch out: weights and preservation sums are rebuilt from W₀ and the remaining live batches."""
+        if batch_id not in self.live:
+            raise EditError(f"batch {batch_id} is not applied")
+        del self.live[batch_id]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        with torch.no_grad():
+            for l in self.layers:
+                w = self._w(l)
+                w.copy_(self.base[l])
+                self.preserved[l].zero_()
+            for deltas in self.live.values():
+                for d in deltas:
+                    self._w(d.layer).add_(d.matrix().to(self.lm.device))
+                    k = d.keys.double().to(self.lm.device)
+                    self.preserved[d.layer] += k @ k.T
+
+    def _check_new(self, requests: list[EditRequest], batch_id: int) -> None:
+        if not requests:
+            raise EditError("a batch needs at least one fact")
+        if batch_id in self.live:
+            raise EditError(f"batch {batch_id} is already applied")
+        for r in requests:
+            r.validate()
+
+    def _encode_key_prompts(self, requests: list[EditRequest]):
+        return [
+            encode_with_subject(self.lm.tokenizer, fill(t, r.prompt), r.subject)
+            for r in requests
+            for t in self.templates
+        ]
+
+    @torch.no_grad()
+    def _insert(self, requests: list[EditRequest], z_star: torch.Tensor) -> list[LayerDelta]:
+        """Spread z* − z over the edited layers, lowest first; undo everything if anything fails."""
+        s = self.settings
+        n_t = len(self.templates)
+        encoded = self._encode_key_prompts(requests)
+        bare = encoded[::n_t]
+        snapshot = {l: self._w(l).detach().clone() for l in self.layers}
+        preserved = {l: p.clone() for l, p in self.preserved.items()}
+        deltas = []
+        try:
+            for i, layer in enumerate(self.layers):
+                keys, _ = states_at_lookup(self.lm, encoded, [layer], max_rows=self.max_rows)
+                # One key per fact: the mean over its context templates.
+                k = keys[layer].reshape(len(requests), n_t, -1).mean(1).T.contiguous()  # f×B
+                _, z_now = states_at_lookup(self.lm, bare, [layer], output_layer=s.last_layer, max_rows=self.max_rows)
+                residual = (z_star - z_now).T / (len(self.layers) - i)  # d×B
+                k32 = k.float()
+                u, v = solve_update(
+                    residual,
+                    k32,
+                    self.c0.get(layer),
+                    self.preserved[layer] if s.preserve_previous else None,
+                    s.lambda_p,
+                    s.lambda_n,
+                    self.projector.get(layer),
+                )
+                delta = LayerDelta(layer, u.float().cpu(), v.float().cpu(), k32.cpu())
+                self._w(layer).add_(delta.matrix().to(self.lm.device))
+                self.preserved[layer] += k32.double() @ k32.double().T
+                deltas.append(delta)
+        except BaseException:
+            for l in self.layers:
+                self._w(l).copy_(snapshot[l])
+            self.preserved = preserved
+            raise
+        return deltas
+
+    # ----- reading the model -----
+    @torch.no_grad()
+    def target_probabilities(self, requests: list[EditRequest]) -> list[float]:
+        """P(target_new | prompt): geometric mean of the target tokens' probabilities, teacher-forced."""
+        tok, dev = self.lm.tokenizer, self.lm.device
+        rows, spans = [], []
+        for r in requests:
+            prompt = tok(r.text)["input_ids"]
+            tgt = target_ids(tok, r.target_new)
+            rows.append(prompt + tgt)
+            spans.append((len(prompt), tgt))
+        width = max(len(x) for x in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, x in enumerate(rows):
+            ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+        logp = torch.log_softmax(self.lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float(), -1)
+        out = []
+        for i, (start, tgt) in enumerate(spans):
+            lp = logp[i, start - 1 : start - 1 + len(tgt)].gather(1, torch.tensor(tgt, device=dev)[:, None])
+            out.append(float(lp.mean().exp()))
+        return out
+
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int = 20) -> str:
+        """Greedy continuation of `prompt` from the current weights."""
+        tok = self.lm.tokenizer
+        enc = tok(prompt, return_tensors="pt").to(self.lm.device)
+        out = self.lm.model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    # ----- persistence (safetensors tensors + JSON metadata; never pickle) -----
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {}
+        for b, deltas in self.live.items():
+            for d in deltas:
+                for name in ("u", "v", "keys"):
+                    tensors[f"batch{b}.layer{d.layer}.{name}"] = getattr(d, name).contiguous()
+        meta = {
+            "settings": self.settings.model_dump(mode="json"),
+            "templates": self.templates,
+            "batches": list(self.live),
+            "weights_hash": self.weights_hash(),
+        }
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore live batches on top of the base weights; checks the weights hash."""
+        if meta["settings"] != self.settings.model_dump(mode="json"):
+            raise EditError("the saved editor state was made with other settings: " + json.dumps(meta["settings"]))
+        self._templates = list(meta["templates"])
+        self.live = {
+            b: [
+                LayerDelta(l, tensors[f"batch{b}.layer{l}.u"], tensors[f"batch{b}.layer{l}.v"], tensors[f"batch{b}.layer{l}.keys"])
+                for l in self.layers
+            ]
+            for b in meta["batches"]
+        }
+        self._rebuild()
+        if self.weights_hash() != meta["weights_hash"]:
+            raise EditError("replayed weights do not match the saved hash: the base model differs from the one edited")

