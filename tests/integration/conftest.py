@@ -9,6 +9,16 @@ import os
 import uuid
 from pathlib import Path
 
+import importlib.util as _ilu
+import sys as _sys
+from pathlib import Path as _Path
+
+# tests/service/helpers.py under one fixed name, whether or not tests/ is a package.
+if "kedit_service_test_helpers" not in _sys.modules:
+    _spec = _ilu.spec_from_file_location("kedit_service_test_helpers", _Path(__file__).resolve().parents[1] / "service" / "helpers.py")
+    _sys.modules["kedit_service_test_helpers"] = _mod = _ilu.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+
 import pytest
 
 PG_ADMIN = os.environ.get("KEDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -62,7 +72,7 @@ def redis_prefix():
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> tuple[Path, Path, Path]:
-    from service.helpers import make_tiny_assets
+    from kedit_service_test_helpers import make_tiny_assets
 
     root = tmp_path_factory.mktemp("tiny-integration")
     model_dir, corpus = make_tiny_assets(root)
@@ -71,7 +81,7 @@ def tiny_assets(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 @pytest.fixture
 def prod_config(tiny_assets, pg_url, redis_prefix):
-    from service.helpers import tiny_config
+    from kedit_service_test_helpers import tiny_config
 
     model_dir, corpus, cache = tiny_assets
 

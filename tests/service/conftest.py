@@ -3,11 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import importlib.util as _ilu
+import sys as _sys
+from pathlib import Path as _Path
+
+# tests/service/helpers.py under one fixed name, whether or not tests/ is a package.
+if "kedit_service_test_helpers" not in _sys.modules:
+    _spec = _ilu.spec_from_file_location("kedit_service_test_helpers", _Path(__file__).resolve().parents[1] / "service" / "helpers.py")
+    _sys.modules["kedit_service_test_helpers"] = _mod = _ilu.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+
 import pytest
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
-from service.helpers import make_tiny_assets, tiny_config
+from kedit_service_test_helpers import make_tiny_assets, tiny_config
 
 
 @pytest.fixture(scope="session")

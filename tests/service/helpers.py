@@ -2,6 +2,8 @@
 a tiny model on disk, a config that edits it quickly, and small waiting helpers."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -22,16 +24,25 @@ FACTS = [
 ]
 
 
+def _root_conftest():
+    """tests/conftest.py as pytest loaded it ("tests.conftest" or "conftest", depending on
+    whether tests/ is a package)."""
+    for name in ("tests.conftest", "conftest"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "build_tiny_model"):
+            return mod
+    raise RuntimeError("tests/conftest.py is not loaded")
+
+
 def make_tiny_assets(root: Path) -> tuple[Path, Path]:
     """A saved tiny Llama folder and a small text corpus for its key statistics."""
-    from conftest import _TRAINING_TEXT, build_tiny_model  # tests/conftest.py (tests/ is on sys.path)
-
+    fixtures = _root_conftest()
     model_dir, corpus = root / "tiny-llama", root / "corpus.txt"
     if not (model_dir / "config.json").exists():
-        model, tok = build_tiny_model("llama")
+        model, tok = fixtures.build_tiny_model("llama")
         model.save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
-        corpus.write_text("\n".join(_TRAINING_TEXT * 60))
+        corpus.write_text("\n".join(fixtures._TRAINING_TEXT * 60))
     return model_dir, corpus
 
 
@@ -63,3 +74,4 @@ def wait_status(client, edit_id: int, statuses=("applied", "failed", "reverted")
         return e if e["status"] in statuses else None
 
     return wait_for(done, timeout, f"edit {edit_id} to reach {statuses}")
+

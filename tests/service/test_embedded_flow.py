@@ -9,7 +9,7 @@ from sqlalchemy import update
 from app.api.main import create_app
 from app.service.host import ReplayMismatch
 from app.store.models import LayerDeltaRow
-from service.helpers import FACTS, wait_for, wait_status
+from kedit_service_test_helpers import FACTS, wait_for, wait_status
 
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "Paris is the capital of", "Lionel Messi plays"]
 
