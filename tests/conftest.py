@@ -46,13 +46,13 @@ def build_tiny_model(arch: str = "llama", seed: int = 0, n_layer: int = 6):
     if arch == "llama":
         config = LlamaConfig(
             vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=n_layer,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
             tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )
         model = LlamaForCausalLM(config)
     elif arch == "gpt2":
         config = GPT2Config(
-            vocab_size=len(tok), n_embd=64, n_inner=128, n_layer=n_layer, n_head=4, n_positions=256,
+            vocab_size=len(tok), n_embd=64, n_inner=128, n_layer=n_layer, n_head=4, n_positions=256, initializer_range=0.2,
             bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )
         model = GPT2LMHeadModel(config)

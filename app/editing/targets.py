@@ -84,16 +84,24 @@ class _Group:
     always goes to column 0 of the suffix).
     """
 
-    def __init__(self, lm: LoadedModel, facts: list[int], rows_by_fact: list[list[_Row]], edit_layer: int):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        facts: list[int],
+        rows_by_fact: list[list[_Row]],
+        edit_layer: int,
+        prefix_cache: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    ):
         self.lm = lm
         self.facts = facts
+        self.rows_by_fact = rows_by_fact
         self.edit_layer = edit_layer
         local = {f: i for i, f in enumerate(facts)}
         rows = [r for f in facts for r in rows_by_fact[f]]
         dev = lm.device
         pad = lm.tokenizer.pad_token_id
         n = len(rows)
-        p_len = max(r.lookup for r in rows)
+        p_len = prefix_cache[0] if prefix_cache else max(r.lookup for r in rows)
         s_len = max(len(r.ids) - r.lookup for r in rows)
 
         prefix_ids = torch.full((n, p_len), pad, dtype=torch.long)
@@ -137,16 +145,35 @@ class _Group:
         )
         self.tokens_per_row = torch.tensor([max(1, len(r.targets)) for r in rows], dtype=torch.float, device=dev)
 
+        self.p_len = p_len
         self.cache = None
-        self.snapshot = None
-        if p_len > 0:
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if prefix_cache is not None:
+            self.kv = prefix_cache[1]
+        elif p_len > 0:
             pos = (prefix_mask.cumsum(1) - 1).clamp(min=0).to(dev)
             with torch.no_grad():
                 out = lm.model.base_model(
                     input_ids=prefix_ids.to(dev), attention_mask=prefix_mask.to(dev), position_ids=pos, use_cache=True
                 )
+            self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             self.cache = out.past_key_values
-            self.snapshot = [(layer.keys, layer.values) for layer in self.cache.layers]
+
+    def subset(self, keep: list[int], cache) -> "_Group":
+        """The same group without the facts that stopped; their cached prefixes are dropped, not recomputed."""
+        keep_set = set(keep)
+        rows_idx, i = [], 0
+        for f in self.facts:
+            n = len(self.rows_by_fact[f])
+            if f in keep_set:
+                rows_idx.extend(range(i, i + n))
+            i += n
+        idx = torch.tensor(rows_idx, device=self.lm.device)
+        kv = [(k[idx], v[idx]) for k, v in self.kv]
+        group = _Group(self.lm, [f for f in self.facts if f in keep_set], self.rows_by_fact, self.edit_layer,
+                       prefix_cache=(self.p_len, kv) if self.kv else None)
+        group.cache = cache
+        return group
 
     def forward(self, delta: torch.Tensor, z_init_out: list | None = None):
         """Run the suffixes with δ added at the subject's last token; return target log-probs and KL log-probs."""
@@ -162,19 +189,19 @@ class _Group:
             return (hs,) + tuple(output[1:]) if isinstance(output, tuple) else hs
 
         handle = lm.adapter.block(lm.model, self.edit_layer).register_forward_hook(add_delta)
+        if self.cache is not None:  # the cache object is shared: load this group's prefix into it
+            for layer, (k, v) in zip(self.cache.layers, self.kv):
+                layer.keys, layer.values = k, v
         try:
             out = lm.model.base_model(
                 input_ids=self.suffix_ids,
                 attention_mask=self.mask,
                 position_ids=self.suffix_pos,
-                past_key_values=self.cache,
-                use_cache=self.cache is not None,
+                past_key_values=self.cache if self.kv else None,
+                use_cache=bool(self.kv),
             )
         finally:
             handle.remove()
-            if self.cache is not None:  # drop the suffix the forward appended; keep the prefix
-                for layer, (k, v) in zip(self.cache.layers, self.snapshot):
-                    layer.keys, layer.values = k, v
         hidden = out.last_hidden_state
         head = lm.model.get_output_embeddings()
         target_logits = head(hidden[self.g_row, self.g_col])
@@ -239,7 +266,6 @@ def compute_targets(
         return groups
 
     groups = make_groups(active)
-    grouped = len(active)
     b1, b2 = ADAM_BETAS
     done: set[int] = set()
     for step in range(settings.max_steps):
@@ -269,7 +295,7 @@ def compute_targets(
                 passes[f] += int(all_top1[i])
                 steps[f] = step
                 mpes_done = settings.mpes_margin > 0 and passes[f] >= 1 + settings.mpes_margin
-                if mpes_done or float(loss[i]) < settings.loss_stop or step == settings.max_steps - 1:
+                if mpes_done or float(loss[i].detach()) < settings.loss_stop or step == settings.max_steps - 1:
                     done.add(f)
                     keep[i] = False
             if keep.any():
@@ -290,9 +316,10 @@ def compute_targets(
         norm = new.norm(dim=-1, keepdim=True)
         delta[a] = torch.where(norm > max_norm, new * max_norm / norm, new)
 
-        if len(active) <= 0.75 * grouped:
-            groups, grouped = make_groups(active), len(active)
-        else:
-            groups = [g for g in groups if any(f not in done for f in g.facts)]
+        groups = [
+            g if not any(f in done for f in g.facts) else g.subset([f for f in g.facts if f not in done], g.cache)
+            for g in groups
+            if any(f not in done for f in g.facts)
+        ]
 
     return TargetVectors(z_star=z_init + delta, z_init=z_init, steps=steps, prob_before=prob_before)
