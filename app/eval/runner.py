@@ -145,14 +145,21 @@ def _public(details_scores: dict) -> dict:
     return {k: v for k, v in details_scores.items() if k != "loc_argmax"}
 
 
+def _say(opts: RunOptions, msg: str) -> None:
+    if opts.progress:
+        tqdm.write(msg)
+
+
 def _baseline(lm, records: Sequence[Record], opts: RunOptions, state: RunState) -> None:
     kind = _kind(records)
+    _say(opts, f"scoring the unedited model on {len(records)} records …")
     details = _details(lm, records, opts, label="scoring the unedited model")
     state.baseline_details = [{k: v for k, v in d.items()} for d in details]
     if kind == "zsre":  # the unedited model keeps its own locality predictions by definition
         for d in state.baseline_details:
             d["locality_kept"] = 1.0
     base = _aggregate(kind, state.baseline_details)
+    _say(opts, "measuring the unedited model's health and generation entropy …")
     health = measure_health(lm.model, lm.tokenizer, opts.health) if opts.health else None
     base["ge"], _ = _ge(lm, _generation_prompts(records, opts), health, opts)
     if health:
@@ -278,6 +285,7 @@ def run_eval(
 
 
 def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunState, kind: str) -> dict:
+    _say(opts, f"final scores on {len(records)} edited records, health, generation …")
     details = _details(lm, records, opts, _ref_loc(state, records), label="final scores")
     scores = _aggregate(kind, details)
     health = measure_health(lm.model, lm.tokenizer, opts.health) if opts.health else None
