@@ -31,9 +31,7 @@ class Editor:
         max_rows: int = 384,
         templates: list[str] | None = None,
     ):
-        n_layers = lm.adapter.num_layers(lm.model)
-        if settings.last_layer >= n_layers:
-            raise EditError(f"settings edit layer {settings.last_layer} but the model has {n_layers} layers (0–{n_layers - 1})")
+        lm.check_layers(settings.layers)
         needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
         if needs_stats and (key_stats is None or any(l not in key_stats for l in settings.layers)):
             raise EditError("key statistics C₀ are needed for every edited layer: build them with load_key_stats() or `kedit stats`")

@@ -39,6 +39,18 @@ class LoadedModel:
     def hidden_size(self) -> int:
         return self.adapter.weight(self.model, 0).shape[0]
 
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers(self.model)
+
+    def check_layers(self, layers) -> None:
+        bad = [l for l in layers if not 0 <= l < self.num_layers]
+        if bad:
+            raise EditError(
+                f"settings edit layer(s) {bad} but the model has {self.num_layers} layers (0–{self.num_layers - 1}); "
+                "choose others with --layers"
+            )
+
     def fingerprint(self) -> str:
         """A short hash of the weights (strided sample of every tensor): keys caches to this exact model."""
         h = hashlib.sha256(self.name.encode())
@@ -128,6 +140,9 @@ def load_model(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device 'cuda' was asked for but no CUDA GPU is available; use device 'cpu'")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # callers show their own progress
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

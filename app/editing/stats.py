@@ -134,6 +134,7 @@ def load_key_stats(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     files = corpus_files(corpus)
     layers = list(layers if layers is not None else settings.layers)
+    lm.check_layers(layers)
     paths = {l: _cache_path(lm, l, files, settings.stats_tokens, cache_dir) for l in layers}
     stats = {l: load_file(p)["c0"] for l, p in paths.items() if p.exists()}
     missing = [l for l in layers if l not in stats]

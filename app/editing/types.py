@@ -27,6 +27,10 @@ class EditRequest:
         """Raise EditError naming the first problem a user can fix."""
         if not self.subject.strip():
             raise EditError("subject is empty")
+        if self.prompt.count("{}") == 0 and self.subject and self.subject in self.prompt:
+            raise EditError(
+                f"prompt must contain the subject slot '{{}}' exactly once: write {self.prompt.replace(self.subject, '{}', 1)!r}"
+            )
         if self.prompt.count("{}") != 1:
             raise EditError(
                 f"prompt must contain the subject slot '{{}}' exactly once (found {self.prompt.count('{}')}): {self.prompt!r}"

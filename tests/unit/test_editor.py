@@ -1,0 +1,178 @@
+"""The Editor on tiny random models: factors, removal, replay, rollback, methods."""
+import pytest
+import torch
+
+from app.editing import solve as solve_module
+from app.editing.editor import Editor
+from app.editing.settings import EditSettings
+from app.editing.types import EditError, EditRequest
+from editing_helpers import FACTS, tiny_lm, tiny_settings, tiny_stats
+
+MORE = [
+    EditRequest("{} is in", "The Eiffel Tower", "Rome", "Paris"),
+    EditRequest("{} was founded by", "Apple", "Toyota", "Steve Jobs"),
+]
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def setup(request, tmp_path):
+    lm = tiny_lm(request.param)
+    s = tiny_settings(max_steps=4)
+    return lm, s, tiny_stats(lm, s.layers, tmp_path)
+
+
+def test_factors_equal_the_applied_change(setup):
+    lm, s, stats = setup
+    editor = Editor(lm, s, stats)
+    before = {l: editor._w(l).detach().clone() for l in s.layers}
+    result = editor.apply(FACTS, batch_id=1)
+    assert [d.layer for d in result.deltas] == list(s.layers)
+    for d in result.deltas:
+        assert d.u.shape == (lm.hidden_size, len(FACTS)) and d.v.shape[1] == len(FACTS)
+        change = editor._w(d.layer).detach() - before[d.layer]
+        assert change.abs().max() > 0
+        assert torch.allclose(change, d.matrix(), rtol=1e-5, atol=1e-6)
+    assert len(result.outcomes) == len(FACTS)
+    assert all(o.z_star.shape == (lm.hidden_size,) for o in result.outcomes)
+
+
+def test_gpt2_edits_the_transposed_conv1d_weight():
+    lm = tiny_lm("gpt2")
+    s = tiny_settings(max_steps=2, lambda_p=0.0)
+    editor = Editor(lm, s)
+    module = lm.adapter.edited_module(lm.model, 1)
+    raw_before = module.weight.detach().clone()  # Conv1D: (f, d)
+    result = editor.apply(FACTS[:1], batch_id=1)
+    assert torch.allclose(module.weight.detach() - raw_before, result.deltas[0].matrix().T, atol=1e-6)
+
+
+def test_removing_the_last_batch_restores_the_weights_exactly(setup):
+    lm, s, stats = setup
+    editor = Editor(lm, s, stats)
+    editor.apply(FACTS, batch_id=1)
+    weights = {l: editor._w(l).detach().clone() for l in s.layers}
+    preserved = {l: p.clone() for l, p in editor.preserved.items()}
+    h = editor.weights_hash()
+    editor.apply(MORE, batch_id=2)
+    assert editor.weights_hash() != h
+    editor.remove_batch(2)
+    assert editor.weights_hash() == h
+    for l in s.layers:
+        assert torch.equal(editor._w(l).detach(), weights[l])
+        assert torch.allclose(editor.preserved[l], preserved[l])
+    editor.remove_batch(1)
+    for l in s.layers:
+        assert torch.equal(editor._w(l).detach(), editor.base[l])
+
+
+def test_replay_of_the_live_log_gives_the_same_weights(setup):
+    lm, s, stats = setup
+    editor = Editor(lm, s, stats)
+    r1 = editor.apply(FACTS, batch_id=1)
+    r2 = editor.apply(MORE, batch_id=2)
+    editor.remove_batch(1)  # a revert in the middle of the log
+    r3 = editor.reapply(FACTS[1:], [o.z_star for o in r1.outcomes[1:]], batch_id=3)
+    live_hash = editor.weights_hash()
+
+    fresh_lm = tiny_lm(lm.adapter.family if lm.adapter.family != "llama" else "llama")
+    replica = Editor(fresh_lm, s, stats)
+    for batch_id, result in ((2, r2), (3, r3)):
+        replica.add_batch(batch_id, result.deltas)
+    assert replica.weights_hash() == live_hash
+    assert replica.batch_ids == editor.batch_ids == [2, 3]
+
+
+def test_state_dict_round_trip(setup):
+    lm, s, stats = setup
+    editor = Editor(lm, s, stats)
+    editor.apply(FACTS, batch_id=7)
+    tensors, meta = editor.state_dict()
+    restored = Editor(tiny_lm(lm.adapter.family), s, stats)
+    restored.load_state_dict(tensors, meta)
+    assert restored.weights_hash() == editor.weights_hash()
+    assert restored.templates == editor.templates
+
+
+def test_a_failed_batch_leaves_the_weights_untouched(setup, monkeypatch):
+    lm, s, stats = setup
+    editor = Editor(lm, s, stats)
+    editor.apply(FACTS[:1], batch_id=1)
+    h = editor.weights_hash()
+    calls = {"n": 0}
+    real = solve_module.solve_update
+
+    def fail_on_second_layer(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("app.editing.editor.solve_update", fail_on_second_layer)
+    with pytest.raises(RuntimeError, match="injected"):
+        editor.apply(MORE, batch_id=2)
+    assert editor.weights_hash() == h
+    assert editor.batch_ids == [1]
+
+
+def test_methods_are_configurations_of_one_code(tmp_path):
+    lm = tiny_lm()
+    layers = (1, 2, 3)
+    stats = tiny_stats(lm, layers, tmp_path)
+    z = Editor(lm, tiny_settings(max_steps=4), stats).apply(FACTS, batch_id=1).outcomes
+    z_stars = [o.z_star for o in z]
+    configs = {
+        "memit": EditSettings(method="memit", layers=layers, lambda_p=10.0, lambda_n=0.0, mpes_margin=0),
+        "encore": EditSettings(method="encore", layers=layers, lambda_p=10.0, lambda_n=5.0, mpes_margin=1),
+        "alphaedit": EditSettings(method="alphaedit", layers=layers, lambda_p=0.0, lambda_n=5.0, mpes_margin=0,
+                                  nullspace_threshold=float(torch.linalg.eigvalsh(stats[1].double())[40])),
+    }
+    updates = {}
+    for name, settings in configs.items():
+        fresh = tiny_lm()
+        editor = Editor(fresh, settings, stats, templates=["{}", "The river is in Paris. {}"])
+        updates[name] = editor.reapply(FACTS, z_stars, batch_id=1).deltas[0].matrix()
+    names = list(updates)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not torch.allclose(updates[names[i]], updates[names[j]], atol=1e-7), (names[i], names[j])
+    # The norm constraint makes ENCORE's update smaller than MEMIT's from the same targets.
+    assert updates["encore"].norm() < updates["memit"].norm()
+
+
+def test_bad_requests_are_refused_before_any_work(setup):
+    lm, s, stats = setup
+    editor = Editor(lm, s, stats)
+    h = editor.weights_hash()
+    with pytest.raises(EditError, match="exactly once"):
+        editor.apply([EditRequest("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "English")], 1)
+    with pytest.raises(EditError, match="target_new is empty"):
+        editor.apply([EditRequest("{} is", "Paris", "  ")], 1)
+    with pytest.raises(EditError, match="bound is 128"):
+        editor.apply([EditRequest("{} is", "Paris", "x" * 129)], 1)
+    with pytest.raises(EditError, match="at least one fact"):
+        editor.apply([], 1)
+    editor.apply(FACTS[:1], 1)
+    with pytest.raises(EditError, match="already applied"):
+        editor.apply(FACTS[:1], 1)
+    with pytest.raises(EditError, match="not applied"):
+        editor.remove_batch(99)
+    assert editor.batch_ids == [1]
+    assert h != editor.weights_hash()
+
+
+def test_settings_must_fit_the_model(setup):
+    lm, _, stats = setup
+    with pytest.raises(EditError, match="model has 6 layers"):
+        Editor(lm, tiny_settings(layers=(4, 5, 6)), stats)
+    with pytest.raises(EditError, match="key statistics"):
+        Editor(lm, tiny_settings(), None)
+
+
+def test_norms_report_growth(setup):
+    lm, s, stats = setup
+    editor = Editor(lm, s, stats)
+    assert all(n.delta_norm == 0 for n in editor.norms())
+    editor.apply(FACTS, batch_id=1)
+    norms = editor.norms()
+    assert [n.layer for n in norms] == list(s.layers)
+    assert all(n.delta_norm > 0 and n.growth == n.delta_norm / n.base_norm for n in norms)
