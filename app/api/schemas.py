@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from app.editing.types import MAX_PROMPT_CHARS, MAX_SUBJECT_CHARS, MAX_TARGET_CHARS
 
@@ -20,6 +20,14 @@ def _limit(info: ValidationInfo, name: str, default: int) -> int:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, v: Any, info: ValidationInfo) -> Any:
+        # PostgreSQL text cannot hold NUL, and no fact needs one: say so instead of a 500.
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError(f"{info.field_name} contains a NUL character (\\u0000); remove it")
+        return v
 
 
 class EditIn(Strict):
@@ -70,6 +78,12 @@ class EditIn(Strict):
         if len(v) > bound:
             raise ValueError(f"{info.field_name} is {len(v)} characters long; the bound is {bound}")
         return v
+
+    @model_validator(mode="after")
+    def _targets_differ(self) -> "EditIn":
+        if self.target_true is not None and self.target_new.strip() == self.target_true.strip():
+            raise ValueError("target_new equals target_true: there is nothing to change")
+        return self
 
 
 class EditOut(BaseModel):

@@ -48,6 +48,9 @@ def bad(api, body, fragment: str, status: int = 422, **kw):
         ({"target_true": "F" * 17}, "target_true is 17 characters long"),
         ({"prompt": 5}, "prompt: Input should be a valid string"),
         ({"colour": "red"}, "unknown field 'colour'"),
+        ({"subject": "Danielle\x00Darrieux"}, "subject contains a NUL character"),
+        ({"prompt": "The mother tongue of {} is\x00"}, "prompt contains a NUL character"),
+        ({"target_new": "French", "target_true": "French"}, "target_new equals target_true"),
     ],
 )
 def test_bad_fact_is_rejected_with_reason(api, change, fragment):
