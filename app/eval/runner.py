@@ -14,7 +14,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -206,6 +206,7 @@ def run_eval(
     state: RunState | None = None,
     progress: bool = True,
     stop_after_batches: int | None = None,
+    restore_weights: bool = False,
 ) -> dict:
     """Edit `records` in sequential batches on `lm` and score them; returns the summary dict.
 
@@ -215,8 +216,10 @@ def run_eval(
     `options.checkpoint_every` is set. `state` (with a restored editor) resumes a run.
     `stop_after_batches` stops (raising RunInterrupted) once that many batches are done
     and checkpointed, which is how the resume test simulates an interruption.
+    The edits stay in `lm`'s weights unless `restore_weights` (for sweeps that reuse one
+    model: every batch is removed again through the editor, newest first).
     """
-    opts = options or RunOptions(batch_size=batch_size or 1)
+    opts = replace(options) if options else RunOptions(batch_size=batch_size or 1)  # a copy: set below
     if batch_size is not None:
         opts.batch_size = batch_size
     if opts.batch_size < 1:
@@ -281,6 +284,9 @@ def run_eval(
                       "health": asdict(opts.health) if opts.health else None, "seed": opts.seed}
     if out is not None:
         write_summary(out, summary)
+    if restore_weights:
+        for b in reversed(editor.batch_ids):
+            editor.remove_batch(b)
     return summary
 
 

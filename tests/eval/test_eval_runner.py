@@ -139,14 +139,18 @@ def test_checkpoint_state_roundtrip():
     assert back[0]["x"].dtype == torch.float64
 
 
-def test_checkpoint_sample_is_fixed_size(tmp_path, corpus):
+def test_checkpoint_sample_is_fixed_size_and_weights_can_be_restored(tmp_path, corpus):
+    from app.eval.runner import build_editor
+
     lm, settings = _lm(), _settings("memit")
     opts = _options(corpus, checkpoint_every=1, checkpoint_sample=3)
     opts.health = None
-    summary = run_eval(lm, settings, RECORDS, options=opts,
-                       key_stats=_key_stats(lm, settings, corpus, tmp_path), progress=False)
+    editor = build_editor(lm, settings, _key_stats(lm, settings, corpus, tmp_path))
+    before = editor.weights_hash()
+    summary = run_eval(lm, settings, RECORDS, options=opts, editor=editor, progress=False, restore_weights=True)
     assert [(c["edits"], c["scored"]) for c in summary["checkpoints"]] == [(2, 2), (4, 3)]
     assert len(summary["per_record"]) == 6  # the final scores use every edited fact
+    assert summary["weights_hash"] != before and editor.weights_hash() == before
 
 
 def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monkeypatch):
