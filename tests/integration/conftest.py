@@ -86,7 +86,7 @@ def prod_config(tiny_assets, pg_url, redis_prefix):
     model_dir, corpus, cache = tiny_assets
 
     def make(**over):
-        return tiny_config(model_dir, corpus, cache, database_url=pg_url, redis_url=REDIS,
-                           redis_prefix=redis_prefix, **over)
+        return tiny_config(model_dir, corpus, cache, **{"database_url": pg_url, "redis_url": REDIS,
+                                                        "redis_prefix": redis_prefix, **over})
 
     return make

@@ -118,3 +118,18 @@ def test_standby_worker_takes_over(prod_config, start_worker):
         e = wait_status(c, c.post("/edits", json=FACTS[1]).json()["ids"][0])
         assert e["status"] == "applied" and e["version"] == 2
         assert standby.worker.host.version == 2
+
+
+def test_edits_accepted_while_redis_is_down_are_applied_later(prod_config, start_worker):
+    """Postgres is the truth: with the queue unreachable the api still accepts (rows first),
+    reports itself not ready, and a worker refills the queue from the rows."""
+    down = prod_config(redis_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    with api(down) as c:
+        r = c.post("/edits", json=FACTS[0])
+        assert r.status_code == 202 and r.json()["edits"][0]["status"] == "queued"
+        eid = r.json()["ids"][0]
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["queue"] is False
+    start_worker()  # same database and prefix, the real Redis
+    with api(prod_config()) as c:
+        assert wait_status(c, eid)["status"] == "applied"
