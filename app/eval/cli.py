@@ -197,12 +197,13 @@ eval_app.command("run", help="Run (or resume) a sequential editing evaluation; t
 def compare_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="--out folders of finished runs"),
     out: Optional[Path] = typer.Option(None, help="plot path (default: compare.png next to the first run folder)"),
+    markdown: Optional[Path] = typer.Option(None, help="also write the table as markdown to this file"),
 ) -> None:
     """Overlay several runs (e.g. ENCORE vs MEMIT vs AlphaEdit) in one plot and one table."""
     from app.eval.compare import compare
 
     try:
-        table, path = compare(run_dirs, out)
+        table, path = compare(run_dirs, out, markdown)
     except FileNotFoundError as e:
         _fail(str(e))
     Console().print(table)

@@ -28,7 +28,8 @@ def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list
     kinds = {kind_of(s) for s in summaries}
     score_keys = (["es", "ps", "ns", "s", "ge"] if "counterfact" in kinds else []) + (
         ["edit_acc", "paraphrase_acc", "locality_acc", "locality_kept"] if "zsre" in kinds else [])
-    header = ["run", "method", "edits"] + score_keys + ["s/edit", "max growth %", "ppl (unedited)"]
+    names = {"es": "ES", "ps": "PS", "ns": "NS", "s": "S", "ge": "GE"}
+    header = ["run", "method", "edits"] + [names.get(k, k) for k in score_keys] + ["s/edit", "max growth %", "ppl"]
     rows = []
     for s, label in zip(summaries, labels):
         growth = [rows_[-1]["growth"] for rows_ in s.get("norms", {}).values() if rows_]
@@ -47,8 +48,16 @@ def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list
     return header, rows
 
 
-def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None) -> tuple[Table, Path]:
-    """Build the table and write the overlaid plot (default: compare.png in the first run's parent)."""
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None,
+            markdown: Path | str | None = None) -> tuple[Table, Path]:
+    """Build the table and write the overlaid plot (default: compare.png in the first run's parent);
+    with `markdown`, also write the table there as markdown (for benchmarks/results/)."""
     if not run_dirs:
         raise ValueError("give at least one run folder")
     summaries = [load_summary(d) for d in run_dirs]
@@ -59,6 +68,8 @@ def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None) -> tu
         table.add_column(h, justify="left" if h in ("run", "method") else "right")
     for r in rows:
         table.add_row(*r)
+    if markdown:
+        Path(markdown).write_text("Unedited model in brackets.\n\n" + markdown_table(header, rows))
     out_path = Path(out) if out else Path(run_dirs[0]).resolve().parent / COMPARE_PNG
     plot_compare(summaries, labels, out_path)
     return table, out_path

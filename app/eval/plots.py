@@ -132,7 +132,7 @@ def plot_compare(summaries: Sequence[dict], labels: Sequence[str], out_path: Pat
                 xs, ys = health_curve(s, "perplexity")
             elif key in s:
                 xs, ys = score_curve(s, key)
-                ax.axhline(s["baseline"][key], color=f"C{i}", ls=":", lw=1)
+                ax.plot(*baseline_curve(s, key), color=f"C{i}", ls=":", lw=1)
             else:
                 continue
             if xs:

@@ -179,10 +179,14 @@ def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monke
     res = runner.invoke(eval_app, [*base, "--method", "memit", "--no-health", "--out", str(tmp_path / "memit")])
     assert res.exit_code == 0, res.output
     res = runner.invoke(eval_app, ["compare", str(tmp_path / "encore"), str(tmp_path / "memit"),
-                                   "--out", str(tmp_path / "cmp.png")], env={"COLUMNS": "200"})
+                                   "--out", str(tmp_path / "cmp.png"), "--markdown", str(tmp_path / "cmp.md")],
+                        env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "encore" in res.output and "memit" in res.output
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "cmp.md").read_text().splitlines()
+    assert md[2].startswith("| run | method | edits | ES | PS | NS | S | GE |")
+    assert md[4].startswith("| encore | encore | 4 |") and md[5].startswith("| memit | memit | 4 |")
 
     res = runner.invoke(eval_app, ["compare", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "does not exist" in res.output
