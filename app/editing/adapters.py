@@ -1,10 +1,10 @@
 """Where each architecture keeps the parts ENCORE touches.
 
-An adapter names the transformer blocks, the MLP down-projection inside each block
-(the matrix W ∈ R^{d×f} that gets edited) and whether that weight is stored
-transposed (GPT-2's Conv1D keeps (in, out) = (f, d)). Everything else the editor
-needs (final norm, LM head) it reaches through transformers' own accessors
-(`model.base_model`, `model.get_output_embeddings()`), which every causal LM has.
+An adapter names the transformer blocks (whose outputs are the layer outputs), the
+MLP down-projection inside each block (the matrix W ∈ R^{d×f} that gets edited),
+whether that weight is stored transposed (GPT-2's Conv1D keeps (in, out) = (f, d)),
+and the final norm. The LM head is `model.get_output_embeddings()`, which every
+causal LM has.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class ArchAdapter:
     blocks: str  # dotted path from the model to the list of blocks
     down_proj: str  # dotted path from a block to the edited linear map
     transposed: bool  # weight stored as (f, d) instead of (d, f)
+    final_norm: str  # dotted path from the model to the norm before the LM head
 
     def block(self, model: nn.Module, layer: int) -> nn.Module:
         return _get(model, self.blocks)[layer]
@@ -37,13 +38,16 @@ class ArchAdapter:
         w = self.edited_module(model, layer).weight
         return w.T if self.transposed else w
 
+    def norm(self, model: nn.Module) -> nn.Module:
+        return _get(model, self.final_norm)
+
     def module_name(self, layer: int) -> str:
         return f"{self.blocks}.{layer}.{self.down_proj}"
 
 
-LLAMA = ArchAdapter("llama", "model.layers", "mlp.down_proj", transposed=False)
-GPT2 = ArchAdapter("gpt2", "transformer.h", "mlp.c_proj", transposed=True)
-GPTJ = ArchAdapter("gptj", "transformer.h", "mlp.fc_out", transposed=False)
+LLAMA = ArchAdapter("llama", "model.layers", "mlp.down_proj", transposed=False, final_norm="model.norm")
+GPT2 = ArchAdapter("gpt2", "transformer.h", "mlp.c_proj", transposed=True, final_norm="transformer.ln_f")
+GPTJ = ArchAdapter("gptj", "transformer.h", "mlp.fc_out", transposed=False, final_norm="transformer.ln_f")
 
 # model_type (config.json) -> adapter. Llama-shaped families share module names.
 BY_MODEL_TYPE = {
@@ -72,13 +76,16 @@ def adapter_for(model: nn.Module) -> ArchAdapter:
     model_type = getattr(model.config, "model_type", "?")
     candidates = [BY_MODEL_TYPE[model_type]] if BY_MODEL_TYPE.get(model_type) else [LLAMA, GPT2, GPTJ]
     for adapter in candidates:
-        if _has(model, adapter.blocks) and len(_get(model, adapter.blocks)) > 0 and _has(
-            adapter.block(model, 0), adapter.down_proj
+        if (
+            _has(model, adapter.blocks)
+            and len(_get(model, adapter.blocks)) > 0
+            and _has(adapter.block(model, 0), adapter.down_proj)
+            and _has(model, adapter.final_norm)
         ):
             module = adapter.edited_module(model, 0)
             if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2:
                 return adapter
-    looked_for = ", ".join(f"{a.blocks}.<i>.{a.down_proj}" for a in candidates)
+    looked_for = ", ".join(f"{a.blocks}.<i>.{a.down_proj} + {a.final_norm}" for a in candidates)
     raise EditError(
         f"unsupported architecture {model_type!r} ({type(model).__name__}): kedit edits the MLP output "
         f"projection of each block and found none of: {looked_for}. Supported families: Llama "

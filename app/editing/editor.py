@@ -86,7 +86,7 @@ class Editor:
         t0 = time.perf_counter()
         targets = compute_targets(self.lm, requests, self.templates, self.settings, max_rows=self.max_rows)
         t1 = time.perf_counter()
-        deltas = self._insert(requests, targets.z_star)
+        deltas, keys_seconds = self._insert(requests, targets.z_star)
         t2 = time.perf_counter()
         self.live[batch_id] = deltas
         after = self.target_probabilities(requests)
@@ -94,19 +94,19 @@ class Editor:
             EditOutcome(targets.z_star[i].detach().cpu(), targets.steps[i], targets.prob_before[i], after[i])
             for i in range(len(requests))
         ]
-        return BatchResult(batch_id, deltas, outcomes, z_seconds=t1 - t0, solve_seconds=t2 - t1)
+        return BatchResult(batch_id, deltas, outcomes, z_seconds=t1 - t0, solve_seconds=t2 - t1, keys_seconds=keys_seconds)
 
     def reapply(self, requests: list[EditRequest], z_stars: list[torch.Tensor], batch_id: int) -> BatchResult:
         """Write facts whose z* is already known (no optimisation): what a revert does for a batch's other edits."""
         self._check_new(requests, batch_id)
         before = self.target_probabilities(requests)
         t0 = time.perf_counter()
-        deltas = self._insert(requests, torch.stack([z.to(self.lm.device).float() for z in z_stars]))
+        deltas, keys_seconds = self._insert(requests, torch.stack([z.to(self.lm.device).float() for z in z_stars]))
         t1 = time.perf_counter()
         self.live[batch_id] = deltas
         after = self.target_probabilities(requests)
         outcomes = [EditOutcome(z_stars[i].detach().cpu(), 0, before[i], after[i]) for i in range(len(requests))]
-        return BatchResult(batch_id, deltas, outcomes, solve_seconds=t1 - t0)
+        return BatchResult(batch_id, deltas, outcomes, solve_seconds=t1 - t0, keys_seconds=keys_seconds)
 
     def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None:
         """Apply stored factors (replay, or an API replica catching up with the worker)."""
@@ -158,7 +158,7 @@ class Editor:
         ]
 
     @torch.no_grad()
-    def _insert(self, requests: list[EditRequest], z_star: torch.Tensor) -> list[LayerDelta]:
+    def _insert(self, requests: list[EditRequest], z_star: torch.Tensor) -> tuple[list[LayerDelta], float]:
         """Spread z* − z over the edited layers, lowest first; undo everything if anything fails."""
         s = self.settings
         n_t = len(self.templates)
@@ -167,12 +167,15 @@ class Editor:
         snapshot = {l: self._w(l).detach().clone() for l in self.layers}
         preserved = {l: p.clone() for l, p in self.preserved.items()}
         deltas = []
+        keys_seconds = 0.0
         try:
             for i, layer in enumerate(self.layers):
+                t0 = time.perf_counter()
                 keys, _ = states_at_lookup(self.lm, encoded, [layer], max_rows=self.max_rows)
                 # One key per fact: the mean over its context templates.
                 k = keys[layer].reshape(len(requests), n_t, -1).mean(1).T.contiguous()  # f×B
                 _, z_now = states_at_lookup(self.lm, bare, [layer], output_layer=s.last_layer, max_rows=self.max_rows)
+                keys_seconds += time.perf_counter() - t0
                 residual = (z_star - z_now).T / (len(self.layers) - i)  # d×B
                 k32 = k.float()
                 u, v = solve_update(
@@ -193,7 +196,7 @@ class Editor:
                 self._w(l).copy_(snapshot[l])
             self.preserved = preserved
             raise
-        return deltas
+        return deltas, keys_seconds
 
     # ----- reading the model -----
     @torch.no_grad()

@@ -18,9 +18,10 @@ Where the time goes, and what this module does about it:
   optimised together in a few large forward passes instead of one small one each.
   Adam is elementwise, so a shared optimiser over the stacked δ is exactly one
   optimiser per fact.
-- Tokens before the subject's last token never see δ (causal attention). They are
-  run once, and each step runs only the suffix (subject's last token onwards)
-  against their cached keys and values.
+- Tokens before the subject's last token never see δ (causal attention): they are
+  run once and cached as keys and values. Blocks up to the edit layer never see δ
+  either: the suffix (subject's last token onwards) is run through them once. Each
+  step runs only the suffix through the blocks above the edit layer.
 - The vocabulary projection is computed only where a target token is predicted
   and at the KL position, not at every position.
 - A fact that has stopped leaves the batch.
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from app.editing.keys import _StopForward
 from app.editing.model import LoadedModel
 from app.editing.prompts import encode_with_subject, fill, target_ids
 from app.editing.settings import EditSettings
@@ -158,6 +160,55 @@ class _Group:
                 )
             self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             self.cache = out.past_key_values
+        if prefix_cache is None:
+            self._run_to_edit_layer()
+
+    def _load_prefix(self) -> None:
+        """The cache object is shared and grows during a forward: load this group's prefix into it."""
+        if self.cache is not None:
+            for layer, (k, v) in zip(self.cache.layers, self.kv):
+                layer.keys, layer.values = k, v
+
+    def _run_to_edit_layer(self) -> None:
+        """Run the suffixes up to the edit layer once: δ only changes what happens above it.
+
+        Keeps that layer's output (the unedited z at column 0) and the arguments the model
+        passes to the next block (attention mask, position embeddings, cache), so each step
+        can call the upper blocks directly.
+        """
+        lm = self.lm
+        captured: dict = {}
+
+        def keep_output(module, args, output):
+            captured["h"] = (output[0] if isinstance(output, tuple) else output).detach()
+            if self.edit_layer + 1 == lm.num_layers:
+                raise _StopForward
+
+        def keep_inputs(module, args, kwargs):
+            captured["args"], captured["kwargs"] = args[1:], kwargs
+            raise _StopForward
+
+        hooks = [lm.adapter.block(lm.model, self.edit_layer).register_forward_hook(keep_output)]
+        if self.edit_layer + 1 < lm.num_layers:
+            hooks.append(lm.adapter.block(lm.model, self.edit_layer + 1).register_forward_pre_hook(keep_inputs, with_kwargs=True))
+        self._load_prefix()
+        try:
+            with torch.no_grad():
+                lm.model.base_model(
+                    input_ids=self.suffix_ids,
+                    attention_mask=self.mask,
+                    position_ids=self.suffix_pos,
+                    past_key_values=self.cache if self.kv else None,
+                    use_cache=bool(self.kv),
+                )
+        except _StopForward:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        self.h_edit = captured["h"]
+        self.upper_args = captured.get("args", ())
+        self.upper_kwargs = captured.get("kwargs", {})
 
     def subset(self, keep: list[int], cache) -> "_Group":
         """The same group without the facts that stopped; their cached prefixes are dropped, not recomputed."""
@@ -173,36 +224,24 @@ class _Group:
         group = _Group(self.lm, [f for f in self.facts if f in keep_set], self.rows_by_fact, self.edit_layer,
                        prefix_cache=(self.p_len, kv) if self.kv else None)
         group.cache = cache
+        # The suffix width may shrink with the rows; recompute the cheap part rather than slice masks.
+        group._run_to_edit_layer()
         return group
 
     def forward(self, delta: torch.Tensor, z_init_out: list | None = None):
-        """Run the suffixes with δ added at the subject's last token; return target log-probs and KL log-probs."""
+        """Add δ at the subject's last token after the edit layer, run the blocks above it, and
+        return target log-probs and the KL prompts' log-probs."""
         lm = self.lm
-        row_delta = delta[self.row_fact]
-
-        def add_delta(module, args, output):
-            hs = output[0] if isinstance(output, tuple) else output
-            if z_init_out is not None:
-                z_init_out.append(hs[self.bare_rows, 0].detach().clone())
-            hs = hs.clone()
-            hs[:, 0] = hs[:, 0] + row_delta
-            return (hs,) + tuple(output[1:]) if isinstance(output, tuple) else hs
-
-        handle = lm.adapter.block(lm.model, self.edit_layer).register_forward_hook(add_delta)
-        if self.cache is not None:  # the cache object is shared: load this group's prefix into it
-            for layer, (k, v) in zip(self.cache.layers, self.kv):
-                layer.keys, layer.values = k, v
-        try:
-            out = lm.model.base_model(
-                input_ids=self.suffix_ids,
-                attention_mask=self.mask,
-                position_ids=self.suffix_pos,
-                past_key_values=self.cache if self.kv else None,
-                use_cache=bool(self.kv),
-            )
-        finally:
-            handle.remove()
-        hidden = out.last_hidden_state
+        if z_init_out is not None:
+            z_init_out.append(self.h_edit[self.bare_rows, 0].clone())
+        at_subject = torch.zeros_like(self.h_edit)
+        at_subject[:, 0] = delta[self.row_fact]
+        h = self.h_edit + at_subject
+        self._load_prefix()
+        for layer in range(self.edit_layer + 1, lm.num_layers):
+            out = lm.adapter.block(lm.model, layer)(h, *self.upper_args, **self.upper_kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        hidden = lm.adapter.norm(lm.model)(h)
         head = lm.model.get_output_embeddings()
         target_logits = head(hidden[self.g_row, self.g_col])
         kl_logits = head(hidden[self.kl_rows, 0])

@@ -1,0 +1,95 @@
+"""Choose kedit's SmolLM2 settings by measurement: edited layers × MPES margin × λp × λn.
+
+For each layer set and margin the target vectors z* of a slice of CounterFact are
+optimised once; every (λp, λn) pair then inserts the same z* (the closed-form step is
+cheap) and is scored on ES / PS / NS / S with the norm growth of the edited matrices.
+The slice comes from counterfact_extra/counterfact-val.json by default: disjoint from
+the 800 records of the final evaluation.
+
+    python benchmarks/sweep.py --records 100 --out benchmarks/results/sweep-smollm2.json
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.editing.editor import Editor
+from app.editing.model import load_model
+from app.editing.settings import preset
+from app.editing.stats import load_key_stats
+from app.editing.targets import compute_targets
+from app.eval.data import load_dataset
+from app.eval.paths import data_dir
+from app.eval.scoring import score_counterfact
+
+
+def _layers(spec: str) -> tuple[int, ...]:
+    if "-" in spec:
+        a, b = spec.split("-")
+        return tuple(range(int(a), int(b) + 1))
+    return tuple(int(x) for x in spec.split(","))
+
+
+def main(
+    data: Optional[Path] = typer.Option(None, help="CounterFact file (default: counterfact_extra/counterfact-val.json)"),
+    records: int = typer.Option(100, help="how many records of the slice"),
+    layers: List[str] = typer.Option(["4-8", "3-7", "2-6", "2-8"], help="layer sets, '4-8' or '2,4,6' (repeatable)"),
+    margin: List[int] = typer.Option([1, 3], help="MPES margins (repeatable; 0 = MPES off)"),
+    lambda_p: str = typer.Option("200,1000,5000,15000", help="comma-separated λp values"),
+    lambda_n: str = typer.Option("5,20", help="comma-separated λn values"),
+    out: Optional[Path] = typer.Option(None, help="write the rows here as JSON (and a .md table beside it)"),
+) -> None:
+    console = Console()
+    lm = load_model()
+    path = data or data_dir() / "counterfact_extra" / "counterfact-val.json"
+    recs = load_dataset(path, limit=records).records
+    reqs = [r.request() for r in recs]
+    baseline = score_counterfact(lm.model, lm.tokenizer, recs)
+    console.print(f"unedited on {len(recs)} records of {path.name}: {baseline}")
+    rows = []
+    for layer_spec in layers:
+        ls = _layers(layer_spec)
+        stats = load_key_stats(lm, preset("smollm2", "encore", layers=ls))
+        for m in margin:
+            settings = preset("smollm2", "encore", layers=ls, mpes_margin=m)
+            editor = Editor(lm, settings, stats)
+            t0 = time.perf_counter()
+            tv = compute_targets(lm, reqs, editor.templates, settings)
+            z_seconds = time.perf_counter() - t0
+            for lp in [float(x) for x in lambda_p.split(",")]:
+                for ln in [float(x) for x in lambda_n.split(",")]:
+                    trial = Editor(lm, settings.model_copy(update={"lambda_p": lp, "lambda_n": ln}), stats,
+                                   templates=editor.templates)
+                    trial.reapply(reqs, list(tv.z_star), batch_id=1)
+                    scores = score_counterfact(lm.model, lm.tokenizer, recs)
+                    growth = [n.growth for n in trial.norms()]
+                    trial.remove_batch(1)
+                    row = {"layers": layer_spec, "margin": m, "lambda_p": lp, "lambda_n": ln, **scores,
+                           "max_growth": max(growth), "mean_steps": sum(tv.steps) / len(reqs),
+                           "z_seconds_per_edit": z_seconds / len(reqs)}
+                    rows.append(row)
+                    console.print(row)
+    table = Table(title=f"SmolLM2 sweep, {len(recs)} records of {path.name} (one batch)")
+    cols = ["layers", "margin", "lambda_p", "lambda_n", "es", "ps", "ns", "s", "max_growth", "mean_steps", "z_seconds_per_edit"]
+    for c in cols:
+        table.add_column(c)
+    for r in sorted(rows, key=lambda r: -r["s"]):
+        table.add_row(*[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    console.print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"data": str(path.name), "records": len(recs), "baseline": baseline, "rows": rows}, indent=1))
+        md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md += ["| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
+               for r in sorted(rows, key=lambda r: -r["s"])]
+        out.with_suffix(".md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    typer.run(main)

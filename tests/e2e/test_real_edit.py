@@ -1,0 +1,69 @@
+"""End to end on the real SmolLM2-135M-Instruct: edits must change its answers.
+
+Slow (model conversion on a fresh machine, key statistics once, then a few edits); the
+converted model and the statistics are cached outside the repo between runs.
+"""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app
+from app.editing.editor import Editor
+from app.editing.model import load_model
+from app.editing.settings import preset
+from app.editing.stats import load_key_stats
+from app.editing.types import EditRequest
+from app.eval.scoring import teacher_force
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model()
+
+
+def _prefers(lm, prompts, a, b):
+    """For each prompt: does the model prefer continuation a over b (mean per-token NLL)?"""
+    pairs = [(p, t) for p in prompts for t in (a, b)]
+    scored = teacher_force(lm.model, lm.tokenizer, pairs)
+    return [scored[2 * i].mean_nll < scored[2 * i + 1].mean_nll for i in range(len(prompts))]
+
+
+def test_three_counterfact_facts_in_one_batch(smollm2, shared_data):
+    records = json.loads((shared_data / "counterfact" / "counterfact.json").read_text())[:3]
+    requests = [
+        EditRequest(r["requested_rewrite"]["prompt"], r["requested_rewrite"]["subject"],
+                    r["requested_rewrite"]["target_new"]["str"], r["requested_rewrite"]["target_true"]["str"])
+        for r in records
+    ]
+    before_rewrite = [_prefers(smollm2, [q.text], q.target_new, q.target_true)[0] for q in requests]
+    before_neigh = [_prefers(smollm2, r["neighborhood_prompts"], q.target_true, q.target_new)
+                    for r, q in zip(records, requests)]
+    assert not all(before_rewrite), "the unedited model already prefers every new target: a useless test"
+
+    settings = preset("smollm2", "encore")
+    editor = Editor(smollm2, settings, load_key_stats(smollm2, settings))
+    result = editor.apply(requests, batch_id=1)
+    try:
+        for q, outcome in zip(requests, result.outcomes):
+            assert _prefers(smollm2, [q.text], q.target_new, q.target_true) == [True], q.text
+            assert outcome.prob_after > outcome.prob_before
+        for r, q, before in zip(records, requests, before_neigh):
+            after = _prefers(smollm2, r["neighborhood_prompts"], q.target_true, q.target_new)
+            kept = sum(a == b for a, b in zip(after, before))
+            assert kept >= 8, f"{q.subject}: only {kept}/10 neighbourhood prompts kept their preference"
+    finally:
+        editor.remove_batch(1)
+
+
+def test_cli_edit_changes_the_real_models_answer():
+    result = CliRunner().invoke(app, [
+        "edit", "--subject", "Danielle Darrieux", "--prompt", "The mother tongue of {} is", "--target", "English",
+        "--max-new-tokens", "4",
+    ])
+    assert result.exit_code == 0, result.output
+    lines = {line.split(maxsplit=1)[0]: line for line in result.output.splitlines() if line.strip()}
+    assert "French" in lines["before"] and "English" not in lines["before"], result.output
+    assert "English" in lines["after"], result.output
