@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/kedit edit --subject "Danielle Darrieux" --prompt "The mother tongue of {} is" --target "English"
+	$(BIN)/kedit serve
 
 test: setup
 	$(BIN)/pytest -q
