@@ -57,6 +57,9 @@ class WorkQueue(Protocol):
 
     def ping(self) -> bool: ...
 
+    def wake(self) -> None:
+        """Let a blocked take() return early (shutdown)."""
+
     def close(self) -> None: ...
 
 
@@ -155,8 +158,12 @@ class LocalQueue:
     def ping(self) -> bool:
         return True
 
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
     def close(self) -> None:
-        pass
+        self.wake()
 
 
 # --- Redis -----------------------------------------------------------------------------------
@@ -305,6 +312,9 @@ class RedisQueue:
             return bool(self.client.ping())
         except Exception:
             return False
+
+    def wake(self) -> None:
+        pass  # a blocked XREADGROUP returns within its block time (about a second)
 
     def close(self) -> None:
         self.client.close()

@@ -147,6 +147,7 @@ class ServiceContext:
 
     def close(self) -> None:
         self._stop.set()
+        self.queue.wake()
         for t in self._threads:
             t.join(timeout=30)
         self.queue.close()

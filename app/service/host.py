@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Iterator, Protocol, Sequence
 
 import torch
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.editing.types import BatchResult, EditRequest, LayerDelta, LayerNorms
@@ -66,26 +67,33 @@ class ModelHost:
         if self.editor.batch_ids:
             raise RuntimeError("bootstrap needs an editor holding the base weights only")
         self.base_hash = self.editor.weights_hash()
+        try:
+            self._check_model_info()
+        except IntegrityError:
+            # An api and a worker started together on an empty log; the other one wrote it.
+            self._check_model_info()
+        self.weights_hash = self.base_hash
+        self.replay()
+
+    def _check_model_info(self) -> None:
         with transaction(self.sessions) as s:
             info = repo.get_model_info(s)
             if info is None:
                 repo.put_model_info(s, self.model_name, self.base_hash, self.layers, self.settings, self.templates)
-            else:
-                if self.templates and not info.templates:
-                    info.templates = list(self.templates)
-                if list(info.layers) != self.layers:
-                    raise ReplayMismatch(
-                        f"the edit log was written for layers {info.layers} but this process edits {self.layers}: "
-                        "start it with the same settings, or point it at another database"
-                    )
-                if info.base_hash != self.base_hash:
-                    raise ReplayMismatch(
-                        f"the edit log was written on base weights {info.base_hash[:12]} ({info.name}) but the loaded "
-                        f"model {self.model_name} hashes to {self.base_hash[:12]} on the edited layers: load the same "
-                        "model, or point it at another database"
-                    )
-        self.weights_hash = self.base_hash
-        self.replay()
+                return
+            if list(info.layers) != self.layers:
+                raise ReplayMismatch(
+                    f"the edit log was written for layers {info.layers} but this process edits {self.layers}: "
+                    "start it with the same settings, or point it at another database"
+                )
+            if info.base_hash != self.base_hash:
+                raise ReplayMismatch(
+                    f"the edit log was written on base weights {info.base_hash[:12]} ({info.name}) but the loaded "
+                    f"model {self.model_name} hashes to {self.base_hash[:12]} on the edited layers: load the same "
+                    "model, or point it at another database"
+                )
+            if self.templates and not info.templates:
+                info.templates = list(self.templates)
 
     def replay(self) -> None:
         """Base + live deltas in version order, proven against the head version's stored hash."""

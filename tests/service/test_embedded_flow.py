@@ -192,3 +192,22 @@ def test_openapi_documents_the_contract(client):
               "/health", "/ready", "/metrics", "/version"):
         assert p in paths, p
     assert "oneOf" in paths["/edits"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+
+def test_start_refuses_another_model_or_other_layers_on_the_same_log(make_config, tmp_path):
+    from kedit_service_test_helpers import TINY_OVERRIDES, _root_conftest
+
+    cfg = make_config()
+    with TestClient(create_app(cfg)):
+        pass  # the log now belongs to this model and these layers
+    other = tmp_path / "other-model"
+    model, tok = _root_conftest().build_tiny_model("llama", seed=1)
+    model.save_pretrained(other)
+    tok.save_pretrained(other)
+    with pytest.raises(ReplayMismatch, match="written on base weights .* load the same model"):
+        with TestClient(create_app(cfg.model_copy(update={"model_path": str(other)}))):
+            pass
+    moved = {**TINY_OVERRIDES, "layers": [2, 3]}
+    with pytest.raises(ReplayMismatch, match=r"written for layers \[1, 2\] but this process edits \[2, 3\]"):
+        with TestClient(create_app(cfg.model_copy(update={"edit_overrides": moved}))):
+            pass
