@@ -186,6 +186,10 @@ def test_get_edit_bad_and_unknown_id(api):
     assert r.status_code == 422 and "edit_id: Input should be a valid integer" in r.json()["detail"]
     r = api.get("/edits/999999")
     assert r.status_code == 404 and r.json()["detail"] == "no edit with id 999999"
+    r = api.get("/edits/0")
+    assert r.status_code == 422 and "edit_id: Input should be greater than or equal to 1" in r.json()["detail"]
+    r = api.post("/edits/0/revert")
+    assert r.status_code == 422 and "edit_id: Input should be greater than or equal to 1" in r.json()["detail"]
 
 
 def test_revert_unknown_edit(api):
