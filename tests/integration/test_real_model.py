@@ -83,3 +83,31 @@ def test_counterfact_edit_revert_restart(mode, fact, pg_url, redis_prefix, tmp_p
     finally:
         if worker is not None:
             worker.close()
+
+
+def test_revert_one_fact_of_a_batch_keeps_the_other(shared_data, tmp_path):
+    """design.md §3 on the real model: two facts in one batch; reverting one brings its old
+    answer back while the other (re-applied from its stored z*) keeps its new one."""
+    recs = json.loads((shared_data / "counterfact_extra" / "counterfact-edit.json").read_text())
+    darrieux, apple = (
+        {"prompt": r["prompt"].replace(r["subject"], "{}"), "subject": r["subject"],
+         "target_new": r["target_new"], "target_true": r["ground_truth"]}
+        for r in (recs[0], recs[5])
+    )
+    assert (darrieux["target_new"], apple["subject"], apple["target_new"]) == ("English", "Apple A5", "Google")
+    cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=200)
+    with TestClient(create_app(cfg)) as c:
+        base_apple = ask(c, apple)["text"]
+        ids = c.post("/edits", json=[darrieux, apple]).json()["ids"]
+        edits = [wait_status(c, i, timeout=1200) for i in ids]
+        assert [e["status"] for e in edits] == ["applied", "applied"] and edits[0]["batch_id"] == edits[1]["batch_id"]
+        assert ask(c, darrieux)["text"].strip().startswith("English")
+        assert ask(c, apple)["text"].strip().startswith("Google")
+
+        c.post(f"/edits/{ids[1]}/revert")
+        wait_status(c, ids[1], ("reverted",), timeout=1200)
+        assert not ask(c, apple)["text"].strip().startswith("Google")
+        assert ask(c, apple)["text"].split()[0] == base_apple.split()[0]  # "Apple ..." again
+        assert ask(c, darrieux)["text"].strip().startswith("English")
+        kept = c.get(f"/edits/{ids[0]}").json()
+        assert kept["status"] == "applied" and kept["batch_id"] != edits[0]["batch_id"]
