@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Query, Request
 
 from app.api.deps import Ctx, ready_host, validate
 from app.api.schemas import GenerateIn, GenerateOut
+from app.service.errors import Invalid
 from app.service.host import ReplayMismatch
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,5 @@ def generate_get(
                  "schema": GenerateIn.model_json_schema()}}}})
 def generate_post(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):
     if not isinstance(body, dict):
-        from app.service.errors import Invalid
-
         raise Invalid('the body must be a JSON object: {"prompt": "...", "max_new_tokens": 16}')
     return _generate(request, ctx, validate(GenerateIn, body, ctx))
