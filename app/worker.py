@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from app.config import ServiceConfig
 from app.queue import Message, QueueLost, WorkQueue
+from app.service import faults
 from app.service.applying import JobReport, LostWriterLock, apply_edits, revert_edit
 from app.service.host import ModelHost
 from app.store import repo
@@ -58,7 +59,13 @@ class Worker:
         """Stand by until the writer lock is ours, then work until `stop` is set."""
         try:
             while not stop.is_set():
-                if not self.lock.try_acquire():
+                try:
+                    acquired = self.lock.try_acquire()
+                except Exception as exc:  # the database is unreachable: stand by, try again later
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("cannot reach the database for the writer lock (%s); retrying", self.last_error)
+                    acquired = False
+                if not acquired:
                     stop.wait(self.config.standby_poll_s)
                     continue
                 log.info("writer lock acquired: this worker edits %s", self.host.model_name)
@@ -135,6 +142,7 @@ class Worker:
                     repo.requeue_applying(s)
                 raise
         self.queue.ack(msgs)
+        faults.point("worker_after_ack")
         if total.version is not None:
             self.queue.publish_version(total.version)
         return total

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sqlalchemy_exc
 
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
@@ -79,6 +80,19 @@ def create_app(
         if isinstance(exc, BodyInvalid):
             body["errors"] = exc.errors
         return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(sqlalchemy_exc.OperationalError)
+    @app.exception_handler(sqlalchemy_exc.InterfaceError)
+    @app.exception_handler(sqlalchemy_exc.TimeoutError)
+    async def database_unavailable(_request: Request, exc: Exception):
+        # The edit log is the truth: without it nothing can be accepted or read. Say so (503,
+        # retry later) rather than 500; /generate keeps answering from the weights it holds.
+        log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return JSONResponse(
+            {"detail": "the edit log (database) is unreachable right now; retry later (a retry with the same "
+             "Idempotency-Key can never create the edits twice)"},
+            status_code=503, headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(ReplayMismatch)
     async def replay_mismatch(_request: Request, exc: ReplayMismatch):

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from app.editing.types import EditError, EditRequest
+from app.service import faults
 from app.service.host import ModelHost
 from app.store import repo
 from app.store.codec import tensor_from_bytes
@@ -52,6 +53,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> J
         report.skipped = sorted(set(edit_ids) - {e.id for e in edits})
     if not edits:
         return report
+    faults.point("worker_claimed")
     host.sync()
     requests = [_request(e) for e in edits]
     with host.sessions() as s:
@@ -94,6 +96,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> J
         log.exception("could not record batch %d; undoing it in memory", batch_id)
         host.sync_or_rebuild()
         raise
+    faults.point("worker_after_commit")
     host.advance(version, weights_hash)
     report.version = version
     report.applied = [e.id for e in edits]
@@ -144,6 +147,7 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True) -> JobRepor
         log.exception("could not record the revert of edit %d; undoing it in memory", edit_id)
         host.sync_or_rebuild()
         raise
+    faults.point("worker_after_commit")
     host.advance(version, weights_hash)
     report.version = version
     report.applied = [edit_id]

@@ -9,6 +9,7 @@ from typing import Sequence
 from sqlalchemy.exc import IntegrityError
 
 from app.queue import WorkQueue
+from app.service import faults
 from app.service.errors import Conflict, Invalid, NotFound
 from app.store import repo
 from app.store.db import transaction
@@ -39,6 +40,7 @@ def submit(sessions, queue: WorkQueue, facts: Sequence[dict], idempotency_key: s
             ids = [e.id for e in rows]
             if idempotency_key is not None:
                 repo.put_idempotency(s, idempotency_key, body_hash, ids)
+            faults.point("api_before_commit")
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -47,10 +49,12 @@ def submit(sessions, queue: WorkQueue, facts: Sequence[dict], idempotency_key: s
         if earlier is None:
             raise
         return earlier, False
+    faults.point("api_after_commit")
     try:
         queue.put("edit", ids)
     except Exception:
         log.exception("queue unavailable; edits %s stay queued in the database and will be refilled", ids)
+    faults.point("api_after_queue")
     return rows, True
 
 

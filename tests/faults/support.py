@@ -1,0 +1,365 @@
+"""Real processes, real servers and the invariants the fault tests check.
+
+Everything here talks to 127.0.0.1 only, and every wait is bounded.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+LONG = os.environ.get("KEDIT_LONG", "") not in ("", "0", "false", "no")
+PG_ADMIN = os.environ.get("KEDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("KEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+# Quick settings for the 6-layer tiny Llama of tests/conftest.py (as tests/service uses).
+TINY_OVERRIDES = {
+    "layers": [1, 2], "stats_tokens": 1000, "n_prefixes": 2, "prefix_tokens": 4, "max_steps": 4,
+    "lambda_p": 1.0, "lambda_n": 1.0,
+}
+
+SUBJECTS = ["Danielle Darrieux", "Paris", "Lionel Messi", "Apple", "Rome", "Toyota", "Michael Jordan",
+            "The Beatles", "Steve Jobs", "London"]
+PROMPTS = ["The mother tongue of {} is", "{} is the capital of", "{} plays", "{} was founded by",
+           "{} is in", "You can see {} from"]
+TARGETS = ["English", "Japan", "music", "Toyota", "Italy", "France", "basketball", "German", "soccer", "river"]
+
+
+def fact(rng, i: int) -> dict:
+    """A varied, valid fact; i makes it unique so idempotency never conflates two requests."""
+    return {"prompt": rng.choice(PROMPTS), "subject": f"{rng.choice(SUBJECTS)} {i}",
+            "target_new": rng.choice(TARGETS)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll until predicate() is truthy; a generous bound against hangs, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen
+    log: Path
+    port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    """api and worker processes over one database and one Redis prefix."""
+
+    env: dict
+    logdir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, role: str, fault: str | None = None, extra_env: dict | None = None,
+              log_level: str = "warning") -> Proc:
+        env = dict(self.env)
+        env.pop("KEDIT_FAULT", None)
+        if fault:
+            env["KEDIT_FAULT"] = fault
+        env.update(extra_env or {})
+        args = [sys.executable, "-m", "app.cli_service", role, "--log-level", log_level]
+        port = None
+        if role == "api":
+            port = free_port()
+            args += ["--port", str(port)]
+        log = self.logdir / f"{len(self.procs):03d}-{role}.log"
+        with open(log, "wb") as fh:
+            p = subprocess.Popen(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = Proc(p, log, port)
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self, fault: str | None = None, timeout: float = 180) -> Proc:
+        p = self.start("api", fault)
+        wait_ready(p, timeout)
+        return p
+
+    def stop(self, p: Proc, sig=signal.SIGTERM, timeout: float = 30) -> int:
+        if p.alive():
+            p.popen.send_signal(sig)
+        try:
+            return p.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            return p.popen.wait(timeout=30)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.alive():
+                p.popen.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.popen.wait(timeout=30)
+
+
+def ready_now(p: Proc) -> bool:
+    if not p.alive():
+        raise AssertionError(f"process exited with {p.popen.returncode}:\n{p.tail()}")
+    try:
+        return httpx.get(f"{p.url}/ready", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_ready(p: Proc, timeout: float = 180) -> None:
+    wait_for(lambda: ready_now(p), timeout, f"the api on port {p.port} to be ready")
+
+
+def service_env(assets: tuple[Path, Path, Path], database_url: str, redis_url: str, prefix: str, **over) -> dict:
+    model_dir, corpus, cache = assets
+    env = {
+        **os.environ,
+        "KEDIT_MODEL_PATH": str(model_dir), "KEDIT_CACHE_DIR": str(cache), "KEDIT_STATS_CORPUS": str(corpus),
+        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES), "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url, "KEDIT_REDIS_PREFIX": prefix,
+        "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.5", "KEDIT_STANDBY_POLL_S": "0.3",
+        "KEDIT_BATCH_SIZE": "2", "KEDIT_RECLAIM_IDLE_MS": "1000", "KEDIT_HOST": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+    }
+    env.pop("KEDIT_DATABASE_URL", None)
+    env.pop("KEDIT_REDIS_URL", None)
+    env.pop("KEDIT_API_KEY", None)
+    env.update({k: str(v) for k, v in over.items()})
+    return env
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+def create_database(admin_url: str = PG_ADMIN) -> tuple[str, callable]:
+    """A fresh database on the server of admin_url; returns (url, drop)."""
+    import psycopg
+
+    name = f"kedit_fault_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+
+    def drop() -> None:
+        try:
+            with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except Exception:
+            pass
+
+    return f"{base}/{name}", drop
+
+
+def sql_engine(url: str):
+    from sqlalchemy import create_engine
+
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return create_engine(url, pool_pre_ping=True)
+
+
+class OwnPostgres:
+    """A PostgreSQL server of our own (initdb in a temp dir, its own port), so a test can stop
+    and start it without touching the machine's shared server. Runs as the `postgres` user."""
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            raise RuntimeError("no PostgreSQL binaries under /usr/lib/postgresql")
+        self.bin = Path(bins[-1])
+        self.dir = Path(tempfile.mkdtemp(prefix="kedit-pg-"))
+        os.chmod(self.dir, 0o755)
+        self.data = self.dir / "data"
+        self.port = free_port()
+        shutil.chown(self.dir, "postgres", "postgres")
+        self._as_pg([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                     "--no-sync", "-E", "UTF8"], timeout=120)
+
+    def _as_pg(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+        cmd = ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+        return subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off -c max_connections=100"
+        self._as_pg([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
+                     "-w", "-t", "60", "start"], timeout=90)
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_pg([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"], timeout=90)
+
+    def running(self) -> bool:
+        r = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                           capture_output=True, timeout=30)
+        return r.returncode == 0
+
+    def destroy(self) -> None:
+        try:
+            if self.running():
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class OwnRedis:
+    """A redis-server of our own on a free port (no persistence), so a test can flush or restart it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="kedit-redis-"))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--daemonize", "yes", "--dir", str(self.dir),
+                        "--pidfile", str(self.dir / "redis.pid"), "--logfile", str(self.dir / "redis.log")],
+                       check=True, timeout=30)
+        wait_for(self.running, 30, "our redis-server to answer")
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def running(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        try:
+            self.client().shutdown(nosave=True)
+        except Exception:
+            pass  # the connection drops as it shuts down
+        wait_for(lambda: not self.running(), 30, "our redis-server to stop")
+
+    def destroy(self) -> None:
+        if self.running():
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- invariants ----------------------------------------------------------------------------------
+
+def log_state(engine) -> dict:
+    from sqlalchemy import text
+
+    with engine.connect() as c:
+        edits = {r.id: dict(r._mapping) for r in c.execute(text(
+            "SELECT id, status, error, batch_id, applied_version, reverted_version, revert_requested FROM edits"))}
+        batches = [dict(r._mapping) for r in c.execute(text(
+            "SELECT id, created_version, removed_version, kind, size FROM batches ORDER BY id"))]
+        versions = [dict(r._mapping) for r in c.execute(text(
+            "SELECT id, kind, added_batch_id, removed_batch_id, edit_id, weights_hash FROM versions ORDER BY id"))]
+    return {"edits": edits, "batches": batches, "versions": versions}
+
+
+def check_applied_at_most_once(state: dict) -> None:
+    """Every batch of kind `edit` holds exactly the edits whose row names its version: an edit
+    written into the weights twice would leave a batch counting it with no row pointing back."""
+    by_version: dict[int, int] = {}
+    for e in state["edits"].values():
+        if e["applied_version"] is not None:
+            by_version[e["applied_version"]] = by_version.get(e["applied_version"], 0) + 1
+    edit_batches = [b for b in state["batches"] if b["kind"] == "edit"]
+    for b in edit_batches:
+        assert b["size"] == by_version.get(b["created_version"], 0), (
+            f"batch {b['id']} (version {b['created_version']}) holds {b['size']} edits but "
+            f"{by_version.get(b['created_version'], 0)} edit rows name that version: an edit applied twice?")
+    assert sum(b["size"] for b in edit_batches) == sum(by_version.values())
+    for e in state["edits"].values():
+        if e["status"] in ("applied", "reverted"):
+            assert e["applied_version"] is not None, f"edit {e['id']} is {e['status']} without a version"
+        if e["status"] in ("queued", "applying", "failed"):
+            assert e["applied_version"] is None, f"edit {e['id']} is {e['status']} yet names a version"
+    ids = [v["id"] for v in state["versions"]]
+    assert ids == list(range(1, len(ids) + 1)), f"versions are not 1..n: {ids}"
+
+
+def check_settled(state: dict, accepted: set[int], reverts_asked: set[int] = frozenset()) -> None:
+    """Every accepted edit exists and ended applied, failed with a reason, or reverted (if asked)."""
+    missing = accepted - set(state["edits"])
+    assert not missing, f"accepted edits missing from the log: {sorted(missing)}"
+    for eid in accepted:
+        e = state["edits"][eid]
+        if e["status"] == "failed":
+            assert e["error"], f"edit {eid} failed without a reason"
+        elif e["status"] == "reverted":
+            assert eid in reverts_asked, f"edit {eid} reverted though nobody asked"
+        else:
+            assert e["status"] == "applied", f"edit {eid} ended {e['status']}"
+            assert not e["revert_requested"], f"edit {eid}: revert requested and never done"
+
+
+def fresh_replay_hash(assets: tuple[Path, Path, Path], database_url: str) -> tuple[int, str]:
+    """Rebuild base + live deltas in THIS process from the log (what `kedit verify` does) and return
+    (version, hash); ModelHost raises ReplayMismatch if it differs from the stored head hash."""
+    from app.config import ServiceConfig
+    from app.service.context import load_editor
+    from app.service.host import ModelHost
+    from app.store.db import make_engine, session_factory
+
+    model_dir, corpus, cache = assets
+    cfg = ServiceConfig(model_path=str(model_dir), cache_dir=cache, stats_corpus=corpus,
+                        edit_overrides=dict(TINY_OVERRIDES), database_url=database_url)
+    engine = make_engine(cfg.resolved_database_url())
+    try:
+        loaded = load_editor(cfg, "api")
+        host = ModelHost(loaded.editor, session_factory(engine), loaded.name, loaded.layers, loaded.settings)
+        host.bootstrap()
+        return host.version, host.weights_hash
+    finally:
+        engine.dispose()
+
+
+def kedit_verify(env: dict, timeout: float = 300) -> str:
+    r = subprocess.run([sys.executable, "-m", "app.cli_service", "verify"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"kedit verify failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout.strip()

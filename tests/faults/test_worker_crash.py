@@ -1,0 +1,127 @@
+"""kill -9 of the worker at random points of a batch, over seeded trials (issue 5).
+
+One api process stays up; each trial queues a few new facts (and sometimes asks for a revert),
+then starts a worker armed with one fault: SIGKILL while the target vectors are optimised
+(a timer fired a random few ms after the batch was claimed), right after the database commit
+and before XACK, or after XACK and before the version is announced. The next trial's worker
+recovers what the dead one left, and may die itself. A clean worker finishes at the end. Then:
+every accepted edit ended applied, failed with a reason, or reverted (if asked); none was
+applied twice; and the api, a fresh in-process replay and `kedit verify` all agree with the
+hash the log stored at its head. The at-most-once check also runs after every single kill.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import httpx
+import pytest
+
+import kedit_faults_support as sup
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+TRIALS = int(os.environ.get("KEDIT_CRASH_TRIALS", 60 if sup.LONG else 20))
+SEED = int(os.environ.get("KEDIT_FAULT_SEED", "5"))
+
+
+def _fault(rng: random.Random) -> str:
+    kind = rng.choice(["optimising", "optimising", "after_commit", "after_ack", "claimed"])
+    if kind == "optimising":
+        return f"worker_claimed:kill_after={rng.randint(5, 300)}"
+    if kind == "claimed":
+        return "worker_claimed:kill"
+    nth = rng.choice([1, 1, 2])
+    return f"worker_{kind}:kill@{nth}"
+
+
+def _settled(engine) -> bool:
+    from sqlalchemy import text
+
+    with engine.connect() as c:
+        return not c.execute(text(
+            "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
+            "OR (status = 'applied' AND revert_requested)")).scalar()
+
+
+def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
+        warm_cache, shared_pg_db, shared_redis_prefix, cluster_factory):
+    env = sup.service_env(warm_cache, shared_pg_db, sup.REDIS, shared_redis_prefix)
+    cl = cluster_factory(env)
+    api = cl.start_api()
+    engine = sup.sql_engine(shared_pg_db)
+    rng = random.Random(SEED)
+    client = httpx.Client(base_url=api.url, timeout=60)
+    accepted: set[int] = set()
+    reverts: set[int] = set()
+    fired: list[str] = []
+    n = 0
+    try:
+        for trial in range(TRIALS):
+            k = rng.randint(2, 4)
+            facts = [sup.fact(rng, n + j) for j in range(k)]
+            n += k
+            if rng.random() < 0.5:
+                r = client.post("/edits", json=facts)
+                assert r.status_code == 202, r.text
+                accepted.update(r.json()["ids"])
+            else:
+                for f in facts:
+                    r = client.post("/edits", json=f)
+                    assert r.status_code == 202, r.text
+                    accepted.update(r.json()["ids"])
+            if rng.random() < 0.3:
+                state = sup.log_state(engine)
+                live = sorted(e for e, row in state["edits"].items()
+                              if row["status"] == "applied" and e not in reverts)
+                if live:
+                    eid = rng.choice(live)
+                    r = client.post(f"/edits/{eid}/revert")
+                    assert r.status_code == 202, r.text
+                    reverts.add(eid)
+
+            fault = _fault(rng)
+            w = cl.start("worker", fault=fault)
+            sup.wait_for(lambda: not w.alive() or _settled(engine), 240,
+                         f"trial {trial}: the worker ({fault}) to die or finish")
+            if w.alive():  # all work done before the fault point came round: kill -9 it idle
+                w.popen.send_signal(signal.SIGKILL)
+            rc = w.popen.wait(timeout=60)
+            assert rc == -signal.SIGKILL, f"trial {trial}: worker exited {rc}, not by SIGKILL:\n{w.tail()}"
+            fired.append(fault if "fault injection: SIGKILL" in w.tail() else f"{fault} (not reached)")
+            sup.check_applied_at_most_once(sup.log_state(engine))
+
+        # A clean worker finishes whatever the dead ones left.
+        w = cl.start("worker")
+        sup.wait_for(lambda: _settled(engine), 300, "the last worker to settle every edit")
+        state = sup.log_state(engine)
+        sup.check_settled(state, accepted, reverts)
+        sup.check_applied_at_most_once(state)
+        head = state["versions"][-1]
+
+        # Every process serves base + the live log: the api (after catching up), a fresh replay
+        # in this process, and `kedit verify` in another; the worker wrote the head hash itself.
+        sup.wait_for(lambda: client.get("/version").json()["version"] == head["id"], 120, "the api to catch up")
+        v = client.get("/version").json()
+        assert v["weights_hash"] == head["weights_hash"]
+        assert sup.fresh_replay_hash(warm_cache, shared_pg_db) == (head["id"], head["weights_hash"])
+        assert head["weights_hash"] in sup.kedit_verify(env)
+        # A restarted worker proves the same replay before it takes the lock, and stays up.
+        cl.stop(w)
+        w2 = cl.start("worker", log_level="info")
+        sup.wait_for(lambda: "writer lock acquired" in w2.tail() or not w2.alive(), 180,
+                     "the restarted worker to replay the log and take the lock")
+        assert f"replayed {len([b for b in state['batches'] if b['removed_version'] is None])} live batches " \
+               f"up to version {head['id']}" in w2.tail(), w2.tail()
+        assert w2.alive(), w2.tail()
+    finally:
+        client.close()
+        engine.dispose()
+
+    reached = [f for f in fired if "not reached" not in f]
+    print(f"\n{len(reached)}/{len(fired)} faults fired: {fired}")
+    print(f"{len(accepted)} edits accepted, {len(reverts)} reverts, {len(state['versions'])} versions; "
+          f"{sum(1 for e in state['edits'].values() if e['status'] == 'failed')} failed")
+    assert len(fired) == TRIALS
+    assert len(reached) >= 0.75 * TRIALS, f"too few faults fired where they were aimed: {fired}"
