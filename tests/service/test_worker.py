@@ -128,3 +128,15 @@ def test_a_second_worker_stands_by(rig, make_config):
     worker.lock.release()
     assert other.try_acquire()
     other.release()
+
+
+def test_rebuild_from_the_log_gives_the_same_weights(rig):
+    ctx, worker = rig
+    rows, _ = edit_service.submit(ctx.sessions, ctx.queue, FACTS[:2])
+    worker.config = worker.config.model_copy(update={"batch_size": 1})
+    worker.step()
+    worker.step()
+    live = worker.host.editor.weights_hash()
+    assert live != worker.host.base_hash and len(worker.host.editor.batch_ids) == 2
+    worker.host.replay()  # back to base, then base + live deltas in version order
+    assert worker.host.editor.weights_hash() == live and worker.host.version == 2
