@@ -175,6 +175,12 @@ def _resume(run_dir: Path, progress: bool) -> None:
     _execute(config, run_dir, progress, resume=True)
 
 
+def _wide_console() -> Console:
+    # Logs and pipes default to 80 columns, which squeezes the table into ellipses.
+    c = Console()
+    return c if c.is_terminal else Console(width=180)
+
+
 def _report(summary: dict, out: Path) -> None:
     from app.eval.compare import compare_rows
     from rich.table import Table
@@ -185,7 +191,7 @@ def _report(summary: dict, out: Path) -> None:
         table.add_column(h)
     for r in rows:
         table.add_row(*r)
-    Console().print(table)
+    _wide_console().print(table)
     console.print(f"wrote {out / SUMMARY_FILE} and the plots in {out}")
 
 
@@ -206,7 +212,7 @@ def compare_cmd(
         table, path = compare(run_dirs, out, markdown)
     except FileNotFoundError as e:
         _fail(str(e))
-    Console().print(table)
+    _wide_console().print(table)
     console.print(f"wrote {path}")
 
 
