@@ -71,7 +71,14 @@ def _replay_key(sessions, key: str, body_hash: str) -> list[Edit] | None:
         return repo.get_edits(s, row.edit_ids)
 
 
+# Edit ids are 32-bit integer columns; a larger id cannot exist (and PostgreSQL would reject
+# the comparison itself as out of range).
+MAX_EDIT_ID = 2**31 - 1
+
+
 def get(sessions, edit_id: int) -> Edit:
+    if not 1 <= edit_id <= MAX_EDIT_ID:
+        raise NotFound(f"no edit with id {edit_id}")
     with sessions() as s:
         e = repo.get_edit(s, edit_id)
     if e is None:
@@ -88,6 +95,8 @@ def list_page(sessions, status: str | None, limit: int, offset: int) -> tuple[li
 
 def request_revert(sessions, queue: WorkQueue, edit_id: int) -> Edit:
     """Mark an applied edit for revert and queue the job; the worker does it as a new version."""
+    if not 1 <= edit_id <= MAX_EDIT_ID:
+        raise NotFound(f"no edit with id {edit_id}")
     with transaction(sessions) as s:
         e = repo.request_revert(s, edit_id)
         if e is None:

@@ -133,3 +133,12 @@ def test_edits_accepted_while_redis_is_down_are_applied_later(prod_config, start
     start_worker()  # same database and prefix, the real Redis
     with api(prod_config()) as c:
         assert wait_status(c, eid)["status"] == "applied"
+
+
+def test_ids_beyond_the_column_range_are_not_found(prod_config):
+    with api(prod_config()) as c:
+        for path in ("/edits/2147483648", "/edits/9223372036854775807"):
+            r = c.get(path)
+            assert r.status_code == 404 and "no edit with id" in r.json()["detail"], r.text
+        r = c.post("/edits/2147483648/revert")
+        assert r.status_code == 404
