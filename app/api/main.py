@@ -61,9 +61,11 @@ def create_app(
         "weights, undo any of them, and read text from the edited model.",
         lifespan=lifespan,
     )
-    app.include_router(edits.router)
-    app.include_router(generate.router)
-    app.include_router(health.router)
+    # max_body_size also bounds bodies sent without Content-Length (chunked), which the
+    # middleware below cannot see coming: they are cut off at the bound (413), not read whole.
+    app.include_router(edits.router, max_body_size=MAX_BODY_BYTES)
+    app.include_router(generate.router, max_body_size=MAX_BODY_BYTES)
+    app.include_router(health.router, max_body_size=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def bound_body(request: Request, call_next):

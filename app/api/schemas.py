@@ -27,6 +27,15 @@ class Strict(BaseModel):
         # PostgreSQL text cannot hold NUL, and no fact needs one: say so instead of a 500.
         if isinstance(v, str) and "\x00" in v:
             raise ValueError(f"{info.field_name} contains a NUL character (\\u0000); remove it")
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                # JSON may spell a lone surrogate ("\\ud800"); no database can store it (was a 500).
+                raise ValueError(
+                    f"{info.field_name} contains an unpaired UTF-16 surrogate (\\ud800-\\udfff); "
+                    "send valid Unicode text"
+                ) from None
         return v
 
 

@@ -101,7 +101,7 @@ class Cluster:
         env.update(extra_env or {})
         args = [sys.executable, "-m", "app.cli_service", role, "--log-level", log_level]
         port = None
-        if role == "api":
+        if role in ("api", "serve"):
             port = free_port()
             args += ["--port", str(port)]
         log = self.logdir / f"{len(self.procs):03d}-{role}.log"

@@ -1,0 +1,264 @@
+"""Hostile input (issue 5): a fuzzer over the OpenAPI schema and hand-made nasty requests.
+
+The app runs as a real `kedit serve` process (embedded mode: SQLite + in-process queue + worker
+thread) on the tiny model, on a loopback port. Nothing may answer 5xx; bad input answers 4xx
+with a reason; odd-but-valid input (braces in a subject, SQL-looking text) is stored verbatim and
+goes through the worker like any other fact.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+import kedit_faults_support as sup
+
+pytestmark = pytest.mark.faults
+
+FUZZ_EXAMPLES = int(os.environ.get("KEDIT_FUZZ_EXAMPLES", 500 if sup.LONG else 40))
+KEY = "s3cret-key-for-tests"
+
+
+@pytest.fixture(scope="module")
+def server(warm_cache, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    env = sup.service_env(warm_cache, f"sqlite:///{tmp / 'kedit.db'}", "", "unused")
+    env.pop("DATABASE_URL")
+    env.pop("REDIS_URL")
+    env["KEDIT_DATABASE_URL"] = f"sqlite:///{tmp / 'kedit.db'}"
+    env["KEDIT_BATCH_SIZE"] = "8"
+    cl = sup.Cluster(env, tmp)
+    try:
+        p = cl.start("serve")
+        sup.wait_ready(p)
+        yield cl, p
+    finally:
+        cl.close()
+
+
+@pytest.fixture(scope="module")
+def url(server):
+    cl, p = server
+    return p.url
+
+
+def test_schemathesis_finds_no_server_error(url, tmp_path):
+    """Property-based fuzzing of every operation in /openapi.json (examples, coverage, fuzzing and
+    stateful phases), bounded by --max-examples; the only check is "no 5xx"."""
+    st = os.path.join(os.path.dirname(sys.executable), "st")
+    r = subprocess.run(
+        [st, "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", str(FUZZ_EXAMPLES),
+         "--seed", os.environ.get("KEDIT_FAULT_SEED", "5"), "--workers", "1", "--request-timeout", "120",
+         "--report", "junit", "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=1200, cwd=tmp_path,  # its .schemathesis/ state stays there
+    )
+    tail = r.stdout[-6000:] + r.stderr[-2000:]
+    print(tail[-1500:])
+    assert r.returncode == 0, tail
+    assert "generated" in r.stdout  # it really ran test cases
+
+
+def _post(url, body=None, **kw):
+    return httpx.post(f"{url}/edits", json=body, timeout=60, **kw) if body is not None or "content" not in kw \
+        else httpx.post(f"{url}/edits", timeout=60, **kw)
+
+
+def test_oversized_bodies_are_413(url):
+    big = json.dumps([{"prompt": "{} is", "subject": "x" * 200, "target_new": "y"}] * 6000).encode()
+    r = httpx.post(f"{url}/edits", content=big, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and "bound" in r.json()["detail"], r.text
+
+    def chunks():  # no Content-Length: the server must cut it off, not read it all
+        yield b'"'
+        for _ in range(400):
+            yield b"a" * 10_000
+        yield b'"'
+
+    r = httpx.post(f"{url}/edits", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413, r.text
+    r = httpx.post(f"{url}/generate", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413, r.text
+
+
+@pytest.mark.parametrize("path", ["/edits", "/generate"])
+def test_deeply_nested_json_is_4xx(url, path):
+    for doc in ("[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000):
+        r = httpx.post(f"{url}{path}", content=doc.encode(), headers={"content-type": "application/json"}, timeout=60)
+        assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    nested = {"prompt": "{} is", "subject": "a", "target_new": "b", "target_true": None}
+    for _ in range(200):
+        nested = {"prompt": nested}
+    r = httpx.post(f"{url}{path}", json=nested, timeout=60)
+    assert r.status_code == 422, r.text[:300]
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"prompt": "\xff\xfe {}", "subject": "a", "target_new": "b"}',
+    b'{"prompt": "The mother tongue of {} is", "subject": "\xc3\x28", "target_new": "b"}',
+    b'{"prompt": "\\ud800 {}", "subject": "a", "target_new": "b"}',  # a lone surrogate
+    b'{"prompt": "{} is", "subject": "\\udfff", "target_new": "b"}',
+    b"\x00\x01\x02",
+    b"",
+    b"null",
+    b"12",
+])
+def test_invalid_encodings_and_shapes_are_4xx(url, raw):
+    for path in ("/edits", "/generate"):
+        r = httpx.post(f"{url}{path}", content=raw, headers={"content-type": "application/json"}, timeout=60)
+        assert 400 <= r.status_code < 500, (path, raw, r.status_code, r.text[:300])
+        assert r.json()["detail"]
+
+
+@pytest.mark.parametrize("value", ["100000000000000000000000", "-1", "0", "1e309", "nan", "inf", "65", "", "0x10"])
+def test_huge_or_bad_max_new_tokens_is_422(url, value):
+    r = httpx.get(f"{url}/generate", params={"prompt": "hi", "max_new_tokens": value}, timeout=60)
+    assert r.status_code == 422, r.text
+    for raw in (f'{{"prompt": "hi", "max_new_tokens": {value}}}', '{"prompt": "hi", "max_new_tokens": 1e400}',
+                '{"prompt": "hi", "max_new_tokens": 10000000000000000000000000000}'):
+        r = httpx.post(f"{url}/generate", content=raw.encode(), headers={"content-type": "application/json"},
+                       timeout=60)
+        assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("q", ["/edits/99999999999999999999", "/edits/-5", "/edits/abc",
+                               "/edits?offset=9223372036854775808", "/edits?limit=99999999999999999999",
+                               "/edits?status=%00", "/edits?status=queued%27%20OR%201%3D1--"])
+def test_out_of_range_ids_and_queries_are_4xx(url, q):
+    r = httpx.get(f"{url}{q}", timeout=60)
+    assert 400 <= r.status_code < 500, (q, r.status_code, r.text)
+    r = httpx.post(f"{url}{q.split('?')[0]}/revert", timeout=60)
+    assert 400 <= r.status_code < 500, (q, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("prompt", ["{0} is {}", "{subject} is {}", "{{}} {}", "{} is {}", "{}{}", "{ } is",
+                                    "{} is {!r}", "{} is {0:>10}", "{}"])
+def test_brace_patterns_in_prompts_are_422(url, prompt):
+    r = httpx.post(f"{url}/edits", json={"prompt": prompt, "subject": "Paris", "target_new": "Japan"}, timeout=60)
+    assert r.status_code == 422 and "prompt" in r.json()["detail"], r.text
+
+
+NASTY = [
+    {"prompt": "The mother tongue of {} is", "subject": "{}", "target_new": "English"},
+    {"prompt": "The mother tongue of {} is", "subject": "{0}", "target_new": "{subject}"},
+    {"prompt": "{} is the capital of", "subject": "{subject}", "target_new": "{{}}"},
+    {"prompt": "{} plays", "subject": "{{}}", "target_new": "{0!r:>{1}}"},
+    {"prompt": "%s {} was founded by %d", "subject": "%s %d %(x)s", "target_new": "${HOME} `id`"},
+    {"prompt": "{} is in", "subject": "Robert'); DROP TABLE edits;--", "target_new": "1' OR '1'='1"},
+    {"prompt": "{} is in", "subject": "x\" UNION SELECT * FROM versions --", "target_new": "; DELETE FROM batches"},
+    {"prompt": "You can see {} from", "subject": "<script>alert(1)</script>", "target_new": "\u202eevil"},
+    {"prompt": "{} is", "subject": "\u0301\u200b\ufeff", "target_new": "😀" * 10},
+]
+
+
+def test_brace_and_sql_injection_is_stored_verbatim_and_handled(url):
+    """Braces in subjects/targets and SQL-looking text are valid facts: accepted, stored byte for
+    byte, and the worker takes them to `applied` or `failed` with a reason (never stuck, never 5xx)."""
+    r = httpx.post(f"{url}/edits", json=NASTY, timeout=60)
+    assert r.status_code == 202, r.text
+    ids = r.json()["ids"]
+    for eid, fact in zip(ids, NASTY):
+        got = httpx.get(f"{url}/edits/{eid}", timeout=60).json()
+        for k, v in fact.items():
+            assert got[k] == v, (k, got[k], v)
+
+    def settled():
+        rows = [httpx.get(f"{url}/edits/{eid}", timeout=60).json() for eid in ids]
+        return rows if all(e["status"] in ("applied", "failed") for e in rows) else None
+
+    rows = sup.wait_for(settled, 240, "the nasty facts to be applied or failed")
+    for e in rows:
+        assert e["status"] == "applied" or e["error"], e
+    # The tables the SQL-looking strings name are all still there and answering.
+    assert httpx.get(f"{url}/edits", params={"limit": 200}, timeout=60).json()["total"] >= len(NASTY)
+    assert httpx.get(f"{url}/version", timeout=60).status_code == 200
+    for fact in NASTY:
+        text = fact["prompt"].replace("{}", fact["subject"])
+        g = httpx.get(f"{url}/generate", params={"prompt": text, "max_new_tokens": 3}, timeout=60)
+        assert g.status_code == 200, g.text
+        g = httpx.post(f"{url}/generate", json={"prompt": fact["subject"] + " {0} {}", "max_new_tokens": 2}, timeout=60)
+        assert g.status_code == 200, g.text
+
+
+def test_idempotency_key_edge_cases_are_4xx_or_handled(url):
+    body = {"prompt": "{} is", "subject": "Idem", "target_new": "x"}
+    assert _post(url, body, headers={"Idempotency-Key": "k" * 256}).status_code == 422
+    assert _post(url, body, headers={"Idempotency-Key": ""}).status_code in (202, 422)
+    a = _post(url, body, headers={"Idempotency-Key": "'; DROP TABLE idempotency_keys;--"})
+    b = _post(url, body, headers={"Idempotency-Key": "'; DROP TABLE idempotency_keys;--"})
+    assert a.status_code == b.status_code == 202 and a.json()["ids"] == b.json()["ids"]
+    c = _post(url, {**body, "target_new": "y"}, headers={"Idempotency-Key": "'; DROP TABLE idempotency_keys;--"})
+    assert c.status_code == 422 and "Idempotency-Key" in c.json()["detail"]
+
+
+# --- auth ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keyed_client(warm_cache, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from app.api.main import create_app
+    from app.config import ServiceConfig
+
+    model_dir, corpus, cache = warm_cache
+    db = tmp_path_factory.mktemp("auth") / "kedit.db"
+    cfg = ServiceConfig(model_path=str(model_dir), cache_dir=cache, stats_corpus=corpus,
+                        edit_overrides=dict(sup.TINY_OVERRIDES), database_url=f"sqlite:///{db}", api_key=KEY,
+                        batch_wait_ms=50)
+    with TestClient(create_app(cfg)) as c:
+        yield c
+
+
+def _mutating_operations(client) -> list[tuple[str, str]]:
+    """Every operation of the OpenAPI schema that changes state (POST /generate only reads)."""
+    ops = []
+    for path, methods in client.get("/openapi.json").json()["paths"].items():
+        for method in methods:
+            if method in ("post", "put", "patch", "delete") and path != "/generate":
+                ops.append((method, path))
+    return ops
+
+
+def test_every_mutating_endpoint_refuses_a_missing_or_wrong_key(keyed_client):
+    ops = _mutating_operations(keyed_client)
+    assert ("post", "/edits") in ops and ("post", "/edits/{edit_id}/revert") in ops
+    body = {"prompt": "{} is", "subject": "Auth", "target_new": "x"}
+    wrong = [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY[:-1]}, {"X-API-Key": KEY + "x"}, {"X-API-Key": ""},
+             {"Authorization": f"Bearer {KEY[:-1]}"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"},
+             {"X-API-Key": KEY.upper()}, {"X-API-Key": ("é" * len(KEY)).encode()}]
+    for method, path in ops:
+        p = path.replace("{edit_id}", "1")
+        for headers in wrong:
+            r = keyed_client.request(method.upper(), p, json=body, headers=headers)
+            assert r.status_code in (401, 403), (method, path, headers, r.status_code, r.text)
+            assert r.json()["detail"]
+    # Nothing got in.
+    assert keyed_client.get("/edits").json()["total"] == 0
+    # The right key, either way, passes the guard.
+    r = keyed_client.post("/edits", json=body, headers={"X-API-Key": KEY})
+    assert r.status_code == 202, r.text
+    r = keyed_client.post("/edits", json={**body, "subject": "Auth2"}, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 202, r.text
+    eid = r.json()["ids"][0]
+    r = keyed_client.post(f"/edits/{eid}/revert", headers={"X-API-Key": KEY})
+    assert r.status_code in (202, 409), r.text  # 409 until the worker applied it: past the guard
+    # Reads stay open.
+    assert keyed_client.get(f"/edits/{eid}").status_code == 200
+    assert keyed_client.get("/generate", params={"prompt": "hi", "max_new_tokens": 2}).status_code == 200
+
+
+def test_key_comparison_is_constant_time():
+    """Read the guard: the secret is compared with hmac.compare_digest (constant time), never with
+    == or startswith, on both the X-API-Key and the Bearer path."""
+    from app.api import deps
+
+    src = inspect.getsource(deps.require_api_key)
+    assert "hmac.compare_digest(" in src
+    code = src.split('"""')[-1]
+    for bad in ("== expected", "expected ==", "!= expected", "expected !=", ".startswith(expected", "in expected"):
+        assert bad not in code, bad
+    assert src.count("compare_digest") == 1 and "given = authorization" in src  # one comparison for both headers
