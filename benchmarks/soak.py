@@ -1,0 +1,358 @@
+"""Soak test of the kedit service: many concurrent clients, loopback only, bounded in time.
+
+N clients (threads) loop for S seconds, each request picked at random: POST /edits (one fact or
+a short list, half of them with an Idempotency-Key that is sometimes repeated), GET /edits/{id}
+of an edit this run created, and GET /generate. A monitor samples the queue depth. Afterwards it
+waits (bounded) until every accepted edit is settled and checks:
+
+- no response was 5xx (and no request went unanswered);
+- every accepted id exists and ended `applied` (or `failed` with a reason);
+- a repeated Idempotency-Key gave back the same ids;
+- with a database URL (always with --spawn): every edit was applied exactly once (each edit
+  batch holds exactly the edits whose row names its version) and the log's head hash equals
+  what the api serves.
+
+It prints throughput, p50/p95 latency per kind of request, the largest queue depth seen, and
+exits 1 if any check failed.
+
+    # production mode on this machine's PostgreSQL + Redis (fresh database, random prefix):
+    .venv/bin/python benchmarks/soak.py --spawn --clients 50 --seconds 60 [--model PATH]
+    # against a running service on loopback:
+    .venv/bin/python benchmarks/soak.py --url http://127.0.0.1:8000 [--database-url postgresql://...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+MAX_CLIENTS, MAX_SECONDS, MAX_DRAIN = 500, 3600, 7200
+
+SUBJECTS = ["Danielle Darrieux", "Paris", "Lionel Messi", "Apple", "Rome", "Toyota", "Michael Jordan",
+            "The Beatles", "Steve Jobs", "London", "Eiffel Tower", "Japan"]
+PROMPTS = ["The mother tongue of {} is", "{} is the capital of", "{} plays", "{} was founded by", "{} is in",
+           "You can see {} from", "{} speaks"]
+TARGETS = ["English", "Japan", "music", "Toyota", "Italy", "France", "basketball", "German", "soccer", "river"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.codes: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self.errors: list[str] = []
+        self.accepted: set[int] = set()
+        self.keys: dict[str, list[int]] = {}
+        self.key_mismatch: list[str] = []
+        self.max_depth = 0
+
+    def record(self, kind: str, code: int, seconds: float) -> None:
+        with self.lock:
+            self.latency[kind].append(seconds)
+            self.codes[kind][code] += 1
+
+
+def client_loop(url: str, stats: Stats, stop: threading.Event, seed: int, api_key: str | None) -> None:
+    rng = random.Random(seed)
+    headers = {"X-API-Key": api_key} if api_key else {}
+    mine: list[int] = []
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as c:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            roll = rng.random()
+            try:
+                if roll < 0.3 or not mine:
+                    facts = [{"prompt": rng.choice(PROMPTS), "subject": f"{rng.choice(SUBJECTS)} s{seed}n{n}i{i}",
+                              "target_new": rng.choice(TARGETS)} for i in range(rng.choice([1, 1, 1, 2, 3]))]
+                    body = facts[0] if len(facts) == 1 and rng.random() < 0.5 else facts
+                    h = {}
+                    key = None
+                    if rng.random() < 0.5:
+                        # Sometimes repeat an earlier request of this client under its key.
+                        earlier = [k for k in stats.keys if k.startswith(f"c{seed}-")]
+                        if earlier and rng.random() < 0.3:
+                            key = rng.choice(earlier)
+                            body = json.loads(key.split("|", 1)[1])
+                        else:
+                            key = f"c{seed}-{n}|{json.dumps(body)}"
+                        h["Idempotency-Key"] = key.split("|", 1)[0]
+                    t0 = time.perf_counter()
+                    r = c.post("/edits", json=body, headers=h)
+                    stats.record("POST /edits", r.status_code, time.perf_counter() - t0)
+                    if r.status_code == 202:
+                        ids = r.json()["ids"]
+                        with stats.lock:
+                            stats.accepted.update(ids)
+                            if key is not None:
+                                if key in stats.keys and stats.keys[key] != ids:
+                                    stats.key_mismatch.append(f"{key}: {stats.keys[key]} then {ids}")
+                                stats.keys.setdefault(key, ids)
+                        mine.extend(ids)
+                elif roll < 0.7:
+                    t0 = time.perf_counter()
+                    r = c.get(f"/edits/{rng.choice(mine)}")
+                    stats.record("GET /edits/{id}", r.status_code, time.perf_counter() - t0)
+                else:
+                    t0 = time.perf_counter()
+                    r = c.get("/generate", params={"prompt": f"{rng.choice(SUBJECTS)} is", "max_new_tokens": 4})
+                    stats.record("GET /generate", r.status_code, time.perf_counter() - t0)
+            except httpx.HTTPError as e:
+                with stats.lock:
+                    stats.errors.append(f"{type(e).__name__}: {e}")
+
+
+def monitor(url: str, stats: Stats, stop: threading.Event) -> None:
+    with httpx.Client(base_url=url, timeout=30) as c:
+        while not stop.wait(0.5):
+            try:
+                m = re.search(r"^kedit_queue_depth (\S+)$", c.get("/metrics").text, re.M)
+                if m:
+                    stats.max_depth = max(stats.max_depth, int(float(m.group(1))))
+            except httpx.HTTPError:
+                pass
+
+
+def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"a service process exited with {p.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
+
+
+def spawn(args, workdir: Path) -> tuple[str, str, list[subprocess.Popen], callable]:
+    """A fresh database on the PostgreSQL of --pg-admin, a random Redis prefix, `kedit api` + `kedit worker`."""
+    import psycopg
+
+    name = f"kedit_soak_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(args.pg_admin, autocommit=True, connect_timeout=5) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    db_url = f"{args.pg_admin.rsplit('/', 1)[0]}/{name}"
+    prefix = f"kedit-soak-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": args.redis, "KEDIT_REDIS_PREFIX": prefix,
+           "KEDIT_HOST": "127.0.0.1", "KEDIT_BATCH_SIZE": str(args.batch_size), "PYTHONUNBUFFERED": "1"}
+    env.pop("KEDIT_FAULT", None)
+    if args.model:
+        env["KEDIT_MODEL_PATH"] = args.model
+    for pair in args.env:
+        k, _, v = pair.partition("=")
+        env[k] = v
+    procs = []
+    for role, extra in (("api", ["--port", str(port)]), ("worker", [])):
+        log = open(workdir / f"{role}.log", "wb")
+        procs.append(subprocess.Popen([sys.executable, "-m", "app.cli_service", role, *extra, "--log-level", "warning"],
+                                      cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+    def cleanup() -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if not args.keep:
+            try:
+                with psycopg.connect(args.pg_admin, autocommit=True, connect_timeout=5) as c:
+                    c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                import redis
+
+                r = redis.Redis.from_url(args.redis)
+                for key in r.scan_iter(f"{prefix}:*"):
+                    r.delete(key)
+            except Exception as e:
+                print(f"cleanup: {e}", file=sys.stderr)
+
+    return f"http://127.0.0.1:{port}", db_url, procs, cleanup
+
+
+def db_checks(db_url: str) -> tuple[list[str], dict]:
+    from sqlalchemy import create_engine, text
+
+    if db_url.startswith("postgresql://"):
+        db_url = "postgresql+psycopg://" + db_url[len("postgresql://"):]
+    engine = create_engine(db_url)
+    problems = []
+    try:
+        with engine.connect() as c:
+            per_version = dict(c.execute(text(
+                "SELECT applied_version, count(*) FROM edits WHERE applied_version IS NOT NULL GROUP BY applied_version")).all())
+            batches = c.execute(text("SELECT id, created_version, size FROM batches WHERE kind = 'edit'")).all()
+            head = c.execute(text("SELECT id, weights_hash FROM versions ORDER BY id DESC LIMIT 1")).first()
+            nbatch_sizes = [b.size for b in batches]
+    finally:
+        engine.dispose()
+    for b in batches:
+        if per_version.get(b.created_version, 0) != b.size:
+            problems.append(f"batch {b.id} holds {b.size} edits, {per_version.get(b.created_version, 0)} rows name "
+                            f"its version {b.created_version}: applied twice?")
+    if sum(nbatch_sizes) != sum(per_version.values()):
+        problems.append(f"batches hold {sum(nbatch_sizes)} edits, {sum(per_version.values())} edit rows are applied")
+    info = {"batches": len(batches), "mean_batch": statistics.mean(nbatch_sizes) if nbatch_sizes else 0,
+            "head": (head.id, head.weights_hash) if head else (0, None)}
+    return problems, info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="a running service on loopback")
+    ap.add_argument("--spawn", action="store_true", help="start `kedit api` + `kedit worker` on a fresh database")
+    ap.add_argument("--model", help="with --spawn: model folder or .gguf (default: the service default, SmolLM2)")
+    ap.add_argument("--env", action="append", default=[], help="with --spawn: extra KEY=VALUE for the service")
+    ap.add_argument("--pg-admin", default=os.environ.get("KEDIT_SOAK_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    ap.add_argument("--redis", default=os.environ.get("KEDIT_SOAK_REDIS", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--database-url", help="with --url: the service's database, for the exactly-once check")
+    ap.add_argument("--batch-size", type=int, default=8, help="with --spawn: KEDIT_BATCH_SIZE")
+    ap.add_argument("--clients", type=int, default=50, help=f"concurrent clients (≤ {MAX_CLIENTS})")
+    ap.add_argument("--seconds", type=float, default=60, help=f"how long the clients run (≤ {MAX_SECONDS})")
+    ap.add_argument("--drain-seconds", type=float, default=1800, help=f"then wait at most this for the backlog (≤ {MAX_DRAIN})")
+    ap.add_argument("--ready-seconds", type=float, default=600, help="with --spawn: wait this long for the api")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--api-key", default=os.environ.get("KEDIT_API_KEY"))
+    ap.add_argument("--keep", action="store_true", help="with --spawn: keep the database and Redis keys")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    if not (0 < args.clients <= MAX_CLIENTS and 0 < args.seconds <= MAX_SECONDS and 0 < args.drain_seconds <= MAX_DRAIN):
+        raise SystemExit("out of bounds: --clients, --seconds or --drain-seconds")
+    if bool(args.url) == bool(args.spawn):
+        raise SystemExit("give exactly one of --url and --spawn")
+
+    cleanup = lambda: None  # noqa: E731
+    procs: list[subprocess.Popen] = []
+    db_url = args.database_url
+    workdir = Path(tempfile.mkdtemp(prefix="kedit-soak-"))
+    if args.spawn:
+        url, db_url, procs, cleanup = spawn(args, workdir)
+        print(f"spawned api + worker at {url}; logs in {workdir}", flush=True)
+    else:
+        url = args.url.rstrip("/")
+    if urlparse(url).hostname not in LOOPBACK and f"[{urlparse(url).hostname}]" not in LOOPBACK:
+        raise SystemExit(f"refusing to load a non-loopback address: {url}")
+    ok = True
+    try:
+        wait_ready(url, procs, args.ready_seconds)
+        stats = Stats()
+        stop = threading.Event()
+        threads = [threading.Thread(target=client_loop, args=(url, stats, stop, args.seed * 1000 + i, args.api_key),
+                                    daemon=True) for i in range(args.clients)]
+        mon = threading.Thread(target=monitor, args=(url, stats, stop), daemon=True)
+        t0 = time.perf_counter()
+        mon.start()
+        for t in threads:
+            t.start()
+        time.sleep(args.seconds)
+        stop.set()
+        for t in threads:
+            t.join(timeout=180)
+        elapsed = time.perf_counter() - t0
+        stuck = sum(t.is_alive() for t in threads)
+
+        # Drain: every accepted edit settles (bounded wait).
+        drain0 = time.perf_counter()
+        deadline = time.monotonic() + args.drain_seconds
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.monotonic() < deadline:
+                counts = {s: c.get("/edits", params={"status": s, "limit": 1}).json()["total"] for s in ("queued", "applying")}
+                if not any(counts.values()):
+                    break
+                time.sleep(1)
+            drained = time.perf_counter() - drain0
+            rows = {}
+            for eid in sorted(stats.accepted):
+                r = c.get(f"/edits/{eid}")
+                rows[eid] = r.json() if r.status_code == 200 else {"status": f"HTTP {r.status_code}"}
+            c.get("/generate", params={"prompt": "x", "max_new_tokens": 1})  # catches up with the log first
+            version = c.get("/version").json()
+        mon.join(timeout=5)
+
+        n5xx = sum(n for kind in stats.codes.values() for code, n in kind.items() if code >= 500)
+        statuses = defaultdict(int)
+        for e in rows.values():
+            statuses[e["status"]] += 1
+        bad_rows = [f"{eid}: {e['status']}" for eid, e in rows.items()
+                    if not (e["status"] == "applied" or (e["status"] == "failed" and e.get("error")))]
+        total = sum(len(v) for v in stats.latency.values())
+        print(f"\n{args.clients} clients for {elapsed:.1f} s: {total} requests, {total / elapsed:.1f} req/s")
+        print(f"{'request':18} {'count':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8}  status codes")
+        for kind in sorted(stats.latency):
+            xs = stats.latency[kind]
+            print(f"{kind:18} {len(xs):7d} {len(xs) / elapsed:7.1f} {pct(xs, .5) * 1000:8.1f} {pct(xs, .95) * 1000:8.1f}  "
+                  f"{dict(sorted(stats.codes[kind].items()))}")
+        print(f"edits accepted: {len(stats.accepted)} ({len(stats.accepted) / elapsed:.1f}/s); settled in "
+              f"{elapsed + drained:.1f} s after the start ({len(stats.accepted) / (elapsed + drained):.2f} applied/s); "
+              f"final statuses {dict(statuses)}")
+        print(f"max queue depth seen: {stats.max_depth}; head version {version['head']}, served {version['version']}")
+        print(f"5xx responses: {n5xx}; unanswered requests: {len(stats.errors)}; idempotent repeats: "
+              f"{sum(1 for k in stats.keys)} keys, {len(stats.key_mismatch)} mismatches")
+        checks = {"no 5xx": n5xx == 0, "every request answered": not stats.errors and not stuck,
+                  "every accepted edit settled (applied, or failed with a reason)": not bad_rows,
+                  "idempotent repeats gave the same ids": not stats.key_mismatch}
+        figures = {"clients": args.clients, "seconds": elapsed, "requests": total, "req_per_s": total / elapsed,
+                   "latency_ms": {k: {"n": len(v), "p50": pct(v, .5) * 1000, "p95": pct(v, .95) * 1000}
+                                  for k, v in stats.latency.items()},
+                   "accepted": len(stats.accepted), "statuses": dict(statuses), "max_queue_depth": stats.max_depth,
+                   "n5xx": n5xx, "drain_s": drained}
+        if db_url:
+            problems, info = db_checks(db_url)
+            checks["every edit applied exactly once (log)"] = not problems
+            checks["api serves the log's head"] = (version["version"], version["weights_hash"]) == tuple(info["head"])
+            print(f"log: {info['batches']} edit batches, mean size {info['mean_batch']:.1f}; head {info['head'][0]}")
+            for p in problems[:20]:
+                print(f"  {p}")
+            figures.update(batches=info["batches"], mean_batch=info["mean_batch"])
+        for e in stats.errors[:5] + bad_rows[:10]:
+            print(f"  {e}")
+        for name, passed in checks.items():
+            print(f"{'PASS' if passed else 'FAIL'}: {name}")
+        ok = all(checks.values())
+        figures["checks"] = checks
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+    finally:
+        cleanup()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
