@@ -30,9 +30,13 @@ class Editor:
         key_stats: dict[int, torch.Tensor] | None = None,
         max_rows: int = 384,
         templates: list[str] | None = None,
+        replica: bool = False,
     ):
+        """`replica=True`: this editor only replays stored batches (an API replica); it never
+        solves, so it needs no key statistics, and apply()/reapply() refuse."""
         lm.check_layers(settings.layers)
-        needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
+        self.replica = replica
+        needs_stats = not replica and (settings.lambda_p > 0 or settings.nullspace_threshold is not None)
         if needs_stats and (key_stats is None or any(l not in key_stats for l in settings.layers)):
             raise EditError("key statistics C₀ are needed for every edited layer: build them with load_key_stats() or `kedit stats`")
         self.lm = lm
@@ -130,6 +134,11 @@ class Editor:
         del self.live[batch_id]
         self._rebuild()
 
+    def reset(self) -> None:
+        """Back to the base weights: every batch dropped in one rebuild."""
+        self.live.clear()
+        self._rebuild()
+
     def _rebuild(self) -> None:
         with torch.no_grad():
             for l in self.layers:
@@ -143,6 +152,8 @@ class Editor:
                     self.preserved[d.layer] += k @ k.T
 
     def _check_new(self, requests: list[EditRequest], batch_id: int) -> None:
+        if self.replica:
+            raise EditError("this editor is a replica: it replays stored batches and never solves new ones")
         if not requests:
             raise EditError("a batch needs at least one fact")
         if batch_id in self.live:

@@ -54,10 +54,8 @@ def load_editor(config: ServiceConfig, role: Role, templates: list[str] | None =
         # any replay); the log keeps them (see ServiceContext.load_worker_editor).
         templates = list(editor.templates)
     else:
-        # A replica never solves, so it needs no C0: the Editor is told so by a solve-free
-        # variant of the settings (the log's layers and method stay what the worker uses).
-        solve_free = settings.model_copy(update={"lambda_p": 0.0, "nullspace_threshold": None, "method": "encore"})
-        editor = Editor(lm, solve_free, None)
+        # A replica never solves, so it needs no C0.
+        editor = Editor(lm, settings, None, replica=True)
     return LoadedEditor(editor, lm.name, list(settings.layers), settings.model_dump(mode="json"), templates)
 
 

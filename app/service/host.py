@@ -31,6 +31,7 @@ class EditorLike(Protocol):
     def apply(self, requests: list[EditRequest], batch_id: int) -> BatchResult: ...
     def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None: ...
     def remove_batch(self, batch_id: int) -> None: ...
+    def reset(self) -> None: ...
     def reapply(self, requests: list[EditRequest], z_stars: list[torch.Tensor], batch_id: int) -> BatchResult: ...
     def weights_hash(self) -> str: ...
     def norms(self) -> list[LayerNorms]: ...
@@ -40,19 +41,9 @@ class EditorLike(Protocol):
 
 
 def _reset(editor: EditorLike) -> None:
-    """Back to the base weights. remove_batch() rebuilds from base + the rest each time, so
-    removing n batches one by one costs O(n²) delta additions; one rebuild is enough."""
-    if not editor.batch_ids:
-        return
-    reset = getattr(editor, "reset", None)
-    if callable(reset):
-        reset()
-    elif isinstance(getattr(editor, "live", None), dict) and callable(getattr(editor, "_rebuild", None)):
-        editor.live.clear()  # app.editing.editor.Editor keeps its live batches here
-        editor._rebuild()
-    else:
-        for b in reversed(editor.batch_ids):
-            editor.remove_batch(b)
+    """Back to the base weights in one rebuild (removing n batches one by one would cost O(n²))."""
+    if editor.batch_ids:
+        editor.reset()
 
 
 class ReplayMismatch(RuntimeError):

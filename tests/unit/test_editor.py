@@ -176,3 +176,27 @@ def test_norms_report_growth(setup):
     norms = editor.norms()
     assert [n.layer for n in norms] == list(s.layers)
     assert all(n.delta_norm > 0 and n.growth == n.delta_norm / n.base_norm for n in norms)
+
+
+def test_reset_drops_every_batch_in_one_rebuild(setup):
+    lm, s, stats = setup
+    editor = Editor(lm, s, stats)
+    editor.apply(FACTS, batch_id=1)
+    editor.apply(MORE, batch_id=2)
+    editor.reset()
+    assert editor.batch_ids == []
+    for l in s.layers:
+        assert torch.equal(editor._w(l).detach(), editor.base[l])
+        assert not editor.preserved[l].any()
+
+
+def test_a_replica_replays_without_statistics_and_never_solves(setup):
+    lm, s, stats = setup
+    worker = Editor(lm, s, stats)
+    result = worker.apply(FACTS[:1], batch_id=1)
+    replica = Editor(tiny_lm(lm.adapter.family), s, None, replica=True)
+    replica.add_batch(1, result.deltas)
+    assert replica.weights_hash() == worker.weights_hash()
+    with pytest.raises(EditError, match="replica"):
+        replica.apply(MORE, batch_id=2)
+    assert replica.batch_ids == [1]
