@@ -95,6 +95,13 @@ def test_redis_and_postgres_outages(warm_cache, own_postgres, own_redis, cluster
         assert httpx.get(f"{api.url}/health", timeout=30).status_code == 200
         assert httpx.get(f"{api.url}/metrics", timeout=60).status_code == 200
 
+        # Keep it down until the worker has tried (and failed) to take the writer lock again a
+        # few times: a worker that cannot live through that would have exited by now.
+        sup.wait_for(lambda: not worker.alive() or worker.tail(20_000).count("cannot reach the database") >= 3,
+                     120, "the worker to retry the database while it is down")
+        assert worker.alive(), f"the worker died while PostgreSQL was down:\n{worker.tail()}"
+        assert httpx.get(f"{api.url}/generate", params=PROBE, timeout=60).status_code == 200
+
         # ... and comes back: no process restarts, the work resumes.
         own_postgres.start()
 
