@@ -89,9 +89,9 @@ def _gpt2_xl(method: Method) -> EditSettings:
 def _smollm2(method: Method) -> EditSettings:
     # Chosen by measurement on the shared CounterFact data: see benchmarks/sweep.py and
     # benchmarks/results/. Start point was the Llama settings with the layers kept.
-    base = dict(layers=(4, 5, 6, 7, 8), lambda_p=15000.0, clamp_norm_factor=0.75)
+    base = dict(layers=(4, 5, 6, 7, 8), lambda_p=300.0, clamp_norm_factor=0.75)
     if method == "encore":
-        return EditSettings(method="encore", lambda_n=20.0, mpes_margin=1, **base)
+        return EditSettings(method="encore", lambda_n=10.0, mpes_margin=3, **base)
     if method == "memit":
         return EditSettings(method="memit", lambda_n=0.0, mpes_margin=0, **base)
     return EditSettings(method="alphaedit", lambda_n=10.0, mpes_margin=0, lr=0.1, nullspace_threshold=2e-2,
