@@ -10,8 +10,10 @@ import sys as _sys
 import uuid
 from pathlib import Path
 
+# tests/conftest.py under its own name too: with tests/ not a package, "conftest" in sys.modules
+# is whichever conftest pytest loaded last, so it cannot be found by that name.
 for _name, _file in (("kedit_faults_support", Path(__file__).with_name("support.py")),
-                     ("kedit_service_test_helpers", Path(__file__).resolve().parents[1] / "service" / "helpers.py")):
+                     ("kedit_faults_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")):
     if _name not in _sys.modules:
         _spec = _ilu.spec_from_file_location(_name, _file)
         _sys.modules[_name] = _mod = _ilu.module_from_spec(_spec)
@@ -24,11 +26,16 @@ import kedit_faults_support as sup
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A saved tiny Llama, a corpus for its key statistics, and one cache dir (C0 computed once)."""
-    from kedit_service_test_helpers import make_tiny_assets
+    """A saved tiny Llama (tests/conftest.py's), a corpus for its key statistics, and one cache
+    dir (C0 computed once)."""
+    import kedit_faults_root_conftest as fixtures
 
     root = tmp_path_factory.mktemp("tiny-faults")
-    model_dir, corpus = make_tiny_assets(root)
+    model_dir, corpus = root / "tiny-llama", root / "corpus.txt"
+    model, tok = fixtures.build_tiny_model("llama")
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    corpus.write_text("\n".join(fixtures._TRAINING_TEXT * 60))
     return model_dir, corpus, root / "cache"
 
 

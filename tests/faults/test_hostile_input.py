@@ -20,7 +20,7 @@ import kedit_faults_support as sup
 
 pytestmark = pytest.mark.faults
 
-FUZZ_EXAMPLES = int(os.environ.get("KEDIT_FUZZ_EXAMPLES", 500 if sup.LONG else 40))
+FUZZ_EXAMPLES = int(os.environ.get("KEDIT_FUZZ_EXAMPLES", 1000 if sup.LONG else 150))
 KEY = "s3cret-key-for-tests"
 
 
