@@ -16,6 +16,7 @@ import random
 import signal
 
 import httpx
+import redis
 import pytest
 
 import kedit_faults_support as sup
@@ -29,7 +30,7 @@ SEED = int(os.environ.get("KEDIT_FAULT_SEED", "5"))
 def _fault(rng: random.Random) -> str:
     kind = rng.choice(["optimising", "optimising", "after_commit", "after_ack", "claimed"])
     if kind == "optimising":
-        return f"worker_claimed:kill_after={rng.randint(5, 300)}"
+        return f"worker_claimed:kill_after={rng.randint(5, 150)}"
     if kind == "claimed":
         return "worker_claimed:kill"
     nth = rng.choice([1, 1, 2])
@@ -56,6 +57,8 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
     accepted: set[int] = set()
     reverts: set[int] = set()
     fired: list[str] = []
+    mid_batch = 0
+    redis_client = redis.Redis.from_url(sup.REDIS, decode_responses=True)
     n = 0
     try:
         for trial in range(TRIALS):
@@ -89,8 +92,20 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
                 w.popen.send_signal(signal.SIGKILL)
             rc = w.popen.wait(timeout=60)
             assert rc == -signal.SIGKILL, f"trial {trial}: worker exited {rc}, not by SIGKILL:\n{w.tail()}"
-            fired.append(fault if "fault injection: SIGKILL" in w.tail() else f"{fault} (killed from outside: the work was done first)")
-            sup.check_applied_at_most_once(sup.log_state(engine))
+            died_by_fault = "fault injection: SIGKILL" in w.tail()
+            fired.append(fault if died_by_fault else f"{fault} (killed from outside: the work was done first)")
+            state = sup.log_state(engine)
+            sup.check_applied_at_most_once(state)
+            # Where did it die? Edits left `applying` = inside a batch, before its commit; a batch
+            # committed but its stream entries unacked = between the commit and XACK.
+            applying = [e for e, row in state["edits"].items() if row["status"] == "applying"]
+            if died_by_fault and fault == "worker_claimed:kill":
+                assert applying, f"trial {trial}: killed at the claim but no edit is left `applying`"
+            if died_by_fault and fault.startswith("worker_after_commit"):
+                pending = redis_client.xpending(f"{shared_redis_prefix}:edits", f"{shared_redis_prefix}:workers")
+                assert pending["pending"] > 0, f"trial {trial}: killed before XACK but nothing is pending"
+            if applying:
+                mid_batch += 1
 
         # A clean worker finishes whatever the dead ones left.
         w = cl.start("worker")
@@ -117,10 +132,11 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
         assert w2.alive(), w2.tail()
     finally:
         client.close()
+        redis_client.close()
         engine.dispose()
 
     reached = [f for f in fired if "killed from outside" not in f]
-    print(f"\n{len(reached)}/{len(fired)} faults fired: {fired}")
+    print(f"\n{len(reached)}/{len(fired)} faults fired ({mid_batch} kills left a batch half-done): {fired}")
     print(f"{len(accepted)} edits accepted, {len(reverts)} reverts, {len(state['versions'])} versions; "
           f"{sum(1 for e in state['edits'].values() if e['status'] == 'failed')} failed")
     assert len(fired) == TRIALS
