@@ -28,8 +28,10 @@ def states_at_lookup(
     keys: dict[int, list[torch.Tensor]] = {l: [] for l in key_layers}
     outputs: list[torch.Tensor] = []
     pad = lm.tokenizer.pad_token_id
-    for start in range(0, len(encoded), max_rows):
-        chunk = encoded[start : start + max_rows]
+    # Chunks of similar length: little padding is computed. Results go back to input order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    for start in range(0, len(order), max_rows):
+        chunk = [encoded[i] for i in order[start : start + max_rows]]
         width = max(len(e.ids) for e in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -61,5 +63,8 @@ def states_at_lookup(
         finally:
             for h in hooks:
                 h.remove()
-    out = torch.cat(outputs) if outputs else None
-    return {l: torch.cat(v) for l, v in keys.items()}, out
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))
+    back = back.to(lm.device)
+    out = torch.cat(outputs)[back] if outputs else None
+    return {l: torch.cat(v)[back] for l, v in keys.items()}, out

@@ -42,6 +42,7 @@ from app.editing.types import EditRequest
 KL_TEMPLATE = "{} is a"
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+PREFIX_CHUNK_ROWS = 64  # rows per forward in the one-time prefix pass
 
 
 @dataclass
@@ -73,7 +74,8 @@ def build_rows(lm: LoadedModel, requests: list[EditRequest], templates: list[str
             enc = encode_with_subject(tok, fill(template, req.prompt), req.subject)
             rows.append(_Row(f, "bare" if t == 0 else "prefixed", enc.ids + tgt[:-1], enc.lookup, tgt, len(enc.ids) - 1))
         enc = encode_with_subject(tok, KL_TEMPLATE, req.subject)
-        rows.append(_Row(f, "kl", enc.ids, enc.lookup, [], -1))
+        # The KL term reads the subject's last token only; later tokens cannot change it.
+        rows.append(_Row(f, "kl", enc.ids[: enc.lookup + 1], enc.lookup, [], -1))
         per_fact.append(rows)
     return per_fact
 
@@ -153,15 +155,52 @@ class _Group:
         if prefix_cache is not None:
             self.kv = prefix_cache[1]
         elif p_len > 0:
-            pos = (prefix_mask.cumsum(1) - 1).clamp(min=0).to(dev)
-            with torch.no_grad():
-                out = lm.model.base_model(
-                    input_ids=prefix_ids.to(dev), attention_mask=prefix_mask.to(dev), position_ids=pos, use_cache=True
-                )
-            self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-            self.cache = out.past_key_values
+            self.kv, self.cache = self._prefix_pass([r.ids[: r.lookup] for r in rows], p_len)
         if prefix_cache is None:
             self._run_to_edit_layer()
+
+    def _prefix_pass(self, prefixes: list[list[int]], p_len: int):
+        """Keys and values of every row's prefix, left-padded to p_len with zeros.
+
+        Rows run in chunks of similar prefix length (little padding computed); masked
+        positions get zero keys and values, which attention never reads.
+        """
+        lm, dev = self.lm, self.lm.device
+        pad = lm.tokenizer.pad_token_id
+        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        rows_done: list[int] = []
+        cache = None
+        for start in range(0, len(order), PREFIX_CHUNK_ROWS):
+            idx = order[start : start + PREFIX_CHUNK_ROWS]
+            width = max(1, max(len(prefixes[i]) for i in idx))
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, i in enumerate(idx):
+                if prefixes[i]:
+                    ids[j, width - len(prefixes[i]) :] = torch.tensor(prefixes[i])
+                    mask[j, width - len(prefixes[i]) :] = 1
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            with torch.no_grad():
+                out = lm.model.base_model(
+                    input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True
+                )
+            cache = out.past_key_values
+            keep = mask.to(dev)[:, None, :, None].bool()  # rows that are all padding stay zero
+            parts.append([
+                (F.pad(torch.where(keep, l.keys, 0.0), (0, 0, p_len - width, 0)),
+                 F.pad(torch.where(keep, l.values, 0.0), (0, 0, p_len - width, 0)))
+                for l in cache.layers
+            ])
+            rows_done.extend(idx)
+        back = torch.empty(len(rows_done), dtype=torch.long)
+        back[torch.tensor(rows_done)] = torch.arange(len(rows_done))
+        back = back.to(dev)
+        kv = [
+            (torch.cat([p[layer][0] for p in parts])[back], torch.cat([p[layer][1] for p in parts])[back])
+            for layer in range(len(parts[0]))
+        ]
+        return kv, cache
 
     def _load_prefix(self) -> None:
         """The cache object is shared and grows during a forward: load this group's prefix into it."""

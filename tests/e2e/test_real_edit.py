@@ -67,3 +67,21 @@ def test_cli_edit_changes_the_real_models_answer():
     lines = {line.split(maxsplit=1)[0]: line for line in result.output.splitlines() if line.strip()}
     assert "French" in lines["before"] and "English" not in lines["before"], result.output
     assert "English" in lines["after"], result.output
+
+
+def test_concurrent_first_conversions_do_not_corrupt_the_cache(tmp_path):
+    """Two processes converting the GGUF into one empty cache at once: both get a loadable model."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from app.editing.model import convert_gguf, smollm2_gguf; "
+            "print(convert_gguf(smollm2_gguf(), __import__('pathlib').Path(sys.argv[1])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1]
+    lm = load_model(cache_dir=tmp_path)
+    assert lm.num_layers == 30
+    leftovers = [p.name for p in (tmp_path / "models").iterdir() if p.name.startswith(".convert-")]
+    assert leftovers == []

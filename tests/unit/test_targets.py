@@ -9,10 +9,12 @@ from app.editing.types import EditRequest
 from editing_helpers import FACTS, TEMPLATES, tiny_lm, tiny_settings
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_cached_prefix_forward_equals_full_forward(arch):
+@pytest.mark.parametrize("arch,chunk", [("llama", 64), ("gpt2", 64), ("llama", 3)])
+def test_cached_prefix_forward_equals_full_forward(arch, chunk, monkeypatch):
     """Running only the suffix against cached prefixes gives the same target log-probs as
-    running each prompt whole, including a row whose prefix is empty (subject first)."""
+    running each prompt whole, including a row whose prefix is empty (subject first), and
+    whether the prefixes are computed in one chunk or several of different widths."""
+    monkeypatch.setattr("app.editing.targets.PREFIX_CHUNK_ROWS", chunk)
     lm = tiny_lm(arch)
     rows_by_fact = build_rows(lm, FACTS, TEMPLATES)
     assert any(r.lookup == 0 for fr in rows_by_fact for r in fr), "want a row with an empty prefix"
