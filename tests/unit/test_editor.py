@@ -200,3 +200,19 @@ def test_a_replica_replays_without_statistics_and_never_solves(setup):
     with pytest.raises(EditError, match="replica"):
         replica.apply(MORE, batch_id=2)
     assert replica.batch_ids == [1]
+
+
+def test_states_at_lookup_keep_the_input_order():
+    """Rows are read in length-sorted chunks; the results must come back in input order."""
+    from app.editing.keys import states_at_lookup
+    from app.editing.prompts import encode_with_subject
+
+    lm = tiny_lm()
+    prompts = [("{} is", "Paris"), ("The long mother tongue of the man {} is", "Danielle Darrieux"), ("{} plays", "Michael Jordan")]
+    encoded = [encode_with_subject(lm.tokenizer, p, s) for p, s in prompts]
+    keys, out = states_at_lookup(lm, encoded, [1, 2], output_layer=3, max_rows=2)
+    for i, e in enumerate(encoded):
+        one_keys, one_out = states_at_lookup(lm, [e], [1, 2], output_layer=3)
+        assert torch.allclose(keys[1][i], one_keys[1][0], atol=1e-5)
+        assert torch.allclose(keys[2][i], one_keys[2][0], atol=1e-5)
+        assert torch.allclose(out[i], one_out[0], atol=1e-4)
