@@ -24,13 +24,14 @@ FACTS = [
 
 
 def _root_conftest():
-    """tests/conftest.py as pytest loaded it ("tests.conftest" or "conftest", depending on
-    whether tests/ is a package)."""
-    for name in ("tests.conftest", "conftest"):
-        mod = sys.modules.get(name)
-        if mod is not None and hasattr(mod, "build_tiny_model"):
-            return mod
-    raise RuntimeError("tests/conftest.py is not loaded")
+    """tests/conftest.py, loaded by path under one fixed name: with several conftest.py files
+    outside packages, pytest's "conftest" module name may belong to another of them."""
+    name = "kedit_tests_root_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def make_tiny_assets(root: Path) -> tuple[Path, Path]:
