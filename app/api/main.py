@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sqlalchemy_exc
 
+from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
 from app.api.routes import edits, generate, health
@@ -109,4 +110,5 @@ def create_app(
             {"detail": "; ".join(describe(err) for err in errors), "errors": errors}, status_code=422
         )
 
+    openapi.install(app)
     return app

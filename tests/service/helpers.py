@@ -2,6 +2,7 @@
 a tiny model on disk, a config that edits it quickly, and small waiting helpers."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path

@@ -192,6 +192,13 @@ def test_openapi_documents_the_contract(client):
               "/health", "/ready", "/metrics", "/version"):
         assert p in paths, p
     assert "oneOf" in paths["/edits"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    # Error answers are documented as what the service really sends: {"detail": ..., "errors": ...}.
+    post = paths["/edits"]["post"]["responses"]
+    assert post["422"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorBody"
+    assert {"401", "413", "503"} <= set(post)
+    assert {"404", "409"} <= set(paths["/edits/{edit_id}/revert"]["post"]["responses"])
+    bad = client.post("/edits", json={"prompt": "no slot", "subject": "x", "target_new": "y"})
+    assert bad.status_code == 422 and set(bad.json()) <= {"detail", "errors"}
 
 
 def test_start_refuses_another_model_or_other_layers_on_the_same_log(make_config, tmp_path):
