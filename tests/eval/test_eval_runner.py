@@ -8,7 +8,7 @@ import pytest
 
 from tiny import build_tiny_model
 from app.eval.checkpoint import flatten_state, load_checkpoint, unflatten_state
-from app.eval.data import CounterFactRecord, parse_records
+from app.eval.data import CounterFactRecord
 from app.eval.health import HealthConfig
 from app.eval.plots import HEALTH_PNG, NORMS_PNG, SCORES_PNG
 from app.eval.runner import RunInterrupted, RunOptions, resume_from, run_eval
