@@ -86,18 +86,11 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> J
         report.failed = [e.id for e in edits]
         return report
     seconds = time.perf_counter() - t0
-    try:
-        if not lock_ok():
-            raise LostWriterLock("the writer lock was lost before commit")
-        with transaction(host.sessions) as s:
-            fresh = repo.get_edits(s, [e.id for e in edits])
-            repo.record_batch(s, repo.Applied(version, weights_hash, norms), result, fresh, seconds)
-    except Exception:
-        log.exception("could not record batch %d; undoing it in memory", batch_id)
-        host.sync_or_rebuild()
-        raise
-    faults.point("worker_after_commit")
-    host.advance(version, weights_hash)
+    def record(s) -> None:
+        fresh = repo.get_edits(s, [e.id for e in edits])
+        repo.record_batch(s, repo.Applied(version, weights_hash, norms), result, fresh, seconds)
+
+    _commit(host, lock_ok, record, version, weights_hash, f"batch {batch_id}")
     report.version = version
     report.applied = [e.id for e in edits]
     report.mpes_steps = [int(o.mpes_steps) for o in result.outcomes]
@@ -136,20 +129,29 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True) -> JobRepor
         report.failed = [edit_id]
         return report
     seconds = time.perf_counter() - t0
-    try:
-        if not lock_ok():
-            raise LostWriterLock("the writer lock was lost before commit")
-        with transaction(host.sessions) as s:
-            e = repo.get_edit(s, edit_id)
-            fresh = repo.get_edits(s, [x.id for x in survivors])
-            repo.record_revert(s, repo.Applied(version, weights_hash, norms), e, old_batch, fresh, result, seconds)
-    except Exception:
-        log.exception("could not record the revert of edit %d; undoing it in memory", edit_id)
-        host.sync_or_rebuild()
-        raise
-    faults.point("worker_after_commit")
-    host.advance(version, weights_hash)
+    def record(s) -> None:
+        e = repo.get_edit(s, edit_id)
+        fresh = repo.get_edits(s, [x.id for x in survivors])
+        repo.record_revert(s, repo.Applied(version, weights_hash, norms), e, old_batch, fresh, result, seconds)
+
+    _commit(host, lock_ok, record, version, weights_hash, f"the revert of edit {edit_id}")
     report.version = version
     report.applied = [edit_id]
     report.seconds = seconds
     return report
+
+
+def _commit(host: ModelHost, lock_ok, record, version: int, weights_hash: str, what: str) -> None:
+    """The point of no return: write one version in ONE transaction while holding the writer
+    lock. On any failure the in-memory weights go back to the log before the error propagates."""
+    try:
+        if not lock_ok():
+            raise LostWriterLock("the writer lock was lost before commit")
+        with transaction(host.sessions) as s:
+            record(s)
+    except Exception:
+        log.exception("could not record %s; undoing it in memory", what)
+        host.sync_or_rebuild()
+        raise
+    faults.point("worker_after_commit")
+    host.advance(version, weights_hash)
