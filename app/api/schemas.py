@@ -18,6 +18,12 @@ def _limit(info: ValidationInfo, name: str, default: int) -> int:
     return int(getattr(cfg, name, default)) if cfg is not None else default
 
 
+def _check_length(v: str, info: ValidationInfo, setting: str, default: int) -> None:
+    bound = _limit(info, setting, default)
+    if len(v) > bound:
+        raise ValueError(f"{info.field_name} is {len(v)} characters long; the bound is {bound}")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -49,9 +55,7 @@ class EditIn(Strict):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: str, info: ValidationInfo) -> str:
-        bound = _limit(info, "max_prompt_chars", MAX_PROMPT_CHARS)
-        if len(v) > bound:
-            raise ValueError(f"prompt is {len(v)} characters long; the bound is {bound}")
+        _check_length(v, info, "max_prompt_chars", MAX_PROMPT_CHARS)
         n = v.count("{}")
         if n != 1:
             raise ValueError(
@@ -70,9 +74,7 @@ class EditIn(Strict):
     def _subject(cls, v: str, info: ValidationInfo) -> str:
         if not v.strip():
             raise ValueError("subject is empty; give the entity the fact is about")
-        bound = _limit(info, "max_subject_chars", MAX_SUBJECT_CHARS)
-        if len(v) > bound:
-            raise ValueError(f"subject is {len(v)} characters long; the bound is {bound}")
+        _check_length(v, info, "max_subject_chars", MAX_SUBJECT_CHARS)
         return v
 
     @field_validator("target_new", "target_true")
@@ -83,9 +85,7 @@ class EditIn(Strict):
         if not v.strip():
             extra = " (leave target_true out instead)" if info.field_name == "target_true" else ""
             raise ValueError(f"{info.field_name} is empty{extra}")
-        bound = _limit(info, "max_target_chars", MAX_TARGET_CHARS)
-        if len(v) > bound:
-            raise ValueError(f"{info.field_name} is {len(v)} characters long; the bound is {bound}")
+        _check_length(v, info, "max_target_chars", MAX_TARGET_CHARS)
         return v
 
     @model_validator(mode="after")
@@ -144,9 +144,7 @@ class GenerateIn(Strict):
     def _prompt(cls, v: str, info: ValidationInfo) -> str:
         if not v.strip():
             raise ValueError("prompt is empty")
-        bound = _limit(info, "max_prompt_chars", MAX_PROMPT_CHARS)
-        if len(v) > bound:
-            raise ValueError(f"prompt is {len(v)} characters long; the bound is {bound}")
+        _check_length(v, info, "max_prompt_chars", MAX_PROMPT_CHARS)
         return v
 
     @field_validator("max_new_tokens")
