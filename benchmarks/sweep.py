@@ -41,6 +41,9 @@ def _layers(spec: str) -> tuple[int, ...]:
 def main(
     data: Optional[Path] = typer.Option(None, help="CounterFact file (default: counterfact_extra/counterfact-val.json)"),
     records: int = typer.Option(100, help="how many records of the slice"),
+    batch_size: Optional[int] = typer.Option(
+        None, help="insert the slice as sequential batches of this size (default: one batch); each batch "
+        "is solved with the earlier ones in place, as in a sequential run"),
     layers: List[str] = typer.Option(["4-8", "3-7", "2-6", "2-8"], help="layer sets, '4-8' or '2,4,6' (repeatable)"),
     margin: List[int] = typer.Option([1, 3], help="MPES margins (repeatable; 0 = MPES off)"),
     lambda_p: str = typer.Option("200,1000,5000,15000", help="comma-separated λp values"),
@@ -80,16 +83,20 @@ def main(
                 for ln in [float(x) for x in lambda_n.split(",")]:
                     trial = Editor(lm, settings.model_copy(update={"lambda_p": lp, "lambda_n": ln}), stats,
                                    templates=editor.templates)
-                    trial.reapply(reqs, list(z_star), batch_id=1)
+                    size = batch_size or len(reqs)
+                    for b, start in enumerate(range(0, len(reqs), size)):
+                        trial.reapply(reqs[start:start + size], list(z_star[start:start + size]), batch_id=b)
                     scores = score_counterfact(lm.model, lm.tokenizer, recs)
                     growth = [n.growth for n in trial.norms()]
-                    trial.remove_batch(1)
+                    for b in reversed(trial.batch_ids):
+                        trial.remove_batch(b)
                     row = {"layers": layer_spec, "margin": m, "lambda_p": lp, "lambda_n": ln, **scores,
                            "max_growth": max(growth), "mean_steps": sum(steps) / len(reqs),
                            "z_seconds_per_edit": z_seconds / len(reqs)}
                     rows.append(row)
                     console.print(row)
-    table = Table(title=f"SmolLM2 sweep, {len(recs)} records of {path.name} (one batch)")
+    shape = f"batches of {batch_size}" if batch_size else "one batch"
+    table = Table(title=f"SmolLM2 sweep, {len(recs)} records of {path.name} ({shape})")
     cols = ["layers", "margin", "lambda_p", "lambda_n", "es", "ps", "ns", "s", "max_growth", "mean_steps", "z_seconds_per_edit"]
     for c in cols:
         table.add_column(c)
@@ -98,7 +105,8 @@ def main(
     console.print(table)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"data": str(path.name), "records": len(recs), "baseline": baseline, "rows": rows}, indent=1))
+        out.write_text(json.dumps({"data": str(path.name), "records": len(recs), "batch_size": batch_size,
+                                   "baseline": baseline, "rows": rows}, indent=1))
         md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         md += ["| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
                for r in sorted(rows, key=lambda r: -r["s"])]

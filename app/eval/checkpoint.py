@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_DIR = "checkpoint"
+FINAL_DIR = "final"  # the editor state at the end of a finished run, for `kedit eval --after`
 
 
 def flatten_state(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -64,9 +65,9 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
-def save_checkpoint(out_dir: Path | str, editor_state: Any, progress: dict) -> Path:
+def save_checkpoint(out_dir: Path | str, editor_state: Any, progress: dict, name: str = CHECKPOINT_DIR) -> Path:
     out_dir = Path(out_dir)
-    final, tmp, old = out_dir / CHECKPOINT_DIR, out_dir / f"{CHECKPOINT_DIR}.tmp", out_dir / f"{CHECKPOINT_DIR}.old"
+    final, tmp, old = out_dir / name, out_dir / f"{name}.tmp", out_dir / f"{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     skeleton, tensors = flatten_state(editor_state)
@@ -81,12 +82,12 @@ def save_checkpoint(out_dir: Path | str, editor_state: Any, progress: dict) -> P
     return final
 
 
-def load_checkpoint(out_dir: Path | str) -> tuple[Any, dict]:
-    """(editor state, progress) of the last checkpoint in `out_dir`."""
+def load_checkpoint(out_dir: Path | str, name: str = CHECKPOINT_DIR) -> tuple[Any, dict]:
+    """(editor state, progress) of the last checkpoint in `out_dir` (or of its final state)."""
     out_dir = Path(out_dir)
-    ckpt = out_dir / CHECKPOINT_DIR
-    if not ckpt.exists() and (out_dir / f"{CHECKPOINT_DIR}.old").exists():
-        ckpt = out_dir / f"{CHECKPOINT_DIR}.old"  # interrupted between the two renames
+    ckpt = out_dir / name
+    if not ckpt.exists() and (out_dir / f"{name}.old").exists():
+        ckpt = out_dir / f"{name}.old"  # interrupted between the two renames
     if not (ckpt / "progress.json").exists():
         raise FileNotFoundError(
             f"{out_dir} has no checkpoint to resume from; start the run with --checkpoint-every K so it writes one"

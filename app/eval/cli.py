@@ -3,6 +3,7 @@
     kedit eval --dataset counterfact --records 200 --batch-size 100 --method encore --out runs/encore
     kedit eval run ...                 (the same, spelled as a subcommand)
     kedit eval --resume runs/encore    (continue from the last checkpoint)
+    kedit eval --dataset zsre --after runs/encore --out runs/encore-then-zsre   (on top of that run's edits)
     kedit eval compare runs/encore runs/memit
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from app.eval.checkpoint import CHECKPOINT_DIR
+from app.eval.checkpoint import CHECKPOINT_DIR, FINAL_DIR
 from app.eval.data import DataFormatError, load_dataset
 from app.eval.health import HealthConfig
 from app.eval.paths import default_data_path
@@ -95,6 +96,7 @@ def _run_main(
     cache_dir: Optional[Path] = typer.Option(None, help="model/key-statistics cache (default $KEDIT_CACHE_DIR or ~/.cache/kedit)"),
     out: Optional[Path] = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint (other options are taken from its run.json)"),
+    after: Optional[Path] = typer.Option(None, help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records are scored again at the end"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Run (or resume) a sequential editing evaluation."""
@@ -113,8 +115,10 @@ def _run_main(
         "model": model, "checkpoint_every": checkpoint_every, "checkpoint_sample": checkpoint_sample,
         "generation_samples": generation_samples, "gen_max_len": gen_max_len, "health": health, "ppl_tokens": ppl_tokens,
         "zsre_target": zsre_target.value, "score_batch_size": score_batch_size, "seed": seed, "device": device,
-        "cache_dir": str(cache_dir) if cache_dir else None,
+        "cache_dir": str(cache_dir) if cache_dir else None, "after": str(after) if after else None,
     }
+    if after is not None:
+        _check_after(after)
     out.mkdir(parents=True, exist_ok=True)
     _execute(config, out, progress, resume=False)
 
@@ -144,11 +148,38 @@ def _load_inputs(config: dict):
     return ds, settings, options
 
 
+def _check_after(run_dir: Path) -> None:
+    if not (run_dir / FINAL_DIR / "progress.json").exists() or not (run_dir / RUN_FILE).exists():
+        _fail(f"--after {run_dir}: no finished run there (it needs {RUN_FILE} and {FINAL_DIR}/ written at the end "
+              "of `kedit eval --out DIR`); finish or resume that run first")
+
+
+def _earlier_run(config: dict, settings):
+    """(final editor state, records) of the run named by --after, checked against these settings."""
+    from app.eval.checkpoint import load_checkpoint
+
+    run_dir = Path(config["after"])
+    _check_after(run_dir)
+    earlier_config = json.loads((run_dir / RUN_FILE).read_text())
+    earlier, _, _ = _load_inputs(earlier_config)
+    state, _ = load_checkpoint(run_dir, FINAL_DIR)
+    saved = state[1]["settings"] if isinstance(state, (list, tuple)) else state["settings"]
+    if saved != settings.model_dump(mode="json"):
+        diff = {k: (v, saved.get(k)) for k, v in settings.model_dump(mode="json").items() if saved.get(k) != v}
+        _fail(f"--after {run_dir}: that run used other settings ({', '.join(f'{k}: {b} there, {a} here' for k, (a, b) in diff.items())}); "
+              f"give the same --method/--preset/--set as {run_dir / RUN_FILE}")
+    if (earlier_config.get("model") or None) != (config.get("model") or None):
+        _fail(f"--after {run_dir}: that run edited model {earlier_config.get('model') or 'SmolLM2-135M-Instruct'}, "
+              f"this one asks for {config.get('model') or 'SmolLM2-135M-Instruct'}")
+    return state, earlier.records
+
+
 def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
     from app.editing.model import load_model
     from app.editing.stats import load_key_stats
 
     ds, settings, options = _load_inputs(config)
+    start_state, earlier_records = _earlier_run(config, settings) if config.get("after") else (None, None)
     if not resume:
         (out / RUN_FILE).write_text(json.dumps(config, indent=1))
     console.print(f"loading model {config['model'] or 'SmolLM2-135M-Instruct'} …")
@@ -159,10 +190,11 @@ def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
                 "preset": config["preset"], "command": config}
     if resume:
         summary = resume_from(out, lm, settings, ds.records, options, key_stats=key_stats, run_info=run_info,
-                              progress=progress)
+                              progress=progress, earlier_records=earlier_records)
     else:
         summary = run_eval(lm, settings, ds.records, options=options, key_stats=key_stats, out_dir=out,
-                           run_info=run_info, progress=progress)
+                           run_info=run_info, progress=progress, start_state=start_state,
+                           earlier_records=earlier_records)
     _report(summary, out)
 
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from app.eval import scoring
-from app.eval.checkpoint import load_checkpoint, save_checkpoint
+from app.eval.checkpoint import FINAL_DIR, load_checkpoint, save_checkpoint
 from app.eval.data import CounterFactRecord, Record, ZsreRecord
 from app.eval.health import HealthConfig, measure_health
 from app.eval.metrics import harmonic_mean, mean_ngram_entropy
@@ -126,6 +126,8 @@ class RunState:
     baseline: dict = field(default_factory=dict)
     baseline_details: list[dict] = field(default_factory=list)
     wall_seconds: float = 0.0  # time spent in this run so far (all sittings)
+    first_batch_id: int = 0  # above the batch ids of an earlier run this one continues (`start_state`)
+    prior_edits: int = 0  # edits already in the model when this run started
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -207,6 +209,8 @@ def run_eval(
     progress: bool = True,
     stop_after_batches: int | None = None,
     restore_weights: bool = False,
+    start_state=None,
+    earlier_records: Sequence[Record] | None = None,
 ) -> dict:
     """Edit `records` in sequential batches on `lm` and score them; returns the summary dict.
 
@@ -218,6 +222,9 @@ def run_eval(
     and checkpointed, which is how the resume test simulates an interruption.
     The edits stay in `lm`'s weights unless `restore_weights` (for sweeps that reuse one
     model: every batch is removed again through the editor, newest first).
+    `start_state` (an `editor.state_dict()` of the same settings, e.g. a finished run's final
+    state) is loaded after the unedited model has been scored, so this run's edits go on top
+    of an earlier run's; `earlier_records` (that run's records) are scored again at the end.
     """
     opts = replace(options) if options else RunOptions(batch_size=batch_size or 1)  # a copy: set below
     if batch_size is not None:
@@ -239,6 +246,10 @@ def run_eval(
     if state is None:
         state = RunState(n_records=len(records), batch_size=opts.batch_size)
         _baseline(lm, records, opts, state)
+        if start_state is not None:
+            restore_editor(editor, start_state)
+            state.first_batch_id = max(editor.batch_ids, default=-1) + 1
+            state.prior_edits = sum(d[0].keys.shape[1] for d in editor.live.values())
     elif state.n_records != len(records) or state.batch_size != opts.batch_size:
         raise ValueError("the saved progress was made with another number of records or batch size")
     prior_wall = state.wall_seconds
@@ -250,7 +261,7 @@ def run_eval(
         for b in range(state.batches_done, n_batches):
             batch = records[b * opts.batch_size:(b + 1) * opts.batch_size]
             t0 = time.perf_counter()
-            result = editor.apply([r.request() for r in batch], batch_id=b)
+            result = editor.apply([r.request() for r in batch], batch_id=state.first_batch_id + b)
             seconds = time.perf_counter() - t0
             steps = [o.mpes_steps for o in result.outcomes]
             live = _live_score(lm, kind, batch, opts)
@@ -276,9 +287,18 @@ def run_eval(
     finally:
         bar.close()
 
+    if out is not None:  # what `--after` starts from, and what a resume of a finished run finds
+        save_checkpoint(out, editor.state_dict(), state.to_json(), name=FINAL_DIR)
     summary = _final_summary(lm, editor, settings, records, opts, state, kind)
+    if earlier_records:
+        _say(opts, f"scoring the {len(earlier_records)} records of the earlier run again …")
+        summary["earlier_records"] = {
+            "records": len(earlier_records), "kind": _kind(earlier_records),
+            **_aggregate(_kind(earlier_records), _details(lm, earlier_records, opts, label="earlier run's records")),
+        }
     summary["wall_seconds"] = prior_wall + time.perf_counter() - started
     summary["run"] = {**(run_info or {}), "records": len(records), "batch_size": opts.batch_size,
+                      "prior_edits": state.prior_edits,
                       "checkpoint_every": opts.checkpoint_every, "checkpoint_sample": opts.checkpoint_sample,
                       "generation_samples": opts.generation_samples, "gen_max_len": opts.gen_max_len, "kind": kind,
                       "health": asdict(opts.health) if opts.health else None, "seed": opts.seed}
@@ -357,11 +377,12 @@ def restore_editor(editor, editor_state) -> None:
 
 def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], options: RunOptions, *,
                 key_stats: dict | None = None, run_info: dict | None = None, progress: bool = True,
-                stop_after_batches: int | None = None) -> dict:
+                stop_after_batches: int | None = None, earlier_records: Sequence[Record] | None = None) -> dict:
     """Continue the run checkpointed in `out_dir` on a freshly loaded, unedited `lm`."""
     editor_state, progress_json = load_checkpoint(out_dir)
     editor = build_editor(lm, settings, key_stats, seed=options.seed)
     restore_editor(editor, editor_state)
     state = RunState.from_json(progress_json)
     return run_eval(lm, settings, records, options=options, editor=editor, out_dir=out_dir, run_info=run_info,
-                    state=state, progress=progress, stop_after_batches=stop_after_batches)
+                    state=state, progress=progress, stop_after_batches=stop_after_batches,
+                    earlier_records=earlier_records)

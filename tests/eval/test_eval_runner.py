@@ -190,3 +190,54 @@ def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monke
 
     res = runner.invoke(eval_app, ["compare", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_run_after_an_earlier_run_continues_its_model(tmp_path, corpus):
+    """Records 0–3 then, on top of that run's final state, records 4–5: the same weights as one
+    run over 0–5 (same batch size), the baseline still the unedited model's, the first run's
+    records scored again at the end."""
+    from app.eval.checkpoint import FINAL_DIR
+
+    settings = _settings()
+    stats = _key_stats(_lm(), settings, corpus, tmp_path)
+    straight = run_eval(_lm(), settings, RECORDS, options=_options(corpus), key_stats=stats, progress=False)
+
+    run_eval(_lm(), settings, RECORDS[:4], options=_options(corpus), key_stats=stats, out_dir=tmp_path / "first",
+             progress=False)
+    final_state, progress = load_checkpoint(tmp_path / "first", FINAL_DIR)
+    assert progress["batches_done"] == 2
+    alone = run_eval(_lm(), settings, RECORDS[4:], options=_options(corpus), key_stats=stats, progress=False)
+    second = run_eval(_lm(), settings, RECORDS[4:], options=_options(corpus), key_stats=stats, progress=False,
+                      start_state=final_state, earlier_records=RECORDS[:4])
+
+    assert second["weights_hash"] == straight["weights_hash"] != alone["weights_hash"]
+    assert second["baseline"]["es"] == alone["baseline"]["es"]  # scored before the earlier edits were loaded
+    assert second["run"]["prior_edits"] == 4 and [b["batch"] for b in second["batches"]] == [0]
+    assert second["earlier_records"]["records"] == 4 and 0 <= second["earlier_records"]["es"] <= 100
+
+
+def test_cli_after_needs_a_finished_run_with_the_same_settings(tmp_path, tiny_model_dir, shared_data, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.eval.cli import eval_app
+
+    monkeypatch.setenv("KEDIT_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
+    base = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2",
+            "--set", "layers=[1,2]", "--set", "stats_tokens=1000", "--set", "max_steps=2", "--set", "n_prefixes=1",
+            "--generation-samples", "2", "--gen-max-len", "12", "--no-health", "--no-progress"]
+    runner = CliRunner()
+    res = runner.invoke(eval_app, [*base, "--records", "2", "--out", str(tmp_path / "cf")])
+    assert res.exit_code == 0, res.output
+
+    res = runner.invoke(eval_app, [*base, "--records", "2", "--after", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "no finished run there" in " ".join(res.output.split())
+    res = runner.invoke(eval_app, [*base, "--set", "lambda_n=3", "--records", "2", "--after", str(tmp_path / "cf"),
+                                   "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "(lambda_n: 10.0 there, 3.0 here)" in " ".join(res.output.split())
+
+    res = runner.invoke(eval_app, [*base, "--dataset", "zsre", "--records", "2", "--after", str(tmp_path / "cf"),
+                                   "--out", str(tmp_path / "zsre")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "zsre" / "summary.json").read_text())
+    assert summary["run"]["prior_edits"] == 2 and summary["earlier_records"]["kind"] == "counterfact"
+    assert "edit_acc" in summary and summary["run"]["command"]["after"] == str(tmp_path / "cf")
