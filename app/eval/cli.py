@@ -96,7 +96,7 @@ def _run_main(
     cache_dir: Optional[Path] = typer.Option(None, help="model/key-statistics cache (default $KEDIT_CACHE_DIR or ~/.cache/kedit)"),
     out: Optional[Path] = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint (other options are taken from its run.json)"),
-    after: Optional[Path] = typer.Option(None, help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records are scored again at the end"),
+    after: Optional[Path] = typer.Option(None, help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Run (or resume) a sequential editing evaluation."""

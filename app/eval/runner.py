@@ -224,7 +224,8 @@ def run_eval(
     model: every batch is removed again through the editor, newest first).
     `start_state` (an `editor.state_dict()` of the same settings, e.g. a finished run's final
     state) is loaded after the unedited model has been scored, so this run's edits go on top
-    of an earlier run's; `earlier_records` (that run's records) are scored again at the end.
+    of an earlier run's; `earlier_records` (that run's records, or a fixed sample of
+    `checkpoint_sample` of them) are scored again at the end.
     """
     opts = replace(options) if options else RunOptions(batch_size=batch_size or 1)  # a copy: set below
     if batch_size is not None:
@@ -291,10 +292,12 @@ def run_eval(
         save_checkpoint(out, editor.state_dict(), state.to_json(), name=FINAL_DIR)
     summary = _final_summary(lm, editor, settings, records, opts, state, kind)
     if earlier_records:
-        _say(opts, f"scoring the {len(earlier_records)} records of the earlier run again …")
+        idx = _sample_indices(len(earlier_records), len(earlier_records), opts.checkpoint_sample, opts.seed)
+        again = [earlier_records[i] for i in idx]
+        _say(opts, f"scoring {len(again)} of the {len(earlier_records)} records of the earlier run again …")
         summary["earlier_records"] = {
-            "records": len(earlier_records), "kind": _kind(earlier_records),
-            **_aggregate(_kind(earlier_records), _details(lm, earlier_records, opts, label="earlier run's records")),
+            "records": len(earlier_records), "scored": len(again), "kind": _kind(again),
+            **_aggregate(_kind(again), _details(lm, again, opts, label="earlier run's records")),
         }
     summary["wall_seconds"] = prior_wall + time.perf_counter() - started
     summary["run"] = {**(run_info or {}), "records": len(records), "batch_size": opts.batch_size,

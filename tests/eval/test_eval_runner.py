@@ -213,7 +213,8 @@ def test_run_after_an_earlier_run_continues_its_model(tmp_path, corpus):
     assert second["weights_hash"] == straight["weights_hash"] != alone["weights_hash"]
     assert second["baseline"]["es"] == alone["baseline"]["es"]  # scored before the earlier edits were loaded
     assert second["run"]["prior_edits"] == 4 and [b["batch"] for b in second["batches"]] == [0]
-    assert second["earlier_records"]["records"] == 4 and 0 <= second["earlier_records"]["es"] <= 100
+    assert second["earlier_records"]["records"] == second["earlier_records"]["scored"] == 4
+    assert 0 <= second["earlier_records"]["es"] <= 100
 
 
 def test_cli_after_needs_a_finished_run_with_the_same_settings(tmp_path, tiny_model_dir, shared_data, monkeypatch):
@@ -236,8 +237,9 @@ def test_cli_after_needs_a_finished_run_with_the_same_settings(tmp_path, tiny_mo
     assert res.exit_code == 2 and "(lambda_n: 10.0 there, 3.0 here)" in " ".join(res.output.split())
 
     res = runner.invoke(eval_app, [*base, "--dataset", "zsre", "--records", "2", "--after", str(tmp_path / "cf"),
-                                   "--out", str(tmp_path / "zsre")])
+                                   "--checkpoint-sample", "1", "--out", str(tmp_path / "zsre")])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "zsre" / "summary.json").read_text())
     assert summary["run"]["prior_edits"] == 2 and summary["earlier_records"]["kind"] == "counterfact"
+    assert summary["earlier_records"]["records"] == 2 and summary["earlier_records"]["scored"] == 1
     assert "edit_acc" in summary and summary["run"]["command"]["after"] == str(tmp_path / "cf")
