@@ -95,13 +95,33 @@ def pad_id_of(tokenizer) -> int:
     return 0
 
 
+def _carriers(encoded: Sequence[tuple[list[int], list[int]]]) -> dict[int, list[int]]:
+    """Which pairs need a sequence of their own: {carrier: [riders]}.
+
+    A one-token target's log-probability is read at the last prompt position, which any
+    sequence starting with the same prompt tokens computes (causal attention: what follows
+    cannot change it). So per prompt, every multi-token target gets its own sequence and
+    one-token targets ride on the first of them; CounterFact scores each prompt against two
+    targets, mostly single tokens, so this nearly halves the work."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt_ids, _) in enumerate(encoded):
+        groups.setdefault(tuple(prompt_ids), []).append(i)
+    plan: dict[int, list[int]] = {}
+    for members in groups.values():
+        own = [i for i in members if len(encoded[i][1]) > 1] or members[:1]
+        plan.update({i: [] for i in own})
+        plan[own[0]] += [i for i in members if i not in own]
+    return plan
+
+
 @torch.inference_mode()
 def teacher_force(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
                   progress: str | None = None) -> list[TeacherForced]:
     """Score many (prompt, target) pairs; results in the order of `pairs`.
     `progress`: a label to show a progress bar with (large sets take minutes on a CPU)."""
     encoded = [encode_pair(tokenizer, p, t) for p, t in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    plan = _carriers(encoded)
+    order = sorted(plan, key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     out: list[TeacherForced | None] = [None] * len(encoded)
     device, pad = _device(model), pad_id_of(tokenizer)
     starts = range(0, len(order), batch_size)
@@ -119,10 +139,12 @@ def teacher_force(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size
         logits = selected_logits(model, ids, mask, torch.tensor(rows, device=device), torch.tensor(cols, device=device))
         logp = torch.log_softmax(logits, dim=-1)
         for (offset, n), i in zip(spans, idx):
-            tgt = torch.tensor(encoded[i][1], device=device)
-            lp = logp[offset:offset + n].gather(1, tgt[:, None]).squeeze(1)
-            top = logp[offset:offset + n].argmax(dim=-1)
-            out[i] = TeacherForced(tuple(encoded[i][1]), tuple(lp.tolist()), tuple(top.tolist()))
+            for k in [i, *plan[i]]:  # the carrier, then the one-token targets on its first position
+                tgt = torch.tensor(encoded[k][1], device=device)
+                m = len(encoded[k][1])
+                lp = logp[offset:offset + m].gather(1, tgt[:, None]).squeeze(1)
+                top = logp[offset:offset + m].argmax(dim=-1)
+                out[k] = TeacherForced(tuple(encoded[k][1]), tuple(lp.tolist()), tuple(top.tolist()))
     return out  # type: ignore[return-value]
 
 

@@ -19,6 +19,11 @@ PAIRS = [
     ("Rome is in", "Italy"),
     ("Apple was founded by", "Steve Jobs"),
     ("Therefore the answer is", "yes"),
+    # Shared prompts: one-token targets are read off another target's sequence.
+    ("Rome is in", "France"),
+    ("Rome is in", "the south of Europe"),
+    ("Apple was founded by", "Paris"),
+    ("Therefore the answer is", "no"),
 ]
 
 
@@ -47,6 +52,18 @@ def test_teacher_force_matches_unbatched_full_logits(tiny):
         assert res.logprobs == pytest.approx(lps, abs=1e-4)
         assert list(res.argmax) == argmax
         assert res.mean_nll == pytest.approx(-sum(lps) / len(lps), abs=1e-4)
+
+
+def test_shared_prompts_need_one_sequence_per_multi_token_target(tiny):
+    _, tok = tiny
+    encoded = [scoring.encode_pair(tok, p, t) for p, t in PAIRS]
+    plan = scoring._carriers(encoded)
+    # Every pair is scored exactly once, as a carrier or as a rider on a carrier with its prompt.
+    assert sorted([*plan, *(i for riders in plan.values() for i in riders)]) == list(range(len(PAIRS)))
+    assert all(encoded[r][0] == encoded[c][0] and len(encoded[r][1]) == 1 for c, riders in plan.items() for r in riders)
+    multi = sum(len(t) > 1 for _, t in encoded)
+    one_only = {tuple(p) for p, _ in encoded} - {tuple(p) for p, t in encoded if len(t) > 1}
+    assert len(plan) == multi + len(one_only) < len(PAIRS)
 
 
 def test_target_is_written_after_a_space(tiny):
