@@ -67,7 +67,9 @@ def growth_curves(summary: dict) -> dict[str, tuple[list[int], list[float]]]:
 def _title(summary: dict) -> str:
     run = summary.get("run", {})
     method = summary.get("settings", {}).get("method", "?")
-    return f"{method} on {run.get('model', 'model')}: {run.get('dataset', kind_of(summary))}, batches of {run.get('batch_size', '?')}"
+    # Two lines: model names (with their cache suffix) are long enough to run off the axes.
+    return (f"{method} on {run.get('model', 'model')}\n"
+            f"{run.get('dataset', kind_of(summary))}, batches of {run.get('batch_size', '?')}")
 
 
 def plot_run(summary: dict, out_dir: Path | str) -> list[Path]:
