@@ -26,11 +26,13 @@ _WIKITEXT_FIXES = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", ".")]
 
 
 def default_corpus() -> Path:
-    """$KEDIT_CORPUS, else ../shared/data/corpus next to the repository."""
+    """$KEDIT_CORPUS, else corpus/ in $KEDIT_DATA_DIR (the evaluation data's folder), else
+    ../shared/data/corpus next to the repository."""
     env = os.environ.get("KEDIT_CORPUS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "corpus"
+    data = os.environ.get("KEDIT_DATA_DIR")
+    return (Path(data) if data else Path(__file__).resolve().parents[2].parent / "shared" / "data") / "corpus"
 
 
 def corpus_files(corpus: Path) -> list[Path]:

@@ -297,9 +297,10 @@ class _Group:
             0, self.g_fact[self.g_bare], logp[self.g_bare] / self.tokens_per_row[self.g_row[self.g_bare]]
         )
         top1 = (target_logits.argmax(-1) == self.g_tok) | ~self.g_check
-        all_top1 = torch.ones(n_facts, dtype=torch.bool, device=logp.device).scatter_reduce(
-            0, self.g_fact, top1, reduce="amin"
-        )
+        # In int: CUDA has no bool scatter_reduce.
+        all_top1 = torch.ones(n_facts, dtype=torch.int32, device=logp.device).scatter_reduce(
+            0, self.g_fact, top1.int(), reduce="amin"
+        ).bool()
         return nll, -bare, all_top1
 
 
