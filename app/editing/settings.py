@@ -91,7 +91,8 @@ def _smollm2(method: Method) -> EditSettings:
     # records of the final evaluation): benchmarks/sweep.py, tables in benchmarks/results/
     # sweep-smollm2-*.md. The sequential sweep (300 facts, 3 batches) found λp 1000, λn 10,
     # margin 3 the only setting with ES ≥ 95; larger λn bounds the norms tighter at once but
-    # costs ES, and λp above 1000 costs ES for ≤ 2 points of NS.
+    # costs ES, and λp above 1000 costs ES for ≤ 2 points of NS. The 600-fact sequential sweep
+    # (sweep-smollm2-seq600-cuda.md) over λp and the layer window (4–8, 6–10, 8–12) agrees.
     base = dict(layers=(4, 5, 6, 7, 8), lambda_p=1000.0, clamp_norm_factor=0.75)
     if method == "encore":
         return EditSettings(method="encore", lambda_n=10.0, mpes_margin=3, **base)

@@ -339,9 +339,21 @@ def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunSt
         "norms": state.norms,
         "settings": settings.model_dump(mode="json"),
         "weights_hash": editor.weights_hash(),
+        "by_batch": _by_batch(kind, details, state.baseline_details, opts.batch_size),
         "per_record": [{"case_id": r.case_id, **_public(d)} for r, d in zip(records, details)],
     })
     return summary
+
+
+def _by_batch(kind: str, details: Sequence[dict], baseline: Sequence[dict], batch_size: int) -> list[dict]:
+    """Final scores of each batch's facts beside the unedited model's on the same facts: an early
+    batch that lost more than a late one was hurt by the edits that came after it."""
+    out = []
+    for b, start in enumerate(range(0, len(details), batch_size)):
+        part = slice(start, start + batch_size)
+        out.append({"batch": b, "records": len(details[part]), "scores": _aggregate(kind, details[part]),
+                    "baseline": _aggregate(kind, baseline[part])})
+    return out
 
 
 def write_summary(out: Path, summary: dict) -> None:

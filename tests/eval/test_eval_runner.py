@@ -83,6 +83,11 @@ def test_sequential_run_writes_summary_and_plots(tmp_path, corpus):
     assert on_disk["edits"] == 6 and len(on_disk["batches"]) == 3
     assert all(b["z_seconds"] >= 0 and b["solve_seconds"] >= 0 for b in on_disk["batches"])
     assert on_disk["seconds_per_edit"] > 0
+    # Per batch of facts: final and unedited scores; weighted by size they give the totals.
+    assert [(b["batch"], b["records"]) for b in on_disk["by_batch"]] == [(0, 2), (1, 2), (2, 2)]
+    for key in ("es", "ps", "ns"):
+        assert sum(b["scores"][key] for b in on_disk["by_batch"]) / 3 == pytest.approx(on_disk[key])
+        assert sum(b["baseline"][key] for b in on_disk["by_batch"]) / 3 == pytest.approx(on_disk["baseline"][key])
     # Checkpoints after batches 1 and 2 (the last batch is the final score), on the facts edited so far.
     assert [(c["edits"], c["scored"]) for c in on_disk["checkpoints"]] == [(2, 2), (4, 4)]
     assert all("perplexity" in c["health"] for c in on_disk["checkpoints"])
