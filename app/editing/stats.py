@@ -25,14 +25,17 @@ SEQ_LEN = 256
 _WIKITEXT_FIXES = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", ".")]
 
 
+def shared_data_dir() -> Path:
+    """The shared data folder (corpus and evaluation files): $KEDIT_DATA_DIR, else
+    ../shared/data next to the repository."""
+    env = os.environ.get("KEDIT_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
 def default_corpus() -> Path:
-    """$KEDIT_CORPUS, else corpus/ in $KEDIT_DATA_DIR (the evaluation data's folder), else
-    ../shared/data/corpus next to the repository."""
+    """$KEDIT_CORPUS, else corpus/ in the shared data folder."""
     env = os.environ.get("KEDIT_CORPUS")
-    if env:
-        return Path(env)
-    data = os.environ.get("KEDIT_DATA_DIR")
-    return (Path(data) if data else Path(__file__).resolve().parents[2].parent / "shared" / "data") / "corpus"
+    return Path(env) if env else shared_data_dir() / "corpus"
 
 
 def corpus_files(corpus: Path) -> list[Path]:

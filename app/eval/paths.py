@@ -5,10 +5,9 @@ relative to the repository root, or from `$KEDIT_DATA_DIR` when that is set.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from app.editing.stats import shared_data_dir as data_dir  # one rule for the corpus and the eval files
 
 # Default file per --dataset name (relative to the data directory).
 DEFAULT_FILES = {
@@ -17,12 +16,6 @@ DEFAULT_FILES = {
     "zsre": "zsre/zsre_mem_eval.json",
 }
 WIKITEXT_VALID = "corpus/wikitext103_valid.tokens.txt"
-
-
-def data_dir() -> Path:
-    """The shared data directory: $KEDIT_DATA_DIR, else ../shared/data next to the repo."""
-    env = os.environ.get("KEDIT_DATA_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
 def default_data_path(dataset: str) -> Path:
