@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from app.editing.keys import _StopForward
+from app.editing.batching import forward_until
 from app.editing.model import LoadedModel, default_cache_dir
 from app.editing.settings import EditSettings
 from app.editing.types import EditError
@@ -92,11 +92,7 @@ def collect_key_stats(
             sums[layer] = (k.T @ k).double() if sums[layer] is None else sums[layer] + (k.T @ k).double()
         return hook
 
-    def stop(module, args, output):
-        raise _StopForward
-
     hooks = [lm.adapter.edited_module(lm.model, l).register_forward_pre_hook(key_hook(l)) for l in layers]
-    hooks.append(lm.adapter.block(lm.model, stop_layer).register_forward_hook(stop))
     bar = tqdm(total=sum(len(w) for w in windows), unit="tok", desc="key statistics", disable=not progress)
     try:
         # Equal-length windows need no padding (only the last one may be shorter: it runs alone).
@@ -104,10 +100,7 @@ def collect_key_stats(
             batch = windows[start : start + batch_size]
             for group in ([batch] if len({len(w) for w in batch}) == 1 else [[w] for w in batch]):
                 ids = torch.tensor(group, device=lm.device)
-                try:
-                    lm.model.base_model(input_ids=ids, use_cache=False)
-                except _StopForward:
-                    pass
+                forward_until(lm.adapter.block(lm.model, stop_layer), lambda: lm.model.base_model(input_ids=ids, use_cache=False))
                 count += ids.numel()
                 bar.update(ids.numel())
     finally:

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from app.editing.prompts import target_ids
-from app.editing.targets import _Group, build_rows, compute_targets
+from app.editing.fast_forward import FastForward
+from app.editing.targets import compute_targets, fact_prompts
 from app.editing.types import EditRequest
 from editing_helpers import FACTS, TEMPLATES, tiny_lm, tiny_settings
 
@@ -14,26 +15,27 @@ def test_cached_prefix_forward_equals_full_forward(arch, chunk, monkeypatch):
     """Running only the suffix against cached prefixes gives the same target log-probs as
     running each prompt whole, including a row whose prefix is empty (subject first), and
     whether the prefixes are computed in one chunk or several of different widths."""
-    monkeypatch.setattr("app.editing.targets.PREFIX_CHUNK_ROWS", chunk)
+    monkeypatch.setattr("app.editing.fast_forward.PREFIX_CHUNK_ROWS", chunk)
     lm = tiny_lm(arch)
-    rows_by_fact = build_rows(lm, FACTS, TEMPLATES)
-    assert any(r.lookup == 0 for fr in rows_by_fact for r in fr), "want a row with an empty prefix"
-    group = _Group(lm, list(range(len(FACTS))), rows_by_fact, edit_layer=2)
+    prompts = [fact_prompts(lm.tokenizer, f, TEMPLATES) for f in FACTS]
+    assert any(p.lookup == 0 for fp in prompts for p in fp.rewrite), "want a row with an empty prefix"
+    (group,) = FastForward(lm, prompts, edit_layer=2).batches([0, 1, 2])
     with torch.no_grad():
-        logits, kl_logp = group.forward(torch.zeros(len(FACTS), lm.hidden_size))
-    got = torch.log_softmax(logits, -1).gather(1, group.g_tok[:, None]).squeeze(1)
+        out = group(torch.zeros(len(FACTS), lm.hidden_size))
+    got = out.logp[out.mask]
 
     expected = []
     kl_expected = []
-    for fr in rows_by_fact:
-        for r in fr:
+    for f in group.facts:
+        for p in [*prompts[f].rewrite, prompts[f].kl]:
             with torch.no_grad():
-                full = torch.log_softmax(lm.model(input_ids=torch.tensor([r.ids])).logits[0], -1)
-            expected += [full[r.first_target_pos + k, t] for k, t in enumerate(r.targets)]
-            if r.kind == "kl":
-                kl_expected.append(full[r.lookup])
+                full = torch.log_softmax(lm.model(input_ids=torch.tensor([p.ids])).logits[0], -1)
+            first = len(p.ids) - len(p.targets)
+            expected += [full[first + k, t] for k, t in enumerate(p.targets)]
+            if not p.targets:
+                kl_expected.append(full[p.lookup])
     assert torch.allclose(got, torch.stack(expected), atol=1e-4)
-    assert torch.allclose(kl_logp, torch.stack(kl_expected), atol=1e-4)
+    assert torch.allclose(out.kl_logp, torch.stack(kl_expected), atol=1e-4)
 
 
 def _favour(lm, token_id: int, bias: float):
@@ -112,10 +114,13 @@ def test_batched_optimisation_equals_one_fact_at_a_time():
 def test_optimisation_raises_target_probability():
     lm = tiny_lm()
     s = tiny_settings(mpes_margin=0, max_steps=15, lr=0.5, clamp_norm_factor=4.0, loss_stop=0.0, delta_penalty=0.0, kl_factor=0.0)
-    rows = build_rows(lm, FACTS, TEMPLATES)
     tv = compute_targets(lm, FACTS, TEMPLATES, s)
-    group = _Group(lm, [0, 1, 2], rows, edit_layer=s.last_layer)
-    with torch.no_grad():
-        before = group.losses(group.forward(torch.zeros_like(tv.z_star))[0])[0]
-        after = group.losses(group.forward(tv.z_star - tv.z_init)[0])[0]
+    (group,) = FastForward(lm, [fact_prompts(lm.tokenizer, f, TEMPLATES) for f in FACTS], s.last_layer).batches([0, 1, 2])
+
+    def nll(delta):
+        with torch.no_grad():
+            out = group(delta[group.facts])
+        return -(out.logp.sum(-1) / out.mask.sum(-1)).mean(-1)
+
+    before, after = nll(torch.zeros_like(tv.z_star)), nll(tv.z_star - tv.z_init)
     assert (after < before - 0.2).all(), (before, after)
