@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from app.editing.batching import pad_right
 from app.editing.keys import states_at_lookup
 from app.editing.model import LoadedModel
 from app.editing.prompts import encode_with_subject, fill, generate_context_templates, target_ids
@@ -220,12 +221,7 @@ class Editor:
             tgt = target_ids(tok, r.target_new)
             rows.append(prompt + tgt)
             spans.append((len(prompt), tgt))
-        width = max(len(x) for x in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, x in enumerate(rows):
-            ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
+        ids, mask = pad_right(rows, tok.pad_token_id)
         logp = torch.log_softmax(self.lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float(), -1)
         out = []
         for i, (start, tgt) in enumerate(spans):

@@ -13,9 +13,10 @@ from typing import Sequence
 
 import torch
 
+from app.editing.batching import pad_id_of, pad_right
 from app.eval import metrics
 from app.eval.paths import wikitext_path
-from app.eval.scoring import generation_entropy, pad_id_of, selected_logits
+from app.eval.scoring import generation_entropy, selected_logits
 
 # Fixed, generic prompts for free generation (written for kedit; not from any dataset).
 HEALTH_PROMPTS = (
@@ -91,12 +92,7 @@ def sequence_nll(model, windows: Sequence[Sequence[int]], pad_id: int = 0, batch
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        width = max(len(w) for w in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, w in enumerate(chunk):
-            ids[r, : len(w)] = torch.tensor(list(w))
-            mask[r, : len(w)] = 1
+        ids, mask = pad_right(chunk, pad_id)
         rows = torch.cat([torch.full((len(w) - 1,), r) for r, w in enumerate(chunk)])
         cols = torch.cat([torch.arange(len(w) - 1) for w in chunk])
         ids, mask = ids.to(device), mask.to(device)

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from app.editing.batching import chunks_by_length, pad_id_of, pad_left, pad_right
 from app.eval import metrics
 from app.eval.data import CounterFactRecord, ZsreRecord
 
@@ -65,16 +66,6 @@ def encode_pair(tokenizer, prompt: str, target: str) -> tuple[list[int], list[in
     return list(prompt_ids), list(target_ids)
 
 
-def _pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def selected_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Float32 logits at positions (rows[i], cols[i]) only, shape (len(rows), vocab)."""
@@ -86,13 +77,6 @@ def selected_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         return head(hidden[rows, cols]).float()
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     return logits[rows, cols].float()
-
-
-def pad_id_of(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return tid
-    return 0
 
 
 def _carriers(encoded: Sequence[tuple[list[int], list[int]]]) -> dict[int, list[int]]:
@@ -121,14 +105,15 @@ def teacher_force(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size
     `progress`: a label to show a progress bar with (large sets take minutes on a CPU)."""
     encoded = [encode_pair(tokenizer, p, t) for p, t in pairs]
     plan = _carriers(encoded)
-    order = sorted(plan, key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    carriers = list(plan)  # the pairs that get a sequence of their own
+    chunks, _ = chunks_by_length([len(encoded[i][0]) + len(encoded[i][1]) for i in carriers], batch_size)
     out: list[TeacherForced | None] = [None] * len(encoded)
     device, pad = _device(model), pad_id_of(tokenizer)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None or len(starts) < 20):
-        idx = order[start:start + batch_size]
+    for chunk in tqdm(chunks, desc=progress, unit="batch", leave=False, disable=progress is None or len(chunks) < 20):
+        idx = [carriers[c] for c in chunk]
         seqs = [encoded[i][0] + encoded[i][1] for i in idx]
-        ids, mask = _pad_batch(seqs, pad, device)
+        ids, mask = pad_right(seqs, pad)
+        ids, mask = ids.to(device), mask.to(device)
         rows, cols, spans = [], [], []
         for r, i in enumerate(idx):
             n_prompt, n_target = len(encoded[i][0]), len(encoded[i][1])
@@ -252,19 +237,14 @@ def generate_ids(model, tokenizer, prompts: Sequence[str], max_len: int = 100, t
     device, pad = _device(model), pad_id_of(tokenizer)
     out: list[list[int]] = [[] for _ in prompts]
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    chunks, _ = chunks_by_length([len(e) for e in encoded], batch_size)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
+        for idx in chunks:
             shortest = min(len(encoded[i]) for i in idx)
             # Left padding: every prompt ends at the same column, so generation is batched.
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[r, width - len(encoded[i]):] = 1
+            ids, mask = pad_left([encoded[i] for i in idx], pad)
+            width = ids.shape[1]
             gen = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=top_k, top_p=1.0,
                 temperature=1.0, max_new_tokens=max(1, max_len - shortest), pad_token_id=pad,
