@@ -88,7 +88,7 @@ class FastForward:
             self.groups.append(_Group(lm, chunk, prompts, edit_layer))
         self.z = torch.zeros(len(prompts), lm.hidden_size, device=lm.device)
         for g in self.groups:
-            self.z[torch.tensor(g.facts, device=lm.device)] = g.h_edit[g.bare_rows, 0]
+            self.z[torch.tensor(g.facts, device=lm.device)] = g.h_edit[g.bare_rows, 0].float()
 
     def batches(self, facts: list[int]) -> list[_Group]:
         """The groups holding `facts`, each cut down to those of its facts that are in `facts`."""
@@ -263,8 +263,9 @@ class _Group:
             h = hidden_of(lm.adapter.block(lm.model, layer)(h, *args, **kwargs))
         hidden = lm.adapter.norm(lm.model)(h)
         head = lm.model.get_output_embeddings()
-        target_logits = head(hidden[self.at_row, self.at_col])
-        kl_logits = head(hidden[self.kl_rows, 0])
+        # Losses in float32 whatever the model's dtype (bf16 logits lose the small differences).
+        target_logits = head(hidden[self.at_row, self.at_col]).float()
+        kl_logits = head(hidden[self.kl_rows, 0]).float()
         logp = F.log_softmax(target_logits, dim=-1).gather(1, self.tok[:, None]).squeeze(1)
         top1 = target_logits.argmax(-1) == self.tok
         return Output(
