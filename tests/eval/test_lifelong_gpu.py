@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import build_tiny_model
+from tests.utils.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "lifelong_gpu.py"
