@@ -9,9 +9,10 @@ Two commands, each one short call on a lent GPU machine:
 
 `lifelong` edits all of counterfact_extra/counterfact-train.json, then counterfact-edit.json,
 up to --records (10,000), in batches of 100 on SmolLM2, once per method (default: the
-smollm2 preset's ENCORE and MEMIT side by side, one process each on the same GPU). Every
+smollm2 preset's ENCORE and MEMIT side by side, one process each on the same GPU; a
+candidate setting runs beside them as `--method 'LABEL=encore:{"lambda_n": 40}'`). Every
 1,000 edits it scores a fixed sample of 500 edited facts, WikiText perplexity, generation
-entropy and the norm growth of every edited layer, and writes OUT/<method>.json at once,
+entropy and the norm growth of every edited layer, and writes OUT/<label>.json at once,
 so a run cut short by the machine's time limit still reports. It stops cleanly before
 --deadline-s at a batch boundary with its state saved under --work; the same command on
 the same machine continues from there.
@@ -94,16 +95,30 @@ def _print_checkpoint(method: str, state) -> None:
           f"max growth {100 * growth:.1f}% | {spe:.3f} s/edit", flush=True)
 
 
-def run_one(method: str, model: Optional[str], data_dir: Path, records: int, batch_size: int, checkpoint_every: int,
+def parse_run(spec: str) -> tuple[str, str, dict]:
+    """'encore' → ('encore', 'encore', {}); 'wide=encore:{"layers": [3,4,5,6,7,8]}' → a labelled variant."""
+    label, _, rest = spec.partition("=") if "=" in spec.split(":", 1)[0] else (spec.split(":", 1)[0], "", spec)
+    method, _, raw = rest.partition(":")
+    try:
+        overrides = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"--method {spec!r}: the overrides after ':' must be a JSON object ({e})") from None
+    if not isinstance(overrides, dict):
+        raise typer.BadParameter(f"--method {spec!r}: the overrides after ':' must be a JSON object")
+    return label or method, method, {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+
+
+def run_one(spec: str, model: Optional[str], data_dir: Path, records: int, batch_size: int, checkpoint_every: int,
             checkpoint_sample: int, work: Path, out: Path, deadline: float, device: str, cache_dir: Optional[Path],
             stats_tokens: Optional[int], ppl_tokens: int, progress: bool) -> None:
-    """One method's run: fresh, or resumed from --work; publishes OUT/<method>.json as it goes."""
+    """One run: fresh, or resumed from --work; publishes OUT/<label>.json as it goes."""
     from app.editing.model import load_model
     from app.editing.settings import preset
     from app.editing.stats import load_key_stats
 
     recs = lifelong_records(data_dir, records)
-    overrides = {"stats_tokens": stats_tokens} if stats_tokens else {}
+    label, method, overrides = parse_run(spec)
+    overrides = {**({"stats_tokens": stats_tokens} if stats_tokens else {}), **overrides}
     settings = preset("smollm2", method, **overrides)
     lm = load_model(model, cache_dir=cache_dir, device=device)
     needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
@@ -111,7 +126,7 @@ def run_one(method: str, model: Optional[str], data_dir: Path, records: int, bat
         if needs_stats else None
     options = RunOptions(batch_size=batch_size, checkpoint_every=checkpoint_every, checkpoint_sample=checkpoint_sample,
                          health=HealthConfig(ppl_tokens=ppl_tokens, corpus=str(data_dir / PPL_TEXT)))
-    run_dir = work / method
+    run_dir = work / label
     info = {"dataset": "counterfact-extra", "data": [str(data_dir / f) for f in EDIT_FILES], "model": lm.name,
             "preset": "smollm2", "device": device, "command": "benchmarks/lifelong_gpu.py lifelong"}
     slowest = [0.0]
@@ -122,15 +137,15 @@ def run_one(method: str, model: Optional[str], data_dir: Path, records: int, bat
         return time.time() + 3 * slowest[0] + 30 > deadline
 
     def on_checkpoint(state) -> None:
-        _print_checkpoint(method, state)
-        _publish(out, method, {"method": method, "settings": settings.model_dump(mode="json"), "finished": False,
+        _print_checkpoint(label, state)
+        _publish(out, label, {"method": label, "settings": settings.model_dump(mode="json"), "finished": False,
                                "records": len(recs), "progress": _compact(state)})
 
     kwargs = dict(key_stats=key_stats, run_info=info, progress=progress, should_stop=should_stop,
                   on_checkpoint=on_checkpoint)
     try:
         if (run_dir / "checkpoint" / "progress.json").exists():
-            print(f"[{method}] resuming from {run_dir}", flush=True)
+            print(f"[{label}] resuming from {run_dir}", flush=True)
             summary = resume_from(run_dir, lm, settings, recs, options, **kwargs)
         else:
             summary = run_eval(lm, settings, recs, options=options, out_dir=run_dir, **kwargs)
@@ -138,22 +153,25 @@ def run_one(method: str, model: Optional[str], data_dir: Path, records: int, bat
         from app.eval.checkpoint import load_checkpoint
 
         _, progress_json = load_checkpoint(run_dir)
-        print(f"[{method}] stopped at the deadline after {progress_json['batches_done']} batches; "
+        print(f"[{label}] stopped at the deadline after {progress_json['batches_done']} batches; "
               f"the same command continues it", flush=True)
-        _publish(out, method, {"method": method, "settings": settings.model_dump(mode="json"), "finished": False,
+        _publish(out, label, {"method": label, "settings": settings.model_dump(mode="json"), "finished": False,
                                "records": len(recs), "progress": {k: v for k, v in progress_json.items()
                                                                   if k != "baseline_details"}})
         return
     summary.pop("per_record", None)  # 10,000 rows: the run folder keeps them
-    _publish(out, method, {"method": method, "finished": True, "summary": summary})
-    print(f"[{method}] finished: ES {summary['es']:.1f} PS {summary['ps']:.1f} NS {summary['ns']:.1f} "
+    _publish(out, label, {"method": label, "finished": True, "summary": summary})
+    print(f"[{label}] finished: ES {summary['es']:.1f} PS {summary['ps']:.1f} NS {summary['ns']:.1f} "
           f"(unedited {summary['baseline']['ns']:.1f}) ppl {summary['health']['perplexity']:.2f} "
           f"(unedited {summary['baseline']['perplexity']:.2f}) {summary['seconds_per_edit']:.3f} s/edit", flush=True)
 
 
 @cli.command()
 def lifelong(
-    methods: list[str] = typer.Option(["encore", "memit"], "--method", help="methods of the smollm2 preset; repeatable"),
+    methods: list[str] = typer.Option(
+        ["encore", "memit"], "--method",
+        help="a run: a method of the smollm2 preset, or LABEL=METHOD:{JSON overrides} for a candidate setting, "
+             "e.g. 'wide=encore:{\"layers\": [3,4,5,6,7,8]}'; repeatable"),
     model: Optional[str] = typer.Option(None, help="HF folder or .gguf (default: SmolLM2-135M-Instruct)"),
     data_dir: Path = typer.Option(..., help="folder holding counterfact_extra/ and corpus/ (the shared data layout)"),
     records: int = typer.Option(10_000, min=1, help="edits: the train file first, then the edit file"),
@@ -161,7 +179,7 @@ def lifelong(
     checkpoint_every: int = typer.Option(10, min=1, help="batches between scored checkpoints"),
     checkpoint_sample: int = typer.Option(500, min=1, help="edited facts scored at a checkpoint (fixed sample)"),
     work: Path = typer.Option(Path("/tmp/kedit-lifelong"), help="run folders (checkpoints to continue from)"),
-    out: Path = typer.Option(Path(os.environ.get("OUT", "out")), help="where <method>.json is published ($OUT)"),
+    out: Path = typer.Option(Path(os.environ.get("OUT", "out")), help="where <label>.json is published ($OUT)"),
     deadline_s: float = typer.Option(500.0, help="stop cleanly, state saved, before this many seconds from now"),
     device: str = typer.Option("cuda"),
     cache_dir: Optional[Path] = typer.Option(None, help="model/key-statistics cache"),
@@ -172,6 +190,8 @@ def lifelong(
 ) -> None:
     """10,000 sequential edits per method, checkpoints every 1,000, partial results published as it goes."""
     deadline = time.time() + deadline_s
+    for spec in methods:
+        parse_run(spec)  # a malformed --method fails here, before any process starts
     if parallel and len(methods) > 1:
         procs = []
         for m in methods:

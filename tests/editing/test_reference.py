@@ -8,7 +8,7 @@ from app.editing.prompts import target_ids
 from app.editing.reference import compute_target
 from app.editing.targets import compute_targets
 from app.editing.types import EditRequest
-from tests.unit.editing_helpers import FACTS, TEMPLATES, tiny_lm, tiny_settings
+from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings
 
 # A fact whose target the favoured head makes reachable: it stops early (MPES or loss_stop)
 # while the others run on, so the fast path also drops facts from its groups.

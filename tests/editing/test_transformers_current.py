@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from app.editing.editor import Editor
-from tests.unit.editing_helpers import FACTS, TEMPLATES, tiny_lm, tiny_settings, tiny_stats
+from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings, tiny_stats
 
 
 class _Records(logging.Handler):

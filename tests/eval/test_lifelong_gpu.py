@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import build_tiny_model
+from tests.utils.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "lifelong_gpu.py"
@@ -88,3 +88,15 @@ def test_llama_timing_on_a_tiny_model(layout, tmp_path):
     assert report["fixed_25_steps"]["mean_steps"] >= report["mpes"]["mean_steps"]
     assert report["fixed_25_steps"]["seconds_per_edit"] > 0
     assert "fixed_25_steps:" in proc.stdout
+
+
+def test_runs_are_methods_or_labelled_candidates():
+    import typer
+
+    from benchmarks.lifelong_gpu import parse_run
+
+    assert parse_run("memit") == ("memit", "memit", {})
+    assert parse_run('wide=encore:{"layers": [3, 4, 5], "lambda_n": 40}') == \
+        ("wide", "encore", {"layers": (3, 4, 5), "lambda_n": 40})
+    with pytest.raises(typer.BadParameter, match="JSON object"):
+        parse_run("wide=encore:[1]")

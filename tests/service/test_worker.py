@@ -13,7 +13,7 @@ from app.store import repo
 from app.store.db import WriterLock, transaction
 from app.store.models import Edit
 from app.worker import Worker
-from kedit_service_test_helpers import FACTS
+from tests.utils.service import FACTS
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from app.editing.prompts import target_ids
 from app.editing.fast_forward import FastForward
 from app.editing.targets import compute_targets, fact_prompts
 from app.editing.types import EditRequest
-from editing_helpers import FACTS, TEMPLATES, tiny_lm, tiny_settings
+from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings
 
 
 @pytest.mark.parametrize("arch,chunk", [("llama", 64), ("gpt2", 64), ("llama", 3)])
