@@ -1,6 +1,6 @@
 """Editing hyper-parameters: one typed object, three methods, named presets.
 
-ENCORE, MEMIT and AlphaEdit differ only in these numbers (design.md §3):
+ENCORE, MEMIT and AlphaEdit differ only in these numbers (docs/method.md §3):
 - MEMIT:     lambda_n = 0, MPES off.
 - ENCORE:    lambda_n > 0 (the Frobenius-norm constraint), MPES on.
 - AlphaEdit: keys projected onto the null space of C₀ (nullspace_threshold set),
