@@ -1,4 +1,4 @@
-"""The forward pass of the target-vector step, for many facts at once (docs/method.md §1).
+"""The forward pass of the target-vector step, for many facts at once (docs/method.md §2).
 
 What targets.compute_targets needs at every step: for each fact's prompts, with δ added to the
 output of the edit layer at the subject's last token, the log-probability of every target token
