@@ -1,14 +1,15 @@
 """Shared fixtures: tiny random models built from a config (no download), and data paths."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from app.config import KeditConfig
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("KEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
+SHARED_DATA = KeditConfig().data_dir
 
 # Sentences the tiny tokenizers are trained on; they cover the words the unit tests use.
 _TRAINING_TEXT = [

@@ -43,14 +43,14 @@ class Strict(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_nul(cls, v: Any, info: ValidationInfo) -> Any:
-        # PostgreSQL text cannot hold NUL, and no fact needs one: say so instead of a 500.
+        # PostgreSQL text cannot hold NUL, and no fact needs one: say so (a 422), never fail in the database.
         if isinstance(v, str) and "\x00" in v:
             raise ValueError(f"{info.field_name} contains a NUL character (\\u0000); remove it")
         if isinstance(v, str):
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError:
-                # JSON may spell a lone surrogate ("\\ud800"); no database can store it (was a 500).
+                # JSON may spell a lone surrogate ("\\ud800"); no database can store it.
                 raise ValueError(
                     f"{info.field_name} contains an unpaired UTF-16 surrogate (\\ud800-\\udfff); "
                     "send valid Unicode text"
