@@ -22,4 +22,6 @@ run: setup
 	$(BIN)/kedit serve
 
 test: setup
+	# The layers of docs/architecture.md (contracts in pyproject.toml), then the suite.
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q

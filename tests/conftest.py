@@ -1,65 +1,25 @@
-"""Shared fixtures: tiny random models built from a config (no download), and data paths."""
+"""The fixtures shared by every test folder, declared once: tiny models on disk, data paths, the
+embedded-mode service (SQLite + in-process queue) and the real PostgreSQL and Redis on 127.0.0.1.
+
+Helpers (builders, waits, process control) are plain modules in tests/utils/. The fault tests'
+own fixtures (spawned clusters, private servers) are in tests/faults/conftest.py.
+"""
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
 from app.config import KeditConfig
+from tests.utils.service import make_tiny_assets, tiny_config
+from tests.utils.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = KeditConfig().data_dir
-
-# Sentences the tiny tokenizers are trained on; they cover the words the unit tests use.
-_TRAINING_TEXT = [
-    "The mother tongue of Danielle Darrieux is French. Danielle Darrieux was born in France.",
-    "Paris is the capital of France. The Eiffel Tower is in Paris. Rome is in Italy.",
-    "Apple was founded by Steve Jobs. Toyota is a company from Japan. English and German are languages.",
-    "Therefore the answer is yes. Because it rained, I stayed home. You can see the river.",
-    "Michael Jordan plays basketball. Lionel Messi plays soccer. The Beatles played music in London.",
-]
-
-
-def train_tiny_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained in milliseconds on a few sentences."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(_TRAINING_TEXT * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
-
-
-def build_tiny_model(arch: str = "llama", seed: int = 0, n_layer: int = 6):
-    """A small random Llama or GPT-2 (float32, eval mode) and its tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    tok = train_tiny_tokenizer()
-    torch.manual_seed(seed)
-    if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=n_layer,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
-            tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )
-        model = LlamaForCausalLM(config)
-    elif arch == "gpt2":
-        config = GPT2Config(
-            vocab_size=len(tok), n_embd=64, n_inner=128, n_layer=n_layer, n_head=4, n_positions=256, initializer_range=0.2,
-            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )
-        model = GPT2LMHeadModel(config)
-    else:
-        raise ValueError(arch)
-    return model.float().eval(), tok
+PG_ADMIN = os.environ.get("KEDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("KEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(params=["llama", "gpt2"])
@@ -82,3 +42,94 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A saved tiny Llama, a corpus for its key statistics, and one cache dir (C0 computed once)."""
+    root = tmp_path_factory.mktemp("tiny-service")
+    model_dir, corpus = make_tiny_assets(root)
+    return model_dir, corpus, root / "cache"  # one cache: key statistics are computed once
+
+
+# Embedded mode: SQLite + the in-process queue + the worker thread, on a tiny model.
+
+@pytest.fixture
+def make_config(tiny_assets, tmp_path):
+    model_dir, corpus, cache = tiny_assets
+
+    def make(db: Path | None = None, **over):
+        db = db or tmp_path / "kedit.db"
+        return tiny_config(model_dir, corpus, cache, database_url=f"sqlite:///{db}", **over)
+
+    return make
+
+
+@pytest.fixture
+def client(make_config):
+    from fastapi.testclient import TestClient
+
+    from app.api.main import create_app
+
+    with TestClient(create_app(make_config())) as c:
+        yield c
+
+
+# The REAL PostgreSQL and Redis on 127.0.0.1 (tests marked `integration`). Each test gets a fresh
+# database (kedit_test_<random>, dropped at the end) and a random Redis key prefix (its keys
+# deleted at the end). Nothing is mocked.
+
+def _admin():
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError:
+        # The `test` database may not exist on a fresh server; the maintenance db always does.
+        return psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + "/postgres", autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    try:
+        conn = _admin()
+    except Exception as e:  # the CI script starts it; locally say what is missing
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({e}); start it (see docs/service.md)")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"kedit_test_{uuid.uuid4().hex[:10]}"
+    pg_server.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    pg_server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_prefix():
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    try:
+        client.ping()
+    except Exception as e:
+        pytest.fail(f"Redis on 127.0.0.1:6379 is not reachable ({e}); start it (see docs/service.md)")
+    prefix = f"kedit-test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def prod_config(tiny_assets, pg_url, redis_prefix):
+    model_dir, corpus, cache = tiny_assets
+
+    def make(**over):
+        return tiny_config(model_dir, corpus, cache, **{"database_url": pg_url, "redis_url": REDIS,
+                                                        "redis_prefix": redis_prefix, **over})
+
+    return make

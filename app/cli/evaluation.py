@@ -180,9 +180,10 @@ def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
     if not resume:
         (out / RUN_FILE).write_text(json.dumps(config, indent=1))
     console.print(f"loading model {config['model'] or 'SmolLM2-135M-Instruct'} …")
+    cache_dir = config["cache_dir"] or load_config().cache_dir  # run.json of older runs may hold none
     try:
-        lm = load_model(config["model"], cache_dir=config["cache_dir"], device=config["device"])
-        editor = build_editor(lm, settings, Role.EVAL, corpus=config.get("corpus"), cache_dir=config["cache_dir"],
+        lm = load_model(config["model"], cache_dir=cache_dir, device=config["device"])
+        editor = build_editor(lm, settings, Role.EVAL, corpus=config.get("corpus"), cache_dir=cache_dir,
                               progress=progress)
     except EditError as e:
         fail(str(e))

@@ -272,7 +272,7 @@ class _Group:
         return target log-probs and the KL prompts' log-probs."""
         lm = self.lm
         if z_init_out is not None:
-            z_init_out.append(self.h_edit[self.bare_rows, 0].clone())
+            z_init_out.append(self.h_edit[self.bare_rows, 0].float())
         at_subject = torch.zeros_like(self.h_edit)
         at_subject[:, 0] = delta[self.row_fact]
         h = self.h_edit + at_subject
@@ -282,8 +282,9 @@ class _Group:
             h = out[0] if isinstance(out, tuple) else out
         hidden = lm.adapter.norm(lm.model)(h)
         head = lm.model.get_output_embeddings()
-        target_logits = head(hidden[self.g_row, self.g_col])
-        kl_logits = head(hidden[self.kl_rows, 0])
+        # Losses in float32 whatever the model's dtype (bf16 logits lose the small differences).
+        target_logits = head(hidden[self.g_row, self.g_col]).float()
+        kl_logits = head(hidden[self.kl_rows, 0]).float()
         return target_logits, F.log_softmax(kl_logits, dim=-1)
 
     def losses(self, target_logits: torch.Tensor):

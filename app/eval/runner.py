@@ -6,7 +6,7 @@ the unedited model is scored on the same records first (baseline); every
 scored together with model health, and the run's state is saved so it can be resumed;
 at the end every edited fact is scored. Timings and weight norms are kept per batch.
 
-Use it as a library (`run_eval`) or through `kedit eval` (app/eval/cli.py).
+Use it as a library (`run_eval`) or through `kedit eval` (app/cli/evaluation.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -211,6 +211,8 @@ def run_eval(
     restore_weights: bool = False,
     start_state=None,
     earlier_records: Sequence[Record] | None = None,
+    should_stop: Callable[[RunState], bool] | None = None,
+    on_checkpoint: Callable[[RunState], None] | None = None,
 ) -> dict:
     """Edit `records` in sequential batches on `lm` and score them; returns the summary dict.
 
@@ -226,6 +228,10 @@ def run_eval(
     state) is loaded after the unedited model has been scored, so this run's edits go on top
     of an earlier run's; `earlier_records` (that run's records, or a fixed sample of
     `checkpoint_sample` of them) are scored again at the end.
+    `should_stop(state)`, asked after every batch, ends the run early (RunInterrupted) with
+    its state saved for a resume, so a run under a time limit stops at a batch boundary
+    instead of losing the batches since its last checkpoint. `on_checkpoint(state)` is
+    called after each scored checkpoint (to publish partial results while the run goes on).
     """
     opts = replace(options) if options else RunOptions(batch_size=batch_size or 1)  # a copy: set below
     if batch_size is not None:
@@ -278,13 +284,20 @@ def run_eval(
             bar.set_postfix({live_name: f"{live:.0f}", "s/edit": f"{seconds / len(batch):.2f}"})
 
             last = state.batches_done == n_batches
-            if opts.checkpoint_every and state.batches_done % opts.checkpoint_every == 0 and not last:
+            scored = bool(opts.checkpoint_every) and state.batches_done % opts.checkpoint_every == 0 and not last
+            if scored:
                 state.checkpoints.append(_checkpoint_scores(lm, records, opts, state, n_edited))
+            asked = should_stop is not None and not last and should_stop(state)
+            if scored or asked:
                 state.wall_seconds = prior_wall + time.perf_counter() - started
                 if out is not None:
                     save_checkpoint(out, editor.state_dict(), state.to_json())
-                if stop_after_batches is not None and state.batches_done >= stop_after_batches:
-                    raise RunInterrupted(f"stopped after {state.batches_done} batches as asked")
+            if scored and on_checkpoint is not None:
+                on_checkpoint(state)
+            if asked:
+                raise RunInterrupted(f"stopped after {state.batches_done} batches: should_stop said so")
+            if scored and stop_after_batches is not None and state.batches_done >= stop_after_batches:
+                raise RunInterrupted(f"stopped after {state.batches_done} batches as asked")
     finally:
         bar.close()
 
@@ -376,7 +389,9 @@ def restore_editor(editor, editor_state) -> None:
 
 def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], options: RunOptions, *,
                 editor=None, key_stats: dict | None = None, run_info: dict | None = None, progress: bool = True,
-                stop_after_batches: int | None = None, earlier_records: Sequence[Record] | None = None) -> dict:
+                stop_after_batches: int | None = None, earlier_records: Sequence[Record] | None = None,
+                should_stop: Callable[[RunState], bool] | None = None,
+                on_checkpoint: Callable[[RunState], None] | None = None) -> dict:
     """Continue the run checkpointed in `out_dir` on a freshly loaded, unedited `lm` (or a fresh
     `editor` on it)."""
     editor_state, progress_json = load_checkpoint(out_dir)
@@ -386,4 +401,4 @@ def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], op
     state = RunState.from_json(progress_json)
     return run_eval(lm, settings, records, options=options, editor=editor, out_dir=out_dir, run_info=run_info,
                     state=state, progress=progress, stop_after_batches=stop_after_batches,
-                    earlier_records=earlier_records)
+                    earlier_records=earlier_records, should_stop=should_stop, on_checkpoint=on_checkpoint)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import build_tiny_model
+from tests.utils.tiny import build_tiny_model
 from app.eval.checkpoint import flatten_state, load_checkpoint, unflatten_state
 from app.eval.data import CounterFactRecord
 from app.eval.health import HealthConfig
@@ -34,7 +34,7 @@ RECORDS = [
 
 @pytest.fixture
 def corpus(tmp_path) -> Path:
-    from tiny import TRAINING_TEXT as _TRAINING_TEXT
+    from tests.utils.tiny import TRAINING_TEXT as _TRAINING_TEXT
 
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(_TRAINING_TEXT * 30))

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tiny import build_tiny_model
+from tests.utils.tiny import build_tiny_model
 from app.eval import scoring
 from app.eval.data import CounterFactRecord, ZsreRecord
 from app.eval.health import perplexity_windows, sequence_nll, wikitext_text

@@ -1,42 +1,16 @@
 """Fault tests: real processes killed with SIGKILL, servers stopped under load, hostile input.
 
-Helpers live in tests/faults/support.py, loaded under one fixed name whether or not tests/ is
-a package. Long variants: KEDIT_LONG=1 (see docs/guarantees.md).
+Their own fixtures (spawned clusters, private PostgreSQL and Redis servers); the shared ones
+(tiny_assets, ...) are in tests/conftest.py, the helpers in tests/utils/faults.py.
+Long variants: KEDIT_LONG=1 (see docs/guarantees.md).
 """
 from __future__ import annotations
 
-import importlib.util as _ilu
-import sys as _sys
 import uuid
-from pathlib import Path
-
-# tests/conftest.py under its own name too: with tests/ not a package, "conftest" in sys.modules
-# is whichever conftest pytest loaded last, so it cannot be found by that name.
-for _name, _file in (("kedit_faults_support", Path(__file__).with_name("support.py")),
-                     ("kedit_faults_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")):
-    if _name not in _sys.modules:
-        _spec = _ilu.spec_from_file_location(_name, _file)
-        _sys.modules[_name] = _mod = _ilu.module_from_spec(_spec)
-        _spec.loader.exec_module(_mod)
 
 import pytest
 
-import kedit_faults_support as sup
-
-
-@pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A saved tiny Llama (tests/conftest.py's), a corpus for its key statistics, and one cache
-    dir (C0 computed once)."""
-    import kedit_faults_root_conftest as fixtures
-
-    root = tmp_path_factory.mktemp("tiny-faults")
-    model_dir, corpus = root / "tiny-llama", root / "corpus.txt"
-    model, tok = fixtures.build_tiny_model("llama")
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    corpus.write_text("\n".join(fixtures._TRAINING_TEXT * 60))
-    return model_dir, corpus, root / "cache"
+from tests.utils import faults as sup
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import threading
 import httpx
 import pytest
 
-import kedit_faults_support as sup
+from tests.utils import faults as sup
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -16,7 +16,7 @@ import sys
 import httpx
 import pytest
 
-import kedit_faults_support as sup
+from tests.utils import faults as sup
 
 pytestmark = pytest.mark.faults
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-import kedit_faults_support as sup
+from tests.utils import faults as sup
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

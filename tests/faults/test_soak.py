@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-import kedit_faults_support as sup
+from tests.utils import faults as sup
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

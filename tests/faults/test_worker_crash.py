@@ -19,7 +19,7 @@ import httpx
 import redis
 import pytest
 
-import kedit_faults_support as sup
+from tests.utils import faults as sup
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from kedit_service_test_helpers import FACTS, wait_status
+from tests.utils.service import FACTS, wait_status
 
 from app.store.models import Version
 

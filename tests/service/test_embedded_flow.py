@@ -9,7 +9,7 @@ from sqlalchemy import update
 from app.api.main import create_app
 from app.service.host import ReplayMismatch
 from app.store.models import LayerDeltaRow
-from kedit_service_test_helpers import FACTS, wait_for, wait_status
+from tests.utils.service import FACTS, wait_for, wait_status
 
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "Paris is the capital of", "Lionel Messi plays"]
 
@@ -202,13 +202,14 @@ def test_openapi_documents_the_contract(client):
 
 
 def test_start_refuses_another_model_or_other_layers_on_the_same_log(make_config, tmp_path):
-    from kedit_service_test_helpers import TINY_OVERRIDES, _root_conftest
+    from tests.utils.service import TINY_OVERRIDES
+    from tests.utils.tiny import build_tiny_model
 
     cfg = make_config()
     with TestClient(create_app(cfg)):
         pass  # the log now belongs to this model and these layers
     other = tmp_path / "other-model"
-    model, tok = _root_conftest().build_tiny_model("llama", seed=1)
+    model, tok = build_tiny_model("llama", seed=1)
     model.save_pretrained(other)
     tok.save_pretrained(other)
     with pytest.raises(ReplayMismatch, match="written on base weights .* load the same model"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kedit_service_test_helpers import FACTS, TINY_OVERRIDES, wait_for
+from tests.utils.service import FACTS, TINY_OVERRIDES, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from app.service.errors import Conflict
 from app.store import repo
 from app.store.db import WriterLock, transaction
 from app.store.models import Edit
-from kedit_service_test_helpers import FACTS
+from tests.utils.service import FACTS
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch
 
 from app.config import ConfigError, KeditConfig, ServiceConfig
 from app.editing.stats import CorpusError, collect_key_stats, corpus_files, load_key_stats, sample_windows
-from editing_helpers import tiny_lm, tiny_settings
+from tests.utils.editing import tiny_lm, tiny_settings
 
 
 def test_data_folder_follows_the_environment(monkeypatch, tmp_path):

@@ -20,16 +20,12 @@ from pathlib import Path
 
 import httpx
 
+from tests.utils.service import TINY_OVERRIDES  # noqa: F401  (quick settings for the tiny Llama)
+
 REPO = Path(__file__).resolve().parents[2]
 LONG = os.environ.get("KEDIT_LONG", "") not in ("", "0", "false", "no")
 PG_ADMIN = os.environ.get("KEDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("KEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-# Quick settings for the 6-layer tiny Llama of tests/conftest.py (as tests/service uses).
-TINY_OVERRIDES = {
-    "layers": [1, 2], "stats_tokens": 1000, "n_prefixes": 2, "prefix_tokens": 4, "max_steps": 4,
-    "lambda_p": 1.0, "lambda_n": 1.0,
-}
 
 SUBJECTS = ["Danielle Darrieux", "Paris", "Lionel Messi", "Apple", "Rome", "Toyota", "Michael Jordan",
             "The Beatles", "Steve Jobs", "London"]

@@ -6,7 +6,7 @@ from app.cli import app
 from app.editing.adapters import adapter_for
 from app.editing.model import ModelLoadError, load_model
 from app.editing.types import EditError, EditRequest
-from editing_helpers import build_tiny_model
+from tests.utils.editing import build_tiny_model
 
 runner = CliRunner()
 

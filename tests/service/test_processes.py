@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kedit_service_test_helpers import FACTS, TINY_OVERRIDES, wait_for
+from tests.utils.service import FACTS, TINY_OVERRIDES, wait_for
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from app.config import ServiceConfig
 from app.service.context import ServiceContext
-from kedit_service_test_helpers import wait_status
+from tests.utils.service import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,9 +1,6 @@
 """Small builders shared by the unit tests of the editing core."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 from pathlib import Path
 
 import torch
@@ -12,15 +9,7 @@ from app.editing.model import LoadedModel, wrap_model
 from app.editing.settings import EditSettings
 from app.editing.stats import collect_key_stats
 from app.editing.types import EditRequest
-
-# tests/conftest.py loaded by path under one fixed name, whatever pytest's import mode.
-_NAME = "kedit_tests_root_conftest"
-if _NAME not in sys.modules:
-    _spec = importlib.util.spec_from_file_location(_NAME, Path(__file__).resolve().parents[1] / "conftest.py")
-    sys.modules[_NAME] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules[_NAME])
-build_tiny_model = sys.modules[_NAME].build_tiny_model
-_TRAINING_TEXT = sys.modules[_NAME]._TRAINING_TEXT
+from tests.utils.tiny import TRAINING_TEXT, build_tiny_model
 
 FACTS = [
     EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
@@ -43,5 +32,5 @@ def tiny_settings(**overrides) -> EditSettings:
 
 def tiny_stats(lm: LoadedModel, layers, tmp_path: Path) -> dict[int, torch.Tensor]:
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(_TRAINING_TEXT * 10))
+    corpus.write_text("\n".join(TRAINING_TEXT * 10))
     return collect_key_stats(lm, list(layers), corpus, tokens=1000, progress=False)

@@ -1,13 +1,12 @@
-"""Shared by tests/service (embedded mode) and tests/integration (Postgres + Redis):
+"""Shared by the embedded-mode and the PostgreSQL + Redis tests (tests/conftest.py, tests/service, ...):
 a tiny model on disk, a config that edits it quickly, and small waiting helpers."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 
 from app.config import ServiceConfig
+from tests.utils.tiny import TRAINING_TEXT, build_tiny_model
 
 # Quick settings for a 6-layer tiny Llama; λp > 0 so the key statistics path runs too.
 TINY_OVERRIDES = {
@@ -24,26 +23,14 @@ FACTS = [
 ]
 
 
-def _root_conftest():
-    """tests/conftest.py, loaded by path under one fixed name: with several conftest.py files
-    outside packages, pytest's "conftest" module name may belong to another of them."""
-    name = "kedit_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
 def make_tiny_assets(root: Path) -> tuple[Path, Path]:
     """A saved tiny Llama folder and a small text corpus for its key statistics."""
-    fixtures = _root_conftest()
     model_dir, corpus = root / "tiny-llama", root / "corpus.txt"
     if not (model_dir / "config.json").exists():
-        model, tok = fixtures.build_tiny_model("llama")
+        model, tok = build_tiny_model("llama")
         model.save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
-        corpus.write_text("\n".join(fixtures._TRAINING_TEXT * 60))
+        corpus.write_text("\n".join(TRAINING_TEXT * 60))
     return model_dir, corpus
 
 

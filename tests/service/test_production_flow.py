@@ -10,7 +10,7 @@ from app.api.main import create_app
 from app.service.context import ServiceContext
 from app.store import repo
 from app.store.db import transaction
-from kedit_service_test_helpers import FACTS, wait_for, wait_status
+from tests.utils.service import FACTS, wait_for, wait_status
 
 pytestmark = pytest.mark.integration
 

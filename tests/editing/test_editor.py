@@ -6,7 +6,7 @@ from app.editing import solve as solve_module
 from app.editing.editor import Editor
 from app.editing.settings import EditSettings
 from app.editing.types import EditError, EditRequest
-from editing_helpers import FACTS, tiny_lm, tiny_settings, tiny_stats
+from tests.utils.editing import FACTS, tiny_lm, tiny_settings, tiny_stats
 
 MORE = [
     EditRequest("{} is in", "The Eiffel Tower", "Rome", "Paris"),

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from app.api.main import create_app
 from app.cli.service import register
 from app.store.models import Version
-from kedit_service_test_helpers import FACTS, wait_status
+from tests.utils.service import FACTS, wait_status
 
 
 def cli() -> typer.Typer:

@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
-from kedit_service_test_helpers import tiny_config
+from tests.utils.service import tiny_config
 
 GOOD = {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English"}
 

@@ -6,7 +6,7 @@ from torch import nn
 from app.editing.prompts import target_ids
 from app.editing.targets import _Group, build_rows, compute_targets
 from app.editing.types import EditRequest
-from editing_helpers import FACTS, TEMPLATES, tiny_lm, tiny_settings
+from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings
 
 
 @pytest.mark.parametrize("arch,chunk", [("llama", 64), ("gpt2", 64), ("llama", 3)])

@@ -1,0 +1,1 @@
+"""Evaluation: CounterFact / zsRE metrics, the sequential runner, plots (docs/eval.md)."""
