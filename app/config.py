@@ -1,4 +1,8 @@
-"""Service configuration: environment variables with the KEDIT_ prefix (plus plain DATABASE_URL / REDIS_URL).
+"""Configuration: the one place that reads the environment (KEDIT_*, plus plain DATABASE_URL / REDIS_URL).
+
+`KeditConfig` is what every command needs (the model, how it is edited, where files live);
+`ServiceConfig` adds the service's engines, HTTP, worker and bounds. Everything below this
+module (the editing core above all) takes explicit paths and settings.
 
 With neither a database nor a Redis URL the service runs embedded: SQLite under the cache dir,
 an in-process queue, and the worker in a background thread of the API process.
@@ -7,28 +11,97 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.editing.build import Role, build_editor
+from app.editing.editor import Editor
+from app.editing.model import DEFAULT_CACHE_DIR, load_model
+from app.editing.settings import EditSettings, Method, Preset, preset
+from app.editing.stats import CorpusError, corpus_files
 from app.editing.types import MAX_PROMPT_CHARS, MAX_SUBJECT_CHARS, MAX_TARGET_CHARS
 
+REPO = Path(__file__).resolve().parents[1]
+STATS_CORPUS_ENV = "KEDIT_STATS_CORPUS"
 
-class ServiceConfig(BaseSettings):
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names it and says what to set instead."""
+
+
+def default_data_dir() -> Path:
+    """The shared data folder (evaluation files, the WikiText corpus): ../shared/data beside the repository."""
+    return REPO.parent / "shared" / "data"
+
+
+class KeditConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEDIT_", extra="ignore", populate_by_name=True)
 
     # The model and how it is edited.
     model_path: str | None = Field(None, description="HF folder or .gguf; unset = the default SmolLM2")
-    cache_dir: Path | None = Field(None, description="model conversions, key statistics, the embedded SQLite file")
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, description="model conversions, key statistics, the embedded SQLite file")
     device: str = "cpu"
-    preset: str = Field("smollm2", description="settings family: smollm2, llama3-8b, gpt2-xl")
-    method: Literal["encore", "memit", "alphaedit"] = "encore"
+    preset: Preset = Field(Preset.SMOLLM2, description="settings family: " + ", ".join(Preset))
+    method: Method = Method.ENCORE
     edit_overrides: dict[str, Any] = Field(
         default_factory=dict, description='JSON object of EditSettings fields, e.g. {"layers": [1, 2]}'
     )
-    stats_corpus: Path | None = Field(None, description="text file for the key statistics C0 (default: the editor's)")
+    stats_corpus: Path | None = Field(
+        None, description="text file or folder of .txt files for the key statistics C0; unset = text the model generates"
+    )
 
+    # Data for evaluation and benchmarks (never needed to serve or edit).
+    data_dir: Path = Field(default_factory=default_data_dir, description="the shared data folder")
+
+    @field_validator("preset", "method", mode="before")
+    @classmethod
+    def _known_name(cls, v: Any, info) -> Any:
+        names = Preset if info.field_name == "preset" else Method
+        if isinstance(v, str) and v not in set(names):
+            raise ValueError(f"unknown {info.field_name} {v!r}; choose one of {', '.join(names)}")
+        return v
+
+    @field_validator("edit_overrides", mode="before")
+    @classmethod
+    def _parse_overrides(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip() else {}
+        return v
+
+    @field_validator("stats_corpus", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    def edit_settings(self) -> EditSettings:
+        return preset(self.preset, self.method, **self.edit_overrides)
+
+    def check_stats_corpus(self) -> None:
+        """Refuse a corpus that cannot give text, in one line saying what to set. A process that
+        builds C₀ calls this before anything else, so that it stops at once rather than after
+        the model has loaded (an api replica never reads the corpus, so it never checks)."""
+        if self.stats_corpus is None:
+            return
+        try:
+            corpus_files(self.stats_corpus)
+        except CorpusError as e:
+            raise ConfigError(
+                f"stats_corpus: {e}; set {STATS_CORPUS_ENV} to a text file or a folder of .txt files, "
+                "or unset it to build the key statistics from text the model generates"
+            ) from None
+
+    def load_editor(self, role: Role | str, templates: list[str] | None = None, progress: bool = False) -> Editor:
+        """The model this configuration names, loaded, in an Editor built for `role`."""
+        if Role(role) is not Role.REPLICA:
+            self.check_stats_corpus()
+        lm = load_model(self.model_path, cache_dir=self.cache_dir, device=self.device)
+        return build_editor(lm, self.edit_settings(), role, corpus=self.stats_corpus, cache_dir=self.cache_dir,
+                            templates=templates, progress=progress)
+
+
+class ServiceConfig(KeditConfig):
     # Engines. Both unset = embedded mode.
     database_url: str | None = Field(None, validation_alias=AliasChoices("KEDIT_DATABASE_URL", "DATABASE_URL"))
     redis_url: str | None = Field(None, validation_alias=AliasChoices("KEDIT_REDIS_URL", "REDIS_URL"))
@@ -59,21 +132,9 @@ class ServiceConfig(BaseSettings):
     norm_alarm_growth: float = Field(0.5, gt=0, description="alarm when ‖W−W0‖/‖W0‖ of a layer exceeds this")
     norm_history: int = Field(20, ge=1, le=10_000, description="snapshots per layer shown by /health/norms")
 
-    @field_validator("edit_overrides", mode="before")
-    @classmethod
-    def _parse_overrides(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = json.loads(v) if v.strip() else {}
-        return v
-
     @property
     def embedded(self) -> bool:
         return not self.database_url and not self.redis_url
-
-    def resolved_cache_dir(self) -> Path:
-        from app.editing.model import default_cache_dir
-
-        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
     def resolved_database_url(self) -> str:
         """The configured URL, or a SQLite file in the cache dir (embedded mode)."""
@@ -85,6 +146,6 @@ class ServiceConfig(BaseSettings):
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://"):]
             return url
-        path = self.resolved_cache_dir() / "kedit.db"
+        path = self.cache_dir / "kedit.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"

@@ -20,12 +20,12 @@ from typing import Optional
 import torch
 import typer
 
-from app.editing.editor import Editor
+from app.config import KeditConfig
+from app.editing.build import Role, build_editor
 from app.editing.model import load_model
 from app.editing.settings import preset
-from app.editing.stats import corpus_files, default_corpus, collect_key_stats
+from app.editing.stats import collect_key_stats, corpus_files
 from app.eval.data import load_dataset
-from app.eval.paths import data_dir
 from app.eval.scoring import score_counterfact
 
 REFERENCE = {"seconds_per_edit": (7.14 + 6.90) / 2, "stats_seconds": 364.0, "s_after_200": 48.4}
@@ -41,7 +41,9 @@ def main(
 ) -> None:
     threads = torch.get_num_threads()
     print(f"machine: {os.cpu_count()} cores, torch threads {threads}, torch {torch.__version__}")
-    lm = load_model()
+    cfg = KeditConfig()
+    lm = load_model(cfg.model_path, cache_dir=cfg.cache_dir, device=cfg.device)
+    corpus = cfg.stats_corpus or cfg.data_dir / "corpus"  # WikiText, as the reference used
     settings = preset(preset_name, method, stats_tokens=stats_tokens)
     if preset_name == "llama3-8b":  # the reference kept the 8B file's settings but the model has 30 layers
         settings = settings.model_copy(update={"layers": (4, 5, 6, 7, 8)})
@@ -49,13 +51,13 @@ def main(
 
     # Key statistics for every edited layer in one pass (uncached here on purpose: it is timed).
     t0 = time.perf_counter()
-    stats = collect_key_stats(lm, list(settings.layers), default_corpus(), settings.stats_tokens)
+    stats = collect_key_stats(lm, list(settings.layers), corpus, settings.stats_tokens)
     stats_seconds = time.perf_counter() - t0
     print(f"key statistics: {len(settings.layers)} layers × {settings.stats_tokens} tokens in one pass: {stats_seconds:.1f} s "
-          f"(corpus {', '.join(f.name for f in corpus_files(default_corpus()))})")
+          f"(corpus {', '.join(f.name for f in corpus_files(corpus))})")
 
-    recs = load_dataset(data_dir() / "counterfact" / "counterfact.json", limit=records).records
-    editor = Editor(lm, settings, stats)
+    recs = load_dataset(cfg.data_dir / "counterfact" / "counterfact.json", limit=records).records
+    editor = build_editor(lm, settings, Role.EVAL, key_stats=stats)
     _ = editor.templates
     batches = []
     for b, start in enumerate(range(0, len(recs), batch_size), start=1):

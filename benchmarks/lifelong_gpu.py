@@ -112,18 +112,18 @@ def run_one(spec: str, model: Optional[str], data_dir: Path, records: int, batch
             checkpoint_sample: int, work: Path, out: Path, deadline: float, device: str, cache_dir: Optional[Path],
             stats_tokens: Optional[int], ppl_tokens: int, progress: bool) -> None:
     """One run: fresh, or resumed from --work; publishes OUT/<label>.json as it goes."""
+    from app.config import KeditConfig
+    from app.editing.build import Role, build_editor
     from app.editing.model import load_model
     from app.editing.settings import preset
-    from app.editing.stats import load_key_stats
 
     recs = lifelong_records(data_dir, records)
     label, method, overrides = parse_run(spec)
     overrides = {**({"stats_tokens": stats_tokens} if stats_tokens else {}), **overrides}
     settings = preset("smollm2", method, **overrides)
+    cache_dir = cache_dir or KeditConfig().cache_dir
     lm = load_model(model, cache_dir=cache_dir, device=device)
-    needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
-    key_stats = load_key_stats(lm, settings, corpus=data_dir / KEY_CORPUS, cache_dir=cache_dir, progress=progress) \
-        if needs_stats else None
+    editor = build_editor(lm, settings, Role.EVAL, corpus=data_dir / KEY_CORPUS, cache_dir=cache_dir, progress=progress)
     options = RunOptions(batch_size=batch_size, checkpoint_every=checkpoint_every, checkpoint_sample=checkpoint_sample,
                          health=HealthConfig(ppl_tokens=ppl_tokens, corpus=str(data_dir / PPL_TEXT)))
     run_dir = work / label
@@ -141,7 +141,7 @@ def run_one(spec: str, model: Optional[str], data_dir: Path, records: int, batch
         _publish(out, label, {"method": label, "settings": settings.model_dump(mode="json"), "finished": False,
                                "records": len(recs), "progress": _compact(state)})
 
-    kwargs = dict(key_stats=key_stats, run_info=info, progress=progress, should_stop=should_stop,
+    kwargs = dict(editor=editor, run_info=info, progress=progress, should_stop=should_stop,
                   on_checkpoint=on_checkpoint)
     try:
         if (run_dir / "checkpoint" / "progress.json").exists():
@@ -252,7 +252,7 @@ def llama_timing(
     """s/edit for one batch on a Llama-3-8B-shaped model: with MPES, and with 25 fixed steps."""
     from transformers import AutoTokenizer
 
-    from app.editing.editor import Editor
+    from app.editing.build import Role, build_editor
     from app.editing.settings import preset
     from app.editing.stats import collect_key_stats
 
@@ -270,14 +270,14 @@ def llama_timing(
           f"C₀ for {len(layers)} layers from {stats_tokens} tokens in {stats_s:.1f} s", flush=True)
     requests = [r.request() for r in load_dataset(data, limit=edits).records]
     # A first batch pays for CUDA's lazy start-up (kernels, cuBLAS handles); time the ones after it.
-    warm = Editor(lm, base, stats)
+    warm = build_editor(lm, base, Role.EVAL, key_stats=stats)
     warm.apply(requests[: min(8, len(requests))], batch_id=0)
     warm.reset()
     del warm
     rows = {}
     for label, settings in (("mpes", base),
                             ("fixed_25_steps", base.model_copy(update={"mpes_margin": 0, "loss_stop": 0.0, "max_steps": 25}))):
-        editor = Editor(lm, settings, stats)
+        editor = build_editor(lm, settings, Role.EVAL, key_stats=stats)
         _ = editor.templates  # the context prefixes are generated once per editor, not per batch
         if device.startswith("cuda"):
             torch.cuda.synchronize()

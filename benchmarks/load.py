@@ -27,21 +27,23 @@ from urllib.parse import urlparse
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("KEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 MAX_EDITS = 10_000
 MAX_SECONDS = 3600
 
 
 def facts(n: int) -> list[dict]:
-    records = json.loads((DATA / "counterfact" / "counterfact.json").read_text())
+    from app.config import KeditConfig
+
+    data = KeditConfig().data_dir
+    records = json.loads((data / "counterfact" / "counterfact.json").read_text())
     out = []
     for r in records[:n]:
         rw = r["requested_rewrite"]
         out.append({"prompt": rw["prompt"], "subject": rw["subject"], "target_new": rw["target_new"]["str"],
                     "target_true": rw["target_true"]["str"]})
     if len(out) < n:
-        raise SystemExit(f"only {len(out)} CounterFact records at {DATA}")
+        raise SystemExit(f"only {len(out)} CounterFact records at {data}")
     return out
 
 
@@ -62,7 +64,7 @@ def spawn(model: str | None, env_pairs: list[str], workdir: Path) -> tuple[subpr
         k, _, v = pair.partition("=")
         env[k] = v
     log = open(workdir / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli_service", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port),
                              "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
 

@@ -180,7 +180,7 @@ def spawn(args, workdir: Path) -> tuple[str, str, list[subprocess.Popen], callab
     procs = []
     for role, extra in (("api", ["--port", str(port)]), ("worker", [])):
         log = open(workdir / f"{role}.log", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "app.cli_service", role, *extra, "--log-level", "warning"],
+        procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", role, *extra, "--log-level", "warning"],
                                       cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
 
     def cleanup() -> None:

@@ -21,13 +21,13 @@ from safetensors.torch import load_file, save_file
 from rich.console import Console
 from rich.table import Table
 
-from app.editing.editor import Editor
+from app.config import KeditConfig
+from app.editing.build import Role, build_editor
 from app.editing.model import load_model
 from app.editing.settings import preset
 from app.editing.stats import load_key_stats
 from app.editing.targets import compute_targets
 from app.eval.data import load_dataset
-from app.eval.paths import data_dir
 from app.eval.scoring import score_counterfact
 
 
@@ -52,8 +52,10 @@ def main(
     z_cache: Optional[Path] = typer.Option(None, help="keep each configuration's z* here and reuse it on a rerun"),
 ) -> None:
     console = Console()
-    lm = load_model()
-    path = data or data_dir() / "counterfact_extra" / "counterfact-val.json"
+    cfg = KeditConfig()
+    lm = load_model(cfg.model_path, cache_dir=cfg.cache_dir, device=cfg.device)
+    corpus = cfg.stats_corpus or cfg.data_dir / "corpus"  # WikiText, as in the committed sweeps
+    path = data or cfg.data_dir / "counterfact_extra" / "counterfact-val.json"
     recs = load_dataset(path, limit=records).records
     reqs = [r.request() for r in recs]
     baseline = score_counterfact(lm.model, lm.tokenizer, recs)
@@ -61,10 +63,10 @@ def main(
     rows = []
     for layer_spec in layers:
         ls = _layers(layer_spec)
-        stats = load_key_stats(lm, preset("smollm2", "encore", layers=ls))
+        stats = load_key_stats(lm, preset("smollm2", "encore", layers=ls), corpus=corpus, cache_dir=cfg.cache_dir)
         for m in margin:
             settings = preset("smollm2", "encore", layers=ls, mpes_margin=m)
-            editor = Editor(lm, settings, stats)
+            editor = build_editor(lm, settings, Role.EVAL, key_stats=stats)
             key = f"{path.stem}-{len(reqs)}-{layer_spec}-m{m}"
             cached = z_cache / f"{key}.safetensors" if z_cache else None
             if cached and cached.exists():  # z* depends only on the layers, the margin and the slice
@@ -81,8 +83,8 @@ def main(
                                "seconds": torch.tensor(z_seconds)}, cached)
             for lp in [float(x) for x in lambda_p.split(",")]:
                 for ln in [float(x) for x in lambda_n.split(",")]:
-                    trial = Editor(lm, settings.model_copy(update={"lambda_p": lp, "lambda_n": ln}), stats,
-                                   templates=editor.templates)
+                    trial = build_editor(lm, settings.model_copy(update={"lambda_p": lp, "lambda_n": ln}), Role.EVAL,
+                                         key_stats=stats, templates=editor.templates)
                     size = batch_size or len(reqs)
                     for b, start in enumerate(range(0, len(reqs), size)):
                         trial.reapply(reqs[start:start + size], list(z_star[start:start + size]), batch_id=b)

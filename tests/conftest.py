@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from app.config import KeditConfig
 from tests.utils.service import make_tiny_assets, tiny_config
 from tests.utils.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("KEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
+SHARED_DATA = KeditConfig().data_dir
 PG_ADMIN = os.environ.get("KEDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("KEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
 
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny_arch(request) -> str:

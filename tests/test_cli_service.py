@@ -9,7 +9,7 @@ from sqlalchemy import update
 from typer.testing import CliRunner
 
 from app.api.main import create_app
-from app.cli_service import register
+from app.cli.service import register
 from app.store.models import Version
 from tests.utils.service import FACTS, wait_status
 

@@ -44,7 +44,7 @@ def require_api_key(
 def validate(model: type[BaseModel], data: Any, ctx: ServiceContext, loc: tuple = ("body",)) -> BaseModel:
     """Validate with the running config's bounds; errors carry their location for the 422 answer."""
     # The input is not echoed back: it may be huge, and a non-finite number (1e400 parses to inf)
-    # cannot be written as JSON at all (that was a 500).
+    # cannot be written as JSON at all.
     try:
         return model.model_validate(data, context={"config": ctx.config})
     except ValidationError as e:

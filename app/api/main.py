@@ -19,7 +19,7 @@ from app.api.metrics import ApiMetrics
 from app.api.routes import edits, generate, health
 from app.config import ServiceConfig
 from app.queue import WorkQueue
-from app.service.context import EditorFactory, ServiceContext, load_editor
+from app.service.context import ServiceContext
 from app.service.errors import ServiceError
 from app.service.host import ReplayMismatch
 
@@ -32,7 +32,6 @@ def create_app(
     config: ServiceConfig | None = None,
     *,
     with_worker: bool | None = None,
-    editor_factory: EditorFactory = load_editor,
     queue: WorkQueue | None = None,
 ) -> FastAPI:
     """with_worker: run the worker in a background thread (default: in embedded mode, i.e. no Redis)."""
@@ -47,9 +46,9 @@ def create_app(
         try:
             app.state.ctx = ctx
             app.state.metrics = ApiMetrics(ctx.registry, ctx)
-            ctx.start_api(editor_factory)
+            ctx.start_api()
             if run_worker:
-                ctx.start_worker(editor_factory)
+                ctx.start_worker()
             log.info("kedit api ready at version %d (%s)", ctx.host.version, "with worker" if run_worker else "api only")
             yield
         finally:

@@ -10,7 +10,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from app.editing.types import MAX_PROMPT_CHARS, MAX_SUBJECT_CHARS, MAX_TARGET_CHARS
+from app.editing.types import (
+    MAX_PROMPT_CHARS,
+    MAX_SUBJECT_CHARS,
+    MAX_TARGET_CHARS,
+    prompt_problem,
+    subject_problem,
+    target_problem,
+    targets_problem,
+)
 
 
 def _limit(info: ValidationInfo, name: str, default: int) -> int:
@@ -24,20 +32,25 @@ def _check_length(v: str, info: ValidationInfo, setting: str, default: int) -> N
         raise ValueError(f"{info.field_name} is {len(v)} characters long; the bound is {bound}")
 
 
+def _raise(problem: str | None) -> None:
+    if problem:
+        raise ValueError(problem)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_nul(cls, v: Any, info: ValidationInfo) -> Any:
-        # PostgreSQL text cannot hold NUL, and no fact needs one: say so instead of a 500.
+        # PostgreSQL text cannot hold NUL, and no fact needs one: say so (a 422), never fail in the database.
         if isinstance(v, str) and "\x00" in v:
             raise ValueError(f"{info.field_name} contains a NUL character (\\u0000); remove it")
         if isinstance(v, str):
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError:
-                # JSON may spell a lone surrogate ("\\ud800"); no database can store it (was a 500).
+                # JSON may spell a lone surrogate ("\\ud800"); no database can store it.
                 raise ValueError(
                     f"{info.field_name} contains an unpaired UTF-16 surrogate (\\ud800-\\udfff); "
                     "send valid Unicode text"
@@ -52,46 +65,30 @@ class EditIn(Strict):
     target_new: str = Field(description="the completion to teach", examples=["English"])
     target_true: str | None = Field(None, description="the current completion, if known", examples=["French"])
 
+    # The rules are the editing core's (app/editing/types.py), checked per field so that each
+    # error names its field; the length bounds are the running config's.
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: str, info: ValidationInfo) -> str:
-        _check_length(v, info, "max_prompt_chars", MAX_PROMPT_CHARS)
-        n = v.count("{}")
-        if n != 1:
-            raise ValueError(
-                f"prompt must contain the subject slot '{{}}' exactly once (found {n}), "
-                "e.g. 'The mother tongue of {} is'"
-            )
-        rest = v.replace("{}", "", 1)
-        if "{" in rest or "}" in rest:
-            raise ValueError("prompt may contain no braces other than the one subject slot '{}'")
-        if not rest.strip():
-            raise ValueError("prompt has nothing besides the subject slot; write the sentence around '{}'")
+        _raise(prompt_problem(v, bound=_limit(info, "max_prompt_chars", MAX_PROMPT_CHARS)))
         return v
 
     @field_validator("subject")
     @classmethod
     def _subject(cls, v: str, info: ValidationInfo) -> str:
-        if not v.strip():
-            raise ValueError("subject is empty; give the entity the fact is about")
-        _check_length(v, info, "max_subject_chars", MAX_SUBJECT_CHARS)
+        _raise(subject_problem(v, bound=_limit(info, "max_subject_chars", MAX_SUBJECT_CHARS)))
         return v
 
     @field_validator("target_new", "target_true")
     @classmethod
     def _target(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return v
-        if not v.strip():
-            extra = " (leave target_true out instead)" if info.field_name == "target_true" else ""
-            raise ValueError(f"{info.field_name} is empty{extra}")
-        _check_length(v, info, "max_target_chars", MAX_TARGET_CHARS)
+        if v is not None:
+            _raise(target_problem(info.field_name, v, bound=_limit(info, "max_target_chars", MAX_TARGET_CHARS)))
         return v
 
     @model_validator(mode="after")
     def _targets_differ(self) -> "EditIn":
-        if self.target_true is not None and self.target_new.strip() == self.target_true.strip():
-            raise ValueError("target_new equals target_true: there is nothing to change")
+        _raise(targets_problem(self.target_new, self.target_true))
         return self
 
 

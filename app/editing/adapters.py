@@ -41,9 +41,6 @@ class ArchAdapter:
     def norm(self, model: nn.Module) -> nn.Module:
         return _get(model, self.final_norm)
 
-    def module_name(self, layer: int) -> str:
-        return f"{self.blocks}.{layer}.{self.down_proj}"
-
 
 LLAMA = ArchAdapter("llama", "model.layers", "mlp.down_proj", transposed=False, final_norm="model.norm")
 GPT2 = ArchAdapter("gpt2", "transformer.h", "mlp.c_proj", transposed=True, final_norm="transformer.ln_f")

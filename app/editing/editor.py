@@ -37,9 +37,9 @@ class Editor:
         solves, so it needs no key statistics, and apply()/reapply() refuse."""
         lm.check_layers(settings.layers)
         self.replica = replica
-        needs_stats = not replica and (settings.lambda_p > 0 or settings.nullspace_threshold is not None)
+        needs_stats = not replica and settings.needs_key_stats
         if needs_stats and (key_stats is None or any(l not in key_stats for l in settings.layers)):
-            raise EditError("key statistics C₀ are needed for every edited layer: build them with load_key_stats() or `kedit stats`")
+            raise EditError("key statistics C₀ are needed for every edited layer: build them with load_key_stats()")
         self.lm = lm
         self.settings = settings
         self.max_rows = max_rows

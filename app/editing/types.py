@@ -14,9 +14,57 @@ class EditError(ValueError):
     """A request the editor cannot carry out; the message says what to change."""
 
 
+# --- what a fact must be -------------------------------------------------------------------
+# One rule for every way a fact comes in (the HTTP API, the CLI, the evaluation data): the API
+# schemas call these per field, EditRequest.validate() calls them all. Each returns None when the
+# value is good, else a sentence saying what to change.
+
+
+def prompt_problem(prompt: str, subject: str | None = None, bound: int = MAX_PROMPT_CHARS) -> str | None:
+    if len(prompt) > bound:
+        return f"prompt is {len(prompt)} characters long; the bound is {bound}"
+    n = prompt.count("{}")
+    if n != 1:
+        if n == 0 and subject and subject in prompt:
+            hint = f"write {prompt.replace(subject, '{}', 1)!r}"
+        else:
+            hint = "e.g. 'The mother tongue of {} is'"
+        return f"prompt must contain the subject slot '{{}}' exactly once (found {n}): {hint}"
+    rest = prompt.replace("{}", "", 1)
+    if "{" in rest or "}" in rest:
+        # Facts are filled with str.format in places (and by other tools reading the log).
+        return "prompt may contain no braces other than the one subject slot '{}'"
+    if not rest.strip():
+        return "prompt has nothing besides the subject slot; write the sentence around '{}'"
+    return None
+
+
+def subject_problem(subject: str, bound: int = MAX_SUBJECT_CHARS) -> str | None:
+    if not subject.strip():
+        return "subject is empty; give the entity the fact is about"
+    if len(subject) > bound:
+        return f"subject is {len(subject)} characters long; the bound is {bound}"
+    return None
+
+
+def target_problem(name: str, value: str, bound: int = MAX_TARGET_CHARS) -> str | None:
+    """`name` is target_new or target_true (which is optional: None is never checked here)."""
+    if not value.strip():
+        return f"{name} is empty" + (" (leave target_true out instead)" if name == "target_true" else "")
+    if len(value) > bound:
+        return f"{name} is {len(value)} characters long; the bound is {bound}"
+    return None
+
+
+def targets_problem(target_new: str, target_true: str | None) -> str | None:
+    if target_true is not None and target_new.strip() == target_true.strip():
+        return "target_new equals target_true: there is nothing to change"
+    return None
+
+
 @dataclass(frozen=True)
 class EditRequest:
-    """One fact: `prompt.format(subject)` should be completed by `target_new`."""
+    """One fact: `prompt` with `subject` in its slot should be completed by `target_new`."""
 
     prompt: str
     subject: str
@@ -25,28 +73,16 @@ class EditRequest:
 
     def validate(self) -> None:
         """Raise EditError naming the first problem a user can fix."""
-        if not self.subject.strip():
-            raise EditError("subject is empty")
-        if self.prompt.count("{}") == 0 and self.subject and self.subject in self.prompt:
-            raise EditError(
-                f"prompt must contain the subject slot '{{}}' exactly once: write {self.prompt.replace(self.subject, '{}', 1)!r}"
-            )
-        if self.prompt.count("{}") != 1:
-            raise EditError(
-                f"prompt must contain the subject slot '{{}}' exactly once (found {self.prompt.count('{}')}): {self.prompt!r}"
-            )
-        if not self.target_new.strip():
-            raise EditError("target_new is empty")
-        if self.target_true is not None and not self.target_true.strip():
-            raise EditError("target_true is empty (leave it out instead)")
-        for name, value, bound in (
-            ("prompt", self.prompt, MAX_PROMPT_CHARS),
-            ("subject", self.subject, MAX_SUBJECT_CHARS),
-            ("target_new", self.target_new, MAX_TARGET_CHARS),
-            ("target_true", self.target_true or "", MAX_TARGET_CHARS),
-        ):
-            if len(value) > bound:
-                raise EditError(f"{name} is {len(value)} characters long; the bound is {bound}")
+        problems = (
+            subject_problem(self.subject),
+            prompt_problem(self.prompt, self.subject),
+            target_problem("target_new", self.target_new),
+            target_problem("target_true", self.target_true) if self.target_true is not None else None,
+            targets_problem(self.target_new, self.target_true),
+        )
+        for problem in problems:
+            if problem:
+                raise EditError(problem)
 
     @property
     def text(self) -> str:

@@ -67,7 +67,8 @@ class ZsreRecord:
         return self.prompt.format(self.subject)
 
     def request(self) -> EditRequest:
-        true = self.true_answer if self.true_answer != self.target else None
+        # An edit that asks for the answer the model already should give has no "true" to replace.
+        true = self.true_answer if self.true_answer.strip() != self.target.strip() else None
         return EditRequest(prompt=self.prompt, subject=self.subject, target_new=self.target, target_true=true)
 
 

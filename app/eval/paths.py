@@ -1,13 +1,11 @@
-"""Where the shared evaluation data lives.
+"""Where the evaluation files live inside the shared data folder.
 
-The data is never copied into the repository: it is read from `../shared/data`
-relative to the repository root, or from `$KEDIT_DATA_DIR` when that is set.
+The data is never copied into the repository: the folder is the configuration's `data_dir`
+(KEDIT_DATA_DIR; default ../shared/data beside the repository).
 """
 from __future__ import annotations
 
 from pathlib import Path
-
-from app.editing.stats import shared_data_dir as data_dir  # one rule for the corpus and the eval files
 
 # Default file per --dataset name (relative to the data directory).
 DEFAULT_FILES = {
@@ -18,12 +16,21 @@ DEFAULT_FILES = {
 WIKITEXT_VALID = "corpus/wikitext103_valid.tokens.txt"
 
 
-def default_data_path(dataset: str) -> Path:
+def _data_dir(data_dir: Path | None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    from app.config import KeditConfig
+
+    return KeditConfig().data_dir
+
+
+def default_data_path(dataset: str, data_dir: Path | None = None) -> Path:
     try:
-        return data_dir() / DEFAULT_FILES[dataset]
+        name = DEFAULT_FILES[dataset]
     except KeyError:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DEFAULT_FILES)}") from None
+    return _data_dir(data_dir) / name
 
 
-def wikitext_path() -> Path:
-    return data_dir() / WIKITEXT_VALID
+def wikitext_path(data_dir: Path | None = None) -> Path:
+    return _data_dir(data_dir) / WIKITEXT_VALID

@@ -6,7 +6,7 @@ the unedited model is scored on the same records first (baseline); every
 scored together with model health, and the run's state is saved so it can be resumed;
 at the end every edited fact is scored. Timings and weight norms are kept per batch.
 
-Use it as a library (`run_eval`) or through `kedit eval` (app/eval/cli.py).
+Use it as a library (`run_eval`) or through `kedit eval` (app/cli/evaluation.py).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
+from app.editing.build import Role, build_editor
 from app.eval import scoring
 from app.eval.checkpoint import FINAL_DIR, load_checkpoint, save_checkpoint
 from app.eval.data import CounterFactRecord, Record, ZsreRecord
@@ -217,7 +217,7 @@ def run_eval(
     """Edit `records` in sequential batches on `lm` and score them; returns the summary dict.
 
     lm: an `app.editing.model.LoadedModel`; settings: `EditSettings`; editor: an existing
-    Editor on `lm` (else one is built from `key_stats`, or from `load_key_stats`).
+    Editor on `lm` (else one is built from `key_stats`, or from the default cache).
     With `out_dir`, writes summary.json and the plots there, and checkpoints when
     `options.checkpoint_every` is set. `state` (with a restored editor) resumes a run.
     `stop_after_batches` stops (raising RunInterrupted) once that many batches are done
@@ -246,7 +246,7 @@ def run_eval(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     if editor is None:
-        editor = build_editor(lm, settings, key_stats, seed=opts.seed)
+        editor = build_editor(lm, settings, Role.EVAL, key_stats=key_stats)
 
     n_batches = math.ceil(len(records) / opts.batch_size)
     started = time.perf_counter()
@@ -379,22 +379,6 @@ def write_summary(out: Path, summary: dict) -> None:
 # --- building the pieces, and resuming ------------------------------------------------------
 
 
-def build_editor(lm, settings, key_stats: dict | None = None, seed: int = 0, corpus=None, cache_dir=None):
-    """An Editor on `lm`; key statistics from the disk cache (computed once if missing).
-
-    Seeded so the editor's generated context prefixes are the same in a fresh run and
-    in a resumed one.
-    """
-    from app.editing.editor import Editor
-    from app.editing.stats import load_key_stats
-
-    needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
-    if key_stats is None and needs_stats:
-        key_stats = load_key_stats(lm, settings, corpus=corpus, cache_dir=cache_dir)
-    torch.manual_seed(seed)
-    return Editor(lm, settings, key_stats)
-
-
 def restore_editor(editor, editor_state) -> None:
     """Load a saved `editor.state_dict()` into a fresh editor on the unedited model."""
     if isinstance(editor_state, (tuple, list)) and len(editor_state) == 2:
@@ -404,13 +388,15 @@ def restore_editor(editor, editor_state) -> None:
 
 
 def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], options: RunOptions, *,
-                key_stats: dict | None = None, run_info: dict | None = None, progress: bool = True,
+                editor=None, key_stats: dict | None = None, run_info: dict | None = None, progress: bool = True,
                 stop_after_batches: int | None = None, earlier_records: Sequence[Record] | None = None,
                 should_stop: Callable[[RunState], bool] | None = None,
                 on_checkpoint: Callable[[RunState], None] | None = None) -> dict:
-    """Continue the run checkpointed in `out_dir` on a freshly loaded, unedited `lm`."""
+    """Continue the run checkpointed in `out_dir` on a freshly loaded, unedited `lm` (or a fresh
+    `editor` on it)."""
     editor_state, progress_json = load_checkpoint(out_dir)
-    editor = build_editor(lm, settings, key_stats, seed=options.seed)
+    if editor is None:
+        editor = build_editor(lm, settings, Role.EVAL, key_stats=key_stats)
     restore_editor(editor, editor_state)
     state = RunState.from_json(progress_json)
     return run_eval(lm, settings, records, options=options, editor=editor, out_dir=out_dir, run_info=run_info,

@@ -13,7 +13,7 @@ from app.service import faults
 from app.service.errors import Conflict, Invalid, NotFound
 from app.store import repo
 from app.store.db import transaction
-from app.store.models import EDIT_STATUSES, Edit
+from app.store.models import EDIT_STATUSES, MAX_EDIT_ID, Edit
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,6 @@ def _replay_key(sessions, key: str, body_hash: str) -> list[Edit] | None:
                 "use a new key for a new request"
             )
         return repo.get_edits(s, row.edit_ids)
-
-
-# Edit ids are 32-bit integer columns; a larger id cannot exist (and PostgreSQL would reject
-# the comparison itself as out of range).
-MAX_EDIT_ID = 2**31 - 1
 
 
 def get(sessions, edit_id: int) -> Edit:

@@ -84,6 +84,11 @@ class LayerDeltaRow(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+# Edit ids live in an `integer` column: 32-bit in PostgreSQL (SQLite's is wider). That bounds every
+# id (and offset) the API accepts; 2³¹−1 edits is decades of edits at one solve per second.
+MAX_EDIT_ID = 2**31 - 1
+
+
 class Edit(Base):
     __tablename__ = "edits"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

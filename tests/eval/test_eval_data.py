@@ -157,7 +157,7 @@ def test_shared_files_parse(shared_data):
 def test_cli_malformed_data_gives_clear_error(tmp_path):
     from typer.testing import CliRunner
 
-    from app.eval.cli import eval_app
+    from app.cli.evaluation import eval_app
 
     bad = _write(tmp_path, [COMPACT, COMPACT, {**COMPACT, "locality_prompt": None}])
     res = CliRunner().invoke(eval_app, ["--dataset", "counterfact", "--data", str(bad), "--records", "3",
@@ -171,7 +171,7 @@ def test_cli_malformed_data_gives_clear_error(tmp_path):
 def test_cli_dataset_mismatch_is_explained(tmp_path):
     from typer.testing import CliRunner
 
-    from app.eval.cli import eval_app
+    from app.cli.evaluation import eval_app
 
     path = _write(tmp_path, [ZSRE])
     res = CliRunner().invoke(eval_app, ["--dataset", "counterfact", "--data", str(path), "--out", str(tmp_path / "r")])

@@ -145,12 +145,12 @@ def test_checkpoint_state_roundtrip():
 
 
 def test_checkpoint_sample_is_fixed_size_and_weights_can_be_restored(tmp_path, corpus):
-    from app.eval.runner import build_editor
+    from app.editing.build import Role, build_editor
 
     lm, settings = _lm(), _settings("memit")
     opts = _options(corpus, checkpoint_every=1, checkpoint_sample=3)
     opts.health = None
-    editor = build_editor(lm, settings, _key_stats(lm, settings, corpus, tmp_path))
+    editor = build_editor(lm, settings, Role.EVAL, key_stats=_key_stats(lm, settings, corpus, tmp_path))
     before = editor.weights_hash()
     summary = run_eval(lm, settings, RECORDS, options=opts, editor=editor, progress=False, restore_weights=True)
     assert [(c["edits"], c["scored"]) for c in summary["checkpoints"]] == [(2, 2), (4, 3)]
@@ -161,9 +161,9 @@ def test_checkpoint_sample_is_fixed_size_and_weights_can_be_restored(tmp_path, c
 def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monkeypatch):
     from typer.testing import CliRunner
 
-    from app.eval.cli import eval_app
+    from app.cli.evaluation import eval_app
 
-    monkeypatch.setenv("KEDIT_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
+    monkeypatch.setenv("KEDIT_STATS_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
     cache = tmp_path / "cache"
     base = ["--model", str(tiny_model_dir), "--cache-dir", str(cache), "--records", "4", "--batch-size", "2",
             "--set", "layers=[1,2]", "--set", "stats_tokens=1000", "--set", "max_steps=3", "--set", "n_prefixes=1",
@@ -225,9 +225,9 @@ def test_run_after_an_earlier_run_continues_its_model(tmp_path, corpus):
 def test_cli_after_needs_a_finished_run_with_the_same_settings(tmp_path, tiny_model_dir, shared_data, monkeypatch):
     from typer.testing import CliRunner
 
-    from app.eval.cli import eval_app
+    from app.cli.evaluation import eval_app
 
-    monkeypatch.setenv("KEDIT_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
+    monkeypatch.setenv("KEDIT_STATS_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
     base = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2",
             "--set", "layers=[1,2]", "--set", "stats_tokens=1000", "--set", "max_steps=2", "--set", "n_prefixes=1",
             "--generation-samples", "2", "--gen-max-len", "12", "--no-health", "--no-progress"]

@@ -18,12 +18,11 @@ def warm_cache(tiny_assets):
     """Compute the tiny model's key statistics once in this process, so that no spawned worker
     pays for it (and no two compute it at once)."""
     from app.config import ServiceConfig
-    from app.service.context import load_editor
 
     model_dir, corpus, cache = tiny_assets
     cfg = ServiceConfig(model_path=str(model_dir), cache_dir=cache, stats_corpus=corpus,
                         edit_overrides=dict(sup.TINY_OVERRIDES))
-    load_editor(cfg, "worker")
+    cfg.load_editor("worker")
     return tiny_assets
 
 

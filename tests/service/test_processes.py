@@ -39,7 +39,7 @@ def spawn(tiny_assets, pg_url, redis_prefix, tmp_path):
 
     def start(*args: str) -> subprocess.Popen:
         log = open(tmp_path / f"proc{len(procs)}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "app.cli_service", *args, "--log-level", "warning"],
+        p = subprocess.Popen([sys.executable, "-m", "app.cli", *args, "--log-level", "warning"],
                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(p)
         return p

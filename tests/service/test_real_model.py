@@ -31,17 +31,18 @@ def ask(c, fact) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["production", "embedded"])
-def test_counterfact_edit_revert_restart(mode, fact, pg_url, redis_prefix, tmp_path):
+def test_counterfact_edit_revert_restart(mode, fact, pg_url, redis_prefix, tmp_path, shared_data):
+    corpus = shared_data / "corpus"  # C₀ from WikiText, cached once for every test on SmolLM2
     if mode == "production":
         cfg = ServiceConfig(database_url=pg_url, redis_url="redis://127.0.0.1:6379/0", redis_prefix=redis_prefix,
-                            batch_wait_ms=50, sync_poll_s=0.5)
+                            batch_wait_ms=50, sync_poll_s=0.5, stats_corpus=corpus)
         worker = ServiceContext.open(cfg)
         worker.start_worker()
 
         def api():
             return TestClient(create_app(cfg, with_worker=False))
     else:
-        cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=50)
+        cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=50, stats_corpus=corpus)
         worker = None
 
         def api():
@@ -95,7 +96,8 @@ def test_revert_one_fact_of_a_batch_keeps_the_other(shared_data, tmp_path):
         for r in (recs[0], recs[5])
     )
     assert (darrieux["target_new"], apple["subject"], apple["target_new"]) == ("English", "Apple A5", "Google")
-    cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=200)
+    cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=200,
+                        stats_corpus=shared_data / "corpus")
     with TestClient(create_app(cfg)) as c:
         base_apple = ask(c, apple)["text"]
         ids = c.post("/edits", json=[darrieux, apple]).json()["ids"]

@@ -7,12 +7,11 @@ from sqlalchemy import update
 
 from app.queue import LocalQueue
 from app.service import edits as edit_service
-from app.service.context import ServiceContext, load_editor
+from app.service.context import ServiceContext
 from app.service.errors import Conflict
 from app.store import repo
 from app.store.db import WriterLock, transaction
 from app.store.models import Edit
-from app.worker import Worker
 from tests.utils.service import FACTS
 
 
@@ -21,12 +20,10 @@ def rig(make_config):
     """A database, a queue and a worker that is driven by hand (no thread)."""
     cfg = make_config()
     ctx = ServiceContext.open(cfg, queue=LocalQueue())
-    host = ctx.make_host(ctx.load_worker_editor(load_editor))
-    lock = WriterLock(ctx.engine, host.model_name)
-    assert lock.try_acquire()
-    worker = Worker(cfg, host, ctx.queue, lock)
+    worker = ctx.build_worker()
+    assert worker.lock.try_acquire()
     yield ctx, worker
-    lock.release()
+    worker.lock.release()
     ctx.close()
 
 

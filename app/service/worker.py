@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from prometheus_client import Counter, Histogram
 
@@ -166,20 +165,3 @@ class Worker:
         commit and its XADD. Either way the rows are the truth; queue them again."""
         if self.queue.depth() == 0:
             self.refill()
-
-
-def run_worker_thread(worker: Worker) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    t = threading.Thread(target=worker.run, args=(stop,), name="kedit-worker", daemon=True)
-    t.start()
-    return t, stop
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it holds or `timeout` passes (for startup and tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

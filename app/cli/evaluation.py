@@ -16,10 +16,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from app.cli.common import fail, load_config
+from app.editing.settings import Method, Preset
 from app.eval.checkpoint import CHECKPOINT_DIR, FINAL_DIR
 from app.eval.data import DataFormatError, load_dataset
 from app.eval.health import HealthConfig
-from app.eval.paths import default_data_path
+from app.eval.paths import default_data_path, wikitext_path
 from app.eval.runner import RUN_FILE, SUMMARY_FILE, RunOptions, resume_from, run_eval
 
 console = Console(stderr=True)
@@ -42,27 +44,16 @@ class DatasetName(str, Enum):
     zsre = "zsre"
 
 
-class MethodName(str, Enum):
-    encore = "encore"
-    memit = "memit"
-    alphaedit = "alphaedit"
-
-
 class ZsreTargetName(str, Enum):
     answers = "answers"
     alt = "alt"
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for p in pairs:
         if "=" not in p:
-            _fail(f"--set expects NAME=VALUE (e.g. --set lambda_n=10), got {p!r}")
+            fail(f"--set expects NAME=VALUE (e.g. --set lambda_n=10), got {p!r}")
         k, v = p.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)
@@ -76,11 +67,11 @@ def _parse_overrides(pairs: list[str]) -> dict:
 def _run_main(
     ctx: typer.Context,
     dataset: DatasetName = typer.Option(DatasetName.counterfact, help="which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, 20,790 edits), zsre"),
-    data: Optional[Path] = typer.Option(None, help="evaluation file; default: the shared file for --dataset under ../shared/data ($KEDIT_DATA_DIR overrides). Its format is detected from its fields"),
+    data: Optional[Path] = typer.Option(None, help="evaluation file; default: the shared file for --dataset in the data folder (KEDIT_DATA_DIR, default ../shared/data). Its format is detected from its fields"),
     records: Optional[int] = typer.Option(None, min=1, help="edit the first N records (default: all)"),
     batch_size: int = typer.Option(100, min=1, help="edits per batch; batches are applied one after another"),
-    method: MethodName = typer.Option(MethodName.encore, help="editing method (a preset of EditSettings)"),
-    preset: str = typer.Option("smollm2", help="settings family: smollm2, llama3-8b, gpt2-xl"),
+    method: Method = typer.Option(Method.ENCORE, help="editing method (a preset of EditSettings)"),
+    preset: Preset = typer.Option(Preset.SMOLLM2, help="settings family"),
     set_: list[str] = typer.Option([], "--set", help="override one EditSettings field, NAME=VALUE (JSON value); repeatable, e.g. --set lambda_n=10 --set 'layers=[4,5,6]'"),
     model: Optional[str] = typer.Option(None, help="Hugging Face model folder or .gguf (default: SmolLM2-135M-Instruct)"),
     checkpoint_every: Optional[int] = typer.Option(None, min=1, help="every K batches: score the facts edited so far, measure model health, save a checkpoint for --resume"),
@@ -91,9 +82,10 @@ def _run_main(
     ppl_tokens: int = typer.Option(4096, min=64, help="tokens of the WikiText-103 validation slice scored for perplexity"),
     zsre_target: ZsreTargetName = typer.Option(ZsreTargetName.answers, help="zsRE edit target: 'answers' (answers[0], as in the MEMIT/ENCORE code) or 'alt'"),
     score_batch_size: int = typer.Option(32, min=1, help="sequences per forward pass when scoring"),
-    seed: int = typer.Option(0, help="seed for generation sampling, checkpoint samples and the editor's prefixes"),
+    seed: int = typer.Option(0, help="seed for generation sampling and checkpoint samples (the editor's prefixes have their own fixed seed)"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    cache_dir: Optional[Path] = typer.Option(None, help="model/key-statistics cache (default $KEDIT_CACHE_DIR or ~/.cache/kedit)"),
+    cache_dir: Optional[Path] = typer.Option(None, help="model/key-statistics cache (KEDIT_CACHE_DIR; default ~/.cache/kedit)"),
+    corpus: Optional[Path] = typer.Option(None, help="text file or folder of .txt for the key statistics C0 (KEDIT_STATS_CORPUS; default: text the model generates)"),
     out: Optional[Path] = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint (other options are taken from its run.json)"),
     after: Optional[Path] = typer.Option(None, help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end"),
@@ -106,16 +98,19 @@ def _run_main(
         _resume(resume, progress)
         return
     if out is None:
-        _fail("give --out DIR (where summary.json and the plots go), or --resume DIR")
+        fail("give --out DIR (where summary.json and the plots go), or --resume DIR")
     if (out / CHECKPOINT_DIR).exists() and not (out / SUMMARY_FILE).exists():
-        _fail(f"{out} holds an unfinished run: continue it with `kedit eval --resume {out}` or choose another --out")
+        fail(f"{out} holds an unfinished run: continue it with `kedit eval --resume {out}` or choose another --out")
+    env = load_config(builds_stats=True, cache_dir=cache_dir, stats_corpus=corpus)
     config = {
-        "dataset": dataset.value, "data": str(data or default_data_path(dataset.value)), "records": records,
-        "batch_size": batch_size, "method": method.value, "preset": preset, "overrides": _parse_overrides(set_),
+        "dataset": dataset.value, "data": str(data or default_data_path(dataset.value, env.data_dir)),
+        "records": records, "batch_size": batch_size, "method": method.value, "preset": preset.value,
+        "overrides": _parse_overrides(set_),
         "model": model, "checkpoint_every": checkpoint_every, "checkpoint_sample": checkpoint_sample,
         "generation_samples": generation_samples, "gen_max_len": gen_max_len, "health": health, "ppl_tokens": ppl_tokens,
         "zsre_target": zsre_target.value, "score_batch_size": score_batch_size, "seed": seed, "device": device,
-        "cache_dir": str(cache_dir) if cache_dir else None, "after": str(after) if after else None,
+        "cache_dir": str(env.cache_dir), "corpus": str(env.stats_corpus) if env.stats_corpus else None,
+        "wikitext": str(wikitext_path(env.data_dir)), "after": str(after) if after else None,
     }
     if after is not None:
         _check_after(after)
@@ -129,20 +124,21 @@ def _load_inputs(config: dict):
     try:
         ds = load_dataset(config["data"], zsre_target=config["zsre_target"], limit=config["records"])
     except DataFormatError as e:
-        _fail(str(e))
+        fail(str(e))
     wanted = "zsre" if config["dataset"] == "zsre" else "counterfact"
     if ds.kind != wanted:
-        _fail(f"{config['data']} holds {ds.format} records but --dataset is {config['dataset']}; pass --dataset {ds.kind}")
+        fail(f"{config['data']} holds {ds.format} records but --dataset is {config['dataset']}; pass --dataset {ds.kind}")
     try:
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config["overrides"].items()}
         settings = make_preset(config["preset"], config["method"], **overrides)
     except Exception as e:  # pydantic's message names the field and the problem
-        _fail(f"bad settings: {e}")
+        fail(f"bad settings: {e}")
     options = RunOptions(
         batch_size=config["batch_size"], checkpoint_every=config["checkpoint_every"],
         checkpoint_sample=config["checkpoint_sample"], generation_samples=config["generation_samples"],
         gen_max_len=config.get("gen_max_len", 100), score_batch_size=config["score_batch_size"], seed=config["seed"],
-        health=HealthConfig(ppl_tokens=config["ppl_tokens"], gen_max_len=config.get("gen_max_len", 100), seed=config["seed"])
+        health=HealthConfig(ppl_tokens=config["ppl_tokens"], gen_max_len=config.get("gen_max_len", 100),
+                            corpus=config.get("wikitext"), seed=config["seed"])
         if config["health"] else None,
     )
     return ds, settings, options
@@ -150,7 +146,7 @@ def _load_inputs(config: dict):
 
 def _check_after(run_dir: Path) -> None:
     if not (run_dir / FINAL_DIR / "progress.json").exists() or not (run_dir / RUN_FILE).exists():
-        _fail(f"--after {run_dir}: no finished run there (it needs {RUN_FILE} and {FINAL_DIR}/ written at the end "
+        fail(f"--after {run_dir}: no finished run there (it needs {RUN_FILE} and {FINAL_DIR}/ written at the end "
               "of `kedit eval --out DIR`); finish or resume that run first")
 
 
@@ -166,33 +162,38 @@ def _earlier_run(config: dict, settings):
     saved = state[1]["settings"] if isinstance(state, (list, tuple)) else state["settings"]
     if saved != settings.model_dump(mode="json"):
         diff = {k: (v, saved.get(k)) for k, v in settings.model_dump(mode="json").items() if saved.get(k) != v}
-        _fail(f"--after {run_dir}: that run used other settings ({', '.join(f'{k}: {b} there, {a} here' for k, (a, b) in diff.items())}); "
+        fail(f"--after {run_dir}: that run used other settings ({', '.join(f'{k}: {b} there, {a} here' for k, (a, b) in diff.items())}); "
               f"give the same --method/--preset/--set as {run_dir / RUN_FILE}")
     if (earlier_config.get("model") or None) != (config.get("model") or None):
-        _fail(f"--after {run_dir}: that run edited model {earlier_config.get('model') or 'SmolLM2-135M-Instruct'}, "
+        fail(f"--after {run_dir}: that run edited model {earlier_config.get('model') or 'SmolLM2-135M-Instruct'}, "
               f"this one asks for {config.get('model') or 'SmolLM2-135M-Instruct'}")
     return state, earlier.records
 
 
 def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
+    from app.editing.build import Role, build_editor
     from app.editing.model import load_model
-    from app.editing.stats import load_key_stats
+    from app.editing.types import EditError
 
     ds, settings, options = _load_inputs(config)
     start_state, earlier_records = _earlier_run(config, settings) if config.get("after") else (None, None)
     if not resume:
         (out / RUN_FILE).write_text(json.dumps(config, indent=1))
     console.print(f"loading model {config['model'] or 'SmolLM2-135M-Instruct'} …")
-    lm = load_model(config["model"], cache_dir=config["cache_dir"], device=config["device"])
-    needs_stats = settings.lambda_p > 0 or settings.nullspace_threshold is not None
-    key_stats = load_key_stats(lm, settings, cache_dir=config["cache_dir"]) if needs_stats else None
+    cache_dir = config["cache_dir"] or load_config().cache_dir  # run.json of older runs may hold none
+    try:
+        lm = load_model(config["model"], cache_dir=cache_dir, device=config["device"])
+        editor = build_editor(lm, settings, Role.EVAL, corpus=config.get("corpus"), cache_dir=cache_dir,
+                              progress=progress)
+    except EditError as e:
+        fail(str(e))
     run_info = {"dataset": config["dataset"], "data": config["data"], "format": ds.format, "model": lm.name,
                 "preset": config["preset"], "command": config}
     if resume:
-        summary = resume_from(out, lm, settings, ds.records, options, key_stats=key_stats, run_info=run_info,
+        summary = resume_from(out, lm, settings, ds.records, options, editor=editor, run_info=run_info,
                               progress=progress, earlier_records=earlier_records)
     else:
-        summary = run_eval(lm, settings, ds.records, options=options, key_stats=key_stats, out_dir=out,
+        summary = run_eval(lm, settings, ds.records, options=options, editor=editor, out_dir=out,
                            run_info=run_info, progress=progress, start_state=start_state,
                            earlier_records=earlier_records)
     _report(summary, out)
@@ -200,9 +201,9 @@ def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
 
 def _resume(run_dir: Path, progress: bool) -> None:
     if not (run_dir / RUN_FILE).exists():
-        _fail(f"{run_dir / RUN_FILE} not found: --resume needs the --out folder of a run started with --checkpoint-every")
+        fail(f"{run_dir / RUN_FILE} not found: --resume needs the --out folder of a run started with --checkpoint-every")
     if not (run_dir / CHECKPOINT_DIR).exists():
-        _fail(f"{run_dir} has no checkpoint yet: start again, with --checkpoint-every K so checkpoints are written")
+        fail(f"{run_dir} has no checkpoint yet: start again, with --checkpoint-every K so checkpoints are written")
     config = json.loads((run_dir / RUN_FILE).read_text())
     _execute(config, run_dir, progress, resume=True)
 
@@ -243,7 +244,7 @@ def compare_cmd(
     try:
         table, path = compare(run_dirs, out, markdown)
     except FileNotFoundError as e:
-        _fail(str(e))
+        fail(str(e))
     _wide_console().print(table)
     console.print(f"wrote {path}")
 

@@ -1,0 +1,37 @@
+"""What every command shares: the configuration read once, and errors as one line."""
+from __future__ import annotations
+
+from typing import NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from app.config import ConfigError, KeditConfig
+
+console = Console(stderr=True)
+C = TypeVar("C", bound=KeditConfig)
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` on one line and exit with status 2 (a usage error, no traceback)."""
+    console.print(f"[red]error:[/red] {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def load_config(cls: type[C] = KeditConfig, builds_stats: bool = False, **given) -> C:
+    """The configuration from the environment, with the options given on the command line
+    (those not None) taking precedence; a setting that cannot work stops the command here.
+    `builds_stats`: the command computes key statistics, so its corpus must hold text."""
+    try:
+        config = cls(**{k: v for k, v in given.items() if v is not None})
+        if builds_stats:
+            config.check_stats_corpus()
+        return config
+    except ConfigError as e:
+        fail(str(e))
+    except ValidationError as e:
+        fail("; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {str(err['msg']).removeprefix('Value error, ')}"
+            for err in e.errors(include_url=False)
+        ))
