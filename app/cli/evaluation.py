@@ -28,7 +28,7 @@ console = Console(stderr=True)
 
 eval_app = typer.Typer(
     help=(
-        "Sequential knowledge-editing evaluation (design.md §4). Edits the first N records of a CounterFact "
+        "Sequential knowledge-editing evaluation (docs/method.md §5). Edits the first N records of a CounterFact "
         "or zsRE file in batches of B on one model, scores the unedited model and the edited one (ES/PS/NS/S/GE, "
         "or zsRE token accuracies), records seconds per edit and the norm of every edited matrix, and writes "
         "DIR/summary.json with scores.png, norms.png and health.png. See docs/eval.md."

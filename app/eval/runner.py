@@ -1,6 +1,6 @@
 """The sequential-editing evaluation: edit N records in batches of B on one model, score.
 
-Protocol (design.md §4): the batches are applied one after another to the same model;
+Protocol (docs/method.md §5): the batches are applied one after another to the same model;
 the unedited model is scored on the same records first (baseline); every
 `checkpoint_every` batches the facts edited so far (or a fixed sample of them) are
 scored together with model health, and the run's state is saved so it can be resumed;

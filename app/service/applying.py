@@ -99,7 +99,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> J
 
 
 def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True) -> JobReport:
-    """design.md §3: take the edit's batch out, put its other live edits back from their stored z*."""
+    """docs/method.md §4: take the edit's batch out, put its other live edits back from their stored z*."""
     report = JobReport()
     host.sync()
     with host.sessions() as s:

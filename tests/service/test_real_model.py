@@ -87,7 +87,7 @@ def test_counterfact_edit_revert_restart(mode, fact, pg_url, redis_prefix, tmp_p
 
 
 def test_revert_one_fact_of_a_batch_keeps_the_other(shared_data, tmp_path):
-    """design.md §3 on the real model: two facts in one batch; reverting one brings its old
+    """docs/method.md §4 on the real model: two facts in one batch; reverting one brings its old
     answer back while the other (re-applied from its stored z*) keeps its new one."""
     recs = json.loads((shared_data / "counterfact_extra" / "counterfact-edit.json").read_text())
     darrieux, apple = (
