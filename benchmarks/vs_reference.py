@@ -344,7 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         with log_cm as log:
             print(f"authors' code ({ref}): statistics, then one batch of {len(recs)} …", flush=True)
             ref_figs = run_reference(ref, recs, corpus, layers, args.stats_texts, log)
-        print(f"authors' code: {ref_figs['seconds_per_edit']:.2f} s/edit; kedit next …", flush=True)
+        print(f"authors' code: {ref_figs['seconds_per_edit']:.2f} s/edit (targets {ref_figs['targets']:.1f} s, "
+              f"insertion {ref_figs['insertion']:.1f} s, {ref_figs['mean_steps']:.1f} steps per edit), statistics "
+              f"{ref_figs['stats_seconds']:.0f} s, scores {ref_figs['scores']}; kedit next …", flush=True)
+        if args.out:  # a run cut during kedit's half still leaves the authors' figures
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"records": len(recs), "reference": ref_figs}, indent=1, default=str))
         tokens = max(ref_figs["stats_tokens_per_layer"].values())
         ked_figs = run_kedit(recs, corpus, layers, tokens)
     except Failure as exc:
