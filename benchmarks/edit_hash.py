@@ -7,7 +7,8 @@ after. `--out` keeps z* too; `--against` compares with such a file from another 
     PYTHONPATH=../main python benchmarks/edit_hash.py --out /tmp/old.json     # the code before
     PYTHONPATH=.       python benchmarks/edit_hash.py --against /tmp/old.json  # the code after
 
-Only public names that have not moved are used, so the script runs on either checkout.
+Only names that exist in both checkouts are used, and C₀ comes from the WikiText corpus of the
+data folder (given explicitly: the default corpus is not the same in every checkout).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from app.editing.model import load_model
 from app.editing.settings import preset
 from app.editing.stats import load_key_stats
 from app.eval.data import load_dataset
-from app.eval.paths import data_dir
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main(
@@ -34,12 +36,13 @@ def main(
     method: str = typer.Option("encore", help="encore | memit | alphaedit"),
     out: Optional[Path] = typer.Option(None, help="write hashes, steps, probabilities and z* here (JSON)"),
     against: Optional[Path] = typer.Option(None, help="compare with a file written by --out"),
+    data_dir: Path = typer.Option(SHARED_DATA, help="the shared data folder (CounterFact, corpus/)"),
 ) -> None:
     torch.manual_seed(0)
     lm = load_model()
     settings = preset(preset_name, method)
-    editor = Editor(lm, settings, load_key_stats(lm, settings, progress=False))
-    recs = load_dataset(data_dir() / "counterfact" / "counterfact.json", limit=records).records
+    editor = Editor(lm, settings, load_key_stats(lm, settings, corpus=data_dir / "corpus", progress=False))
+    recs = load_dataset(data_dir / "counterfact" / "counterfact.json", limit=records).records
     run: dict = {"hashes": [], "steps": [], "prob_before": [], "prob_after": [], "z_star": []}
     for b, start in enumerate(range(0, len(recs), batch_size), start=1):
         t0 = time.perf_counter()
