@@ -6,6 +6,7 @@ from typing import NoReturn, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from app.config import ConfigError, KeditConfig
 
@@ -15,7 +16,8 @@ C = TypeVar("C", bound=KeditConfig)
 
 def fail(message: str) -> NoReturn:
     """Print `error: message` on one line and exit with status 2 (a usage error, no traceback)."""
-    console.print(f"[red]error:[/red] {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote user input, which may hold [brackets] that rich would read as markup.
+    console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
