@@ -3,8 +3,8 @@
 pyproject's filterwarnings makes a deprecation warning attributed to an app module an error.
 transformers attributes the warning of a deprecated forward argument to torch's Module.__call__
 (the caller of the decorated forward) and reports some deprecations through its logger only,
-so an edit is also run here with every deprecation warning an error and the transformers
-logger watched.
+so the key statistics and an edit are also run here with every deprecation warning an error and
+the transformers logger watched.
 """
 import logging
 import warnings
@@ -12,7 +12,8 @@ import warnings
 import pytest
 
 from app.editing.editor import Editor
-from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings, tiny_stats
+from app.editing.stats import collect_key_stats
+from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings
 
 
 class _Records(logging.Handler):
@@ -25,10 +26,9 @@ class _Records(logging.Handler):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_an_edit_uses_no_deprecated_api(arch, tmp_path):
+def test_an_edit_uses_no_deprecated_api(arch):
     lm = tiny_lm(arch)
     s = tiny_settings(max_steps=3)
-    stats = tiny_stats(lm, s.layers, tmp_path)
     logger = logging.getLogger("transformers")
     records = _Records()
     logger.addHandler(records)
@@ -37,6 +37,7 @@ def test_an_edit_uses_no_deprecated_api(arch, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)
             warnings.simplefilter("error", FutureWarning)
+            stats = collect_key_stats(lm, list(s.layers), None, tokens=1000, progress=False)  # generated text
             editor = Editor(lm, s, stats, templates=TEMPLATES)
             editor.apply(FACTS, batch_id=1)
             editor.generate("The mother tongue of Danielle Darrieux is", max_new_tokens=3)
