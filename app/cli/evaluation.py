@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
@@ -17,9 +18,9 @@ import typer
 from rich.console import Console
 
 from app.cli.common import fail, load_config
-from app.editing.settings import Method, Preset
+from app.editing.settings import EditSettings, Method, Preset
 from app.eval.checkpoint import CHECKPOINT_DIR, FINAL_DIR
-from app.eval.data import DataFormatError, load_dataset
+from app.eval.data import DataFormatError, build_neighbourhoods, load_dataset
 from app.eval.health import HealthConfig
 from app.eval.paths import default_data_path, wikitext_path
 from app.eval.runner import RUN_FILE, SUMMARY_FILE, RunOptions, resume_from, run_eval
@@ -69,6 +70,8 @@ def _run_main(
     dataset: DatasetName = typer.Option(DatasetName.counterfact, help="which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, 20,790 edits), zsre"),
     data: Optional[Path] = typer.Option(None, help="evaluation file; default: the shared file for --dataset in the data folder (KEDIT_DATA_DIR, default ../shared/data). Its format is detected from its fields"),
     records: Optional[int] = typer.Option(None, min=1, help="edit the first N records (default: all)"),
+    neighbours: int = typer.Option(0, min=0, help="CounterFact: add up to N neighbourhood prompts per record, built like CounterFact's (the record's template asked of other subjects with the same true object, from --neighbour-pool and the rest of the file; never an edited subject). The compact files hold one each"),
+    neighbour_pool: list[Path] = typer.Option([], help="more CounterFact files whose subjects --neighbours may use (repeatable)"),
     batch_size: int = typer.Option(100, min=1, help="edits per batch; batches are applied one after another"),
     method: Method = typer.Option(Method.ENCORE, help="editing method (a preset of EditSettings)"),
     preset: Preset = typer.Option(Preset.SMOLLM2, help="settings family"),
@@ -104,7 +107,8 @@ def _run_main(
     env = load_config(builds_stats=True, cache_dir=cache_dir, stats_corpus=corpus)
     config = {
         "dataset": dataset.value, "data": str(data or default_data_path(dataset.value, env.data_dir)),
-        "records": records, "batch_size": batch_size, "method": method.value, "preset": preset.value,
+        "records": records, "neighbours": neighbours, "neighbour_pool": [str(p) for p in neighbour_pool],
+        "batch_size": batch_size, "method": method.value, "preset": preset.value,
         "overrides": _parse_overrides(set_),
         "model": model, "checkpoint_every": checkpoint_every, "checkpoint_sample": checkpoint_sample,
         "generation_samples": generation_samples, "gen_max_len": gen_max_len, "health": health, "ppl_tokens": ppl_tokens,
@@ -128,6 +132,14 @@ def _load_inputs(config: dict):
     wanted = "zsre" if config["dataset"] == "zsre" else "counterfact"
     if ds.kind != wanted:
         fail(f"{config['data']} holds {ds.format} records but --dataset is {config['dataset']}; pass --dataset {ds.kind}")
+    if config.get("neighbours"):
+        if ds.kind != "counterfact":
+            fail("--neighbours builds CounterFact neighbourhoods; it does not apply to zsRE")
+        try:
+            pool = [r for path in [config["data"], *config.get("neighbour_pool", [])] for r in load_dataset(path).records]
+        except DataFormatError as e:
+            fail(str(e))
+        ds = dataclasses.replace(ds, records=build_neighbourhoods(ds.records, pool, config["neighbours"], config["seed"]))
     try:
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config["overrides"].items()}
         settings = make_preset(config["preset"], config["method"], **overrides)
@@ -160,6 +172,7 @@ def _earlier_run(config: dict, settings):
     earlier, _, _ = _load_inputs(earlier_config)
     state, _ = load_checkpoint(run_dir, FINAL_DIR)
     saved = state[1]["settings"] if isinstance(state, (list, tuple)) else state["settings"]
+    saved = EditSettings(**saved).model_dump(mode="json")  # fields added since take their defaults
     if saved != settings.model_dump(mode="json"):
         diff = {k: (v, saved.get(k)) for k, v in settings.model_dump(mode="json").items() if saved.get(k) != v}
         fail(f"--after {run_dir}: that run used other settings ({', '.join(f'{k}: {b} there, {a} here' for k, (a, b) in diff.items())}); "

@@ -46,12 +46,17 @@ class Editor:
         self.layers = list(settings.layers)
         self.c0 = {l: key_stats[l].double() for l in self.layers} if needs_stats else {}
         self.projector = (
-            {l: nullspace_projector(self.c0[l], settings.nullspace_threshold) for l in self.layers}
-            if settings.nullspace_threshold is not None
+            {l: nullspace_projector(self.c0[l], settings.nullspace_threshold, settings.nullspace_energy)
+             for l in self.layers}
+            if needs_stats and settings.method == "alphaedit"
             else {}
         )
         self.base = {l: self._w(l).detach().clone() for l in self.layers}
         f = self.base[self.layers[0]].shape[1]
+        self.lambda_n = {
+            l: settings.lambda_n * (float(self.c0[l].trace()) / f if needs_stats and settings.lambda_n_relative else 1.0)
+            for l in self.layers
+        }
         self.preserved = {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
         self.live: dict[int, list[LayerDelta]] = {}
         self._templates = templates
@@ -196,7 +201,7 @@ class Editor:
                     self.c0.get(layer),
                     self.preserved[layer] if s.preserve_previous else None,
                     s.lambda_p,
-                    s.lambda_n,
+                    self.lambda_n[layer],
                     self.projector.get(layer),
                 )
                 delta = LayerDelta(layer, u.float().cpu(), v.float().cpu(), k32.cpu())
@@ -256,7 +261,8 @@ class Editor:
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """Restore live batches on top of the base weights; checks the weights hash."""
-        if meta["settings"] != self.settings.model_dump(mode="json"):
+        # Compared as settings, so that a state saved before a field was added (at its default) still loads.
+        if EditSettings(**meta["settings"]) != self.settings:
             raise EditError("the saved editor state was made with other settings: " + json.dumps(meta["settings"]))
         self._templates = list(meta["templates"])
         self.live = {

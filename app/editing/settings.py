@@ -56,6 +56,13 @@ class EditSettings(BaseModel):
     nullspace_threshold: float | None = Field(
         None, gt=0, description="AlphaEdit: project onto eigenvectors of C₀ with eigenvalue below this"
     )
+    nullspace_energy: float | None = Field(
+        None, gt=0, lt=1, description="AlphaEdit, scale-free: project onto the least-used eigenvectors of C₀ that "
+        "together hold at most this fraction of its trace (instead of nullspace_threshold)"
+    )
+    lambda_n_relative: bool = Field(
+        False, description="multiply λn by C₀'s mean eigenvalue tr(C₀)/f, so that it weighs the same at any key scale"
+    )
 
     # Key statistics C₀ = E[k kᵀ].
     stats_tokens: int = Field(150_000, ge=1000, description="token budget for C₀")
@@ -66,10 +73,11 @@ class EditSettings(BaseModel):
             raise ValueError("layers must name at least one layer")
         if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
             raise ValueError(f"layers must be distinct, ascending and non-negative, got {list(self.layers)}")
-        if self.method == "alphaedit" and self.nullspace_threshold is None:
-            raise ValueError("alphaedit needs nullspace_threshold")
-        if self.method != "alphaedit" and self.nullspace_threshold is not None:
-            raise ValueError("nullspace_threshold is only used by alphaedit")
+        nullspace = [n for n in ("nullspace_threshold", "nullspace_energy") if getattr(self, n) is not None]
+        if self.method == "alphaedit" and len(nullspace) != 1:
+            raise ValueError("alphaedit needs one of nullspace_threshold or nullspace_energy")
+        if self.method != "alphaedit" and nullspace:
+            raise ValueError(f"{nullspace[0]} is only used by alphaedit")
         return self
 
     @property
@@ -78,8 +86,8 @@ class EditSettings(BaseModel):
 
     @property
     def needs_key_stats(self) -> bool:
-        """Whether solving uses C₀: as the preservation term (λp > 0) or for AlphaEdit's null space."""
-        return self.lambda_p > 0 or self.nullspace_threshold is not None
+        """Whether solving uses C₀: as the preservation term (λp > 0), for AlphaEdit's null space or to scale λn."""
+        return self.lambda_p > 0 or self.method == Method.ALPHAEDIT or self.lambda_n_relative
 
 
 def _llama3_8b(method: Method) -> EditSettings:

@@ -16,10 +16,17 @@ from __future__ import annotations
 import torch
 
 
-def nullspace_projector(c0: torch.Tensor, threshold: float) -> torch.Tensor:
-    """P = Û Ûᵀ over the eigenvectors of C₀ whose eigenvalue is below `threshold` (float64)."""
-    eigvals, eigvecs = torch.linalg.eigh(c0.double())
-    small = eigvecs[:, eigvals < threshold]
+def nullspace_projector(c0: torch.Tensor, threshold: float | None = None, energy: float | None = None) -> torch.Tensor:
+    """P = Û Ûᵀ over the eigenvectors of C₀ that generic text barely uses (float64): those whose
+    eigenvalue is below `threshold`, or the smallest ones that together hold at most `energy` of tr(C₀).
+    The absolute threshold depends on the scale of the keys (AlphaEdit's 0.02 was set for
+    Llama-3-8B); the energy fraction means the same for any model."""
+    eigvals, eigvecs = torch.linalg.eigh(c0.double())  # ascending
+    if energy is not None:
+        keep = torch.cumsum(eigvals.clamp(min=0), 0) <= energy * eigvals.clamp(min=0).sum()
+    else:
+        keep = eigvals < threshold
+    small = eigvecs[:, keep]
     return small @ small.T
 
 

@@ -6,7 +6,9 @@ index and the field, so a user can fix or replace the file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence, Union
@@ -257,3 +259,35 @@ def load_dataset(path: Path | str, zsre_target: ZsreTarget = "answers", limit: i
             raise DataFormatError(f"{path}: asked for {limit} records but the file holds {len(raw)}")
         raw = raw[:limit]
     return parse_records(raw, path, zsre_target)
+
+
+def build_neighbourhoods(records: list[Record], pool: Sequence[Record], per_record: int = 10,
+                         seed: int = 0) -> list[Record]:
+    """CounterFact-style neighbourhood prompts for records that have few (the compact files hold one).
+
+    CounterFact's neighbourhood of a fact is its relation asked of other subjects that share its
+    true object ("The mother tongue of Jean Gabin is" → French, next to Danielle Darrieux). The
+    compact files carry no relation id, so the relation is the prompt template itself: a neighbour
+    is the record's own template filled with the subject of another record of `pool` that has the
+    same template and true object. Subjects edited in `records` are never used (their answers
+    change). Up to `per_record` are added after the record's own locality prompt, drawn with a
+    fixed seed; a record whose template and object no other subject shares keeps what it had.
+    """
+    edited = {r.subject for r in records}
+    by_relation: dict[tuple[str, str], list[str]] = {}
+    for r in pool:
+        if isinstance(r, CounterFactRecord) and r.subject not in edited:
+            subjects = by_relation.setdefault((r.prompt, r.target_true), [])
+            if r.subject not in subjects:
+                subjects.append(r.subject)
+    rng = random.Random(seed)
+    out: list[Record] = []
+    for r in records:
+        if not isinstance(r, CounterFactRecord):
+            raise DataFormatError("neighbourhoods are built for CounterFact records only")
+        # One expected object per record: only where the record's neighbours already expect its true object.
+        others = by_relation.get((r.prompt, r.target_true), []) if r.neighborhood_true == r.target_true else []
+        chosen = rng.sample(others, min(per_record, len(others)))
+        out.append(dataclasses.replace(
+            r, neighborhood_prompts=r.neighborhood_prompts + tuple(r.prompt.format(s) for s in chosen)))
+    return out

@@ -216,3 +216,22 @@ def test_states_at_lookup_keep_the_input_order():
         assert torch.allclose(keys[1][i], one_keys[1][0], atol=1e-5)
         assert torch.allclose(keys[2][i], one_keys[2][0], atol=1e-5)
         assert torch.allclose(out[i], one_out[0], atol=1e-4)
+
+
+def test_scale_free_settings_follow_the_key_statistics(tmp_path):
+    lm = tiny_lm()
+    layers = (1, 2, 3)
+    stats = tiny_stats(lm, layers, tmp_path)
+    f = stats[1].shape[0]
+    rel = Editor(lm, EditSettings(method="encore", layers=layers, lambda_p=10.0, lambda_n=3.0, lambda_n_relative=True), stats)
+    for l in layers:
+        assert rel.lambda_n[l] == pytest.approx(3.0 * float(stats[l].double().trace()) / f)
+    alpha = Editor(lm, EditSettings(method="alphaedit", layers=layers, lambda_p=0.0, lambda_n=1.0, nullspace_energy=0.05), stats)
+    for l in layers:
+        eigvals = torch.linalg.eigvalsh(stats[l].double())
+        kept = round(float(alpha.projector[l].trace()))
+        assert 0 < kept < f and float(eigvals[:kept].sum()) <= 0.05 * float(eigvals.sum())
+    with pytest.raises(ValueError, match="one of nullspace_threshold or nullspace_energy"):
+        EditSettings(method="alphaedit", layers=layers, nullspace_threshold=0.02, nullspace_energy=0.05)
+    with pytest.raises(ValueError, match="only used by alphaedit"):
+        EditSettings(method="encore", layers=layers, nullspace_energy=0.05)

@@ -71,3 +71,36 @@ def test_nullspace_projector_is_a_projection():
     assert torch.allclose(p @ p, p, atol=1e-10)
     assert torch.allclose(p, p.T, atol=1e-12)
     assert round(float(torch.trace(p))) == 8
+
+
+def test_energy_projector_is_scale_free_and_drops_at_most_that_energy():
+    c0, *_ = _problem()
+    p = nullspace_projector(c0, energy=0.05)
+    assert torch.allclose(p, nullspace_projector(c0 * 1000.0, energy=0.05), atol=1e-9)  # any key scale
+    eigvals = torch.linalg.eigvalsh(c0)
+    kept = round(float(torch.trace(p)))
+    assert kept >= 1
+    assert float(eigvals[:kept].sum()) <= 0.05 * float(eigvals.sum()) < float(eigvals[: kept + 1].sum())
+
+
+def test_sequential_updates_equal_one_solve_of_the_cumulative_objective():
+    # With the preservation sum of earlier batches, batch-by-batch updates solve
+    #   min_W  Σ_i ‖W k_i − v_i‖² + λp·tr((W−W₀) C₀ (W−W₀)ᵀ) + λn·‖W−W₀‖²
+    # over all edits so far: λn constrains the cumulative change W − W₀, not each increment
+    # (docs/method.md §3). One global solve must give the same weights.
+    g = torch.Generator().manual_seed(3)
+    c0, *_ = _problem()
+    d, f, lp, ln = 12, 24, 2.0, 0.7
+    w0 = torch.randn(d, f, generator=g, dtype=torch.float64)
+    batches = [(torch.randn(f, 4, generator=g, dtype=torch.float64), torch.randn(d, 4, generator=g, dtype=torch.float64))
+               for _ in range(3)]
+    w, previous = w0.clone(), torch.zeros(f, f, dtype=torch.float64)
+    for keys, targets in batches:
+        u, v = solve_update(targets - w @ keys, keys, c0, previous, lp, ln)
+        w = w + u @ v.T
+        previous = previous + keys @ keys.T
+    k_all = torch.cat([k for k, _ in batches], 1)
+    v_all = torch.cat([t for _, t in batches], 1)
+    a = lp * c0 + ln * torch.eye(f, dtype=torch.float64) + k_all @ k_all.T
+    w_global = w0 + torch.linalg.solve(a, ((v_all - w0 @ k_all) @ k_all.T).T).T
+    assert torch.allclose(w, w_global, atol=1e-9)

@@ -12,6 +12,7 @@ from app.eval.data import (
     CounterFactRecord,
     DataFormatError,
     ZsreRecord,
+    build_neighbourhoods,
     load_dataset,
     parse_records,
 )
@@ -177,3 +178,29 @@ def test_cli_dataset_mismatch_is_explained(tmp_path):
     res = CliRunner().invoke(eval_app, ["--dataset", "counterfact", "--data", str(path), "--out", str(tmp_path / "r")])
     assert res.exit_code == 2
     assert "--dataset zsre" in res.output
+
+
+def _compact(subject: str, truth: str, template: str = "The mother tongue of {} is", new: str = "English") -> dict:
+    return {**COMPACT, "prompt": template.format(subject), "subject": subject, "ground_truth": truth,
+            "target_new": new, "rephrase_prompt": f"{subject} speaks", "locality_prompt": f"Someone near {subject} speaks",
+            "locality_ground_truth": truth}
+
+
+def test_neighbourhoods_are_the_template_asked_of_other_subjects_with_the_same_object(tmp_path):
+    records = load_dataset(_write(tmp_path, [_compact("Danielle Darrieux", "French"), _compact("Ugo Tognazzi", "Italian")])).records
+    pool = load_dataset(_write(tmp_path, [
+        _compact("Jean Gabin", "French"), _compact("Alain Delon", "French"), _compact("Sophia Loren", "Italian"),
+        _compact("Danielle Darrieux", "French"),                       # the edited subject itself: never a neighbour
+        _compact("Louis de Funès", "French", template="{} was born in"),  # another relation
+        _compact("Edith Piaf", "German"),                              # another object
+    ], "pool.json")).records
+    built = build_neighbourhoods(records, pool, per_record=10)
+    darrieux, tognazzi = built
+    assert darrieux.neighborhood_prompts[0] == "Someone near Danielle Darrieux speaks"  # its own prompt first
+    assert sorted(darrieux.neighborhood_prompts[1:]) == ["The mother tongue of Alain Delon is", "The mother tongue of Jean Gabin is"]
+    assert tognazzi.neighborhood_prompts[1:] == ("The mother tongue of Sophia Loren is",)
+    assert (darrieux.neighborhood_true, tognazzi.neighborhood_true) == ("French", "Italian")
+    assert len(build_neighbourhoods(records, pool, per_record=1)[0].neighborhood_prompts) == 2
+    # An edited subject's answer changes, so it is no neighbour of another edited record either.
+    both = load_dataset(_write(tmp_path, [_compact("Danielle Darrieux", "French"), _compact("Jean Gabin", "French")], "b.json")).records
+    assert all("Gabin" not in p for p in build_neighbourhoods(both, pool)[0].neighborhood_prompts)

@@ -1,0 +1,163 @@
+"""Screen the levers that might keep SmolLM2 healthy over thousands of edits (issue: lifelong health).
+
+Each lever is one `kedit eval` run of N sequential edits (default 500, batches of 100) on the
+tuning slice `counterfact_extra/counterfact-val.json` (never the edit file), with
+CounterFact-style neighbourhoods built for it (`--neighbours 10`, subjects from the val and
+train files), scored with ES / PS / NS, WikiText perplexity, generation entropy and the norm
+growth of every edited layer. Runs are folders under --work: a finished one is skipped, an
+interrupted one continues from its last checkpoint, so the same command picks up where it
+stopped. The table goes to --table (markdown) and --table with .json.
+
+    python benchmarks/levers.py --work /tmp/levers --table benchmarks/results/levers-smollm2.md
+    python benchmarks/levers.py --work /tmp/levers --only preset --only lambda-n-40 --records 1000
+
+The levers and why each is here are in LEVERS; `--list` prints them.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from app.config import KeditConfig
+from app.eval.compare import load_summary, markdown_table
+
+
+@dataclass(frozen=True)
+class Lever:
+    label: str
+    why: str
+    method: str = "encore"
+    overrides: dict = field(default_factory=dict)
+    corpus: str = "wikitext"  # key of CORPORA
+    stats_tokens: int = 150_000
+
+
+# The C₀ corpora: WikiText without its validation file (held out for perplexity), and plain Wikipedia.
+CORPORA = {"wikitext": ("corpus", ["wikitext103_train_excerpt.tokens.txt", "wikitext2_raw_test.txt"]),
+           "enwiki": ("corpus_extra", None)}
+
+LEVERS = [
+    Lever("preset", "today's smollm2 preset (λp 1000, λn 10, margin 3), C₀ from 150k WikiText tokens"),
+    Lever("lambda-n-40", "ENCORE's norm constraint 4× stronger", overrides={"lambda_n": 40.0}),
+    Lever("c0-wiki-900k", "C₀ from all of WikiText but the held-out file (~0.9M tokens)", stats_tokens=900_000),
+    # SmolLM2's C₀ has mean eigenvalue 0.018 (layer 4) to 0.033 (layer 8): AlphaEdit's absolute 0.02 calls
+    # 65–80 % of the directions "null". The least-used 5 % of the energy is 400–470 of 1,536 directions; a
+    # ridge of 300·tr(C₀)/f is 5–10, today's 10 where the keys are largest.
+    Lever("alphaedit-energy", "AlphaEdit with a scale-free null space (the 5 % least-used energy of C₀), its ridge "
+          "scaled to C₀, plus MPES (margin 3)", method="alphaedit",
+          overrides={"nullspace_threshold": None, "nullspace_energy": 0.05, "lambda_n_relative": True, "lambda_n": 300.0,
+                     "mpes_margin": 3, "lr": 0.5}),
+    Lever("lambda-p-5000", "preservation of generic text 5× stronger", overrides={"lambda_p": 5000.0}),
+    Lever("c0-enwiki-3m", "C₀ from 3M tokens of plain Wikipedia (corpus_extra)", corpus="enwiki", stats_tokens=3_000_000),
+    Lever("lambda-n-relative", "λn scaled to each layer's C₀ (390·tr(C₀)/f: 7 at layer 4 to 13 at layer 8, 10 on average)",
+          overrides={"lambda_n_relative": True, "lambda_n": 390.0}),
+]
+
+
+def corpus_path(name: str, data_dir: Path, work: Path) -> Path:
+    """A folder of the corpus's files (symbolic links), so that held-out files stay out of C₀."""
+    sub, files = CORPORA[name]
+    if files is None:
+        return data_dir / sub
+    folder = work / f"corpus-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        link = folder / f
+        if not link.exists():
+            link.symlink_to(data_dir / sub / f)
+    return folder
+
+
+def command(lever: Lever, run_dir: Path, data_dir: Path, work: Path, records: int, batch_size: int) -> list[str]:
+    if (run_dir / "checkpoint").exists():
+        return [sys.executable, "-m", "app.cli", "eval", "--resume", str(run_dir), "--no-progress"]
+    extra = data_dir / "counterfact_extra"
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in {**lever.overrides, "stats_tokens": lever.stats_tokens}.items()]
+    return [sys.executable, "-m", "app.cli", "eval", "--dataset", "counterfact-extra",
+            "--data", str(extra / "counterfact-val.json"), "--records", str(records), "--batch-size", str(batch_size),
+            "--neighbours", "10", "--neighbour-pool", str(extra / "counterfact-train.json"),
+            "--method", lever.method, *sets, "--corpus", str(corpus_path(lever.corpus, data_dir, work)),
+            "--checkpoint-every", str(max(1, -(-records // batch_size // 2))), "--out", str(run_dir), "--no-progress"]
+
+
+def row(lever: Lever, summary: dict) -> dict:
+    growth = {layer: rows[-1]["growth"] for layer, rows in summary["norms"].items() if rows}
+    base = summary["baseline"]
+    return {"lever": lever.label, "why": lever.why, "method": lever.method, "overrides": lever.overrides,
+            "corpus": lever.corpus, "stats_tokens": lever.stats_tokens, "edits": summary["edits"],
+            "es": summary["es"], "ps": summary["ps"], "ns": summary["ns"], "ns_unedited": base["ns"],
+            "ppl": summary["health"]["perplexity"], "ppl_unedited": base["perplexity"],
+            "entropy": summary["health"]["gen_entropy"], "entropy_unedited": base["gen_entropy"],
+            "growth": growth, "max_growth": max(growth.values()), "s_per_edit": summary["seconds_per_edit"]}
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    header = ["lever", "settings", "edits", "ES", "PS", "NS (unedited)", "NS kept %", "ppl (Δ %)", "entropy",
+              "max ‖W−W₀‖/‖W₀‖ %", "s/edit"]
+    cells = []
+    for r in rows:
+        settings = ", ".join(f"{k} {v}" for k, v in r["overrides"].items()) or "preset"
+        settings = f"{r['method']}: {settings}; C₀ {r['corpus']} {r['stats_tokens']:,}"
+        cells.append([r["lever"], settings, str(r["edits"]), f"{r['es']:.1f}", f"{r['ps']:.1f}",
+                      f"{r['ns']:.1f} ({r['ns_unedited']:.1f})", f"{100 * r['ns'] / r['ns_unedited']:.0f}",
+                      f"{r['ppl']:.2f} ({100 * (r['ppl'] / r['ppl_unedited'] - 1):+.0f})",
+                      f"{r['entropy']:.0f} ({r['entropy_unedited']:.0f})", f"{100 * r['max_growth']:.0f}",
+                      f"{r['s_per_edit']:.2f}"])
+    note = ("Sequential edits of counterfact_extra/counterfact-val.json (the tuning slice) on SmolLM2-135M-Instruct, "
+            "batches of 100; NS over the record's locality prompt plus up to 10 neighbourhood prompts built like "
+            "CounterFact's; perplexity on 4,096 held-out WikiText-103 validation tokens; unedited model in brackets. "
+            "Produced by `python benchmarks/levers.py`.\n\n")
+    path.write_text(note + markdown_table(header, cells) + "\n" + "\n".join(f"- **{r['lever']}**: {r['why']}" for r in rows) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+def main(
+    work: Path = typer.Option(Path("/tmp/kedit-levers"), help="run folders (kept: a rerun skips finished levers and resumes cut ones)"),
+    table: Optional[Path] = typer.Option(None, help="markdown table of the finished levers (and .json beside it)"),
+    only: list[str] = typer.Option([], help="run only these levers (repeatable); default: all, in order"),
+    records: int = typer.Option(500, min=1, help="sequential edits per lever"),
+    batch_size: int = typer.Option(100, min=1),
+    list_: bool = typer.Option(False, "--list", help="print the levers and exit"),
+) -> None:
+    by_label = {lv.label: lv for lv in LEVERS}
+    if list_:
+        for lv in LEVERS:
+            print(f"{lv.label:20s} {lv.why}")
+        return
+    unknown = [o for o in only if o not in by_label]
+    if unknown:
+        raise typer.BadParameter(f"unknown lever(s) {unknown}; --list shows them")
+    data_dir = KeditConfig().data_dir
+    chosen = [by_label[o] for o in only] if only else LEVERS
+    work.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parent.parent
+    for lv in chosen:
+        run_dir = work / f"{lv.label}-{records}"
+        if (run_dir / "summary.json").exists():
+            print(f"{lv.label}: finished earlier ({run_dir})", flush=True)
+            continue
+        print(f"{lv.label}: {lv.why}", flush=True)
+        with open(work / f"{lv.label}-{records}.log", "a") as log:
+            rc = subprocess.call(command(lv, run_dir, data_dir, work, records, batch_size), cwd=repo, stdout=log, stderr=log)
+        if rc != 0:
+            print(f"{lv.label}: exited {rc}; see {work / f'{lv.label}-{records}.log'} (rerun to resume)", flush=True)
+    rows = [row(lv, load_summary(work / f"{lv.label}-{records}")) for lv in LEVERS
+            if (work / f"{lv.label}-{records}" / "summary.json").exists()]
+    for r in rows:
+        print(f"{r['lever']:20s} ES {r['es']:.1f} PS {r['ps']:.1f} NS {r['ns']:.1f} ({r['ns_unedited']:.1f}) "
+              f"ppl {r['ppl']:.2f} ({r['ppl_unedited']:.2f}) entropy {r['entropy']:.0f} max growth {100 * r['max_growth']:.0f}% "
+              f"{r['s_per_edit']:.2f} s/edit", flush=True)
+    if table and rows:
+        table.parent.mkdir(parents=True, exist_ok=True)
+        write_table(rows, table)
+        print(f"wrote {table}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
