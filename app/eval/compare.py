@@ -29,12 +29,13 @@ def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list
     score_keys = (["es", "ps", "ns", "s", "ge"] if "counterfact" in kinds else []) + (
         ["edit_acc", "paraphrase_acc", "locality_acc", "locality_kept"] if "zsre" in kinds else [])
     names = {"es": "ES", "ps": "PS", "ns": "NS", "s": "S", "ge": "GE"}
-    header = ["run", "method", "edits"] + [names.get(k, k) for k in score_keys] + ["s/edit", "max growth %", "ppl"]
+    header = ["run", "method", "edits"] + [names.get(k, k) for k in score_keys] + ["s/edit", "max growth %", "ppl", "entropy"]
     rows = []
     for s, label in zip(summaries, labels):
         growth = [rows_[-1]["growth"] for rows_ in s.get("norms", {}).values() if rows_]
         base_ppl = s.get("baseline", {}).get("perplexity")
         ppl = (s.get("health") or {}).get("perplexity")
+        entropy, base_entropy = (s.get("health") or {}).get("gen_entropy"), s.get("baseline", {}).get("gen_entropy")
         row = [label, s.get("settings", {}).get("method", "?"), str(s.get("edits", "?"))]
         for k in score_keys:
             v, b = s.get(k), s.get("baseline", {}).get(k)
@@ -43,6 +44,7 @@ def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list
             _cell(s.get("seconds_per_edit"), "{:.2f}"),
             _cell(100 * max(growth) if growth else None),
             "–" if ppl is None else f"{ppl:.2f}" + (f" ({base_ppl:.2f})" if base_ppl is not None else ""),
+            "–" if entropy is None else f"{entropy:.0f}" + (f" ({base_entropy:.0f})" if base_entropy is not None else ""),
         ]
         rows.append(row)
     return header, rows

@@ -115,23 +115,25 @@ def plot_run(summary: dict, out_dir: Path | str) -> list[Path]:
 
 
 def plot_compare(summaries: Sequence[dict], labels: Sequence[str], out_path: Path | str) -> Path:
-    """One figure: each score, the largest layer's norm growth and perplexity vs edits, one line per run."""
+    """One figure, one line per run: each score, perplexity, generation entropy, and the norm growth
+    of every edited layer (a panel each) against the number of edits."""
     kinds = {kind_of(s) for s in summaries}
     keys = [k for kind in sorted(kinds) for k in SCORE_KEYS[kind]]
-    panels = keys + [("growth", "max ‖W−W₀‖/‖W₀‖ (%)"), ("perplexity", "WikiText perplexity")]
-    cols = 3
+    layers = sorted({layer for s in summaries for layer in growth_curves(s)}, key=int)
+    panels = keys + [("perplexity", "WikiText perplexity"), ("gen_entropy", "generation entropy")] + [
+        (("growth", layer), f"layer {layer}: ‖W−W₀‖/‖W₀‖ (%)") for layer in layers]
+    cols = 4
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.2 * rows), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels):
         for i, (s, name) in enumerate(zip(summaries, labels)):
-            if key == "growth":
-                curves = growth_curves(s).values()
-                if not curves:
+            if isinstance(key, tuple):
+                curve = growth_curves(s).get(key[1])
+                if curve is None:
                     continue
-                xs = next(iter(curves))[0]
-                ys = [max(c[1][j] for c in curves) for j in range(len(xs))]
-            elif key == "perplexity":
-                xs, ys = health_curve(s, "perplexity")
+                xs, ys = curve
+            elif key in ("perplexity", "gen_entropy"):
+                xs, ys = health_curve(s, key)
             elif key in s:
                 xs, ys = score_curve(s, key)
                 ax.plot(*baseline_curve(s, key), color=f"C{i}", ls=":", lw=1)

@@ -181,8 +181,9 @@ def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monke
     again = json.loads((tmp_path / "encore" / "summary.json").read_text())
     assert again["weights_hash"] == first["weights_hash"]
 
-    res = runner.invoke(eval_app, [*base, "--method", "memit", "--no-health", "--out", str(tmp_path / "memit")])
+    res = runner.invoke(eval_app, [*base, "--method", "memit", "--no-health", "--neighbours", "3", "--out", str(tmp_path / "memit")])
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "memit" / "run.json").read_text())["neighbours"] == 3
     res = runner.invoke(eval_app, ["compare", str(tmp_path / "encore"), str(tmp_path / "memit"),
                                    "--out", str(tmp_path / "cmp.png"), "--markdown", str(tmp_path / "cmp.md")],
                         env={"COLUMNS": "200"})
@@ -190,7 +191,7 @@ def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monke
     assert "encore" in res.output and "memit" in res.output
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "cmp.md").read_text().splitlines()
-    assert md[2].startswith("| run | method | edits | ES | PS | NS | S | GE |")
+    assert md[2].startswith("| run | method | edits | ES | PS | NS | S | GE |") and md[2].endswith("| ppl | entropy |")
     assert md[4].startswith("| encore | encore | 4 |") and md[5].startswith("| memit | memit | 4 |")
 
     res = runner.invoke(eval_app, ["compare", str(tmp_path / "nowhere")])
