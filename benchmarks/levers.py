@@ -45,7 +45,7 @@ CORPORA = {"wikitext": ("corpus", ["wikitext103_train_excerpt.tokens.txt", "wiki
 LEVERS = [
     Lever("preset", "today's smollm2 preset (λp 1000, λn 10, margin 3), C₀ from 150k WikiText tokens"),
     Lever("lambda-n-40", "ENCORE's norm constraint 4× stronger", overrides={"lambda_n": 40.0}),
-    Lever("c0-wiki-900k", "C₀ from all of WikiText but the held-out file (~0.9M tokens)", stats_tokens=900_000),
+    Lever("lambda-p-5000", "preservation of generic text 5× stronger", overrides={"lambda_p": 5000.0}),
     # SmolLM2's C₀ has mean eigenvalue 0.018 (layer 4) to 0.033 (layer 8): AlphaEdit's absolute 0.02 calls
     # 65–80 % of the directions "null". The least-used 5 % of the energy is 400–470 of 1,536 directions; a
     # ridge of 300·tr(C₀)/f is 5–10, today's 10 where the keys are largest.
@@ -53,7 +53,7 @@ LEVERS = [
           "scaled to C₀, plus MPES (margin 3)", method="alphaedit",
           overrides={"nullspace_threshold": None, "nullspace_energy": 0.05, "lambda_n_relative": True, "lambda_n": 300.0,
                      "mpes_margin": 3, "lr": 0.5}),
-    Lever("lambda-p-5000", "preservation of generic text 5× stronger", overrides={"lambda_p": 5000.0}),
+    Lever("c0-wiki-900k", "C₀ from all of WikiText but the held-out file (~0.9M tokens)", stats_tokens=900_000),
     Lever("c0-enwiki-3m", "C₀ from 3M tokens of plain Wikipedia (corpus_extra)", corpus="enwiki", stats_tokens=3_000_000),
     Lever("lambda-n-relative", "λn scaled to each layer's C₀ (390·tr(C₀)/f: 7 at layer 4 to 13 at layer 8, 10 on average)",
           overrides={"lambda_n_relative": True, "lambda_n": 390.0}),
