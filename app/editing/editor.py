@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 
 import torch
 
 from app.editing.batching import pad_right
 from app.editing.keys import states_at_lookup
 from app.editing.model import LoadedModel
-from app.editing.prompts import encode_with_subject, fill, generate_context_templates, target_ids
+from app.editing.prompts import encode_with_subject, fill, generate_context_templates, generate_subjects, target_ids
 from app.editing.settings import EditSettings
 from app.editing.solve import nullspace_projector, solve_update
 from app.editing.targets import compute_targets
@@ -60,6 +61,7 @@ class Editor:
         self.preserved = {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
         self.live: dict[int, list[LayerDelta]] = {}
         self._templates = templates
+        self._subjects: list[str] | None = None
 
     # ----- views -----
     def _w(self, layer: int) -> torch.Tensor:
@@ -70,6 +72,13 @@ class Editor:
         if self._templates is None:
             self._templates = generate_context_templates(self.lm, self.settings.n_prefixes, self.settings.prefix_tokens)
         return self._templates
+
+    @property
+    def neighbour_subjects(self) -> list[str]:
+        """The generated subjects that neighbour-key preservation asks each fact's relation of."""
+        if self._subjects is None:
+            self._subjects = generate_subjects(self.lm, 4 * self.settings.neighbour_keys + 8)
+        return self._subjects
 
     @property
     def batch_ids(self) -> list[int]:
@@ -174,6 +183,17 @@ class Editor:
             for t in self.templates
         ]
 
+    def _encode_neighbour_prompts(self, requests: list[EditRequest]):
+        """Each fact's prompt asked of `neighbour_keys` other subjects (chosen by the fact's subject, so
+        the same fact gets the same neighbours in any batch, after a revert or in another process)."""
+        k, pool = self.settings.neighbour_keys, self.neighbour_subjects
+        out = []
+        for r in requests:
+            others = [s for s in pool if s != r.subject]
+            start = zlib.crc32(r.subject.encode()) % len(others)
+            out += [encode_with_subject(self.lm.tokenizer, r.prompt, s) for s in (others * 2)[start : start + k]]
+        return out
+
     @torch.no_grad()
     def _insert(self, requests: list[EditRequest], z_star: torch.Tensor) -> tuple[list[LayerDelta], float]:
         """Spread z* − z over the edited layers, lowest first; undo everything if anything fails."""
@@ -181,6 +201,7 @@ class Editor:
         n_t = len(self.templates)
         encoded = self._encode_key_prompts(requests)
         bare = encoded[::n_t]
+        neighbours = self._encode_neighbour_prompts(requests) if s.neighbour_keys else []
         snapshot = {l: self._w(l).detach().clone() for l in self.layers}
         preserved = {l: p.clone() for l, p in self.preserved.items()}
         deltas = []
@@ -195,11 +216,19 @@ class Editor:
                 keys_seconds += time.perf_counter() - t0
                 residual = (z_star - z_now).T / (len(self.layers) - i)  # d×B
                 k32 = k.float()
+                keep = self.preserved[layer] if s.preserve_previous else None
+                if neighbours:
+                    # Other subjects' outputs at this layer stay where they are: their keys join the
+                    # preservation term for this batch's solve (docs/method.md §3).
+                    t0 = time.perf_counter()
+                    nb = states_at_lookup(self.lm, neighbours, [layer], max_rows=self.max_rows)[0][layer].double()
+                    keys_seconds += time.perf_counter() - t0
+                    keep = nb.T @ nb if keep is None else keep + nb.T @ nb
                 u, v = solve_update(
                     residual,
                     k32,
                     self.c0.get(layer),
-                    self.preserved[layer] if s.preserve_previous else None,
+                    keep,
                     s.lambda_p,
                     self.lambda_n[layer],
                     self.projector.get(layer),

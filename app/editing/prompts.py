@@ -66,3 +66,34 @@ def generate_context_templates(lm, n_prefixes: int, length: int, seed: int = 0, 
         text = tok.decode(ids[0], skip_special_tokens=True)
         templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
     return templates
+
+
+# Shown to the model as the start of a list it continues; never used as subjects themselves.
+_SUBJECT_LIST_START = "Famous names: Albert Einstein, Paris, Toyota, Mount Everest, The Beatles,"
+
+
+@torch.no_grad()
+def generate_subjects(lm, n: int, seed: int = 0, top_k: int = 5, max_tokens: int = 8) -> list[str]:
+    """n distinct subject-like names the model itself writes, continuing a comma-separated list.
+
+    For neighbour-key preservation: other subjects to ask an edited fact's relation of, so that
+    the edit is kept to its own subject. Generated, not drawn from any dataset, so they are never
+    the evaluation's neighbourhood prompts; a fixed seed gives every process the same ones. Rows
+    are sampled independently from the same list start (top-k), 3n of them in one batch.
+    """
+    tok, model = lm.tokenizer, lm.model
+    enc = tok(_SUBJECT_LIST_START, return_tensors="pt").to(lm.device)
+    # transformers samples from torch's global generator: seed a fork of it, leave the caller's alone.
+    with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = model.generate(**enc, do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0, max_new_tokens=max_tokens,
+                             num_return_sequences=3 * n, pad_token_id=tok.pad_token_id)
+    ids = out[:, enc["input_ids"].shape[1]:]
+    seen = {"Albert Einstein", "Paris", "Toyota", "Mount Everest", "The Beatles"}
+    names: list[str] = []
+    for row in ids.tolist():
+        name = tok.decode(row, skip_special_tokens=True).split(",")[0].split("\n")[0].split(".")[0].strip()
+        if name and "{" not in name and "}" not in name and name not in seen and any(c.isalpha() for c in name):
+            seen.add(name)
+            names.append(name)
+    return names[:n]

@@ -53,6 +53,10 @@ class EditSettings(BaseModel):
     lambda_p: float = Field(15000.0, ge=0, description="weight of the key second moment C₀ (preservation)")
     lambda_n: float = Field(20.0, ge=0, description="Frobenius-norm constraint λn·I (AlphaEdit: its ridge)")
     preserve_previous: bool = Field(True, description="add Σ K_prev K_prevᵀ of earlier edits to the solve")
+    neighbour_keys: int = Field(
+        0, ge=0, le=50, description="per fact, also keep the outputs of this many other subjects asked with the fact's "
+        "own prompt (subjects the model generates once), so that the edit stays with its subject; 0 turns it off"
+    )
     nullspace_threshold: float | None = Field(
         None, gt=0, description="AlphaEdit: project onto eigenvectors of C₀ with eigenvalue below this"
     )

@@ -4,9 +4,10 @@ import torch
 
 from app.editing import solve as solve_module
 from app.editing.editor import Editor
+from app.editing.keys import states_at_lookup
 from app.editing.settings import EditSettings
 from app.editing.types import EditError, EditRequest
-from tests.utils.editing import FACTS, tiny_lm, tiny_settings, tiny_stats
+from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings, tiny_stats
 
 MORE = [
     EditRequest("{} is in", "The Eiffel Tower", "Rome", "Paris"),
@@ -235,3 +236,22 @@ def test_scale_free_settings_follow_the_key_statistics(tmp_path):
         EditSettings(method="alphaedit", layers=layers, nullspace_threshold=0.02, nullspace_energy=0.05)
     with pytest.raises(ValueError, match="only used by alphaedit"):
         EditSettings(method="encore", layers=layers, nullspace_energy=0.05)
+
+
+def test_neighbour_keys_keep_other_subjects_outputs(tmp_path):
+    # The same facts and z* written with and without neighbour keys: the outputs of the edited
+    # layers for other subjects asked the same relation must move less with them.
+    lm = tiny_lm()
+    stats = tiny_stats(lm, (1, 2, 3), tmp_path)
+    z_stars = [o.z_star for o in Editor(lm, tiny_settings(max_steps=4), stats).apply(FACTS, batch_id=1).outcomes]
+    moved = {}
+    for k in (0, 4):
+        fresh = tiny_lm()
+        editor = Editor(fresh, tiny_settings(neighbour_keys=k, lambda_p=0.1, lambda_n=0.1), stats, templates=TEMPLATES)
+        probe = Editor(fresh, tiny_settings(neighbour_keys=4), stats, templates=TEMPLATES)._encode_neighbour_prompts(FACTS)
+        before = states_at_lookup(fresh, probe, [3], output_layer=3)[1]
+        editor.reapply(FACTS, z_stars, batch_id=1)
+        moved[k] = float((states_at_lookup(fresh, probe, [3], output_layer=3)[1] - before).norm())
+    assert len(probe) == 4 * len(FACTS)
+    assert all(s not in {f.subject for f in FACTS} for s in Editor(tiny_lm(), tiny_settings(neighbour_keys=4), stats).neighbour_subjects)
+    assert moved[4] < 0.5 * moved[0], moved
