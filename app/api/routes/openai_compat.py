@@ -90,8 +90,23 @@ def get_model(ctx: Ctx, model_id: str):
     return model_card(engine)
 
 
+def _inline(node: Any, defs: dict) -> Any:
+    """The schema with its local $defs references written out: an operation's own requestBody
+    cannot resolve `#/$defs/...` (OpenAPI tools such as schemathesis skip those parts)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inline(defs[ref.rsplit("/", 1)[1]], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
 def _body_doc(model: type[BaseModel]) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    schema = model.model_json_schema()
+    schema = _inline(schema, schema.get("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 @router.post("/completions", summary="Continue a prompt (OpenAI completions)", openapi_extra=_body_doc(CompletionIn))
