@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -118,6 +118,9 @@ class ServiceConfig(KeditConfig):
 
     # Generation (the /v1 endpoints): transformers' continuous batching with a bounded paged KV cache.
     cb_cache_blocks: int = Field(256, ge=8, le=1_000_000, description="KV-cache blocks of the batching manager")
+    serve_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the copy the /v1 endpoints generate from; edits and replay stay float32"
+    )
     cb_batch_tokens: int = Field(512, ge=16, le=1_000_000, description="tokens per forward pass of the batching manager")
 
     # Worker.

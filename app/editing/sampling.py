@@ -13,7 +13,6 @@ import torch
 from transformers import DynamicCache
 
 from app.editing.fast_forward import _cache_keyword
-from app.editing.model import LoadedModel
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -30,7 +29,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_tokens(
-    lm: LoadedModel,
+    model: torch.nn.Module,
     input_ids: Sequence[int],
     max_new_tokens: int,
     temperature: float,
@@ -41,16 +40,17 @@ def sample_tokens(
     """Yield sampled token ids one by one, stopping after an end-of-sequence token or max_new_tokens."""
     if temperature <= 0:
         raise ValueError("sample_tokens samples; use greedy decoding for temperature 0")
-    gen = torch.Generator(device=lm.device).manual_seed(int(seed))
-    ids = torch.tensor([list(input_ids)], device=lm.device)
-    cache = DynamicCache(config=lm.model.config)
-    cache_kw = {_cache_keyword(lm.model): cache}  # the KV-cache argument's name moved in transformers 5.2x
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    ids = torch.tensor([list(input_ids)], device=device)
+    cache = DynamicCache(config=model.config)
+    cache_kw = {_cache_keyword(model): cache}  # the KV-cache argument's name moved in transformers 5.2x
     eos = set(eos_token_ids)
     for _ in range(max_new_tokens):
-        logits = lm.model(input_ids=ids, use_cache=True, **cache_kw).logits[0, -1].float()
+        logits = model(input_ids=ids, use_cache=True, **cache_kw).logits[0, -1].float()
         logits = top_p_filter(logits / temperature, top_p)
         token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
         yield token
         if token in eos:
             return
-        ids = torch.tensor([[token]], device=lm.device)
+        ids = torch.tensor([[token]], device=device)

@@ -57,7 +57,8 @@ class ServiceContext:
     def start_api(self) -> None:
         """Load the model, replay the log, then follow new versions in the background."""
         self.host = self.host_replica()
-        self.generation = GenerationEngine(self.host, self.config.cb_cache_blocks, self.config.cb_batch_tokens)
+        self.generation = GenerationEngine(self.host, self.config.cb_cache_blocks, self.config.cb_batch_tokens,
+                                           self.config.serve_dtype)
         self._start("kedit-sync", self._follow_versions)
 
     def build_worker(self) -> Worker:

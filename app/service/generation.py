@@ -20,6 +20,7 @@ two versions.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import queue
@@ -27,6 +28,8 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
+
+import torch
 
 from app.editing.sampling import sample_tokens
 from app.service.errors import Invalid, Unavailable
@@ -129,9 +132,19 @@ def fingerprint(version: int, weights_hash: str) -> str:
 class GenerationEngine:
     """Admits requests under the host's version lock and runs them (see the module docstring)."""
 
-    def __init__(self, host: ModelHost, cache_blocks: int = 256, batch_tokens: int = 512):
+    def __init__(self, host: ModelHost, cache_blocks: int = 256, batch_tokens: int = 512,
+                 serve_dtype: str = "float32"):
         self.host = host
         self.lm = host.editor.lm
+        # The weights are edited and replayed in float32 (the log's hash is over float32 weights, and
+        # the rank-one-ish updates are small next to W: bf16 would round many of them away). A
+        # bf16 / fp16 copy for serving halves the memory the forward passes read; it is a separate
+        # module whose edited layers are copied from the float32 weights at each version switch.
+        self.serve_dtype = getattr(torch, serve_dtype)
+        self.model = self.lm.model
+        if self.serve_dtype != torch.float32:
+            self.model = copy.deepcopy(self.lm.model).to(self.serve_dtype).eval()
+            host.on_change.append(self._refresh_copy)
         tok = self.lm.tokenizer
         eos = self.lm.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
@@ -145,6 +158,12 @@ class GenerationEngine:
         self._dispatcher: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
+    def _refresh_copy(self) -> None:
+        adapter = self.lm.adapter
+        with torch.no_grad():
+            for layer in self.host.layers:
+                adapter.weight(self.model, layer).copy_(adapter.weight(self.lm.model, layer))
+
     # --- the batching manager ---
     def _manager(self):
         with self._start_lock:
@@ -157,7 +176,7 @@ class GenerationEngine:
                 # A bounded paged KV cache: by default the manager sizes it to a share of the
                 # device's free memory, which on a CPU host means tens of GB and a long start.
                 cb_config = ContinuousBatchingConfig(num_blocks=self._cache_blocks, max_batch_tokens=self._batch_tokens)
-                mgr = self.lm.model.init_continuous_batching(generation_config=gen_config,
+                mgr = self.model.init_continuous_batching(generation_config=gen_config,
                                                              continuous_batching_config=cb_config)
                 mgr.start()
                 self._mgr = mgr
@@ -261,7 +280,7 @@ class GenerationEngine:
         tokens: list[int] = []
         error = None
         try:
-            for t in sample_tokens(self.lm, input_ids, s.max_tokens, s.temperature, s.top_p, seed, self.eos_ids):
+            for t in sample_tokens(self.model, input_ids, s.max_tokens, s.temperature, s.top_p, seed, self.eos_ids):
                 tokens.append(t)
                 gen._put(tokens)
         except Exception as e:  # reported to the client; the version must be freed either way

@@ -66,6 +66,9 @@ class ModelHost:
         self.problem: str | None = None
         self._rw = RWLock()
         self._sync_mutex = threading.Lock()
+        # Called under the write lock after every change of the weights (a served copy in another
+        # dtype follows the float32 weights here, before any reader sees the new version).
+        self.on_change: list = []
 
     # --- start ----------------------------------------------------------------------------
 
@@ -132,6 +135,8 @@ class ModelHost:
             )
             raise ReplayMismatch(self.problem)
         self.version, self.weights_hash, self.healthy, self.problem = version, got, True, None
+        for listener in self.on_change:
+            listener()
 
     # --- keeping up -------------------------------------------------------------------------
 
