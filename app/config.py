@@ -117,7 +117,10 @@ class ServiceConfig(KeditConfig):
     )
 
     # Generation (the /v1 endpoints): transformers' continuous batching with a bounded paged KV cache.
-    cb_cache_blocks: int = Field(256, ge=8, le=1_000_000, description="KV-cache blocks of the batching manager")
+    cb_cache_blocks: int = Field(
+        32, ge=1, le=1_000_000,
+        description="KV-cache blocks of the batching manager (256 tokens of every layer each; 32 = 8192 tokens, "
+                    "~0.4 GB for SmolLM2 in float32): the tokens in flight across all requests")
     serve_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of the copy the /v1 endpoints generate from; edits and replay stay float32"
     )

@@ -132,7 +132,7 @@ def fingerprint(version: int, weights_hash: str) -> str:
 class GenerationEngine:
     """Admits requests under the host's version lock and runs them (see the module docstring)."""
 
-    def __init__(self, host: ModelHost, cache_blocks: int = 256, batch_tokens: int = 512,
+    def __init__(self, host: ModelHost, cache_blocks: int = 32, batch_tokens: int = 512,
                  serve_dtype: str = "float32"):
         self.host = host
         self.lm = host.editor.lm
@@ -150,6 +150,10 @@ class GenerationEngine:
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = sorted({*eos, *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
         self._cache_blocks, self._batch_tokens = cache_blocks, batch_tokens
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        # One sequence must fit the paged cache whole, or the manager would wait for room forever.
+        self.cache_tokens = cache_blocks * ContinuousBatchingConfig().page_size
         self._mgr = None
         self._routes: dict[str, Generation] = {}
         self._routes_lock = threading.Lock()
@@ -241,6 +245,10 @@ class GenerationEngine:
         if limit and len(input_ids) + sampling.max_tokens > limit:
             raise Invalid(f"the prompt is {len(input_ids)} tokens and max_tokens {sampling.max_tokens}: together more "
                           f"than the model's context of {limit} tokens; shorten the prompt or lower max_tokens")
+        if len(input_ids) + sampling.max_tokens > self.cache_tokens:
+            raise Invalid(f"the prompt is {len(input_ids)} tokens and max_tokens {sampling.max_tokens}: together more "
+                          f"than this server's KV cache of {self.cache_tokens} tokens (KEDIT_CB_CACHE_BLOCKS); "
+                          "shorten the prompt or lower max_tokens")
         self.catch_up()
         # The manager starts before the version is held, so a failing start never leaves it held.
         mgr = self._manager() if sampling.temperature <= 0 else None
