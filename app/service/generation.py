@@ -241,6 +241,8 @@ class GenerationEngine:
         """Admit a request: hold the current version until its sequence ends, and start it."""
         if self._stop.is_set():
             raise Unavailable("the server is shutting down")
+        if not input_ids:
+            raise Invalid("the prompt holds no tokens (after the chat template, if any); give some text to continue")
         limit = getattr(self.lm.model.config, "max_position_embeddings", None)
         if limit and len(input_ids) + sampling.max_tokens > limit:
             raise Invalid(f"the prompt is {len(input_ids)} tokens and max_tokens {sampling.max_tokens}: together more "

@@ -133,6 +133,10 @@ def test_empty_messages_and_not_json(server, oa, model_id):
     with pytest.raises(openai.BadRequestError) as err:
         oa.chat.completions.create(model=model_id, messages=[])
     assert err.value.body["param"] == "messages"
+    # Found by schemathesis: a conversation that the chat template turns into no tokens at all (was a 500).
+    with pytest.raises(openai.BadRequestError) as err:
+        oa.chat.completions.create(model=model_id, messages=[{"role": "user", "content": ""}])
+    assert "no tokens" in err.value.body["message"]
     r = httpx.post(f"{server.url}/v1/completions", content=b"{oops", timeout=30,
                    headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
