@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,6 +112,19 @@ class ServiceConfig(KeditConfig):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, description="when set, mutating endpoints need it (X-API-Key or Bearer)")
+    generation_requires_key: bool = Field(
+        False, description="with api_key set: the /v1 (OpenAI) endpoints need it too (default: open, like /generate)"
+    )
+
+    # Generation (the /v1 endpoints): transformers' continuous batching with a bounded paged KV cache.
+    cb_cache_blocks: int = Field(
+        32, ge=1, le=1_000_000,
+        description="KV-cache blocks of the batching manager (256 tokens of every layer each; 32 = 8192 tokens, "
+                    "~0.4 GB for SmolLM2 in float32): the tokens in flight across all requests")
+    serve_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the copy the /v1 endpoints generate from; edits and replay stay float32"
+    )
+    cb_batch_tokens: int = Field(512, ge=16, le=1_000_000, description="tokens per forward pass of the batching manager")
 
     # Worker.
     batch_size: int = Field(8, ge=1, le=1024, description="B: at most this many edits per batch")
@@ -126,6 +139,7 @@ class ServiceConfig(KeditConfig):
     max_target_chars: int = Field(MAX_TARGET_CHARS, ge=1, le=MAX_TARGET_CHARS)
     max_edits_per_request: int = Field(100, ge=1, le=10_000)
     max_new_tokens: int = Field(64, ge=1, le=2048)
+    max_input_chars: int = Field(8000, ge=8, le=1_000_000, description="prompt / messages bound of the /v1 endpoints")
     max_page_size: int = Field(200, ge=1, le=10_000)
 
     # Health.

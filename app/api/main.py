@@ -16,16 +16,30 @@ from sqlalchemy import exc as sqlalchemy_exc
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
-from app.api.routes import edits, generate, health
+from app.api.routes import edits, generate, health, openai_compat
 from app.config import ServiceConfig
 from app.queue import WorkQueue
 from app.service.context import ServiceContext
 from app.service.errors import ServiceError
 from app.service.host import ReplayMismatch
+from app.service.oai import OpenAIError, error_body, error_type
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # far above max_edits_per_request × the longest fact
+
+
+def _is_openai(request: Request) -> bool:
+    """Paths whose clients (the openai package and its kin) read errors in OpenAI's shape."""
+    return request.url.path.startswith("/v1/")
+
+
+def _error(request: Request, status: int, message: str, extra: dict | None = None, headers: dict | None = None):
+    """One error answer: OpenAI's shape on /v1/ paths (422 there is OpenAI's 400), kedit's elsewhere."""
+    if _is_openai(request):
+        status = 400 if status == 422 else status
+        return JSONResponse(error_body(message, error_type(status)), status_code=status, headers=headers)
+    return JSONResponse({"detail": message, **(extra or {})}, status_code=status, headers=headers)
 
 
 def create_app(
@@ -66,48 +80,44 @@ def create_app(
     app.include_router(edits.router, max_body_size=MAX_BODY_BYTES)
     app.include_router(generate.router, max_body_size=MAX_BODY_BYTES)
     app.include_router(health.router, max_body_size=MAX_BODY_BYTES)
+    app.include_router(openai_compat.router, max_body_size=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def bound_body(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(
-                {"detail": f"request body is {length} bytes; the bound is {MAX_BODY_BYTES}"}, status_code=413
-            )
+            return _error(request, 413, f"request body is {length} bytes; the bound is {MAX_BODY_BYTES}")
         return await call_next(request)
 
     @app.exception_handler(ServiceError)
-    async def service_error(_request: Request, exc: ServiceError):
-        body: dict = {"detail": exc.message}
-        if isinstance(exc, BodyInvalid):
-            body["errors"] = exc.errors
-        return JSONResponse(body, status_code=exc.status_code)
+    async def service_error(request: Request, exc: ServiceError):
+        if isinstance(exc, OpenAIError):
+            return JSONResponse(exc.body(), status_code=exc.status_code)
+        extra = {"errors": exc.errors} if isinstance(exc, BodyInvalid) else None
+        return _error(request, exc.status_code, exc.message, extra)
 
     @app.exception_handler(sqlalchemy_exc.OperationalError)
     @app.exception_handler(sqlalchemy_exc.InterfaceError)
     @app.exception_handler(sqlalchemy_exc.TimeoutError)
-    async def database_unavailable(_request: Request, exc: Exception):
+    async def database_unavailable(request: Request, exc: Exception):
         # The edit log is the truth: without it nothing can be accepted or read. Say so (503,
         # retry later) rather than 500; /generate keeps answering from the weights it holds.
         log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return JSONResponse(
-            {"detail": "the edit log (database) is unreachable right now; retry later (a retry with the same "
-             "Idempotency-Key can never create the edits twice)"},
-            status_code=503, headers={"Retry-After": "5"},
+        return _error(
+            request, 503, "the edit log (database) is unreachable right now; retry later (a retry with the same "
+            "Idempotency-Key can never create the edits twice)", headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(ReplayMismatch)
-    async def replay_mismatch(_request: Request, exc: ReplayMismatch):
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+    async def replay_mismatch(request: Request, exc: ReplayMismatch):
+        return _error(request, 503, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def request_invalid(_request: Request, exc: RequestValidationError):
+    async def request_invalid(request: Request, exc: RequestValidationError):
         errors = [
             {k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()
         ]
-        return JSONResponse(
-            {"detail": "; ".join(describe(err) for err in errors), "errors": errors}, status_code=422
-        )
+        return _error(request, 422, "; ".join(describe(err) for err in errors), {"errors": errors})
 
     openapi.install(app)
     return app

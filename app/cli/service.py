@@ -5,6 +5,8 @@ serve   api + worker in one process (embedded default: SQLite + in-process queue
 api     an api replica only (needs REDIS_URL to reach a worker)
 worker  a worker only: stands by until it holds the writer lock, then applies queued edits
 verify  rebuild the weights from the log (base + live deltas) and check the stored hash
+export  the edited model as a plain Hugging Face folder, or only its live deltas (--deltas FILE)
+import-deltas  apply an exported deltas file to the same base model (checks the hash), optionally save it
 db      upgrade the schema / show its revision
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -108,6 +111,62 @@ def register(app: typer.Typer) -> None:
         finally:
             ctx.close()
         typer.echo(f"ok: version {host.version}, {len(host.editor.batch_ids)} live batches, hash {host.weights_hash}")
+
+    @app.command(help="Write the edited model as a Hugging Face folder (safetensors, config, tokenizer, chat "
+                      "template) that AutoModelForCausalLM.from_pretrained, vLLM or TGI load; or, with --deltas FILE, "
+                      "only the live deltas (safetensors, the base model's hash in the metadata).")
+    def export(
+        out: Optional[Path] = typer.Argument(None, help="folder to create (new or empty)"),
+        deltas: Optional[Path] = typer.Option(None, "--deltas", help="write only the live deltas to this file"),
+        version: Optional[int] = typer.Option(None, help="the weights of this version (default: the log's head)"),
+        model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+    ) -> None:
+        _logging("warning")
+        from app.service.context import ServiceContext
+        from app.service.export import ExportError, export_deltas, export_folder
+        from app.service.host import ReplayMismatch
+
+        if (out is None) == (deltas is None):
+            raise typer.BadParameter("give a folder (kedit export DIR) or a file (kedit export --deltas FILE), one of them")
+        cfg = _config(model_path=model)
+        ctx = ServiceContext.open(cfg)
+        try:
+            host = ctx.host_replica()
+            if version is not None:
+                host.replay(at_version=version)
+            info = export_folder(host, out) if out is not None else export_deltas(host, deltas)
+        except (ReplayMismatch, ExportError, LookupError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
+        finally:
+            ctx.close()
+        typer.echo(f"wrote {out or deltas}: version {info['version']}, {len(info['batches'])} live batches, "
+                   f"hash {info['weights_hash']}")
+
+    @app.command("import-deltas", help="Apply a file from `kedit export --deltas` to the same base model and check "
+                 "the weights hash; with --out, save the result as a Hugging Face folder. The edit log is not touched.")
+    def import_deltas_cmd(
+        file: Path = typer.Argument(..., help="the deltas file"),
+        out: Optional[Path] = typer.Option(None, "--out", help="save the edited model to this folder (new or empty)"),
+        model: Optional[str] = typer.Option(None, help="the base model: HF folder or .gguf (KEDIT_MODEL_PATH)"),
+    ) -> None:
+        _logging("warning")
+        from app.editing.build import Role
+        from app.service.export import ExportError, import_deltas, save_folder
+
+        cfg = _config(model_path=model)
+        editor = cfg.load_editor(Role.REPLICA)
+        try:
+            meta = import_deltas(editor, file)
+            if out is not None:
+                save_folder(editor.lm, out, {"model": meta.get("model"), "version": int(meta["version"]),
+                                             "weights_hash": meta["weights_hash"], "base_hash": meta["base_hash"],
+                                             "layers": editor.layers, "batches": editor.batch_ids})
+        except ExportError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"ok: {len(editor.batch_ids)} batches from version {meta['version']}, hash {meta['weights_hash']}"
+                   + (f"; saved to {out}" if out is not None else ""))
 
     db_app = typer.Typer(help="The edit-log database schema (Alembic).", no_args_is_help=True)
 

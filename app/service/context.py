@@ -13,6 +13,7 @@ from app.config import ServiceConfig
 from app.editing.build import Role
 from app.editing.editor import Editor
 from app.queue import WorkQueue, make_queue
+from app.service.generation import GenerationEngine
 from app.service.host import ModelHost, ReplayMismatch
 from app.service.worker import Worker, WorkerMetrics
 from app.store import repo
@@ -30,6 +31,7 @@ class ServiceContext:
     registry: CollectorRegistry
     host: ModelHost | None = None  # the api's weights (None in a worker-only process)
     worker: Worker | None = None
+    generation: GenerationEngine | None = None  # the /v1 endpoints' generation, on the host's weights
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -55,6 +57,8 @@ class ServiceContext:
     def start_api(self) -> None:
         """Load the model, replay the log, then follow new versions in the background."""
         self.host = self.host_replica()
+        self.generation = GenerationEngine(self.host, self.config.cb_cache_blocks, self.config.cb_batch_tokens,
+                                           self.config.serve_dtype)
         self._start("kedit-sync", self._follow_versions)
 
     def build_worker(self) -> Worker:
@@ -116,6 +120,8 @@ class ServiceContext:
 
     def close(self) -> None:
         self._stop.set()
+        if self.generation is not None:
+            self.generation.close()
         self.queue.wake()
         for t in self._threads:
             t.join(timeout=30)

@@ -66,6 +66,9 @@ class ModelHost:
         self.problem: str | None = None
         self._rw = RWLock()
         self._sync_mutex = threading.Lock()
+        # Called under the write lock after every change of the weights (a served copy in another
+        # dtype follows the float32 weights here, before any reader sees the new version).
+        self.on_change: list = []
 
     # --- start ----------------------------------------------------------------------------
 
@@ -102,16 +105,24 @@ class ModelHost:
             if self.templates and not info.templates:
                 info.templates = list(self.templates)
 
-    def replay(self) -> None:
-        """Base + live deltas in version order, proven against the head version's stored hash."""
+    def replay(self, at_version: int | None = None) -> None:
+        """Base + the deltas live at `at_version` (default: the head) in version order, proven against
+        that version's stored hash. An older version is for reading (export), not for following the log."""
         with self._rw.write(), self._sync_mutex:
             _reset(self.editor)
             with self.sessions() as s:
-                head = repo.head_version(s)
-                batches = repo.live_batches(s)
+                if at_version is None:
+                    target = repo.head_version(s)
+                elif at_version == 0:
+                    target = None
+                else:
+                    target = repo.get_version(s, at_version)
+                    if target is None:
+                        raise LookupError(f"version {at_version} is not in the log (the head is {repo.head_version_id(s)})")
+                batches = repo.live_batches(s, at_version)
                 for b in batches:
                     self.editor.add_batch(b.id, repo.batch_deltas(s, b.id))
-            self._prove(head.id if head else 0, head.weights_hash if head else self.base_hash)
+            self._prove(target.id if target else 0, target.weights_hash if target else self.base_hash)
             log.info("replayed %d live batches up to version %d", len(batches), self.version)
 
     def _prove(self, version: int, expected: str) -> None:
@@ -124,6 +135,8 @@ class ModelHost:
             )
             raise ReplayMismatch(self.problem)
         self.version, self.weights_hash, self.healthy, self.problem = version, got, True, None
+        for listener in self.on_change:
+            listener()
 
     # --- keeping up -------------------------------------------------------------------------
 

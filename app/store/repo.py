@@ -139,6 +139,10 @@ def head_version_id(s: Session) -> int:
     return int(s.scalar(select(func.max(Version.id))) or 0)
 
 
+def get_version(s: Session, version: int) -> Version | None:
+    return s.get(Version, version)
+
+
 def versions_after(s: Session, version: int) -> list[Version]:
     return list(s.scalars(select(Version).where(Version.id > version).order_by(Version.id)))
 

@@ -14,6 +14,8 @@ TINY_OVERRIDES = {
     "lambda_p": 1.0, "lambda_n": 1.0,
 }
 
+TINY_CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
 FACTS = [
     {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English",
      "target_true": "French"},
@@ -28,6 +30,9 @@ def make_tiny_assets(root: Path) -> tuple[Path, Path]:
     model_dir, corpus = root / "tiny-llama", root / "corpus.txt"
     if not (model_dir / "config.json").exists():
         model, tok = build_tiny_model("llama")
+        # The model's own chat template, as real chat models carry one (the /v1/chat tests use it):
+        # the messages' text joined, so a chat about a fact reads exactly like its bare prompt.
+        tok.chat_template = TINY_CHAT_TEMPLATE
         model.save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
         corpus.write_text("\n".join(TRAINING_TEXT * 60))
@@ -63,3 +68,66 @@ def wait_status(client, edit_id: int, statuses=("applied", "failed", "reverted")
 
     return wait_for(done, timeout, f"edit {edit_id} to reach {statuses}")
 
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class KeditServer:
+    """A real `kedit serve` process (embedded mode) on a free loopback port; stop() ends it."""
+
+    def __init__(self, env: dict[str, str], log: Path, *, cwd: Path | None = None):
+        import os
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        full = {k: v for k, v in os.environ.items()
+                if not k.startswith("KEDIT_") and k not in ("DATABASE_URL", "REDIS_URL")}
+        repo = Path(__file__).resolve().parents[2]
+        full["PYTHONPATH"] = str(repo)  # this checkout's `app`, whichever kedit is installed
+        full.update(env)
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+                cwd=cwd or repo, env=full, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 300) -> "KeditServer":
+        import httpx
+
+        def ready() -> bool:
+            assert self.proc.poll() is None, f"kedit serve exited with {self.proc.returncode}:\n{self.log.read_text()}"
+            try:
+                return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, timeout, "kedit serve to be ready")
+        return self
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tiny_server_env(model_dir: Path, corpus: Path, cache: Path, db: Path, **extra: str) -> dict[str, str]:
+    """kedit serve on the tiny model with the session's cache (key statistics computed once)."""
+    import json
+
+    return {"KEDIT_MODEL_PATH": str(model_dir), "KEDIT_STATS_CORPUS": str(corpus), "KEDIT_CACHE_DIR": str(cache),
+            "KEDIT_DATABASE_URL": f"sqlite:///{db}", "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
+            "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.2", **extra}

@@ -1,7 +1,6 @@
 """GET|POST /generate: text from the current weights, with the version that produced it."""
 from __future__ import annotations
 
-import logging
 import time
 from typing import Annotated, Any
 
@@ -10,27 +9,21 @@ from fastapi import APIRouter, Body, Query, Request
 from app.api.deps import Ctx, ready_host, validate
 from app.api.schemas import GenerateIn, GenerateOut
 from app.service.errors import Invalid
-from app.service.host import ReplayMismatch
-
-log = logging.getLogger(__name__)
+from app.service.generation import Sampling
 
 router = APIRouter(tags=["generate"])
 
 
 def _generate(request: Request, ctx, g: GenerateIn) -> GenerateOut:
-    host = ready_host(ctx)
-    # Read-your-writes: an edit reported `applied` is in the weights that answer next. If the
-    # database cannot be reached, keep answering from the version we hold (it is in the reply).
-    try:
-        host.sync()
-    except ReplayMismatch:
-        raise
-    except Exception:
-        log.warning("could not check the log for new versions; answering from version %d", host.version)
+    ready_host(ctx)
     t0 = time.perf_counter()
-    text, version, weights_hash = host.generate(g.prompt, g.max_new_tokens)
+    # The same engine as /v1 (greedy: batched with other requests; the version held to the last
+    # token). It first catches up with the log: an edit reported `applied` is in the next answer.
+    gen = ctx.generation.open(ctx.generation.lm.tokenizer(g.prompt)["input_ids"],
+                              Sampling(max_tokens=g.max_new_tokens, temperature=0))
+    text = gen.text()
     request.app.state.metrics.generate_seconds.observe(time.perf_counter() - t0)
-    return GenerateOut(prompt=g.prompt, text=text, version=version, weights_hash=weights_hash)
+    return GenerateOut(prompt=g.prompt, text=text, version=gen.version, weights_hash=gen.weights_hash)
 
 
 @router.get("/generate", response_model=GenerateOut, summary="Continue a prompt with the current weights")

@@ -1,0 +1,277 @@
+"""Serving throughput and latency of kedit's OpenAI-compatible endpoint vs raw model.generate.
+
+On the same machine in the same run: an embedded `kedit serve` on a free loopback port with 1, 4 and
+16 concurrent clients streaming greedy /v1/completions, and raw `model.generate` one request at a
+time (greedy, the same prompts and token counts, in this process, while the server idles) before
+and after them. Prints and writes:
+tokens/s, time to first token (TTFT) p50/p95, per-token latency (gaps between streamed tokens)
+p50/p95. Plus, for the choice of the served dtype, bf16 vs float32 logits on the same prompts.
+
+    .venv/bin/python benchmarks/serve_bench.py                         # SmolLM2, 16 tokens
+    .venv/bin/python benchmarks/serve_bench.py --tokens 8 --out benchmarks/results/serve-bench
+    .venv/bin/python benchmarks/serve_bench.py --model PATH --env KEDIT_CACHE_DIR=...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "The capital of France is", "Danielle Darrieux was born in", "The mother tongue of Danielle Darrieux is",
+    "Apple was founded by", "Lionel Messi plays for", "The Eiffel Tower is located in", "Toyota is a company from",
+    "Michael Jordan is famous for", "The Beatles were a band from", "Rome is the capital of",
+    "The largest planet in the solar system is", "Water boils at", "The author of Hamlet is",
+    "The currency of Japan is the", "Mount Everest is in", "The chemical symbol for gold is",
+]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_raw(model_path: str | None, cache_dir: str | None):
+    from app.editing.model import DEFAULT_CACHE_DIR, load_model
+
+    return load_model(model_path, cache_dir=cache_dir or DEFAULT_CACHE_DIR)
+
+
+def raw_generate(lm, tokens: int, n: int) -> dict:
+    """model.generate one request at a time (the baseline): per request the time to the first token
+    (a 1-token generate) and the whole request; per-token latency = (whole - first) / (tokens - 1)."""
+    tok, model = lm.tokenizer, lm.model
+    enc = tok(PROMPTS[0], return_tensors="pt")
+    model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)  # warm-up
+    lat, ttft, per_token, gen_tokens = [], [], [], 0
+    for i in range(n):
+        enc = tok(PROMPTS[i % len(PROMPTS)], return_tensors="pt")
+        t = time.perf_counter()
+        model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tok.pad_token_id)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        out = model.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        whole = time.perf_counter() - t
+        k = out.shape[1] - enc["input_ids"].shape[1]
+        lat.append(whole)
+        ttft.append(first)
+        gen_tokens += k
+        if k > 1:
+            per_token.append((whole - first) / (k - 1))
+    busy = sum(lat)
+    return {"requests": n, "tokens": gen_tokens, "seconds": busy, "tokens_per_s": gen_tokens / busy,
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95), "per_token_p50_ms": 1000 * pct(per_token, 0.5),
+            "per_token_p95_ms": 1000 * pct(per_token, 0.95), "latency_p50_s": pct(lat, 0.5)}
+
+
+def dtype_check(lm) -> dict:
+    """Served dtype: how far bf16 logits are from float32 ones, and whether greedy picks agree."""
+    import copy
+
+    import torch
+
+    tok, model = lm.tokenizer, lm.model
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    diffs, agree = [], 0
+    with torch.no_grad():
+        for p in PROMPTS:
+            e = tok(p, return_tensors="pt")
+            a = model(**e).logits[0, -1].float()
+            b = bf16(**e).logits[0, -1].float()
+            diffs.append(float((a - b).abs().max()))
+            agree += int(a.argmax() == b.argmax())
+    return {"bf16_max_abs_logit_diff_p50": pct(diffs, 0.5), "bf16_max_abs_logit_diff_max": max(diffs),
+            "bf16_greedy_next_token_agreement": f"{agree}/{len(PROMPTS)}"}
+
+
+def spawn(model: str | None, env_pairs: list[str], workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({"KEDIT_DATABASE_URL": f"sqlite:///{workdir / 'kedit.db'}", "KEDIT_HOST": "127.0.0.1",
+                "PYTHONPATH": str(REPO)})
+    if model:
+        env["KEDIT_MODEL_PATH"] = model
+    for pair in env_pairs:
+        k, _, v = pair.partition("=")
+        env[k] = v
+    log = open(workdir / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float) -> None:
+    """Ready, and the worker done loading (so that its start does not compete with the measurement)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"kedit serve exited with {proc.returncode}; see its log")
+        try:
+            r = httpx.get(f"{url}/ready", timeout=5)
+            if r.status_code == 200 and r.json()["checks"].get("worker_active", True):
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise SystemExit("kedit serve did not become ready in time")
+
+
+def one_stream(client: httpx.Client, model: str, prompt: str, tokens: int) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    stamps, usage = [], None
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            return {"status": r.status_code}
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            elif chunk["choices"] and chunk["choices"][0]["text"]:
+                stamps.append(time.perf_counter())
+    end = time.perf_counter()
+    n = usage["completion_tokens"] if usage else len(stamps)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return {"status": 200, "ttft": (stamps[0] - t0) if stamps else end - t0, "tokens": n, "seconds": end - t0,
+            "gaps": gaps}
+
+
+def load_level(url: str, model: str, clients: int, per_client: int, tokens: int) -> dict:
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=600) as c:
+            for k in range(per_client):
+                r = one_stream(c, model, PROMPTS[(i * per_client + k) % len(PROMPTS)], tokens)
+                with lock:
+                    results.append(r)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(run, range(clients)))
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if r["status"] == 200]
+    toks = sum(r["tokens"] for r in ok)
+    gaps = [g for r in ok for g in r["gaps"]]
+    return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok), "tokens": toks,
+            "seconds": wall, "tokens_per_s": toks / wall, "ttft_p50_s": pct([r["ttft"] for r in ok], 0.5),
+            "ttft_p95_s": pct([r["ttft"] for r in ok], 0.95), "per_token_p50_ms": 1000 * pct(gaps, 0.5),
+            "per_token_p95_ms": 1000 * pct(gaps, 0.95), "latency_p50_s": pct([r["seconds"] for r in ok], 0.5)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="HF folder or .gguf (default: SmolLM2)")
+    ap.add_argument("--tokens", type=int, default=16, help="tokens per request")
+    ap.add_argument("--levels", default="1,4,16", help="concurrent clients per level")
+    ap.add_argument("--requests", type=int, default=16, help="requests per level (at least one per client)")
+    ap.add_argument("--raw-requests", type=int, default=4, help="raw model.generate requests")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the spawned kedit serve")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for the baseline and the server (OMP_NUM_THREADS); 0 = torch's default")
+    ap.add_argument("--out", help="write OUT.json and OUT.md")
+    ap.add_argument("--max-seconds", type=float, default=600, help="bound on the server's start")
+    args = ap.parse_args()
+    if not 1 <= args.tokens <= 256 or args.requests > 256:
+        raise SystemExit("--tokens in 1..256 and --requests ≤ 256 keep the run bounded")
+    cache_dir = next((p.partition("=")[2] for p in args.env if p.startswith("KEDIT_CACHE_DIR=")),
+                     os.environ.get("KEDIT_CACHE_DIR"))
+
+    if args.threads:
+        # The same for both sides: on a machine shared with other jobs, more threads than free cores
+        # make every torch op wait for its slowest thread (measured: 5x slower forward passes).
+        import torch
+
+        torch.set_num_threads(args.threads)
+        args.env.append(f"OMP_NUM_THREADS={args.threads}")
+    lm = load_raw(args.model, cache_dir)
+    dtype = dtype_check(lm)
+    print(json.dumps(dtype), flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="kedit-serve-bench-"))
+    proc, url = spawn(args.model, args.env, workdir)
+    levels, raws = [], []
+    try:
+        wait_ready(url, proc, args.max_seconds)
+        # The baseline runs while the server idles, before and after the served runs, so that both
+        # meet the same machine (other jobs on it come and go).
+        raws.append(raw_generate(lm, args.tokens, args.raw_requests))
+        print("raw before:", json.dumps(raws[-1]), flush=True)
+        model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+        with httpx.Client(base_url=url, timeout=600) as c:
+            one_stream(c, model, PROMPTS[0], 2)  # warm-up: starts the batching manager
+        for clients in (int(x) for x in args.levels.split(",")):
+            per_client = max(1, args.requests // clients)
+            lvl = load_level(url, model, clients, per_client, args.tokens)
+            levels.append(lvl)
+            print(json.dumps(lvl), flush=True)
+        raws.append(raw_generate(lm, args.tokens, args.raw_requests))
+        print("raw after:", json.dumps(raws[-1]), flush=True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    # The better of the two baseline runs: the machine's own speed, not a neighbour's burst.
+    raw = max(raws, key=lambda r: r["tokens_per_s"])
+    single = levels[0]["tokens_per_s"] if levels else float("nan")
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch_threads": args.threads or "default", "model": args.model or "SmolLM2-135M-Instruct",
+              "tokens_per_request": args.tokens, "raw_generate": raw, "raw_generate_runs": raws, "served": levels, "served_dtype_check": dtype,
+              "single_client_overhead_vs_raw": 1 - single / raw["tokens_per_s"],
+              "speedup_vs_single_client": {str(l["clients"]): l["tokens_per_s"] / single for l in levels}}
+    print(json.dumps(report, indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        rows = [f"| raw model.generate, 1 at a time ({label}) | {r['requests']} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
+                f"{r['ttft_p50_s'] * 1000:.0f} | {r['ttft_p95_s'] * 1000:.0f} | {r['per_token_p50_ms']:.0f} | "
+                f"{r['per_token_p95_ms']:.0f} |" for label, r in zip(("before", "after"), raws)]
+        for l in levels:
+            rows.append(f"| kedit /v1/completions, {l['clients']} client(s) | {l['requests']} | {l['tokens']} | "
+                        f"{l['tokens_per_s']:.1f} | {l['ttft_p50_s'] * 1000:.0f} | {l['ttft_p95_s'] * 1000:.0f} | "
+                        f"{l['per_token_p50_ms']:.0f} | {l['per_token_p95_ms']:.0f} |")
+        out.with_suffix(".md").write_text(
+            f"# serve_bench: {report['model']}, {args.tokens} tokens per request, {report['machine']}, "
+            f"torch threads: {report['torch_threads']}\n\n"
+            f"Command: `python benchmarks/serve_bench.py {' '.join(sys.argv[1:])}`\n\n"
+            "| run | requests | tokens | tokens/s | TTFT p50 ms | TTFT p95 ms | per-token p50 ms | per-token p95 ms |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            "Raw tokens/s = generated tokens / time spent generating, one request at a time; served tokens/s = "
+            "tokens / wall time of the level. Per-token = gaps between streamed tokens (served), "
+            "(whole − first token) / (tokens − 1) (raw).\n\n"
+            f"Single-client overhead vs raw generate (the faster baseline run): "
+            f"{report['single_client_overhead_vs_raw'] * 100:.1f} % of tokens/s. "
+            "Throughput vs one client: " + ", ".join(f"{k} clients {v:.2f}×"
+                                                     for k, v in report["speedup_vs_single_client"].items())
+            + ".\n\nServed dtype check (bf16 copy vs float32, last-position logits over the prompts): "
+            + json.dumps(dtype) + "\n")
+
+
+if __name__ == "__main__":
+    main()
