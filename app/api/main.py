@@ -8,16 +8,21 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import json
+
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sqlalchemy_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
 from app.api.routes import edits, generate, health
 from app.config import ServiceConfig
+from app.editing.types import EditError
 from app.queue import WorkQueue
 from app.service.context import ServiceContext
 from app.service.errors import ServiceError
@@ -26,6 +31,17 @@ from app.service.host import ReplayMismatch
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # far above max_edits_per_request × the longest fact
+
+
+def json_error(body: bytes) -> str:
+    """Where a body stops being JSON, and why, in words (line, column, character offset)."""
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as e:
+        return f"{e.msg} at line {e.lineno}, column {e.colno} (character {e.pos})"
+    except (UnicodeDecodeError, ValueError) as e:
+        return f"it is not UTF-8 text ({e})"
+    return "it could not be decoded"
 
 
 def create_app(
@@ -96,18 +112,36 @@ def create_app(
             status_code=503, headers={"Retry-After": "5"},
         )
 
+    @app.exception_handler(EditError)
+    async def edit_refused(_request: Request, exc: EditError):
+        # The editing core's refusals say what to change (e.g. prompt + max_new_tokens over the
+        # model's context length): the request is what has to change, so 422.
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
     @app.exception_handler(ReplayMismatch)
     async def replay_mismatch(_request: Request, exc: ReplayMismatch):
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
-    async def request_invalid(_request: Request, exc: RequestValidationError):
+    async def request_invalid(request: Request, exc: RequestValidationError):
         errors = [
             {k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()
         ]
+        if any(err.get("type") == "json_invalid" for err in errors):
+            # FastAPI says only "JSON decode error" and an offset; say what is wrong and where.
+            where = json_error(await request.body())
+            return JSONResponse({"detail": f"the body is not valid JSON: {where}", "errors": errors}, status_code=422)
         return JSONResponse(
             {"detail": "; ".join(describe(err) for err in errors), "errors": errors}, status_code=422
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:
+            # A body sent without Content-Length (chunked) is cut off while it streams in.
+            return JSONResponse({"detail": f"request body is over the bound of {MAX_BODY_BYTES} bytes; "
+                                 "send less (split a list of edits over several requests)"}, status_code=413)
+        return await http_exception_handler(request, exc)
 
     openapi.install(app)
     return app
