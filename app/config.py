@@ -112,6 +112,11 @@ class ServiceConfig(KeditConfig):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, description="when set, mutating endpoints need it (X-API-Key or Bearer)")
+    idempotency_window_s: float = Field(
+        24 * 3600, gt=0, le=365 * 24 * 3600,
+        description="an Idempotency-Key is remembered this long (a retry inside it gets the same ids); older "
+        "keys are purged as new ones come in",
+    )
 
     # Worker.
     batch_size: int = Field(8, ge=1, le=1024, description="B: at most this many edits per batch")

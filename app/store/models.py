@@ -131,4 +131,5 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(MAX_IDEMPOTENCY_KEY_CHARS), primary_key=True)
     body_hash: Mapped[str] = mapped_column(String(64))
     edit_ids: Mapped[list] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Indexed: keys expire after a window and are purged by age (repo.purge_idempotency).
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -58,7 +58,8 @@ def post_edits(
     else:
         raise Invalid("the body must be a JSON object (one fact) or a JSON array of facts")
     rows, created = service.submit(
-        ctx.sessions, ctx.queue, [f.model_dump() for f in facts], idempotency_key=idempotency_key
+        ctx.sessions, ctx.queue, [f.model_dump() for f in facts], idempotency_key=idempotency_key,
+        idempotency_window_s=ctx.config.idempotency_window_s,
     )
     payload = EditsAccepted(ids=[e.id for e in rows], edits=[_out(e) for e in rows])
     # A repeat under the same Idempotency-Key answers as the first request did.
