@@ -52,7 +52,11 @@ class Editor:
         )
         self.base = {l: self._w(l).detach().clone() for l in self.layers}
         f = self.base[self.layers[0]].shape[1]
-        self.preserved = {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
+        # Σ K Kᵀ of the live batches enters only new solves: a replica never solves, so it keeps
+        # none (at f = 1536 that is two thirds of the cost of replaying a batch).
+        self.preserved = (
+            {} if replica else {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
+        )
         self.live: dict[int, list[LayerDelta]] = {}
         self._templates = templates
 
@@ -124,8 +128,9 @@ class Editor:
             for l in self.layers:
                 d = by_layer[l]
                 self._w(l).add_(d.matrix().to(self.lm.device))
-                k = d.keys.double().to(self.lm.device)
-                self.preserved[l] += k @ k.T
+                if l in self.preserved:
+                    k = d.keys.double().to(self.lm.device)
+                    self.preserved[l] += k @ k.T
         self.live[batch_id] = [by_layer[l] for l in self.layers]
 
     def remove_batch(self, batch_id: int) -> None:
@@ -145,12 +150,14 @@ class Editor:
             for l in self.layers:
                 w = self._w(l)
                 w.copy_(self.base[l])
-                self.preserved[l].zero_()
+                if l in self.preserved:
+                    self.preserved[l].zero_()
             for deltas in self.live.values():
                 for d in deltas:
                     self._w(d.layer).add_(d.matrix().to(self.lm.device))
-                    k = d.keys.double().to(self.lm.device)
-                    self.preserved[d.layer] += k @ k.T
+                    if d.layer in self.preserved:
+                        k = d.keys.double().to(self.lm.device)
+                        self.preserved[d.layer] += k @ k.T
 
     def _check_new(self, requests: list[EditRequest], batch_id: int) -> None:
         if self.replica:
