@@ -125,6 +125,11 @@ class ServiceConfig(KeditConfig):
         "float32", description="dtype of the copy the /v1 endpoints generate from; edits and replay stay float32"
     )
     cb_batch_tokens: int = Field(512, ge=16, le=1_000_000, description="tokens per forward pass of the batching manager")
+    idempotency_window_s: float = Field(
+        24 * 3600, gt=0, le=365 * 24 * 3600,
+        description="an Idempotency-Key is remembered this long (a retry inside it gets the same ids); older "
+        "keys are purged as new ones come in",
+    )
 
     # Worker.
     batch_size: int = Field(8, ge=1, le=1024, description="B: at most this many edits per batch")

@@ -36,9 +36,43 @@ def require_api_key(
         given = authorization[7:].strip()
     if given is None:
         raise Unauthorized("this endpoint needs the API key: send it as X-API-Key or Authorization: Bearer")
-    # Constant time: the comparison must not leak how much of a guess was right.
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    # Constant time: the comparison must not leak how much of a guess was right. The header
+    # arrived as bytes (Starlette hands them over as Latin-1): compare those bytes with the
+    # key's UTF-8, so that a non-ASCII key sent as UTF-8 matches.
+    if not hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8")):
         raise Unauthorized("wrong API key")
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+
+
+def require_json(request: Request) -> None:
+    """Bodies are JSON: another content type is refused with what to send instead (a missing
+    Content-Type is read as JSON, as FastAPI does)."""
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"the body must be JSON sent with Content-Type: application/json (this request says {ctype[:100]!r})"
+    )
+
+
+def header_text(name: str, value: str | None, bound: int) -> str | None:
+    """A header's text as the client wrote it: the bytes Starlette handed over as Latin-1, read as
+    UTF-8; refused with a reason when that fails or when it has more than `bound` characters."""
+    if value is None:
+        return None
+    try:
+        text = value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise Invalid(f"{name} is not UTF-8 text; send it as UTF-8 (ASCII is safest)") from None
+    if len(text) > bound:
+        raise Invalid(f"{name} is {len(text)} characters long; the bound is {bound}")
+    return text
 
 
 def validate(model: type[BaseModel], data: Any, ctx: ServiceContext, loc: tuple = ("body",)) -> BaseModel:
@@ -48,7 +82,30 @@ def validate(model: type[BaseModel], data: Any, ctx: ServiceContext, loc: tuple 
     try:
         return model.model_validate(data, context={"config": ctx.config})
     except ValidationError as e:
-        raise BodyInvalid(e.errors(include_url=False, include_context=False, include_input=False), loc) from None
+        errors = []
+        for err in e.errors(include_url=False, include_context=False):
+            given = err.pop("input", None)
+            if err.get("type", "").endswith("_type") and err.get("loc"):
+                # Strict types: say what came instead, as its JSON type (the value itself is not echoed).
+                err["msg"] = f"{err['msg']}, not {json_type(given)}"
+            errors.append(err)
+        raise BodyInvalid(errors, loc) from None
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 class BodyInvalid(Invalid):

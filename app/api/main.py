@@ -8,16 +8,21 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import json
+
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sqlalchemy_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
 from app.api.routes import edits, generate, health, openai_compat
 from app.config import ServiceConfig
+from app.editing.types import EditError
 from app.queue import WorkQueue
 from app.service.context import ServiceContext
 from app.service.errors import ServiceError
@@ -40,6 +45,17 @@ def _error(request: Request, status: int, message: str, extra: dict | None = Non
         status = 400 if status == 422 else status
         return JSONResponse(error_body(message, error_type(status)), status_code=status, headers=headers)
     return JSONResponse({"detail": message, **(extra or {})}, status_code=status, headers=headers)
+
+
+def json_error(body: bytes) -> str:
+    """Where a body stops being JSON, and why, in words (line, column, character offset)."""
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as e:
+        return f"{e.msg} at line {e.lineno}, column {e.colno} (character {e.pos})"
+    except (UnicodeDecodeError, ValueError) as e:
+        return f"it is not UTF-8 text ({e})"
+    return "it could not be decoded"
 
 
 def create_app(
@@ -108,6 +124,12 @@ def create_app(
             "Idempotency-Key can never create the edits twice)", headers={"Retry-After": "5"},
         )
 
+    @app.exception_handler(EditError)
+    async def edit_refused(_request: Request, exc: EditError):
+        # The editing core's refusals say what to change (e.g. prompt + max_new_tokens over the
+        # model's context length): the request is what has to change, so 422.
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
     @app.exception_handler(ReplayMismatch)
     async def replay_mismatch(request: Request, exc: ReplayMismatch):
         return _error(request, 503, str(exc))
@@ -117,7 +139,19 @@ def create_app(
         errors = [
             {k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()
         ]
+        if any(err.get("type") == "json_invalid" for err in errors):
+            # FastAPI says only "JSON decode error" and an offset; say what is wrong and where.
+            where = json_error(await request.body())
+            return _error(request, 422, f"the body is not valid JSON: {where}", {"errors": errors})
         return _error(request, 422, "; ".join(describe(err) for err in errors), {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:
+            # A body sent without Content-Length (chunked) is cut off while it streams in.
+            return _error(request, 413, f"request body is over the bound of {MAX_BODY_BYTES} bytes; "
+                          "send less (split a list of edits over several requests)")
+        return await http_exception_handler(request, exc)
 
     openapi.install(app)
     return app

@@ -1,7 +1,7 @@
 """The OpenAPI document, told the truth about error answers.
 
 Every error kedit returns is `{"detail": "<what to change>", "errors": [...]?}`, not
-FastAPI's default validation body; and the 401/404/409/413/503 answers the routes can
+FastAPI's default validation body; and the 401/404/409/413/415/503 answers the routes can
 give are listed, so clients (and schema-driven fuzzers) know what to expect.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ def _answers(path: str, method: str, has_body: bool) -> dict[str, str]:
     answers = {"503": "the edit log (database) is unreachable, or the weights failed their replay check"}
     if has_body:
         answers["413"] = "the request body is larger than the bound"
+        answers["415"] = "the body is not sent as application/json"
     if method != "get":
         answers["401"] = "an API key is configured and the request has none, or a wrong one"
     if "{" in path:

@@ -38,7 +38,9 @@ def _raise(problem: str | None) -> None:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # strict: a JSON value of the wrong type is refused, never coerced (true is not 1 token, "5"
+    # is not 5, 5.0 is not 5): a client that sends those has a bug it should hear about.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, strict=True)
 
     @field_validator("*", mode="before")
     @classmethod

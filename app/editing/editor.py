@@ -58,7 +58,11 @@ class Editor:
             l: settings.lambda_n * (float(self.c0[l].trace()) / f if needs_stats and settings.lambda_n_relative else 1.0)
             for l in self.layers
         }
-        self.preserved = {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
+        # Σ K Kᵀ of the live batches enters only new solves: a replica never solves, so it keeps
+        # none (at f = 1536 that is two thirds of the cost of replaying a batch).
+        self.preserved = (
+            {} if replica else {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
+        )
         self.live: dict[int, list[LayerDelta]] = {}
         self._templates = templates
         self._subjects: list[str] | None = None
@@ -138,8 +142,9 @@ class Editor:
             for l in self.layers:
                 d = by_layer[l]
                 self._w(l).add_(d.matrix().to(self.lm.device))
-                k = d.keys.double().to(self.lm.device)
-                self.preserved[l] += k @ k.T
+                if l in self.preserved:
+                    k = d.keys.double().to(self.lm.device)
+                    self.preserved[l] += k @ k.T
         self.live[batch_id] = [by_layer[l] for l in self.layers]
 
     def remove_batch(self, batch_id: int) -> None:
@@ -159,12 +164,14 @@ class Editor:
             for l in self.layers:
                 w = self._w(l)
                 w.copy_(self.base[l])
-                self.preserved[l].zero_()
+                if l in self.preserved:
+                    self.preserved[l].zero_()
             for deltas in self.live.values():
                 for d in deltas:
                     self._w(d.layer).add_(d.matrix().to(self.lm.device))
-                    k = d.keys.double().to(self.lm.device)
-                    self.preserved[d.layer] += k @ k.T
+                    if d.layer in self.preserved:
+                        k = d.keys.double().to(self.lm.device)
+                        self.preserved[d.layer] += k @ k.T
 
     def _check_new(self, requests: list[EditRequest], batch_id: int) -> None:
         if self.replica:
@@ -175,6 +182,35 @@ class Editor:
             raise EditError(f"batch {batch_id} is already applied")
         for r in requests:
             r.validate()
+        for i, r in enumerate(requests):
+            problem = self.fact_length_problem(r)
+            if problem:
+                raise EditError(problem if len(requests) == 1 else f"fact {i + 1} of the batch: {problem}")
+
+    def fact_length_problem(self, request: EditRequest) -> str | None:
+        """A fact is read after a generated prefix, with its target appended: all of it must fit the
+        model's positions. Returns a sentence saying by how much it does not, else None."""
+        n_ctx = self.lm.context_length
+        if n_ctx is None:
+            return None
+        tok = self.lm.tokenizer
+        prefix = max((len(tok(fill(t, "")).input_ids) for t in self.templates), default=0)
+        n = prefix + len(tok(request.text).input_ids) + len(tok(" " + request.target_new).input_ids)
+        if n > n_ctx:
+            return (f"the fact is {n} tokens long with its context prefix and target; the model reads at most "
+                    f"{n_ctx} tokens: shorten the prompt, subject or target")
+        return None
+
+    def generate_problem(self, prompt: str, max_new_tokens: int) -> str | None:
+        """None when prompt + max_new_tokens fit the model's positions, else what to change."""
+        n_ctx = self.lm.context_length
+        if n_ctx is None:
+            return None
+        n = len(self.lm.tokenizer(prompt).input_ids)
+        if n + max_new_tokens > n_ctx:
+            return (f"the prompt is {n} tokens and max_new_tokens is {max_new_tokens}: {n + max_new_tokens} tokens, "
+                    f"but the model reads at most {n_ctx}; shorten the prompt or ask for fewer tokens")
+        return None
 
     def _encode_key_prompts(self, requests: list[EditRequest]):
         return [
@@ -266,6 +302,9 @@ class Editor:
     @torch.no_grad()
     def generate(self, prompt: str, max_new_tokens: int = 20) -> str:
         """Greedy continuation of `prompt` from the current weights."""
+        problem = self.generate_problem(prompt, max_new_tokens)
+        if problem:
+            raise EditError(problem)
         tok = self.lm.tokenizer
         enc = tok(prompt, return_tensors="pt").to(self.lm.device)
         out = self.lm.model.generate(

@@ -45,6 +45,18 @@ class LoadedModel:
     def num_layers(self) -> int:
         return self.adapter.num_layers(self.model)
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model can read (prompt + generated tokens); None when its config names none.
+        Learned position embeddings (GPT-2) fail with an IndexError beyond it; rotary ones
+        (Llama) degrade silently: both are refused before they run."""
+        cfg = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+            n = getattr(cfg, name, None)
+            if isinstance(n, int) and n > 0:
+                return n
+        return None
+
     def check_layers(self, layers) -> None:
         bad = [l for l in layers if not 0 <= l < self.num_layers]
         if bad:

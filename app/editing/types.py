@@ -1,6 +1,7 @@
 """Plain data passed in and out of the editing core."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,23 @@ class EditError(ValueError):
 # value is good, else a sentence saying what to change.
 
 
+# Characters that show nothing on their own: zero-width and other format characters (U+200B,
+# U+FEFF, U+200D ...), combining marks (U+0301 ...), controls and separators. A subject, target or
+# prompt made only of these is as empty as one made of spaces: the model would see no word.
+_INVISIBLE = {"Cf", "Mn", "Me", "Cc", "Zs", "Zl", "Zp"}
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` has no visible character (whitespace, zero-width and combining marks only)."""
+    return all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text)
+
+
+def _emptiness(text: str) -> str:
+    if not text.strip():
+        return "is empty"
+    return "has no visible character (only zero-width, combining or control characters)"
+
+
 def prompt_problem(prompt: str, subject: str | None = None, bound: int = MAX_PROMPT_CHARS) -> str | None:
     if len(prompt) > bound:
         return f"prompt is {len(prompt)} characters long; the bound is {bound}"
@@ -34,14 +52,14 @@ def prompt_problem(prompt: str, subject: str | None = None, bound: int = MAX_PRO
     if "{" in rest or "}" in rest:
         # Facts are filled with str.format in places (and by other tools reading the log).
         return "prompt may contain no braces other than the one subject slot '{}'"
-    if not rest.strip():
+    if is_blank(rest):
         return "prompt has nothing besides the subject slot; write the sentence around '{}'"
     return None
 
 
 def subject_problem(subject: str, bound: int = MAX_SUBJECT_CHARS) -> str | None:
-    if not subject.strip():
-        return "subject is empty; give the entity the fact is about"
+    if is_blank(subject):
+        return f"subject {_emptiness(subject)}; give the entity the fact is about"
     if len(subject) > bound:
         return f"subject is {len(subject)} characters long; the bound is {bound}"
     return None
@@ -49,8 +67,8 @@ def subject_problem(subject: str, bound: int = MAX_SUBJECT_CHARS) -> str | None:
 
 def target_problem(name: str, value: str, bound: int = MAX_TARGET_CHARS) -> str | None:
     """`name` is target_new or target_true (which is optional: None is never checked here)."""
-    if not value.strip():
-        return f"{name} is empty" + (" (leave target_true out instead)" if name == "target_true" else "")
+    if is_blank(value):
+        return f"{name} {_emptiness(value)}" + (" (leave target_true out instead)" if name == "target_true" else "")
     if len(value) > bound:
         return f"{name} is {len(value)} characters long; the bound is {bound}"
     return None

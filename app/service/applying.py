@@ -69,8 +69,9 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> J
         reason = _reason(exc)
         log.warning("batch of edits %s failed: %s", [e.id for e in edits], reason)
         host.sync_or_rebuild()
-        if isinstance(exc, EditError) and len(edits) > 1:
-            # One unusable fact should not sink the others: retry each alone.
+        if len(edits) > 1:
+            # One unusable fact should not sink the others, whatever it breaks (a refusal, or an
+            # error deep in the model): retry each alone, so only the fact that fails alone fails.
             with transaction(host.sessions) as s:
                 for e in repo.get_edits(s, [e.id for e in edits]):
                     e.status = "queued"
@@ -120,6 +121,7 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True) -> JobRepor
             result = host.editor.reapply(requests, z_stars, new_batch) if survivors else None
             weights_hash = host.editor.weights_hash()
             norms = host.editor.norms()
+        faults.point("worker_revert_before_commit")
     except Exception as exc:
         reason = f"revert failed: {_reason(exc)}"
         log.warning("revert of edit %d failed: %s", edit_id, reason)

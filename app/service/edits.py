@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import datetime, timedelta
 from typing import Sequence
 
 from sqlalchemy.exc import IntegrityError
@@ -13,7 +14,9 @@ from app.service import faults
 from app.service.errors import Conflict, Invalid, NotFound
 from app.store import repo
 from app.store.db import transaction
-from app.store.models import EDIT_STATUSES, MAX_EDIT_ID, Edit
+from app.store.models import EDIT_STATUSES, MAX_EDIT_ID, Edit, utcnow
+
+DEFAULT_IDEMPOTENCY_WINDOW_S = 24 * 3600.0  # the service's own default is ServiceConfig.idempotency_window_s
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +25,27 @@ def _body_hash(facts: Sequence[dict]) -> str:
     return hashlib.sha256(json.dumps(list(facts), sort_keys=True).encode()).hexdigest()
 
 
-def submit(sessions, queue: WorkQueue, facts: Sequence[dict], idempotency_key: str | None = None) -> tuple[list[Edit], bool]:
+def submit(sessions, queue: WorkQueue, facts: Sequence[dict], idempotency_key: str | None = None,
+           idempotency_window_s: float = DEFAULT_IDEMPOTENCY_WINDOW_S) -> tuple[list[Edit], bool]:
     """Record the facts as `queued` edits, then queue them. Returns (edits, created).
 
     The rows commit before the XADD: if the queue is down, or this process dies in between,
     the edits are still accepted and the worker refills the queue from them.
-    With an Idempotency-Key, a repeat of the same request returns the same edits.
+    With an Idempotency-Key, a repeat of the same request within `idempotency_window_s` returns
+    the same edits; after it the key is forgotten (and may be used again for a new request).
     """
     body_hash = _body_hash(facts)
+    not_before = utcnow() - timedelta(seconds=idempotency_window_s)
     if idempotency_key is not None:
-        earlier = _replay_key(sessions, idempotency_key, body_hash)
+        earlier = _replay_key(sessions, idempotency_key, body_hash, not_before)
         if earlier is not None:
             return earlier, False
     try:
         with transaction(sessions) as s:
+            if idempotency_key is not None:
+                # Purged on insert, in the same transaction: the table holds at most a window's
+                # keys, and an expired record of this very key cannot block its new one.
+                repo.purge_idempotency(s, not_before)
             rows = repo.insert_edits(s, facts)
             ids = [e.id for e in rows]
             if idempotency_key is not None:
@@ -45,7 +55,7 @@ def submit(sessions, queue: WorkQueue, facts: Sequence[dict], idempotency_key: s
         if idempotency_key is None:
             raise
         # The same key raced in from another request and won; answer as it did.
-        earlier = _replay_key(sessions, idempotency_key, body_hash)
+        earlier = _replay_key(sessions, idempotency_key, body_hash, not_before)
         if earlier is None:
             raise
         return earlier, False
@@ -58,9 +68,9 @@ def submit(sessions, queue: WorkQueue, facts: Sequence[dict], idempotency_key: s
     return rows, True
 
 
-def _replay_key(sessions, key: str, body_hash: str) -> list[Edit] | None:
+def _replay_key(sessions, key: str, body_hash: str, not_before: datetime) -> list[Edit] | None:
     with sessions() as s:
-        row = repo.get_idempotency(s, key)
+        row = repo.get_idempotency(s, key, not_before)
         if row is None:
             return None
         if row.body_hash != body_hash:

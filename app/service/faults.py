@@ -5,6 +5,7 @@
 <point> names a place in the code that calls `faults.point("<point>")`:
 
     worker_claimed        edits were marked `applying`; the editor is about to run
+    worker_revert_before_commit  a revert's new weights are computed; nothing is committed
     worker_after_commit   the batch (or revert) is committed; nothing is acked yet
     worker_after_ack      XACK done; the version is not announced yet ("during publish")
     api_before_commit     POST /edits: rows inserted, transaction not yet committed

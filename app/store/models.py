@@ -122,9 +122,14 @@ class NormSnapshot(Base):
     delta_norm: Mapped[float] = mapped_column(Float)
 
 
+# Characters, as PostgreSQL's varchar counts them (SQLite does not enforce it; the API does).
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(MAX_IDEMPOTENCY_KEY_CHARS), primary_key=True)
     body_hash: Mapped[str] = mapped_column(String(64))
     edit_ids: Mapped[list] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Indexed: keys expire after a window and are purged by age (repo.purge_idempotency).
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.editing.types import BatchResult, LayerDelta, LayerNorms
@@ -106,13 +107,27 @@ def clear_revert_request(s: Session, edit_id: int, reason: str) -> None:
 
 # --- idempotency ---------------------------------------------------------------------------
 
-def get_idempotency(s: Session, key: str) -> IdempotencyKey | None:
-    return s.get(IdempotencyKey, key)
+def get_idempotency(s: Session, key: str, not_before: datetime | None = None) -> IdempotencyKey | None:
+    """The key's record, unless it was made before `not_before` (expired: as if never used)."""
+    row = s.get(IdempotencyKey, key)
+    if row is None or not_before is None:
+        return row
+    made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
+    return row if made >= not_before else None
 
 
 def put_idempotency(s: Session, key: str, body_hash: str, edit_ids: list[int]) -> None:
     s.add(IdempotencyKey(key=key, body_hash=body_hash, edit_ids=edit_ids))
     s.flush()
+
+
+def purge_idempotency(s: Session, before: datetime) -> int:
+    """Delete the keys made before `before`; returns how many."""
+    return s.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < before)).rowcount or 0
+
+
+def count_idempotency(s: Session) -> int:
+    return s.scalar(select(func.count()).select_from(IdempotencyKey)) or 0
 
 
 # --- model info ----------------------------------------------------------------------------

@@ -86,10 +86,76 @@ def test_no_body(api):
     assert r.status_code == 422 and "the request needs a JSON body" in r.json()["detail"]
 
 
-def test_invalid_json(api):
-    r = api.post("/edits", content=b'{"prompt": ', headers={"content-type": "application/json"})
+def test_invalid_json_says_where_and_what(api):
+    # Truncated JSON used to answer "72: JSON decode error".
+    body = b'{"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", '
+    r = api.post("/edits", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422
-    assert "JSON decode error" in r.json()["detail"]
+    assert r.json()["detail"] == (
+        "the body is not valid JSON: Expecting property name enclosed in double quotes at line 1, column 74 "
+        "(character 73)")
+    r = api.post("/generate", content=b'{"prompt": "Paris",\n "max_new_tokens": 3,}',
+                 headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "at line 2, column 22" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("path", ["/edits", "/generate"])
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; b=x"])
+def test_a_body_that_is_not_sent_as_json_is_415_with_the_content_type_to_use(api, path, ctype):
+    # A valid fact sent as text/plain or a form used to get "the body must be a JSON object".
+    import json
+
+    r = api.post(path, content=json.dumps({**GOOD} if path == "/edits" else {"prompt": "Paris is"}).encode(),
+                 headers={"content-type": ctype})
+    assert r.status_code == 415, r.text
+    assert "must be JSON sent with Content-Type: application/json" in r.json()["detail"]
+    assert ctype.split(";")[0] in r.json()["detail"]
+
+
+def test_json_content_types_are_accepted(api):
+    import json
+
+    for ctype in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        r = api.post("/generate", content=json.dumps({"prompt": "Paris is", "max_new_tokens": 2}).encode(),
+                     headers={"content-type": ctype})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("field", ["subject", "target_new", "target_true"])
+@pytest.mark.parametrize("value", ["\u200b", "\ufeff", "\u0301", "\u200b\u0301 \ufeff", "\u200d\u00ad"])
+def test_invisible_only_subject_or_target_is_refused_like_whitespace(api, field, value):
+    bad(api, {**GOOD, field: value}, f"{field} has no visible character")
+
+
+def test_a_prompt_of_only_the_slot_and_invisible_characters_is_refused(api):
+    bad(api, {**GOOD, "prompt": "{}\u200b"}, "prompt has nothing besides the subject slot")
+    bad(api, {**GOOD, "prompt": "\ufeff{}\u0301"}, "prompt has nothing besides the subject slot")
+
+
+def test_visible_text_with_combining_marks_is_accepted(api):
+    r = api.post("/edits", json={**GOOD, "subject": "Rene\u0301 Magritte", "target_new": "\u200bEnglish"})
+    assert r.status_code == 202, r.text
+
+
+@pytest.mark.parametrize(
+    "path, body, fragment",
+    [
+        ("/generate", {"prompt": "Paris is", "max_new_tokens": True},
+         "max_new_tokens: Input should be a valid integer, not a boolean (true)"),
+        ("/generate", {"prompt": "Paris is", "max_new_tokens": "5"},
+         "max_new_tokens: Input should be a valid integer, not a string"),
+        ("/generate", {"prompt": "Paris is", "max_new_tokens": 5.0},
+         "max_new_tokens: Input should be a valid integer, not a number"),
+        ("/generate", {"prompt": ["Paris is"]}, "prompt: Input should be a valid string, not an array"),
+        ("/edits", {**GOOD, "subject": 42}, "subject: Input should be a valid string, not a number"),
+        ("/edits", {**GOOD, "target_new": False}, "target_new: Input should be a valid string, not a boolean"),
+        ("/edits", {**GOOD, "target_true": {"x": 1}}, "target_true: Input should be a valid string, not an object"),
+    ],
+)
+def test_wrong_json_types_are_refused_not_coerced(api, path, body, fragment):
+    r = api.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert fragment in r.json()["detail"], r.json()
 
 
 def test_body_too_large(api):
@@ -105,8 +171,18 @@ def test_bad_input_creates_no_edit(api):
 
 
 def test_idempotency_key_bounds(api):
-    bad(api, GOOD, "String should have at most 255 characters", headers={"Idempotency-Key": "k" * 256})
+    bad(api, GOOD, "Idempotency-Key is 256 characters long; the bound is 255", headers={"Idempotency-Key": "k" * 256})
     bad(api, GOOD, "String should have at least 1 character", headers={"Idempotency-Key": ""})
+
+
+def test_idempotency_key_bound_counts_characters_not_bytes(api):
+    # 255 "é" are 510 UTF-8 bytes; the bound is in characters (as PostgreSQL's varchar(255) counts).
+    key = ("\u00e9" * 255).encode()
+    r = api.post("/edits", json={**GOOD, "subject": "Ren\u00e9"}, headers={"Idempotency-Key": key})
+    assert r.status_code == 202, r.text
+    again = api.post("/edits", json={**GOOD, "subject": "Ren\u00e9"}, headers={"Idempotency-Key": key})
+    assert again.json()["ids"] == r.json()["ids"] and again.headers["Idempotent-Replayed"] == "true"
+    bad(api, GOOD, "Idempotency-Key is 256 characters long", headers={"Idempotency-Key": ("\u00e9" * 256).encode()})
 
 
 def test_idempotency_key_reused_with_other_body(api):

@@ -198,6 +198,10 @@ def test_a_replica_replays_without_statistics_and_never_solves(setup):
     replica = Editor(tiny_lm(lm.adapter.family), s, None, replica=True)
     replica.add_batch(1, result.deltas)
     assert replica.weights_hash() == worker.weights_hash()
+    assert replica.preserved == {}  # it never solves, so it keeps no preservation sum
+    replica.remove_batch(1)
+    assert replica.weights_hash() == Editor(tiny_lm(lm.adapter.family), s, None, replica=True).weights_hash()
+    replica.add_batch(1, result.deltas)
     with pytest.raises(EditError, match="replica"):
         replica.apply(MORE, batch_id=2)
     assert replica.batch_ids == [1]

@@ -79,10 +79,47 @@ def test_oversized_bodies_are_413(url):
             yield b"a" * 10_000
         yield b'"'
 
-    r = httpx.post(f"{url}/edits", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
-    assert r.status_code == 413, r.text
-    r = httpx.post(f"{url}/generate", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
-    assert r.status_code == 413, r.text
+    for path in ("/edits", "/generate"):
+        r = httpx.post(f"{url}{path}", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code == 413, r.text
+        assert "over the bound of 1048576 bytes" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-1", b"1e3", b"12, 13", b"0x10"])
+def test_malformed_content_length_gets_the_json_error_body(url, length):
+    # h11 refuses these before the app sees a request; kedit's protocol answers in the JSON body.
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /edits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + length + b"\r\n\r\n{}")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), raw
+    assert b"content-type: application/json" in head.lower(), raw
+    assert "not valid HTTP/1.1" in json.loads(body)["detail"]
+
+
+def test_prompt_beyond_the_context_is_422_and_the_connection_lives_on(url):
+    # 300 emoji (inside the 512-character bound) are ~1,200 tokens; the tiny model has 256 positions.
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for r in (c.get("/generate", params={"prompt": "\U0001F600" * 300, "max_new_tokens": 8}),
+                  c.post("/generate", json={"prompt": "\U0001F600" * 300, "max_new_tokens": 8})):
+            assert r.status_code == 422, r.text
+            assert "the model reads at most 256" in r.json()["detail"]
+        assert c.get("/generate", params={"prompt": "Paris is", "max_new_tokens": 2}).status_code == 200
+
+
+def test_idempotency_key_that_is_not_utf8_is_422(url):
+    body = {"prompt": "{} is", "subject": "Idem8", "target_new": "x"}
+    r = _post(url, body, headers={"Idempotency-Key": b"\xff\xfe-key"})
+    assert r.status_code == 422 and "Idempotency-Key is not UTF-8 text" in r.json()["detail"], r.text
+    key = ("\u00e9" * 255).encode()  # 510 bytes, 255 characters: within the bound
+    a, b = _post(url, body, headers={"Idempotency-Key": key}), _post(url, body, headers={"Idempotency-Key": key})
+    assert a.status_code == b.status_code == 202 and a.json()["ids"] == b.json()["ids"], (a.text, b.text)
 
 
 @pytest.mark.parametrize("path", ["/edits", "/generate"])
@@ -151,7 +188,7 @@ NASTY = [
     {"prompt": "{} is in", "subject": "Robert'); DROP TABLE edits;--", "target_new": "1' OR '1'='1"},
     {"prompt": "{} is in", "subject": "x\" UNION SELECT * FROM versions --", "target_new": "; DELETE FROM batches"},
     {"prompt": "You can see {} from", "subject": "<script>alert(1)</script>", "target_new": "\u202eevil"},
-    {"prompt": "{} is", "subject": "\u0301\u200b\ufeff", "target_new": "😀" * 10},
+    {"prompt": "{} is", "subject": "e\u0301\u200b\ufeff", "target_new": "😀" * 10},
 ]
 
 

@@ -195,7 +195,7 @@ def test_openapi_documents_the_contract(client):
     # Error answers are documented as what the service really sends: {"detail": ..., "errors": ...}.
     post = paths["/edits"]["post"]["responses"]
     assert post["422"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorBody"
-    assert {"401", "413", "503"} <= set(post)
+    assert {"401", "413", "415", "503"} <= set(post)
     assert {"404", "409"} <= set(paths["/edits/{edit_id}/revert"]["post"]["responses"])
     bad = client.post("/edits", json={"prompt": "no slot", "subject": "x", "target_new": "y"})
     assert bad.status_code == 422 and set(bad.json()) <= {"detail", "errors"}

@@ -137,3 +137,39 @@ def test_rebuild_from_the_log_gives_the_same_weights(rig):
     assert live != worker.host.base_hash and len(worker.host.editor.batch_ids) == 2
     worker.host.replay()  # back to base, then base + live deltas in version order
     assert worker.host.editor.weights_hash() == live and worker.host.version == 2
+
+
+def test_an_over_long_fact_fails_alone(rig):
+    # What a probe sent: one fact whose prompt (inside the 512-character bound) is far longer than
+    # the model's 256 positions, among three good ones.
+    ctx, worker = rig
+    long = {"prompt": "{} " + "\U0001F600" * 120, "subject": "Paris", "target_new": "Japan"}
+    rows, _ = edit_service.submit(ctx.sessions, ctx.queue, [FACTS[0], FACTS[1], long, FACTS[2]])
+    ids = [e.id for e in rows]
+    report = worker.step()
+    assert sorted(report.applied) == [ids[0], ids[1], ids[3]] and report.failed == [ids[2]]
+    assert statuses(ctx, ids) == ["applied", "applied", "failed", "applied"]
+    with ctx.sessions() as s:
+        assert "the model reads at most 256 tokens" in repo.get_edit(s, ids[2]).error
+
+
+def test_any_per_fact_failure_is_retried_fact_by_fact(rig, monkeypatch):
+    # Not only the editor's refusals: an error from deep inside the model sinks only its own fact.
+    ctx, worker = rig
+    editor = worker.host.editor
+    real_apply = editor.apply
+
+    def apply(requests, batch_id):
+        if any(r.subject == "Lionel Messi" for r in requests):
+            raise IndexError("index out of range in self")
+        return real_apply(requests, batch_id)
+
+    monkeypatch.setattr(editor, "apply", apply)
+    rows, _ = edit_service.submit(ctx.sessions, ctx.queue, FACTS)
+    ids = [e.id for e in rows]
+    report = worker.step()
+    assert sorted(report.applied) == [ids[0], ids[1], ids[3]] and report.failed == [ids[2]]
+    with ctx.sessions() as s:
+        assert repo.get_edit(s, ids[2]).error == "IndexError: index out of range in self"
+    worker.host.replay()  # the weights the worker holds are exactly base + the three applied facts
+    assert len(worker.host.editor.batch_ids) == 3

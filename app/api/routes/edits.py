@@ -6,11 +6,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Ctx, require_api_key, validate
+from app.api.deps import Ctx, header_text, require_api_key, require_json, validate
 from app.api.schemas import EditIn, EditOut, EditPage, EditsAccepted
 from app.service import edits as service
 from app.service.errors import Invalid
-from app.store.models import MAX_EDIT_ID
+from app.store.models import MAX_EDIT_ID, MAX_IDEMPOTENCY_KEY_CHARS
 
 router = APIRouter(prefix="/edits", tags=["edits"])
 
@@ -33,15 +33,18 @@ def _out(e) -> EditOut:
     return EditOut.model_validate(e)
 
 
-@router.post("", status_code=202, response_model=EditsAccepted, dependencies=[Depends(require_api_key)],
+@router.post("", status_code=202, response_model=EditsAccepted,
+             dependencies=[Depends(require_api_key), Depends(require_json)],
              openapi_extra=_BODY_DOC, summary="Queue one fact or a list of facts")
 def post_edits(
     ctx: Ctx,
     body: Annotated[Any, Body()],
     idempotency_key: Annotated[
-        str | None, Header(min_length=1, max_length=255, description="repeat a request safely: same key, same ids")
+        str | None, Header(min_length=1, description=f"repeat a request safely: same key, same ids "
+                           f"(UTF-8, at most {MAX_IDEMPOTENCY_KEY_CHARS} characters)")
     ] = None,
 ):
+    idempotency_key = header_text("Idempotency-Key", idempotency_key, MAX_IDEMPOTENCY_KEY_CHARS)
     # Parsed by hand rather than as a Union so a bad single fact gets one clear message.
     if isinstance(body, dict):
         facts = [validate(EditIn, body, ctx)]
@@ -55,7 +58,8 @@ def post_edits(
     else:
         raise Invalid("the body must be a JSON object (one fact) or a JSON array of facts")
     rows, created = service.submit(
-        ctx.sessions, ctx.queue, [f.model_dump() for f in facts], idempotency_key=idempotency_key
+        ctx.sessions, ctx.queue, [f.model_dump() for f in facts], idempotency_key=idempotency_key,
+        idempotency_window_s=ctx.config.idempotency_window_s,
     )
     payload = EditsAccepted(ids=[e.id for e in rows], edits=[_out(e) for e in rows])
     # A repeat under the same Idempotency-Key answers as the first request did.

@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 
-from app.api.deps import Ctx, ready_host, validate
+from app.api.deps import Ctx, ready_host, require_json, validate
 from app.api.schemas import GenerateIn, GenerateOut
 from app.service.errors import Invalid
 from app.service.generation import Sampling
@@ -38,6 +38,7 @@ def generate_get(
 
 
 @router.post("/generate", response_model=GenerateOut, summary="Continue a prompt (JSON body)",
+             dependencies=[Depends(require_json)],
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": GenerateIn.model_json_schema()}}}})
 def generate_post(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):

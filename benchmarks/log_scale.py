@@ -1,0 +1,354 @@
+"""The edit log at lifelong scale (issue 15): a PostgreSQL log of N synthetic edits, and what it costs.
+
+Fills a fresh PostgreSQL database with N edits (default 10,000) in batches of the service's
+default size B (8): per batch, random low-rank factors of the shapes SmolLM2-135M's edited layers
+have (ΔW = U Vᵀ with U 576×B, V 1536×B, keys 1536×B, at layers 4–8), each batch added to the
+weights exactly as a replay adds it and the weights hash computed the real way (the editor's
+weights_hash), with norm snapshots and every edit's z*, through the store's own record_batch.
+The model is a random Llama with SmolLM2's hidden and MLP sizes and 9 layers (the edited layers
+and their shapes are SmolLM2's; the layers above 8 do not enter the log), so nothing needs the
+real weights. Then it measures:
+
+    database size; `kedit api` start to /ready (its replay); the replay alone in-process; a worker's
+    start-up replay including the preservation sum Σ K Kᵀ; `kedit verify`; the revert of the
+    oldest edit (its batch removed = weights rebuilt from W₀ and every other live batch, plus the
+    re-apply of its 7 batch-mates); GET /edits at offset 9,000; GET /health/norms.
+
+    .venv/bin/python benchmarks/log_scale.py                       # N = 10,000 (a few minutes)
+    .venv/bin/python benchmarks/log_scale.py --edits 800 --no-write  # a quick look
+
+Writes benchmarks/results/log-scale.{json,md}. Needs PostgreSQL and Redis on 127.0.0.1 (the
+database kedit_logscale_<random> is dropped at the end).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.config import ServiceConfig  # noqa: E402
+from app.editing.types import BatchResult, EditOutcome, LayerDelta  # noqa: E402
+from app.service.host import ModelHost  # noqa: E402
+from app.store import repo  # noqa: E402
+from app.store.db import ensure_schema, make_engine, session_factory, transaction  # noqa: E402
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS = "redis://127.0.0.1:6379/0"
+SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3)
+LAYERS = [4, 5, 6, 7, 8]
+# The worker solves nothing here but the revert's re-apply; its C₀ comes from a small corpus.
+OVERRIDES = {"stats_tokens": 2000, "n_prefixes": 2, "prefix_tokens": 4}
+GOALS = {"replica_ready_s": 10.0, "revert_rebuild_s": 2.0, "db_mb": 300.0}
+
+
+def build_model(folder: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.utils.tiny import TRAINING_TEXT, train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), num_hidden_layers=9, max_position_embeddings=2048, initializer_range=0.02,
+                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      **SMOLLM2)
+    LlamaForCausalLM(cfg).float().eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder.parent / "corpus.txt").write_text("\n".join(TRAINING_TEXT * 200))
+
+
+def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0) -> dict:
+    """Write n_edits synthetic applied edits into the log; returns what was written."""
+    editor = cfg.load_editor("replica")
+    engine = make_engine(cfg.resolved_database_url())
+    ensure_schema(engine, auto_migrate=True)
+    sessions = session_factory(engine)
+    host = ModelHost(editor, sessions, editor.lm.name, editor.layers, editor.settings.model_dump(mode="json"),
+                     ["{}", "The {}", "Therefore {}"])
+    host.bootstrap()  # records the model (base hash, layers, templates) as a worker would
+    g = torch.Generator().manual_seed(seed)
+    d, f = editor.base[LAYERS[0]].shape
+    t0 = time.perf_counter()
+    version = 0
+    for start in range(0, n_edits, batch):
+        size = min(batch, n_edits - start)
+        version += 1
+        deltas = [LayerDelta(l, torch.randn(d, size, generator=g) * 1e-3, torch.randn(f, size, generator=g) * 1e-3,
+                             torch.randn(f, size, generator=g)) for l in LAYERS]
+        # Exactly what Editor.add_batch does to the weights (the preservation sum is not needed to
+        # hash them); the api's replay of the finished log proves it against the stored hashes.
+        with torch.no_grad():
+            for dl in deltas:
+                editor._w(dl.layer).add_(dl.matrix())
+        weights_hash, norms = editor.weights_hash(), editor.norms()
+        facts = [{"prompt": "The home town of {} is", "subject": f"Person {start + i}", "target_new": "Paris"}
+                 for i in range(size)]
+        outcomes = [EditOutcome(torch.randn(d, generator=g), 5, 0.01, 0.9) for _ in range(size)]
+        with transaction(sessions) as s:
+            rows = repo.insert_edits(s, facts)
+            repo.record_batch(s, repo.Applied(version, weights_hash, norms),
+                              BatchResult(version, deltas, outcomes), rows, 1.0)
+        if version % 25 == 0:
+            print(f"  {start + size} edits, {version} versions, {time.perf_counter() - t0:.0f} s", flush=True)
+    engine.dispose()
+    return {"versions": version, "head_hash": weights_hash, "fill_s": time.perf_counter() - t0}
+
+
+def db_size_mb(url: str) -> dict:
+    from sqlalchemy import text
+
+    engine = make_engine(url)
+    with engine.connect() as c:
+        total = c.execute(text("SELECT pg_database_size(current_database())")).scalar()
+        tables = {r[0]: r[1] for r in c.execute(text(
+            "SELECT relname, pg_total_relation_size(relid) FROM pg_catalog.pg_statio_user_tables"))}
+        raw = c.execute(text("SELECT sum(octet_length(data)) FROM layer_deltas")).scalar()
+    engine.dispose()
+    mb = 1024 * 1024
+    return {"database_mb": total / mb, "layer_deltas_mb": tables.get("layer_deltas", 0) / mb,
+            "edits_mb": tables.get("edits", 0) / mb, "delta_payload_mb": raw / mb}
+
+
+def env_for(cfg: ServiceConfig, prefix: str) -> dict:
+    env = {**os.environ, "DATABASE_URL": cfg.database_url, "REDIS_URL": REDIS, "KEDIT_REDIS_PREFIX": prefix,
+           "KEDIT_MODEL_PATH": cfg.model_path, "KEDIT_CACHE_DIR": str(cfg.cache_dir),
+           "KEDIT_STATS_CORPUS": str(cfg.stats_corpus), "KEDIT_EDIT_OVERRIDES": json.dumps(OVERRIDES),
+           "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("KEDIT_API_KEY", None)
+    return env
+
+
+def time_api(cfg: ServiceConfig, prefix: str, port: int, offset: int) -> dict:
+    import httpx
+
+    env = env_for(cfg, prefix)
+    log = open(Path(tempfile.gettempdir()) / f"log-scale-api-{port}.log", "wb")
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--port", str(port), "--log-level", "info"],
+                         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    out: dict = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            if p.poll() is not None:
+                raise RuntimeError(f"kedit api exited {p.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        out["api_start_to_ready_s"] = time.perf_counter() - t0
+        with httpx.Client(base_url=url, timeout=60) as c:
+            out["api_version"] = c.get("/version").json()
+
+            def median_ms(path, **params):
+                times = []
+                for _ in range(5):
+                    t = time.perf_counter()
+                    r = c.get(path, params=params)
+                    times.append((time.perf_counter() - t) * 1000)
+                    assert r.status_code == 200, r.text
+                return statistics.median(times), r
+
+            out["get_edits_offset_ms"], r = median_ms("/edits", offset=offset, limit=50)
+            assert r.json()["items"], "no page at that offset"
+            out["health_norms_ms"], _ = median_ms("/health/norms")
+            out["get_edit_ms"], _ = median_ms(f"/edits/{offset}")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        log.close()
+    # Where the start went: imports until the schema check (the first timestamped line), then
+    # model load + replay + hash proof until "replayed ... live batches".
+    from datetime import datetime
+
+    stamps = {}
+    for line in Path(log.name).read_text(errors="replace").splitlines():
+        if line[:4].isdigit() and ("alembic.runtime.migration" in line or "replayed" in line):
+            stamps.setdefault("replayed" if "replayed" in line else "schema",
+                              datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+    if len(stamps) == 2:
+        out["api_load_and_replay_s"] = (stamps["replayed"] - stamps["schema"]).total_seconds()
+    return out
+
+
+def time_inprocess(cfg: ServiceConfig) -> dict:
+    from app.service import applying
+    from app.service import edits as edit_service
+    from app.queue import LocalQueue
+
+    out: dict = {}
+    engine = make_engine(cfg.resolved_database_url())
+    sessions = session_factory(engine)
+    replica = cfg.load_editor("replica")
+    with sessions() as s:
+        info = repo.get_model_info(s)
+    host = ModelHost(replica, sessions, replica.lm.name, replica.layers)
+    t = time.perf_counter()
+    host.bootstrap()
+    out["replica_replay_s"] = time.perf_counter() - t
+    del replica, host
+
+    worker_editor = cfg.load_editor("worker", templates=list(info.templates))  # C₀ loaded before the clock
+    whost = ModelHost(worker_editor, sessions, worker_editor.lm.name, worker_editor.layers,
+                      worker_editor.settings.model_dump(mode="json"), list(info.templates))
+    t = time.perf_counter()
+    whost.bootstrap()  # replay: weights + the preservation sum of every live batch's keys
+    out["worker_replay_s"] = time.perf_counter() - t
+
+    # Revert the oldest edit: its batch leaves (rebuild from W₀ + every other live batch) and its
+    # batch-mates come back from their stored z* as a new batch.
+    edit_service.request_revert(sessions, LocalQueue(), 1)
+    t = time.perf_counter()
+    report = applying.revert_edit(whost, 1)
+    out["revert_total_s"] = time.perf_counter() - t
+    assert report.applied == [1], report
+    t = time.perf_counter()
+    worker_editor._rebuild()  # the rebuild part alone, measured again on the same log
+    out["revert_rebuild_s"] = time.perf_counter() - t
+    out["revert_reapply_s"] = out["revert_total_s"] - out["revert_rebuild_s"]
+    engine.dispose()
+    return out
+
+
+def time_verify(cfg: ServiceConfig, prefix: str) -> dict:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "app.cli", "verify"], cwd=REPO, env=env_for(cfg, prefix),
+                       capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"kedit verify failed:\n{r.stdout}\n{r.stderr}")
+    return {"verify_s": seconds, "verify_output": r.stdout.strip()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--edits", type=int, default=10_000)
+    ap.add_argument("--batch-size", type=int, default=ServiceConfig.model_fields["batch_size"].default)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    ap.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
+    ap.add_argument("--rewrite", action="store_true", help="only rewrite log-scale.md from log-scale.json")
+    args = ap.parse_args()
+    if args.rewrite:
+        r = json.loads((REPO / "benchmarks" / "results" / "log-scale.json").read_text())
+        r["goals"] = goals(r)
+        write(r)
+        return
+
+    import psycopg
+
+    work = Path(tempfile.mkdtemp(prefix="kedit-log-scale-"))
+    model_dir = work / "smollm2-shaped"
+    build_model(model_dir)
+    name = f"kedit_logscale_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(PG_ADMIN, autocommit=True)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    prefix = f"kedit-logscale-{uuid.uuid4().hex[:8]}"
+    cfg = ServiceConfig(model_path=str(model_dir), cache_dir=work / "cache", stats_corpus=work / "corpus.txt",
+                        edit_overrides=OVERRIDES, database_url=url, redis_url=REDIS, redis_prefix=prefix)
+    results: dict = {"edits": args.edits, "batch_size": args.batch_size, "layers": LAYERS,
+                     "shapes": {"W": [576, 1536], "U": [576, args.batch_size], "V": [1536, args.batch_size],
+                                "keys": [1536, args.batch_size]},
+                     "codec": "safetensors float32 (u, v, keys), as stored by app/store/codec.py",
+                     "cpu": f"{os.cpu_count()} cores, shared", "torch_threads": torch.get_num_threads()}
+    try:
+        print(f"filling {url} with {args.edits} edits in batches of {args.batch_size} ...", flush=True)
+        results.update(fill(cfg, args.edits, args.batch_size))
+        results.update(db_size_mb(cfg.resolved_database_url()))
+        print(json.dumps({k: v for k, v in results.items() if k.endswith(("_mb", "_s"))}), flush=True)
+        results.update(time_api(cfg, prefix, 18000 + os.getpid() % 1000, offset=min(9000, args.edits - 50)))
+        assert results["api_version"]["weights_hash"] == results["head_hash"], "the api serves another hash"
+        results.update(time_verify(cfg, prefix))
+        results.update(time_inprocess(cfg))
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)') if not args.keep else print(f"kept {url}")
+        admin.close()
+        shutil.rmtree(work, ignore_errors=True)
+    results["goals"] = goals(results)
+    print(json.dumps(results, indent=2, default=str))
+    if not args.no_write:
+        write(results)
+
+
+def goals(r: dict, at: int = 10_000) -> dict:
+    """The goals are for a 10,000-edit log. A smaller run is scaled linearly (replay, rebuild and
+    storage are each a sum over the live batches; the fixed parts are kept out of the scaling)."""
+    k = at / r["edits"]
+    fixed_start = r["api_start_to_ready_s"] - r.get("api_load_and_replay_s", 0) + 0.0
+    out = {
+        "replica_ready_s": {"goal": GOALS["replica_ready_s"], "at_edits": r["edits"], "got": r["api_start_to_ready_s"],
+                            f"scaled_to_{at}": fixed_start + r["replica_replay_s"] * k},
+        "revert_rebuild_s": {"goal": GOALS["revert_rebuild_s"], "at_edits": r["edits"], "got": r["revert_rebuild_s"],
+                             f"scaled_to_{at}": r["revert_rebuild_s"] * k, "plus_reapply_s": r["revert_reapply_s"]},
+        "db_mb": {"goal": GOALS["db_mb"], "at_edits": r["edits"], "got": r["database_mb"],
+                  f"scaled_to_{at}": (r["layer_deltas_mb"] + r["edits_mb"]) * k
+                  + (r["database_mb"] - r["layer_deltas_mb"] - r["edits_mb"])},
+    }
+    for g in out.values():
+        g["met"] = g[f"scaled_to_{at}"] <= g["goal"]
+    return out
+
+
+def write(r: dict) -> None:
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log-scale.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+    g = r["goals"]
+
+    def verdict(x):
+        v = x["scaled_to_10000"]
+        at = "" if r["edits"] == 10_000 else f" (scaled to 10,000: {v:.0f})"
+        return (f"met{at}" if x["met"] else f"missed{at} by {v - x['goal']:.0f} ({v / x['goal']:.1f}×)")
+
+    md = f"""# The edit log at {r['edits']:,} edits (benchmarks/log_scale.py)
+
+PostgreSQL on 127.0.0.1, {r['cpu']} (other jobs running beside it), torch threads {r['torch_threads']}.
+{r['edits']:,} synthetic edits in {r['versions']:,} batches of {r['batch_size']} at SmolLM2-135M's edited layers
+{r['layers']} (W 576×1536; per batch and layer U 576×B, V 1536×B, keys 1536×B), hashes computed the real
+way; stored as the service stores them: {r['codec']}.
+Command: `.venv/bin/python benchmarks/log_scale.py --edits {r['edits']}`.
+
+| measure | value | goal |
+|---|---|---|
+| database size | {r['database_mb']:.0f} MB (layer_deltas {r['layer_deltas_mb']:.0f} MB, of which factor bytes {r['delta_payload_mb']:.0f} MB; edits {r['edits_mb']:.0f} MB) | ≤ {g['db_mb']['goal']:.0f} MB: {verdict(g['db_mb'])} |
+| `kedit api` start → /ready (process start, model load, replay, hash proof) | {r['api_start_to_ready_s']:.1f} s | ≤ {g['replica_ready_s']['goal']:.0f} s: {verdict(g['replica_ready_s'])} |
+| … of which model load + replay + proof in the api process (its log) | {r.get('api_load_and_replay_s', float('nan')):.1f} s | |
+| replica replay alone (in-process) | {r['replica_replay_s']:.1f} s | |
+| worker start-up replay incl. preservation sum Σ K Kᵀ | {r['worker_replay_s']:.1f} s | |
+| `kedit verify` (process) | {r['verify_s']:.1f} s | |
+| revert of the oldest edit, total | {r['revert_total_s']:.1f} s | |
+| … of which the rebuild (W₀ + every other live batch) | {r['revert_rebuild_s']:.1f} s | ≤ {g['revert_rebuild_s']['goal']:.0f} s + re-apply: {verdict(g['revert_rebuild_s'])} |
+| … of which the re-apply of its {r['batch_size'] - 1} batch-mates | {r['revert_reapply_s']:.1f} s | |
+| GET /edits?offset={min(9000, r['edits'] - 50)}&limit=50 (median of 5) | {r['get_edits_offset_ms']:.0f} ms | |
+| GET /edits/{{id}} (median of 5) | {r['get_edit_ms']:.0f} ms | |
+| GET /health/norms (median of 5) | {r['health_norms_ms']:.0f} ms | |
+
+Filling the log took {r['fill_s']:.0f} s. Goals are for 10,000 edits; a smaller run is scaled
+linearly (each of replay, rebuild and storage is a sum over the live batches): replica ready =
+the api's fixed start (imports, model load) + the in-process replay × 10,000 / {r['edits']:,}.
+Timings on this machine vary up to 3× with the load of the jobs beside it.
+"""
+    (out / "log-scale.md").write_text(md)
+    print(f"wrote {out / 'log-scale.md'}")
+
+
+if __name__ == "__main__":
+    main()
