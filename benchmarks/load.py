@@ -53,6 +53,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it does not end within `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def spawn(model: str | None, env_pairs: list[str], workdir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "KEDIT_DATABASE_URL": f"sqlite:///{workdir / 'kedit.db'}", "KEDIT_HOST": "127.0.0.1"}
@@ -176,11 +185,7 @@ def main() -> None:
         res = run(url, args.edits, args.per_request, args.concurrency, args.max_seconds, args.api_key, proc)
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
         if tmp is not None:
             tmp.cleanup()
     print(f"edits submitted        {res['edits']} in {res['requests']} requests")

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from app.editing.types import BatchResult, EditOutcome, LayerDelta  # noqa: E402
 from app.service.host import ModelHost  # noqa: E402
 from app.store import repo  # noqa: E402
 from app.store.db import ensure_schema, make_engine, session_factory, transaction  # noqa: E402
+from load import stop  # noqa: E402  (the sibling script)
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -169,11 +169,7 @@ def time_api(cfg: ServiceConfig, prefix: str, port: int, offset: int) -> dict:
             out["health_norms_ms"], _ = median_ms("/health/norms")
             out["get_edit_ms"], _ = median_ms(f"/edits/{offset}")
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop(p, timeout=30)
         log.close()
     # Where the start went: imports until the schema check (the first timestamped line), then
     # model load + replay + hash proof until "replayed ... live batches".

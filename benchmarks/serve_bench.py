@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from load import spawn, stop  # noqa: E402  (the sibling script; run as python benchmarks/serve_bench.py)
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -42,12 +42,6 @@ PROMPTS = [
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_raw(model_path: str | None, cache_dir: str | None):
@@ -101,22 +95,6 @@ def dtype_check(lm) -> dict:
             agree += int(a.argmax() == b.argmax())
     return {"bf16_max_abs_logit_diff_p50": pct(diffs, 0.5), "bf16_max_abs_logit_diff_max": max(diffs),
             "bf16_greedy_next_token_agreement": f"{agree}/{len(PROMPTS)}"}
-
-
-def spawn(model: str | None, env_pairs: list[str], workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({"KEDIT_DATABASE_URL": f"sqlite:///{workdir / 'kedit.db'}", "KEDIT_HOST": "127.0.0.1",
-                "PYTHONPATH": str(REPO)})
-    if model:
-        env["KEDIT_MODEL_PATH"] = model
-    for pair in env_pairs:
-        k, _, v = pair.partition("=")
-        env[k] = v
-    log = open(workdir / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def wait_ready(url: str, proc: subprocess.Popen, seconds: float) -> None:
@@ -231,11 +209,7 @@ def main() -> None:
         raws.append(raw_generate(lm, args.tokens, args.raw_requests))
         print("raw after:", json.dumps(raws[-1]), flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
     # The better of the two baseline runs: the machine's own speed, not a neighbour's burst.
     raw = max(raws, key=lambda r: r["tokens_per_s"])

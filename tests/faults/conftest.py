@@ -6,7 +6,6 @@ Long variants: KEDIT_LONG=1 (see docs/guarantees.md).
 """
 from __future__ import annotations
 
-import uuid
 
 import pytest
 
@@ -24,34 +23,6 @@ def warm_cache(tiny_assets):
                         edit_overrides=dict(sup.TINY_OVERRIDES))
     cfg.load_editor("worker")
     return tiny_assets
-
-
-@pytest.fixture
-def shared_pg_db():
-    """A fresh database on the machine's PostgreSQL (127.0.0.1:5432), dropped afterwards."""
-    try:
-        url, drop = sup.create_database()
-    except Exception as e:
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({e}); start it (see docs/service.md)")
-    yield url
-    drop()
-
-
-@pytest.fixture
-def shared_redis_prefix():
-    """A random key prefix on the machine's Redis (127.0.0.1:6379); its keys deleted afterwards."""
-    import redis
-
-    client = redis.Redis.from_url(sup.REDIS)
-    try:
-        client.ping()
-    except Exception as e:
-        pytest.fail(f"Redis on 127.0.0.1:6379 is not reachable ({e}); start it (see docs/service.md)")
-    prefix = f"kedit-fault-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-    client.close()
 
 
 @pytest.fixture

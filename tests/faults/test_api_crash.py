@@ -41,12 +41,12 @@ def _settled(engine) -> bool:
         return not c.execute(text("SELECT count(*) FROM edits WHERE status IN ('queued', 'applying')")).scalar()
 
 
-def test_api_killed_during_post_edits(warm_cache, shared_pg_db, shared_redis_prefix, cluster_factory):
-    env = sup.service_env(warm_cache, shared_pg_db, sup.REDIS, shared_redis_prefix)
+def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_factory):
+    env = sup.service_env(warm_cache, pg_url, sup.REDIS, redis_prefix)
     cl = cluster_factory(env)
     healthy = cl.start_api()
     cl.start("worker")
-    engine = sup.sql_engine(shared_pg_db)
+    engine = sup.sql_engine(pg_url)
     rng = random.Random(SEED)
     accepted: set[int] = set()
     outcomes = {"answered": 0, "no answer, committed": 0, "no answer, not committed": 0}
@@ -126,7 +126,7 @@ def test_api_killed_during_post_edits(warm_cache, shared_pg_db, shared_redis_pre
         sup.wait_for(lambda: httpx.get(f"{healthy.url}/version").json()["version"] == head["id"], 120,
                      "the api to catch up")
         assert httpx.get(f"{healthy.url}/version").json()["weights_hash"] == head["weights_hash"]
-        assert sup.fresh_replay_hash(warm_cache, shared_pg_db) == (head["id"], head["weights_hash"])
+        assert sup.fresh_replay_hash(warm_cache, pg_url) == (head["id"], head["weights_hash"])
     finally:
         engine.dispose()
     print(f"\napi crash outcomes over {TRIALS} trials: {outcomes}; {len(accepted)} edits")

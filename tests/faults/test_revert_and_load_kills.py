@@ -38,11 +38,11 @@ def _died_by_fault(w, trial: str) -> None:
 
 
 def test_kills_inside_a_revert_and_between_commit_and_ack_under_load(
-        warm_cache, shared_pg_db, shared_redis_prefix, cluster_factory):
-    env = sup.service_env(warm_cache, shared_pg_db, sup.REDIS, shared_redis_prefix, KEDIT_BATCH_SIZE="4")
+        warm_cache, pg_url, redis_prefix, cluster_factory):
+    env = sup.service_env(warm_cache, pg_url, sup.REDIS, redis_prefix, KEDIT_BATCH_SIZE="4")
     cl = cluster_factory(env)
     api = cl.start_api()
-    engine = sup.sql_engine(shared_pg_db)
+    engine = sup.sql_engine(pg_url)
     rng = random.Random(15)
     client = httpx.Client(base_url=api.url, timeout=60)
     rc = redis.Redis.from_url(sup.REDIS, decode_responses=True)
@@ -99,7 +99,7 @@ def test_kills_inside_a_revert_and_between_commit_and_ack_under_load(
         _died_by_fault(w, "commit/XACK")
         state = sup.log_state(engine)
         sup.check_applied_at_most_once(state)
-        pending = rc.xpending(f"{shared_redis_prefix}:edits", f"{shared_redis_prefix}:workers")
+        pending = rc.xpending(f"{redis_prefix}:edits", f"{redis_prefix}:workers")
         assert pending["pending"] > 0, "killed between the commit and XACK but nothing is pending"
         w = cl.start("worker")  # takes over while the clients may still post
         for t in clients:
@@ -114,7 +114,7 @@ def test_kills_inside_a_revert_and_between_commit_and_ack_under_load(
         head = state["versions"][-1]
         sup.wait_for(lambda: client.get("/version").json()["version"] == head["id"], 120, "the api to catch up")
         assert client.get("/version").json()["weights_hash"] == head["weights_hash"]
-        assert sup.fresh_replay_hash(warm_cache, shared_pg_db) == (head["id"], head["weights_hash"])
+        assert sup.fresh_replay_hash(warm_cache, pg_url) == (head["id"], head["weights_hash"])
         assert head["weights_hash"] in sup.kedit_verify(env)
         print(f"\n{len(accepted)} edits accepted under load, {len(state['versions'])} versions")
     finally:

@@ -47,11 +47,11 @@ def _settled(engine) -> bool:
 
 
 def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
-        warm_cache, shared_pg_db, shared_redis_prefix, cluster_factory):
-    env = sup.service_env(warm_cache, shared_pg_db, sup.REDIS, shared_redis_prefix)
+        warm_cache, pg_url, redis_prefix, cluster_factory):
+    env = sup.service_env(warm_cache, pg_url, sup.REDIS, redis_prefix)
     cl = cluster_factory(env)
     api = cl.start_api()
-    engine = sup.sql_engine(shared_pg_db)
+    engine = sup.sql_engine(pg_url)
     rng = random.Random(SEED)
     client = httpx.Client(base_url=api.url, timeout=60)
     accepted: set[int] = set()
@@ -102,7 +102,7 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
             if died_by_fault and fault == "worker_claimed:kill":
                 assert applying, f"trial {trial}: killed at the claim but no edit is left `applying`"
             if died_by_fault and fault.startswith("worker_after_commit"):
-                pending = redis_client.xpending(f"{shared_redis_prefix}:edits", f"{shared_redis_prefix}:workers")
+                pending = redis_client.xpending(f"{redis_prefix}:edits", f"{redis_prefix}:workers")
                 assert pending["pending"] > 0, f"trial {trial}: killed before XACK but nothing is pending"
             if applying:
                 mid_batch += 1
@@ -120,7 +120,7 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
         sup.wait_for(lambda: client.get("/version").json()["version"] == head["id"], 120, "the api to catch up")
         v = client.get("/version").json()
         assert v["weights_hash"] == head["weights_hash"]
-        assert sup.fresh_replay_hash(warm_cache, shared_pg_db) == (head["id"], head["weights_hash"])
+        assert sup.fresh_replay_hash(warm_cache, pg_url) == (head["id"], head["weights_hash"])
         assert head["weights_hash"] in sup.kedit_verify(env)
         # A restarted worker proves the same replay before it takes the lock, and stays up.
         cl.stop(w)

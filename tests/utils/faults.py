@@ -13,14 +13,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from tests.utils.service import TINY_OVERRIDES  # noqa: F401  (quick settings for the tiny Llama)
+from tests.utils.service import TINY_OVERRIDES, wait_for  # noqa: F401  (re-exported for the fault tests)
 
 REPO = Path(__file__).resolve().parents[2]
 LONG = os.environ.get("KEDIT_LONG", "") not in ("", "0", "false", "no")
@@ -44,18 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll until predicate() is truthy; a generous bound against hangs, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- processes ---------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def tiny_config(model_dir: Path, corpus: Path, cache_dir: Path, **over) -> Servi
     return ServiceConfig(**base)
 
 
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition", interval: float = 0.05):
     """Poll until `predicate()` returns something truthy; fail with `what` if it never does.
     A generous bound against hangs, not a timing assertion."""
     deadline = time.monotonic() + timeout
@@ -57,8 +57,8 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 def wait_status(client, edit_id: int, statuses=("applied", "failed", "reverted"), timeout: float = 120.0) -> dict:
