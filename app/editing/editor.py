@@ -203,14 +203,18 @@ class Editor:
 
     def generate_problem(self, prompt: str, max_new_tokens: int) -> str | None:
         """None when prompt + max_new_tokens fit the model's positions, else what to change."""
-        n_ctx = self.lm.context_length
-        if n_ctx is None:
+        if self.lm.context_length is None:
             return None
-        n = len(self.lm.tokenizer(prompt).input_ids)
-        if n + max_new_tokens > n_ctx:
-            return (f"the prompt is {n} tokens and max_new_tokens is {max_new_tokens}: {n + max_new_tokens} tokens, "
-                    f"but the model reads at most {n_ctx}; shorten the prompt or ask for fewer tokens")
-        return None
+        return self.length_problem(len(self.lm.tokenizer(prompt).input_ids), max_new_tokens)
+
+    def length_problem(self, prompt_tokens: int, max_new_tokens: int, name: str = "max_new_tokens") -> str | None:
+        """The one context rule for generation: prompt tokens + new tokens within the model's positions."""
+        n_ctx = self.lm.context_length
+        n = prompt_tokens + max_new_tokens
+        if n_ctx is None or n <= n_ctx:
+            return None
+        return (f"the prompt is {prompt_tokens} tokens and {name} is {max_new_tokens}: {n} tokens, "
+                f"but the model reads at most {n_ctx}; shorten the prompt or ask for fewer tokens")
 
     def _encode_key_prompts(self, requests: list[EditRequest]):
         return [

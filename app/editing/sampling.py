@@ -23,6 +23,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     cum = torch.softmax(sorted_logits, -1).cumsum(-1)
     # A token is dropped when the tokens before it already reach top_p; the first one always stays.
     drop = (cum - torch.softmax(sorted_logits, -1)) >= top_p
+    drop[..., 0] = False  # also when top_p rounds to 0 in float32 (a denormal such as 5e-324)
     sorted_logits[drop] = float("-inf")
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
@@ -47,8 +48,10 @@ def sample_tokens(
     cache_kw = {_cache_keyword(model): cache}  # the KV-cache argument's name moved in transformers 5.2x
     eos = set(eos_token_ids)
     for _ in range(max_new_tokens):
-        logits = model(input_ids=ids, use_cache=True, **cache_kw).logits[0, -1].float()
-        logits = top_p_filter(logits / temperature, top_p)
+        # float64 and shifted so the largest is 0 before dividing: a tiny temperature (3e-53 is
+        # valid JSON and rounds to 0 in float32) sends the others to -inf, never to inf - inf = nan.
+        logits = model(input_ids=ids, use_cache=True, **cache_kw).logits[0, -1].double()
+        logits = top_p_filter((logits - logits.max()) / temperature, top_p)
         token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
         yield token
         if token in eos:

@@ -243,10 +243,9 @@ class GenerationEngine:
             raise Unavailable("the server is shutting down")
         if not input_ids:
             raise Invalid("the prompt holds no tokens (after the chat template, if any); give some text to continue")
-        limit = getattr(self.lm.model.config, "max_position_embeddings", None)
-        if limit and len(input_ids) + sampling.max_tokens > limit:
-            raise Invalid(f"the prompt is {len(input_ids)} tokens and max_tokens {sampling.max_tokens}: together more "
-                          f"than the model's context of {limit} tokens; shorten the prompt or lower max_tokens")
+        problem = self.host.editor.length_problem(len(input_ids), sampling.max_tokens, "max_tokens")
+        if problem:
+            raise Invalid(problem)
         if len(input_ids) + sampling.max_tokens > self.cache_tokens:
             raise Invalid(f"the prompt is {len(input_ids)} tokens and max_tokens {sampling.max_tokens}: together more "
                           f"than this server's KV cache of {self.cache_tokens} tokens (KEDIT_CB_CACHE_BLOCKS); "
