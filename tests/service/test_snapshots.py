@@ -49,15 +49,8 @@ def head_hash(ctx) -> tuple[int, str]:
 
 
 def full_replica(ctx):
-    """A replica that replays from W₀ only: what every start did before snapshots."""
-    from app.service.host import ModelHost
-    from app.config import Role
-
-    editor = ctx.config.load_editor(Role.REPLICA)
-    host = ModelHost(editor, ctx.sessions, editor.lm.name, editor.layers, editor.settings.model_dump(mode="json"))
-    host.use_snapshots = False
-    host.bootstrap()
-    return host
+    """A replica that replays from W₀ only: what every start did before snapshots (and `kedit verify` does)."""
+    return ctx.host_replica(use_snapshots=False)
 
 
 def same_bits(a, b) -> bool:
