@@ -165,13 +165,14 @@ class Editor:
             raise EditError("an editor that solves needs every live batch's keys (Σ K Kᵀ), not only a snapshot")
         if sorted(weights) != self.layers:
             raise EditError(f"the snapshot holds layers {sorted(weights)}, this editor edits {self.layers}")
+        for l in self.layers:  # all checked before any is copied: a refused snapshot leaves W₀ alone
+            w = self._w(l)
+            if weights[l].shape != w.shape or weights[l].dtype != w.dtype:
+                raise EditError(f"the snapshot's layer {l} is {tuple(weights[l].shape)} {weights[l].dtype}, "
+                                f"the model's is {tuple(w.shape)} {w.dtype}")
         with torch.no_grad():
             for l in self.layers:
-                w = self._w(l)
-                if weights[l].shape != w.shape or weights[l].dtype != w.dtype:
-                    raise EditError(f"the snapshot's layer {l} is {tuple(weights[l].shape)} {weights[l].dtype}, "
-                                    f"the model's is {tuple(w.shape)} {w.dtype}")
-                w.copy_(weights[l])
+                self._w(l).copy_(weights[l])
             for b in batch_ids:
                 for d in deltas.get(b) or []:
                     if d.layer in self.preserved:

@@ -173,12 +173,12 @@ class ModelHost:
                 got = self.editor.weights_hash()
             except Exception as exc:
                 log.error("weight snapshot of version %d cannot be loaded (%s): not using it", snap.version, exc)
-                _reset(self.editor)
+                self.editor.reset()  # unconditionally: the weights may have changed before it failed
                 continue
             if got != version.weights_hash:
                 log.error("weight snapshot of version %d hashes to %s, the log says %s: not using it",
                           snap.version, got[:12], version.weights_hash[:12])
-                _reset(self.editor)
+                self.editor.reset()
                 continue
             return n, snap.version
         return 0, 0

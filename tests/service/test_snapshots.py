@@ -195,3 +195,24 @@ def test_snapshot_on_postgres(make_config, pg_url):
     finally:
         worker.lock.release()
         ctx.close()
+
+
+def test_a_snapshot_of_other_shapes_is_refused_before_touching_the_weights(rig, caplog):
+    import hashlib
+
+    from app.store.codec import weights_from_bytes, weights_to_bytes
+
+    ctx, worker = rig
+    apply(ctx, worker, FACTS[:3])
+    with transaction(ctx.sessions) as s:
+        snap = s.scalar(select(WeightSnapshot))
+        w = weights_from_bytes(snap.data)
+        last = max(w)  # the last edited layer: the layers before it would be copied first if not checked first
+        w[last] = w[last][:, :-1].contiguous()  # one column short (another model's snapshot)
+        snap.data = weights_to_bytes(w)
+        snap.sha256 = hashlib.sha256(snap.data).hexdigest()
+    with caplog.at_level(logging.ERROR, logger="app.service.host"):
+        replica = ctx.host_replica()
+    assert "weight snapshot of version 2 cannot be loaded" in caplog.text
+    assert replica.editor.missing_deltas() == []
+    assert (replica.version, replica.weights_hash) == head_hash(ctx)
