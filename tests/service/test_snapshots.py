@@ -216,3 +216,20 @@ def test_a_snapshot_of_other_shapes_is_refused_before_touching_the_weights(rig, 
     assert "weight snapshot of version 2 cannot be loaded" in caplog.text
     assert replica.editor.missing_deltas() == []
     assert (replica.version, replica.weights_hash) == head_hash(ctx)
+
+
+def test_export_of_deltas_from_a_replica_that_started_from_a_snapshot(rig, tmp_path):
+    """The factors of the batches inside the snapshot were never loaded: export loads them first."""
+    from safetensors import safe_open
+
+    from app.service.export import export_deltas
+
+    ctx, worker = rig
+    apply(ctx, worker, FACTS[:3])
+    replica = ctx.host_replica()
+    assert len(replica.editor.missing_deltas()) == 2
+    info = export_deltas(replica, tmp_path / "deltas.safetensors")
+    assert info["batches"] == replica.editor.batch_ids and len(info["batches"]) == 3
+    with safe_open(str(tmp_path / "deltas.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert all(f"batch{b}.layer{l}.u" in names for b in info["batches"] for l in replica.layers)
