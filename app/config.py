@@ -136,6 +136,12 @@ class ServiceConfig(KeditConfig):
     batch_wait_ms: int = Field(500, ge=0, le=600_000, description="T: after the first edit, wait this long for more")
     reclaim_idle_ms: int = Field(60_000, ge=1000, description="pending queue entries idle this long are reclaimed")
     standby_poll_s: float = Field(2.0, gt=0, description="how often a standby worker tries the writer lock")
+    snapshot_every: int = Field(
+        50, ge=0, le=1_000_000,
+        description="the worker writes a weight snapshot (the dense edited layers) every this many versions, so a "
+        "start replays only the versions after it; 0 = never. 50 bounds a replica's replay at ~50 batches "
+        "(~5 s at SmolLM2 shapes) for one snapshot's storage (the edited layers in float32; 2 kept)",
+    )
     sync_poll_s: float = Field(5.0, gt=0, description="API replicas re-check the log this often besides pub/sub")
 
     # Bounds on input.

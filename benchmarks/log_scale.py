@@ -70,7 +70,7 @@ def build_model(folder: Path) -> None:
     (folder.parent / "corpus.txt").write_text("\n".join(TRAINING_TEXT * 200))
 
 
-def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0) -> dict:
+def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0, snapshot_every: int = 0) -> dict:
     """Write n_edits synthetic applied edits into the log; returns what was written."""
     editor = cfg.load_editor("replica")
     engine = make_engine(cfg.resolved_database_url())
@@ -101,6 +101,10 @@ def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0) -> dict:
             rows = repo.insert_edits(s, facts)
             repo.record_batch(s, repo.Applied(version, weights_hash, norms),
                               BatchResult(version, deltas, outcomes), rows, 1.0)
+            if snapshot_every and version % snapshot_every == 0:
+                # What the worker's housekeeping writes (batch ids = versions here), newest 2 kept.
+                repo.put_snapshot(s, version, list(range(1, version + 1)), editor.dense_weights())
+                repo.delete_snapshots(s, [x.version for x in repo.snapshots(s)[2:]])
         if version % 25 == 0:
             print(f"  {start + size} edits, {version} versions, {time.perf_counter() - t0:.0f} s", flush=True)
     engine.dispose()
@@ -119,7 +123,8 @@ def db_size_mb(url: str) -> dict:
     engine.dispose()
     mb = 1024 * 1024
     return {"database_mb": total / mb, "layer_deltas_mb": tables.get("layer_deltas", 0) / mb,
-            "edits_mb": tables.get("edits", 0) / mb, "delta_payload_mb": raw / mb}
+            "edits_mb": tables.get("edits", 0) / mb, "delta_payload_mb": raw / mb,
+            "weight_snapshots_mb": tables.get("weight_snapshots", 0) / mb}
 
 
 def env_for(cfg: ServiceConfig, prefix: str) -> dict:
@@ -185,7 +190,7 @@ def time_api(cfg: ServiceConfig, prefix: str, port: int, offset: int) -> dict:
     return out
 
 
-def time_inprocess(cfg: ServiceConfig) -> dict:
+def time_inprocess(cfg: ServiceConfig, snapshots: bool = False) -> dict:
     from app.service import applying
     from app.service import edits as edit_service
     from app.queue import LocalQueue
@@ -197,10 +202,21 @@ def time_inprocess(cfg: ServiceConfig) -> dict:
     with sessions() as s:
         info = repo.get_model_info(s)
     host = ModelHost(replica, sessions, replica.lm.name, replica.layers)
+    host.use_snapshots = False  # from W₀ and every live delta
     t = time.perf_counter()
     host.bootstrap()
     out["replica_replay_s"] = time.perf_counter() - t
+    head_hash = host.weights_hash
     del replica, host
+    if snapshots:
+        replica = cfg.load_editor("replica")
+        host = ModelHost(replica, sessions, replica.lm.name, replica.layers)
+        t = time.perf_counter()
+        host.bootstrap()  # the newest usable snapshot + the deltas after it, proven the same way
+        out["replica_replay_snapshot_s"] = time.perf_counter() - t
+        out["replica_snapshot_deltas"] = len(replica.batch_ids) - len(replica.missing_deltas())
+        assert host.weights_hash == head_hash, "snapshot + later deltas hash differently from a full replay"
+        del replica, host
 
     worker_editor = cfg.load_editor("worker", templates=list(info.templates))  # C₀ loaded before the clock
     whost = ModelHost(worker_editor, sessions, worker_editor.lm.name, worker_editor.layers,
@@ -238,6 +254,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--edits", type=int, default=10_000)
     ap.add_argument("--batch-size", type=int, default=ServiceConfig.model_fields["batch_size"].default)
+    ap.add_argument("--snapshot-every", type=int, default=0,
+                    help="write weight snapshots every N versions while filling (as KEDIT_SNAPSHOT_EVERY "
+                         "does); the api and worker then start from the newest, and the replica replay is "
+                         "timed both with and without it")
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     ap.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
     ap.add_argument("--rewrite", action="store_true", help="only rewrite log-scale.md from log-scale.json")
@@ -267,13 +287,14 @@ def main() -> None:
                      "cpu": f"{os.cpu_count()} cores, shared", "torch_threads": torch.get_num_threads()}
     try:
         print(f"filling {url} with {args.edits} edits in batches of {args.batch_size} ...", flush=True)
-        results.update(fill(cfg, args.edits, args.batch_size))
+        results["snapshot_every"] = args.snapshot_every
+        results.update(fill(cfg, args.edits, args.batch_size, snapshot_every=args.snapshot_every))
         results.update(db_size_mb(cfg.resolved_database_url()))
         print(json.dumps({k: v for k, v in results.items() if k.endswith(("_mb", "_s"))}), flush=True)
         results.update(time_api(cfg, prefix, 18000 + os.getpid() % 1000, offset=min(9000, args.edits - 50)))
         assert results["api_version"]["weights_hash"] == results["head_hash"], "the api serves another hash"
         results.update(time_verify(cfg, prefix))
-        results.update(time_inprocess(cfg))
+        results.update(time_inprocess(cfg, snapshots=bool(args.snapshot_every)))
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)') if not args.keep else print(f"kept {url}")
         admin.close()
@@ -298,6 +319,15 @@ def goals(r: dict, at: int = 10_000) -> dict:
                   f"scaled_to_{at}": (r["layer_deltas_mb"] + r["edits_mb"]) * k
                   + (r["database_mb"] - r["layer_deltas_mb"] - r["edits_mb"])},
     }
+    if r.get("replica_replay_snapshot_s") is not None:
+        # With snapshots the replay does not grow with the log: the snapshot's load and hash check,
+        # then at most every−1 deltas (the worst case, whatever this run's position after a snapshot).
+        per_delta = r["replica_replay_s"] / r["versions"]
+        load = max(r["replica_replay_snapshot_s"] - r["replica_snapshot_deltas"] * per_delta, 0.0)
+        out["replica_ready_snapshot_s"] = {
+            "goal": GOALS["replica_ready_s"], "at_edits": r["edits"], "got": r["api_start_to_ready_s"],
+            f"scaled_to_{at}": fixed_start + load + (r["snapshot_every"] - 1) * per_delta,
+            "snapshot_load_s": load, "per_delta_s": per_delta}
     for g in out.values():
         g["met"] = g[f"scaled_to_{at}"] <= g["goal"]
     return out
@@ -314,21 +344,39 @@ def write(r: dict) -> None:
         at = "" if r["edits"] == 10_000 else f" (scaled to 10,000: {v:.0f})"
         return (f"met{at}" if x["met"] else f"missed{at} by {v - x['goal']:.0f} ({v / x['goal']:.1f}×)")
 
+    snap_rows = ""
+    if "replica_ready_snapshot_s" in g:
+        x = g["replica_ready_snapshot_s"]
+        snap_rows = (
+            f"| replica replay alone from the newest weight snapshot + its {r['replica_snapshot_deltas']} later deltas "
+            f"(snapshots every {r['snapshot_every']} versions; same hash) | {r['replica_replay_snapshot_s']:.1f} s | "
+            f"≤ {x['goal']:.0f} s for an api replica: {verdict(x)}, as the api's fixed start + the snapshot's load "
+            f"({x['snapshot_load_s']:.1f} s) + the worst case of {r['snapshot_every'] - 1} deltas, whatever the log's length |\n"
+            f"| weight snapshots stored (2 kept) | {r.get('weight_snapshots_mb', 0):.0f} MB | |\n")
+    snap_arg = f" --snapshot-every {r['snapshot_every']}" if r.get("snapshot_every") else ""
+    no_snap = " replaying from W₀ (no snapshots)" if r.get("snapshot_every") else ""
+    b = r.get("without_snapshots")
+    base_row = (f"| … the same `kedit api` start with no snapshot in the log (a separate run, `--edits {r['edits']}` "
+                f"without `--snapshot-every`, minutes apart) | {b['api_start_to_ready_s']:.1f} s (of which load + replay "
+                f"+ proof {b.get('api_load_and_replay_s', float('nan')):.1f} s; in-process replay "
+                f"{b['replica_replay_s']:.1f} s) | |\n") if b else ""
+    worker_how = " (from the newest snapshot; every live batch's keys still loaded)" if r.get("snapshot_every") else ""
+    api_how = "from the newest weight snapshot" if r.get("snapshot_every") else "from W₀"
     md = f"""# The edit log at {r['edits']:,} edits (benchmarks/log_scale.py)
 
 PostgreSQL on 127.0.0.1, {r['cpu']} (other jobs running beside it), torch threads {r['torch_threads']}.
 {r['edits']:,} synthetic edits in {r['versions']:,} batches of {r['batch_size']} at SmolLM2-135M's edited layers
 {r['layers']} (W 576×1536; per batch and layer U 576×B, V 1536×B, keys 1536×B), hashes computed the real
 way; stored as the service stores them: {r['codec']}.
-Command: `.venv/bin/python benchmarks/log_scale.py --edits {r['edits']}`.
+Command: `nice .venv/bin/python benchmarks/log_scale.py --edits {r['edits']}{snap_arg}`.
 
 | measure | value | goal |
 |---|---|---|
 | database size | {r['database_mb']:.0f} MB (layer_deltas {r['layer_deltas_mb']:.0f} MB, of which factor bytes {r['delta_payload_mb']:.0f} MB; edits {r['edits_mb']:.0f} MB) | ≤ {g['db_mb']['goal']:.0f} MB: {verdict(g['db_mb'])} |
-| `kedit api` start → /ready (process start, model load, replay, hash proof) | {r['api_start_to_ready_s']:.1f} s | ≤ {g['replica_ready_s']['goal']:.0f} s: {verdict(g['replica_ready_s'])} |
+| `kedit api` start → /ready (process start, model load, replay {api_how}, hash proof) | {r['api_start_to_ready_s']:.1f} s | ≤ {g['replica_ready_s']['goal']:.0f} s{no_snap}: {verdict(g['replica_ready_s'])} |
 | … of which model load + replay + proof in the api process (its log) | {r.get('api_load_and_replay_s', float('nan')):.1f} s | |
-| replica replay alone (in-process) | {r['replica_replay_s']:.1f} s | |
-| worker start-up replay incl. preservation sum Σ K Kᵀ | {r['worker_replay_s']:.1f} s | |
+{base_row}| replica replay alone (in-process, from W₀ and every delta) | {r['replica_replay_s']:.1f} s | |
+{snap_rows}| worker start-up replay incl. preservation sum Σ K Kᵀ{worker_how} | {r['worker_replay_s']:.1f} s | |
 | `kedit verify` (process) | {r['verify_s']:.1f} s | |
 | revert of the oldest edit, total | {r['revert_total_s']:.1f} s | |
 | … of which the rebuild (W₀ + every other live batch) | {r['revert_rebuild_s']:.1f} s | ≤ {g['revert_rebuild_s']['goal']:.0f} s + re-apply: {verdict(g['revert_rebuild_s'])} |

@@ -129,7 +129,8 @@ def register(app: typer.Typer) -> None:
         cfg = _config(model_path=model)
         ctx = ServiceContext.open(cfg)
         try:
-            host = ctx.host_replica()
+            # From W₀ and every live delta: verify checks the log itself, not a snapshot of it.
+            host = ctx.host_replica(use_snapshots=False)
         except ReplayMismatch as e:
             typer.echo(f"MISMATCH: {e}", err=True)
             raise typer.Exit(1)

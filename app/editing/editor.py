@@ -63,7 +63,8 @@ class Editor:
         self.preserved = (
             {} if replica else {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
         )
-        self.live: dict[int, list[LayerDelta]] = {}
+        # None: a batch whose ΔW is inside a loaded snapshot and whose factors were not loaded.
+        self.live: dict[int, list[LayerDelta] | None] = {}
         self._templates = templates
         self._subjects: list[str] | None = None
 
@@ -147,10 +148,56 @@ class Editor:
                     self.preserved[l] += k @ k.T
         self.live[batch_id] = [by_layer[l] for l in self.layers]
 
+    def dense_weights(self) -> dict[int, torch.Tensor]:
+        """CPU copies of the edited layers, in their own dtype (what a snapshot stores)."""
+        return {l: self._w(l).detach().to("cpu", copy=True) for l in self.layers}
+
+    def load_snapshot(self, weights: dict[int, torch.Tensor], batch_ids: list[int],
+                      deltas: dict[int, list[LayerDelta]] | None = None) -> None:
+        """Set the weights to a snapshot holding `batch_ids` (W₀ + their ΔW, in order), so that later
+        batches are added onto exactly the bits a full replay would have reached. A replica may pass
+        no deltas: they are needed only to rebuild (remove_batch), and fill_deltas() brings them then.
+        A solving editor needs every batch's keys for Σ K Kᵀ, so it must pass them all."""
+        if self.live:
+            raise EditError("a snapshot loads onto the base weights only: reset() first")
+        deltas = deltas or {}
+        if self.preserved and any(b not in deltas for b in batch_ids):
+            raise EditError("an editor that solves needs every live batch's keys (Σ K Kᵀ), not only a snapshot")
+        if sorted(weights) != self.layers:
+            raise EditError(f"the snapshot holds layers {sorted(weights)}, this editor edits {self.layers}")
+        for l in self.layers:  # all checked before any is copied: a refused snapshot leaves W₀ alone
+            w = self._w(l)
+            if weights[l].shape != w.shape or weights[l].dtype != w.dtype:
+                raise EditError(f"the snapshot's layer {l} is {tuple(weights[l].shape)} {weights[l].dtype}, "
+                                f"the model's is {tuple(w.shape)} {w.dtype}")
+        with torch.no_grad():
+            for l in self.layers:
+                self._w(l).copy_(weights[l])
+            for b in batch_ids:
+                for d in deltas.get(b) or []:
+                    if d.layer in self.preserved:
+                        k = d.keys.double().to(self.lm.device)
+                        self.preserved[d.layer] += k @ k.T
+        self.live = {b: ([x for l in self.layers for x in deltas[b] if x.layer == l] if b in deltas else None)
+                     for b in batch_ids}
+
+    def missing_deltas(self) -> list[int]:
+        """Live batches known only through a snapshot (their factors were never loaded)."""
+        return [b for b, d in self.live.items() if d is None]
+
+    def fill_deltas(self, deltas: dict[int, list[LayerDelta]]) -> None:
+        for b, ds in deltas.items():
+            if b not in self.live:
+                raise EditError(f"batch {b} is not applied")
+            self.live[b] = sorted(ds, key=lambda d: d.layer)
+
     def remove_batch(self, batch_id: int) -> None:
         """Take a batch out: weights and preservation sums are rebuilt from W₀ and the remaining live batches."""
         if batch_id not in self.live:
             raise EditError(f"batch {batch_id} is not applied")
+        if self.missing_deltas():
+            # Rebuilding from W₀ needs every remaining batch's factors; the caller loads them first.
+            raise EditError(f"batches {self.missing_deltas()} came from a snapshot: fill_deltas() before a rebuild")
         del self.live[batch_id]
         self._rebuild()
 
@@ -318,6 +365,8 @@ class Editor:
 
     # ----- persistence (safetensors tensors + JSON metadata; never pickle) -----
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        if self.missing_deltas():
+            raise EditError("this editor's batches came from a snapshot without their factors: nothing to save")
         tensors = {}
         for b, deltas in self.live.items():
             for d in deltas:

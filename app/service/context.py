@@ -44,13 +44,15 @@ class ServiceContext:
         return cls(config=config, engine=engine, sessions=session_factory(engine), queue=q,
                    registry=CollectorRegistry())
 
-    def host_replica(self) -> ModelHost:
-        """The configured model with the log replayed onto it and proven against the stored hash."""
-        return self._host(self.config.load_editor(Role.REPLICA))
+    def host_replica(self, use_snapshots: bool = True) -> ModelHost:
+        """The configured model with the log replayed onto it and proven against the stored hash
+        (`use_snapshots=False`: from W₀ and every live delta, not from a weight snapshot)."""
+        return self._host(self.config.load_editor(Role.REPLICA), use_snapshots=use_snapshots)
 
-    def _host(self, editor: Editor, templates: list[str] | None = None) -> ModelHost:
+    def _host(self, editor: Editor, templates: list[str] | None = None, use_snapshots: bool = True) -> ModelHost:
         host = ModelHost(editor, self.sessions, editor.lm.name, editor.layers,
                          editor.settings.model_dump(mode="json"), templates)
+        host.use_snapshots = use_snapshots
         host.bootstrap()
         return host
 

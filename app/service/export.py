@@ -54,6 +54,7 @@ def export_deltas(host: ModelHost, path: Path) -> dict:
     """Write the live batches of the host's version as one safetensors file."""
     editor: Editor = host.editor  # type: ignore[assignment]
     tensors: dict[str, torch.Tensor] = {}
+    host.fill_missing_deltas()  # a start from a weight snapshot loaded no factors of the batches in it
     with host.reading() as version:
         order = editor.batch_ids
         for b in order:

@@ -8,6 +8,7 @@ the write side of a readers-writer lock, so `/generate` only ever sees whole ver
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.editing.types import BatchResult, EditRequest, LayerDelta, LayerNorms
 from app.service.rwlock import RWLock
 from app.store import repo
+from app.store.codec import weights_from_bytes
 from app.store.db import transaction
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,11 @@ class EditorLike(Protocol):
     def apply(self, requests: list[EditRequest], batch_id: int) -> BatchResult: ...
     def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None: ...
     def remove_batch(self, batch_id: int) -> None: ...
+    def dense_weights(self) -> dict[int, torch.Tensor]: ...
+    def load_snapshot(self, weights: dict[int, torch.Tensor], batch_ids: list[int],
+                      deltas: dict[int, list[LayerDelta]] | None = None) -> None: ...
+    def missing_deltas(self) -> list[int]: ...
+    def fill_deltas(self, deltas: dict[int, list[LayerDelta]]) -> None: ...
     def reset(self) -> None: ...
     def reapply(self, requests: list[EditRequest], z_stars: list[torch.Tensor], batch_id: int) -> BatchResult: ...
     def weights_hash(self) -> str: ...
@@ -69,6 +76,8 @@ class ModelHost:
         # Called under the write lock after every change of the weights (a served copy in another
         # dtype follows the float32 weights here, before any reader sees the new version).
         self.on_change: list = []
+        # Start from the newest usable weight snapshot (off: always replay from W₀, e.g. to check one).
+        self.use_snapshots = True
 
     # --- start ----------------------------------------------------------------------------
 
@@ -120,10 +129,103 @@ class ModelHost:
                     if target is None:
                         raise LookupError(f"version {at_version} is not in the log (the head is {repo.head_version_id(s)})")
                 batches = repo.live_batches(s, at_version)
-                for b in batches:
+                start, from_version = self._load_snapshot(s, batches, target.id if target else 0)
+                for b in batches[start:]:
                     self.editor.add_batch(b.id, repo.batch_deltas(s, b.id))
             self._prove(target.id if target else 0, target.weights_hash if target else self.base_hash)
-            log.info("replayed %d live batches up to version %d", len(batches), self.version)
+            if from_version:
+                log.info("replayed %d live batches up to version %d: the snapshot of version %d holding %d, "
+                         "then %d deltas", len(batches), self.version, from_version, start, len(batches) - start)
+            else:
+                log.info("replayed %d live batches up to version %d", len(batches), self.version)
+
+    def _load_snapshot(self, s: Session, batches: list, up_to: int) -> tuple[int, int]:
+        """Load the newest usable snapshot at or before `up_to`; returns (batches it holds, its version),
+        (0, 0) when none is usable (the editor then still holds W₀ and replay starts from there).
+
+        Usable: its batches are still live, so they are the first live batches in replay order and
+        every other live batch is newer than it; W₀ + the same ΔW in the same order in float32 are
+        the same bits, so snapshot + later deltas = a full replay, bit for bit. A snapshot a revert
+        invalidated holds a batch that is no longer live and is skipped."""
+        if not self.use_snapshots or up_to == 0:
+            return 0, 0
+        live_ids = [b.id for b in batches]
+        for snap in repo.snapshots(s, up_to):
+            n = len(snap.batch_ids)
+            if list(snap.batch_ids) != live_ids[:n] or any(b.created_version > snap.version for b in batches[:n]):
+                continue
+            if n < len(batches) and batches[n].created_version <= snap.version:
+                continue
+            version = repo.get_version(s, snap.version)
+            data = repo.snapshot_data(s, snap.version)
+            if version is None or data is None:
+                continue
+            if hashlib.sha256(data).hexdigest() != snap.sha256:
+                log.error("weight snapshot of version %d is corrupt (its bytes hash to %s, it was stored as %s): "
+                          "not using it", snap.version, hashlib.sha256(data).hexdigest()[:12], snap.sha256[:12])
+                continue
+            # A replica never solves, so it needs no keys now; a solving editor needs every batch's
+            # keys for Σ K Kᵀ (and so loads all deltas; the snapshot saves it the dense additions).
+            deltas = None if getattr(self.editor, "replica", False) else {
+                b: repo.batch_deltas(s, b) for b in snap.batch_ids}
+            try:
+                self.editor.load_snapshot(weights_from_bytes(data), list(snap.batch_ids), deltas)
+                got = self.editor.weights_hash()
+            except Exception as exc:
+                log.error("weight snapshot of version %d cannot be loaded (%s): not using it", snap.version, exc)
+                self.editor.reset()  # unconditionally: the weights may have changed before it failed
+                continue
+            if got != version.weights_hash:
+                log.error("weight snapshot of version %d hashes to %s, the log says %s: not using it",
+                          snap.version, got[:12], version.weights_hash[:12])
+                self.editor.reset()
+                continue
+            return n, snap.version
+        return 0, 0
+
+    def _fill_deltas(self, s: Session) -> None:
+        """Before a rebuild from W₀ (a revert): load the factors of the batches a snapshot stood for."""
+        missing = self.editor.missing_deltas()
+        if missing:
+            self.editor.fill_deltas({b: repo.batch_deltas(s, b) for b in missing})
+
+    def fill_missing_deltas(self) -> None:
+        """For readers of every live batch's factors (export of deltas) after a start from a snapshot."""
+        with self._rw.write(), self._sync_mutex:
+            with self.sessions() as s:
+                self._fill_deltas(s)
+
+    # --- snapshots (the worker writes them) ------------------------------------------------------
+
+    def snapshot_housekeeping(self, every: int, keep: int = 2) -> int | None:
+        """Drop snapshots a revert invalidated; write one of the weights now served when `every`
+        versions have passed since the newest; keep the newest `keep`. Returns the version written.
+        Only the worker calls this, after its commit: its weights are exactly the log's head."""
+        with self._rw.read():
+            with transaction(self.sessions) as s:
+                order = [b.id for b in repo.live_batches(s)]
+                live = set(order)
+                snaps = repo.snapshots(s)
+                stale = [x.version for x in snaps if not set(x.batch_ids) <= live]
+                repo.delete_snapshots(s, stale)
+                snaps = [x for x in snaps if x.version not in stale]
+                written = None
+                newest = snaps[0].version if snaps else 0
+                # The editor's batches must be the log's live batches in replay order, or the
+                # snapshot would not stand for the prefix a later start assumes.
+                if (every > 0 and self.version - newest >= every and self.version == repo.head_version_id(s)
+                        and self.editor.batch_ids == order):
+                    if self.editor.weights_hash() != self.weights_hash:
+                        raise ReplayMismatch("the worker's weights are not those of its version: no snapshot")
+                    repo.put_snapshot(s, self.version, self.editor.batch_ids, self.editor.dense_weights())
+                    written = self.version
+                    snaps.insert(0, None)
+                repo.delete_snapshots(s, [x.version for x in snaps[keep:] if x is not None])
+        if stale:
+            log.info("deleted %d weight snapshots a revert made unusable", len(stale))
+        if written:
+            log.info("wrote a weight snapshot of version %d", written)
+        return written
 
     def _prove(self, version: int, expected: str) -> None:
         got = self.editor.weights_hash()
@@ -155,6 +257,7 @@ class ModelHost:
                     return self.version
                 for v in news:
                     if v.removed_batch_id is not None:
+                        self._fill_deltas(s)
                         self.editor.remove_batch(v.removed_batch_id)
                     if v.added_batch_id is not None:
                         self.editor.add_batch(v.added_batch_id, repo.batch_deltas(s, v.added_batch_id))

@@ -144,7 +144,16 @@ class Worker:
         faults.point("worker_after_ack")
         if total.version is not None:
             self.queue.publish_version(total.version)
+            self.snapshot()
         return total
+
+    def snapshot(self) -> None:
+        """After a commit: drop snapshots a revert made unusable, write one every `snapshot_every`
+        versions. A snapshot only saves start-up time, so failing to write one never stops the worker."""
+        try:
+            self.host.snapshot_housekeeping(self.config.snapshot_every)
+        except Exception:
+            log.exception("could not write or prune weight snapshots; starts replay more deltas meanwhile")
 
     def _merge(self, total: JobReport, r: JobReport, done: str) -> None:
         total.version = r.version if r.version is not None else total.version

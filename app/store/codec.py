@@ -28,3 +28,12 @@ def tensor_to_bytes(x: torch.Tensor) -> bytes:
 
 def tensor_from_bytes(data: bytes) -> torch.Tensor:
     return load(data)["x"]
+
+
+def weights_to_bytes(weights: dict[int, torch.Tensor]) -> bytes:
+    """Dense layer weights in their own dtype: converting would change the bits the hash proves."""
+    return save({f"layer{l}": w.detach().to("cpu").contiguous() for l, w in weights.items()})
+
+
+def weights_from_bytes(data: bytes) -> dict[int, torch.Tensor]:
+    return {int(name[len("layer"):]): t for name, t in load(data).items()}

@@ -133,3 +133,18 @@ class IdempotencyKey(Base):
     edit_ids: Mapped[list] = mapped_column(JSON)
     # Indexed: keys expire after a window and are purged by age (repo.purge_idempotency).
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class WeightSnapshot(Base):
+    """The dense edited layers at one version (safetensors bytes, never pickle), so a start replays
+    only the batches after it. Usable while every batch in `batch_ids` is still live: then the live
+    batches are exactly these (in order) plus newer ones, and adding the newer ones in order gives
+    the bits a full replay gives. `sha256` is of `data`, checked before parsing; after loading, the
+    weights must also hash to the version's stored `weights_hash`."""
+
+    __tablename__ = "weight_snapshots"
+    version: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    batch_ids: Mapped[list] = mapped_column(JSON)  # the live batches at `version`, in replay order
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,15 +1,17 @@
 """Repository functions over the edit log. Callers own the transaction (see db.transaction)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
+import torch
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.editing.types import BatchResult, LayerDelta, LayerNorms
-from app.store.codec import delta_from_bytes, delta_to_bytes, tensor_to_bytes
+from app.store.codec import delta_from_bytes, delta_to_bytes, tensor_to_bytes, weights_to_bytes
 from app.store.models import (
     Batch,
     Edit,
@@ -18,6 +20,7 @@ from app.store.models import (
     ModelInfo,
     NormSnapshot,
     Version,
+    WeightSnapshot,
     utcnow,
 )
 
@@ -288,3 +291,30 @@ def mpes_stats(s: Session) -> tuple[int, int]:
         select(func.count(), func.coalesce(func.sum(Edit.mpes_steps), 0)).where(Edit.mpes_steps.is_not(None))
     ).one()
     return int(n), int(total)
+
+
+# --- weight snapshots -------------------------------------------------------------------------
+
+def put_snapshot(s: Session, version: int, batch_ids: list[int], weights: dict[int, torch.Tensor]) -> WeightSnapshot:
+    data = weights_to_bytes(weights)
+    snap = WeightSnapshot(version=version, batch_ids=list(batch_ids), sha256=hashlib.sha256(data).hexdigest(), data=data)
+    s.add(snap)
+    s.flush()
+    return snap
+
+
+def snapshots(s: Session, up_to: int | None = None) -> list[WeightSnapshot]:
+    """Newest first, without their bytes (each is the size of the edited layers)."""
+    q = select(WeightSnapshot).options(defer(WeightSnapshot.data)).order_by(WeightSnapshot.version.desc())
+    if up_to is not None:
+        q = q.where(WeightSnapshot.version <= up_to)
+    return list(s.scalars(q))
+
+
+def snapshot_data(s: Session, version: int) -> bytes | None:
+    return s.scalar(select(WeightSnapshot.data).where(WeightSnapshot.version == version))
+
+
+def delete_snapshots(s: Session, versions: Sequence[int]) -> None:
+    if versions:
+        s.execute(delete(WeightSnapshot).where(WeightSnapshot.version.in_(list(versions))))
