@@ -66,7 +66,10 @@ class Editor:
         # None: a batch whose ΔW is inside a loaded snapshot and whose factors were not loaded.
         self.live: dict[int, list[LayerDelta] | None] = {}
         self._templates = templates
-        self._subjects: list[str] | None = None
+        # Drawn now, from the base weights, so that every process (and a worker restarted onto a
+        # replayed log) asks the same neighbours.
+        self._subjects = (generate_subjects(lm, 4 * settings.neighbour_keys + 8)
+                          if settings.neighbour_keys and not replica else None)
 
     # ----- views -----
     def _w(self, layer: int) -> torch.Tensor:
@@ -81,9 +84,7 @@ class Editor:
     @property
     def neighbour_subjects(self) -> list[str]:
         """The generated subjects that neighbour-key preservation asks each fact's relation of."""
-        if self._subjects is None:
-            self._subjects = generate_subjects(self.lm, 4 * self.settings.neighbour_keys + 8)
-        return self._subjects
+        return self._subjects or []
 
     @property
     def batch_ids(self) -> list[int]:
@@ -277,6 +278,8 @@ class Editor:
         out = []
         for r in requests:
             others = [s for s in pool if s != r.subject]
+            if not others:  # the model wrote no usable names: nothing to keep in place
+                continue
             start = zlib.crc32(r.subject.encode()) % len(others)
             out += [encode_with_subject(self.lm.tokenizer, r.prompt, s) for s in (others * 2)[start : start + k]]
         return out
