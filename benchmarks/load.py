@@ -78,17 +78,20 @@ def spawn(model: str | None, env_pairs: list[str], workdir: Path) -> tuple[subpr
     return proc, f"http://127.0.0.1:{port}"
 
 
-def wait_ready(client: httpx.Client, proc: subprocess.Popen | None, deadline: float) -> None:
+def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float, poll: float = 0.5) -> None:
+    """Until GET /ready answers 200; stops at once if one of `procs` exits, or after `timeout` s."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"the service exited with {proc.returncode}; see its log")
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"a kedit process exited with {p.returncode}; see its log")
         try:
-            if client.get("/ready").status_code == 200:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
-    raise SystemExit("the service did not become ready in time")
+        time.sleep(poll)
+    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -100,7 +103,7 @@ def run(url: str, n: int, per_request: int, concurrency: int, max_seconds: float
         proc: subprocess.Popen | None) -> dict:
     headers = {"X-API-Key": api_key} if api_key else {}
     client = httpx.Client(base_url=url, timeout=120, headers=headers)
-    wait_ready(client, proc, time.monotonic() + max_seconds)
+    wait_ready(url, [proc] if proc else [], max_seconds)
     items = facts(n)
     chunks = [items[i:i + per_request] for i in range(0, n, per_request)]
     deadline = time.monotonic() + max_seconds

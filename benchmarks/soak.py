@@ -42,6 +42,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from load import wait_ready  # noqa: E402  (the sibling script)
+
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 MAX_CLIENTS, MAX_SECONDS, MAX_DRAIN = 500, 3600, 7200
@@ -142,21 +144,6 @@ def monitor(url: str, stats: Stats, stop: threading.Event) -> None:
                     stats.max_depth = max(stats.max_depth, int(float(m.group(1))))
             except httpx.HTTPError:
                 pass
-
-
-def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"a service process exited with {p.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
 
 
 def spawn(args, workdir: Path) -> tuple[str, str, list[subprocess.Popen], callable]:
