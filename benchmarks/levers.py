@@ -151,6 +151,14 @@ def main(
             print(f"{lv.label}: exited {rc}; see {work / f'{lv.label}-{records}.log'} (rerun to resume)", flush=True)
     rows = [row(lv, load_summary(work / f"{lv.label}-{records}")) for lv in LEVERS
             if (work / f"{lv.label}-{records}" / "summary.json").exists()]
+    if table and table.with_suffix(".json").exists():
+        # Rows measured earlier (their run folders may be gone, e.g. on another machine) stay in the
+        # table unless this run measured the same lever again.
+        fresh = {r["lever"] for r in rows}
+        kept = [r for r in json.loads(table.with_suffix(".json").read_text())
+                if r["lever"] not in fresh and r["edits"] == records]
+        order = {lv.label: i for i, lv in enumerate(LEVERS)}
+        rows = sorted(rows + kept, key=lambda r: order.get(r["lever"], len(order)))
     for r in rows:
         print(f"{r['lever']:20s} ES {r['es']:.1f} PS {r['ps']:.1f} NS {r['ns']:.1f} ({r['ns_unedited']:.1f}) "
               f"ppl {r['ppl']:.2f} ({r['ppl_unedited']:.2f}) entropy {r['entropy']:.0f} max growth {100 * r['max_growth']:.0f}% "
