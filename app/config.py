@@ -157,6 +157,24 @@ class ServiceConfig(KeditConfig):
     norm_alarm_growth: float = Field(0.5, gt=0, description="alarm when ‖W−W0‖/‖W0‖ of a layer exceeds this")
     norm_history: int = Field(20, ge=1, le=10_000, description="snapshots per layer shown by /health/norms")
 
+    # Canaries and the quality guard (docs/quality.md).
+    canaries: bool = Field(True, description="score the canaries (facts, held-out text, generation) after every "
+                           "batch and revert; off = no /health/quality scores and no guard")
+    canary_facts: int = Field(300, ge=0, le=5000, description="canary facts kept at first start (those the unedited "
+                              "model answers top-1, spread over the relations)")
+    canary_text_tokens: int = Field(512, ge=16, le=100_000, description="tokens of held-out text scored for perplexity")
+    canary_gen_tokens: int = Field(24, ge=4, le=512, description="tokens generated per canary prompt (entropy)")
+    guard: Literal["off", "warn", "reject"] = Field(
+        "warn", description="what a batch that crosses a threshold gets: off = nothing; warn = applied and marked "
+        "with what it broke; reject = the edits responsible are found (bisect) and fail, the rest are applied")
+    guard_facts_lost: int = Field(0, ge=0, description="canary facts one batch may break (vs the previous version)")
+    guard_facts_lost_total: float = Field(0.2, ge=0, le=1, description="share of canary facts the edited model "
+                                          "may have lost (vs the unedited model)")
+    guard_ppl_rise: float = Field(0.05, ge=0, description="perplexity rise one batch may cause (0.05 = +5 %)")
+    guard_ppl_rise_total: float = Field(0.3, ge=0, description="perplexity rise vs the unedited model")
+    guard_entropy_drop: float = Field(0.05, ge=0, le=1, description="generation-entropy drop one batch may cause")
+    guard_entropy_drop_total: float = Field(0.1, ge=0, le=1, description="generation-entropy drop vs the unedited model")
+
     @property
     def embedded(self) -> bool:
         return not self.database_url and not self.redis_url

@@ -112,6 +112,8 @@ class EditOut(BaseModel):
     prob_after: float | None = Field(None, description="P(target_new | prompt) after the edit")
     mpes_steps: int | None = Field(None, description="optimisation steps taken for this fact")
     seconds: float | None = Field(None, description="editor seconds, the batch's time shared over its edits")
+    guard: str | None = Field(None, description="the quality guard's word on this edit: the canaries it broke "
+                              "(policy warn) or why it was refused (policy reject)")
     created_at: datetime
     updated_at: datetime
 
@@ -203,3 +205,33 @@ class Health(BaseModel):
 class Ready(BaseModel):
     ready: bool
     checks: dict[str, Any]
+
+
+class LostFact(BaseModel):
+    canary: int
+    prompt: str
+    expected: str = Field(description="what the unedited model answers")
+    now: str = Field(description="what these weights answer")
+
+
+class QualityPoint(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    version: int = Field(description="weights version scored (0: the unedited model)")
+    live_edits: int = Field(description="applied edits in these weights")
+    facts_total: int
+    facts_kept: int = Field(description="canary facts still answered as the unedited model did")
+    lost: list[LostFact]
+    perplexity: float = Field(description="perplexity on the held-out canary text")
+    entropy: float = Field(description="n-gram entropy (×100) of greedy generation from the canary prompts")
+    seconds: float = Field(description="seconds the scoring took")
+    guard: dict | None = Field(None, description="the guard's decision on the change that made this version")
+
+
+class QualityOut(BaseModel):
+    enabled: bool = Field(description="false when KEDIT_CANARIES=false: nothing is scored")
+    policy: str = Field(description="the guard's policy: off, warn or reject")
+    thresholds: dict[str, float]
+    baseline: QualityPoint | None = Field(None, description="the unedited model")
+    latest: QualityPoint | None
+    history: list[QualityPoint] = Field(description="oldest first, the newest KEDIT_NORM_HISTORY versions")

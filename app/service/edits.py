@@ -91,11 +91,12 @@ def get(sessions, edit_id: int) -> Edit:
     return e
 
 
-def list_page(sessions, status: str | None, limit: int, offset: int) -> tuple[list[Edit], int]:
+def list_page(sessions, status: str | None, limit: int, offset: int,
+              subject: str | None = None) -> tuple[list[Edit], int]:
     if status is not None and status not in EDIT_STATUSES:
         raise Invalid(f"status must be one of {', '.join(EDIT_STATUSES)} (got {status!r})")
     with sessions() as s:
-        return repo.list_edits(s, status, limit, offset)
+        return repo.list_edits(s, status, limit, offset, subject=subject or None)
 
 
 def request_revert(sessions, queue: WorkQueue, edit_id: int) -> Edit:

@@ -107,6 +107,8 @@ class Edit(Base):
     prob_before: Mapped[float | None] = mapped_column(Float, nullable=True)
     prob_after: Mapped[float | None] = mapped_column(Float, nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The quality guard's word on this edit: what it broke (warn), or why it was refused (reject).
+    guard: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -147,4 +149,43 @@ class WeightSnapshot(Base):
     batch_ids: Mapped[list] = mapped_column(JSON)  # the live batches at `version`, in replay order
     sha256: Mapped[str] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+CANARY_KINDS = ("fact", "text", "prompt")
+
+
+class Canary(Base):
+    """A fixed probe of the model's health, chosen once per model from the unedited weights.
+
+    fact: a prompt the unedited model completes with `expected` (top-1 first token, `token_id`);
+    text: a slice of held-out prose for perplexity; prompt: a free-generation prompt for entropy."""
+
+    __tablename__ = "canaries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)  # the filled-in prompt, the prose, or the generation prompt
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)
+    expected: Mapped[str | None] = mapped_column(Text, nullable=True)
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    relation: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class QualityScore(Base):
+    """The canaries scored on the weights of one version (0: the unedited model), and what the guard
+    decided about the change that made it."""
+
+    __tablename__ = "quality_scores"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    live_edits: Mapped[int] = mapped_column(Integer)  # applied edits in these weights
+    facts_total: Mapped[int] = mapped_column(Integer)
+    facts_kept: Mapped[int] = mapped_column(Integer)
+    # The canary facts these weights no longer answer as the unedited model did:
+    # [{"canary": id, "prompt": …, "expected": …, "now": …}]
+    lost: Mapped[list] = mapped_column(JSON)
+    perplexity: Mapped[float] = mapped_column(Float)
+    entropy: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # {"policy": off|warn|reject, "verdict": ok|warn|reject, "crossed": [...], "rejected": [edit ids]}
+    guard: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

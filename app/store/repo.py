@@ -14,11 +14,13 @@ from app.editing.types import BatchResult, LayerDelta, LayerNorms
 from app.store.codec import delta_from_bytes, delta_to_bytes, tensor_to_bytes, weights_to_bytes
 from app.store.models import (
     Batch,
+    Canary,
     Edit,
     IdempotencyKey,
     LayerDeltaRow,
     ModelInfo,
     NormSnapshot,
+    QualityScore,
     Version,
     WeightSnapshot,
     utcnow,
@@ -46,12 +48,19 @@ def get_edits(s: Session, ids: Sequence[int]) -> list[Edit]:
     return [by_id[i] for i in ids if i in by_id]
 
 
-def list_edits(s: Session, status: str | None, limit: int, offset: int) -> tuple[list[Edit], int]:
+def list_edits(s: Session, status: str | None, limit: int, offset: int,
+               subject: str | None = None) -> tuple[list[Edit], int]:
+    """A page of edits by id; `subject`: only those whose subject contains it (case-insensitive)."""
     q = select(Edit)
     c = select(func.count()).select_from(Edit)
     if status:
         q = q.where(Edit.status == status)
         c = c.where(Edit.status == status)
+    if subject:
+        # LIKE's own wildcards in the search are matched literally.
+        pattern = "%" + subject.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        q = q.where(func.lower(Edit.subject).like(pattern, escape="\\"))
+        c = c.where(func.lower(Edit.subject).like(pattern, escape="\\"))
     rows = s.scalars(q.order_by(Edit.id).limit(limit).offset(offset)).all()
     return list(rows), int(s.scalar(c) or 0)
 
@@ -318,3 +327,32 @@ def snapshot_data(s: Session, version: int) -> bytes | None:
 def delete_snapshots(s: Session, versions: Sequence[int]) -> None:
     if versions:
         s.execute(delete(WeightSnapshot).where(WeightSnapshot.version.in_(list(versions))))
+
+
+# --- canaries and quality ---------------------------------------------------------------------
+
+def canaries(s: Session) -> list[Canary]:
+    return list(s.scalars(select(Canary).order_by(Canary.id)))
+
+
+def put_canaries(s: Session, rows: Sequence[Canary]) -> None:
+    """The canary set is written once per log; a second writer's attempt fails on the primary key."""
+    s.add_all(rows)
+
+
+def put_quality(s: Session, row: QualityScore) -> None:
+    s.merge(row)
+
+
+def quality_at(s: Session, version: int) -> QualityScore | None:
+    return s.get(QualityScore, version)
+
+
+def quality_history(s: Session, limit: int) -> list[QualityScore]:
+    """The newest `limit` scores, oldest first (version 0 is the unedited model)."""
+    rows = s.scalars(select(QualityScore).order_by(QualityScore.version.desc()).limit(limit)).all()
+    return list(reversed(rows))
+
+
+def live_edit_count(s: Session) -> int:
+    return int(s.scalar(select(func.count()).select_from(Edit).where(Edit.status == "applied")) or 0)

@@ -73,12 +73,14 @@ def list_edits(
     status: Annotated[str | None, Query(description="queued, applying, applied, failed or reverted")] = None,
     limit: Annotated[int | None, Query(ge=1, description="page size (default 50, at most the configured bound)")] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_EDIT_ID)] = 0,
+    subject: Annotated[str | None, Query(max_length=500, description="only edits whose subject contains this "
+                                         "(case-insensitive)")] = None,
 ):
     if limit is None:
         limit = min(50, ctx.config.max_page_size)
     if limit > ctx.config.max_page_size:
         raise Invalid(f"limit is {limit}; the bound is {ctx.config.max_page_size}")
-    rows, total = service.list_page(ctx.sessions, status, limit, offset)
+    rows, total = service.list_page(ctx.sessions, status, limit, offset, subject)
     return EditPage(items=[_out(e) for e in rows], total=total, limit=limit, offset=offset)
 
 

@@ -1,4 +1,4 @@
-"""GET /health, /ready, /health/norms, /version, /metrics."""
+"""GET /health, /ready, /health/norms, /health/quality, /version, /metrics."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
@@ -6,7 +6,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import Ctx, ready_host
-from app.api.schemas import Health, LayerNormsOut, NormPoint, NormsOut, Ready, VersionOut
+from app.api.schemas import Health, LayerNormsOut, NormPoint, NormsOut, QualityOut, QualityPoint, Ready, VersionOut
+from app.service import quality
 from app.store import repo
 
 router = APIRouter(tags=["health"])
@@ -55,6 +56,15 @@ def norms(ctx: Ctx):
             )
         )
     return NormsOut(version=host.version, threshold=threshold, alarm=any(l.alarm for l in layers), layers=layers)
+
+
+@router.get("/health/quality", response_model=QualityOut,
+            summary="Canary scores: facts kept, held-out perplexity, generation entropy, guard decisions")
+def quality_scores(ctx: Ctx):
+    r = quality.report(ctx.sessions, ctx.config)
+    point = lambda q: QualityPoint.model_validate(q) if q is not None else None  # noqa: E731
+    return QualityOut(enabled=r.enabled, policy=r.policy, thresholds=r.thresholds, baseline=point(r.baseline),
+                      latest=point(r.latest), history=[point(q) for q in r.history])
 
 
 @router.get("/version", response_model=VersionOut, summary="The weights version this process serves")
