@@ -27,6 +27,8 @@ class LogCollector:
                 n_facts, steps_total = repo.mpes_stats(s)
                 history = repo.norm_history(s, 1)
                 head = repo.head_version_id(s)
+                quality = repo.quality_history(s, 1)
+                refused = repo.guard_refused_count(s)
         except Exception:
             log.exception("metrics: database unavailable")
             return
@@ -47,6 +49,18 @@ class LogCollector:
         yield growth
         yield delta
         yield GaugeMetricFamily("kedit_head_version", "newest version in the log", value=head)
+        if quality:
+            q = quality[-1]
+            for name, doc, value in (
+                ("kedit_canary_facts_total", "canary facts (answered top-1 by the unedited model)", q.facts_total),
+                ("kedit_canary_facts_kept", "canary facts the newest version still answers as the unedited model", q.facts_kept),
+                ("kedit_canary_perplexity", "perplexity of the newest version on the held-out canary text", q.perplexity),
+                ("kedit_canary_entropy", "n-gram entropy (×100) of the newest version's greedy generation", q.entropy),
+                ("kedit_canary_version", "the version the canary gauges are of", q.version),
+            ):
+                yield GaugeMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("kedit_guard_refused_edits", "edits the quality guard refused (policy reject)",
+                                value=refused)
         if ctx.host is not None:
             yield GaugeMetricFamily("kedit_served_version", "weights version this process serves",
                                     value=ctx.host.version)

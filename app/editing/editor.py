@@ -11,6 +11,8 @@ import hashlib
 import json
 import time
 import zlib
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -181,6 +183,36 @@ class Editor:
                         self.preserved[d.layer] += k @ k.T
         self.live = {b: ([x for l in self.layers for x in deltas[b] if x.layer == l] if b in deltas else None)
                      for b in batch_ids}
+
+    def save_point(self) -> dict:
+        """The edited layers, the preservation sums and the live batches as they are now, for
+        restore(): trying a change and taking it back gives the same bits, at any log length."""
+        return {
+            "weights": {l: self._w(l).detach().clone() for l in self.layers},
+            "preserved": {l: p.clone() for l, p in self.preserved.items()},
+            "live": dict(self.live),
+        }
+
+    def restore(self, point: dict) -> None:
+        with torch.no_grad():
+            for l in self.layers:
+                self._w(l).copy_(point["weights"][l])
+        self.preserved = {l: p.clone() for l, p in point["preserved"].items()}
+        self.live = dict(point["live"])
+
+    @contextmanager
+    def base_weights(self) -> Iterator[None]:
+        """The unedited model for the duration of the block (the edited layers set to W₀), then back."""
+        point = {l: self._w(l).detach().clone() for l in self.layers}
+        try:
+            with torch.no_grad():
+                for l in self.layers:
+                    self._w(l).copy_(self.base[l])
+            yield
+        finally:
+            with torch.no_grad():
+                for l in self.layers:
+                    self._w(l).copy_(point[l])
 
     def missing_deltas(self) -> list[int]:
         """Live batches known only through a snapshot (their factors were never loaded)."""

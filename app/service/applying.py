@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 
 from app.editing.types import EditError, EditRequest
 from app.service import faults
+from app.service.guard import Guard, Guarded
 from app.service.host import ModelHost
 from app.store import repo
 from app.store.codec import tensor_from_bytes
 from app.store.db import transaction
-from app.store.models import Edit
+from app.store.models import GUARD_REFUSAL, Edit
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> JobReport:
-    """Run the editor on the still-queued edits among `edit_ids` and commit them as one version."""
+def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guard: Guard | None = None) -> JobReport:
+    """Run the editor on the still-queued edits among `edit_ids` and commit them as one version
+    (with `guard`: scored on the canaries first, and judged by its policy)."""
     report = JobReport()
     with transaction(host.sessions) as s:
         edits = repo.claim_for_batch(s, edit_ids)  # queued -> applying; redeliveries drop out here
@@ -59,12 +61,25 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> J
     with host.sessions() as s:
         batch_id = repo.next_batch_id(s)
         version = repo.head_version_id(s) + 1
+    guarding = guard is not None and guard.active
     t0 = time.perf_counter()
     try:
         with host.writing():
+            point = host.editor.save_point() if guarding and guard.policy == "reject" else None
             result = host.editor.apply(requests, batch_id)
-            weights_hash = host.editor.weights_hash()
-            norms = host.editor.norms()
+            guarded = None
+            if guarding:
+                previous = guard.previous(version)
+                scores = guard.score()
+                judgement = guard.judge(scores, previous)
+                if judgement and guard.policy == "reject":
+                    guarded = guard.bisect(point, requests, result, batch_id, previous)
+                else:
+                    guarded = Guarded(result, scores, judgement)
+                result = guarded.result
+            if result is not None:
+                weights_hash = host.editor.weights_hash()
+                norms = host.editor.norms()
     except Exception as exc:
         reason = _reason(exc)
         log.warning("batch of edits %s failed: %s", [e.id for e in edits], reason)
@@ -76,7 +91,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> J
                 for e in repo.get_edits(s, [e.id for e in edits]):
                     e.status = "queued"
             for e in edits:
-                sub = apply_edits(host, [e.id], lock_ok)
+                sub = apply_edits(host, [e.id], lock_ok, guard)
                 report.applied += sub.applied
                 report.failed += sub.failed
                 report.mpes_steps += sub.mpes_steps
@@ -87,19 +102,57 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True) -> J
         report.failed = [e.id for e in edits]
         return report
     seconds = time.perf_counter() - t0
+    refused = {edits[i].id: reason for i, reason in (guarded.rejected if guarded else {}).items()}
+    order = result.extra.get("order", range(len(edits))) if result is not None else []
+    kept = [edits[i].id for i in order]
+    if result is None:  # the guard refused every edit: no new version
+        with transaction(host.sessions) as s:
+            _refuse(s, refused)
+        report.failed = sorted(refused)
+        return report
+    decision = _decision(guard, guarded, refused) if guarding else None
+
     def record(s) -> None:
-        fresh = repo.get_edits(s, [e.id for e in edits])
+        fresh = repo.get_edits(s, kept)
         repo.record_batch(s, repo.Applied(version, weights_hash, norms), result, fresh, seconds)
+        _refuse(s, refused)
+        if decision and decision["verdict"] == "warn":
+            for e in fresh:
+                e.guard = "warned: this batch " + "; ".join(decision["crossed"])
+        if guarding:
+            s.flush()
+            repo.put_quality(s, guard.row(s, version, guarded.scores, decision))
 
     _commit(host, lock_ok, record, version, weights_hash, f"batch {batch_id}")
     report.version = version
-    report.applied = [e.id for e in edits]
+    report.applied = kept
+    report.failed = sorted(refused)
     report.mpes_steps = [int(o.mpes_steps) for o in result.outcomes]
     report.seconds = seconds
     return report
 
 
-def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True) -> JobReport:
+def _refuse(s, refused: dict[int, str]) -> None:
+    """Edits the guard refused end `failed`, with what they would have broken."""
+    for e in repo.get_edits(s, list(refused)):
+        e.status = "failed"
+        e.error = e.guard = GUARD_REFUSAL + refused[e.id]
+
+
+def _decision(guard: Guard, guarded: Guarded, refused: dict[int, str]) -> dict:
+    """What the guard decided about a batch, as the log records it."""
+    crossed = guarded.judgement.crossed
+    if refused:
+        verdict = "reject"
+    elif not crossed:
+        verdict = "ok"
+    else:
+        verdict = {"off": "ignored", "warn": "warn", "reject": "reject"}[guard.policy]
+    return {"policy": guard.policy, "verdict": verdict, "crossed": crossed,
+            "rejected": sorted(refused), "reasons": {str(k): v for k, v in refused.items()}}
+
+
+def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guard | None = None) -> JobReport:
     """docs/method.md §4: take the edit's batch out, put its other live edits back from their stored z*."""
     report = JobReport()
     host.sync()
@@ -121,6 +174,7 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True) -> JobRepor
             result = host.editor.reapply(requests, z_stars, new_batch) if survivors else None
             weights_hash = host.editor.weights_hash()
             norms = host.editor.norms()
+            scores = guard.score() if guard is not None and guard.active else None
         faults.point("worker_revert_before_commit")
     except Exception as exc:
         reason = f"revert failed: {_reason(exc)}"
@@ -135,6 +189,10 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True) -> JobRepor
         e = repo.get_edit(s, edit_id)
         fresh = repo.get_edits(s, [x.id for x in survivors])
         repo.record_revert(s, repo.Applied(version, weights_hash, norms), e, old_batch, fresh, result, seconds)
+        if scores is not None:  # a revert is never refused; its scores are recorded all the same
+            s.flush()
+            repo.put_quality(s, guard.row(s, version, scores, {"policy": guard.policy, "verdict": "revert",
+                                                               "crossed": [], "rejected": []}))
 
     _commit(host, lock_ok, record, version, weights_hash, f"the revert of edit {edit_id}")
     report.version = version

@@ -18,6 +18,7 @@ from app.config import ServiceConfig
 from app.queue import Message, QueueLost, WorkQueue
 from app.service import faults
 from app.service.applying import JobReport, LostWriterLock, apply_edits, revert_edit
+from app.service.guard import Guard
 from app.service.host import ModelHost
 from app.store import repo
 from app.store.db import WriterLock, transaction
@@ -51,6 +52,7 @@ class Worker:
         self.metrics = metrics
         self.active = False
         self.last_error: str | None = None
+        self.guard = Guard(config, host) if config.canaries else None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -91,6 +93,13 @@ class Worker:
             n = repo.requeue_applying(s)
         if n:
             log.warning("%d edits were left `applying` by a dead worker; they are queued again", n)
+        if self.guard is not None:
+            try:
+                self.guard.ensure()
+            except Exception as exc:  # edits go on unguarded rather than not at all; /ready says why
+                self.guard.set = None
+                self.last_error = f"canaries unavailable ({type(exc).__name__}: {exc}); edits are not guarded"
+                log.exception("could not choose or score the canaries; edits are applied without the guard")
         self.queue.ensure()
         self.refill()
         self.active = True
@@ -127,11 +136,11 @@ class Worker:
         lock_ok = self.lock.still_held
         total = JobReport()
         for m in [m for m in msgs if m.kind == "revert"]:
-            self._merge(total, revert_edit(self.host, m.edit_id, lock_ok), "reverted")
+            self._merge(total, revert_edit(self.host, m.edit_id, lock_ok, self.guard), "reverted")
         edit_ids = list(dict.fromkeys(m.edit_id for m in msgs if m.kind == "edit"))
         if edit_ids:
             try:
-                self._merge(total, apply_edits(self.host, edit_ids, lock_ok), "applied")
+                self._merge(total, apply_edits(self.host, edit_ids, lock_ok, self.guard), "applied")
             except LostWriterLock:
                 raise
             except Exception:

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 EDIT_STATUSES = ("queued", "applying", "applied", "failed", "reverted")
+# How the error of an edit the quality guard refused begins (the reason follows).
+GUARD_REFUSAL = "refused by the quality guard: "
 
 
 def utcnow() -> datetime:

@@ -15,6 +15,7 @@ from app.store.codec import delta_from_bytes, delta_to_bytes, tensor_to_bytes, w
 from app.store.models import (
     Batch,
     Canary,
+    GUARD_REFUSAL,
     Edit,
     IdempotencyKey,
     LayerDeltaRow,
@@ -356,3 +357,8 @@ def quality_history(s: Session, limit: int) -> list[QualityScore]:
 
 def live_edit_count(s: Session) -> int:
     return int(s.scalar(select(func.count()).select_from(Edit).where(Edit.status == "applied")) or 0)
+
+
+def guard_refused_count(s: Session) -> int:
+    return int(s.scalar(select(func.count()).select_from(Edit).where(
+        Edit.status == "failed", Edit.error.like(GUARD_REFUSAL + "%"))) or 0)
