@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qsl
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, Header, Request
 from pydantic import BaseModel, ValidationError

@@ -197,8 +197,7 @@ class HomeView:
     error: str | None = None
 
 
-def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int = 0,
-         form: FactForm | None = None) -> HomeView:
+def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int = 0) -> HomeView:
     """The edit log (filtered by status, searched by subject, a page at `offset`), the worker, the
     queue, the served version and the charts. A status that does not exist is reported (`error`)."""
     error = None
@@ -222,8 +221,20 @@ def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int =
         next_query=query(offset + limit) if offset + limit < total else None,
         worker=worker_state(ctx), queue_depth=queue_depth(ctx), version=served_version(ctx),
         norm_chart=norm_chart(ctx), norm_threshold=_num(ctx.config.norm_alarm_growth),
-        quality=quality_view(ctx), api_key_needed=bool(ctx.config.api_key), form=form or FactForm(), error=error,
+        quality=quality_view(ctx), api_key_needed=bool(ctx.config.api_key), error=error,
     )
+
+
+@dataclass
+class SubmitView:
+    """The submit form alone (/ui/submit)."""
+
+    api_key_needed: bool
+    form: FactForm = field(default_factory=FactForm)
+
+
+def submit_page(ctx: ServiceContext, form: FactForm | None = None) -> SubmitView:
+    return SubmitView(api_key_needed=bool(ctx.config.api_key), form=form or FactForm())
 
 
 @dataclass

@@ -64,7 +64,7 @@ def home(
 
 @router.get("/submit", response_class=HTMLResponse)
 def submit_form(request: Request, ctx: Ctx):
-    return _page(request, "submit.html", v=dashboard.home(ctx))
+    return _page(request, "submit.html", v=dashboard.submit_page(ctx))
 
 
 @router.post("/submit")
@@ -77,7 +77,7 @@ def submit(request: Request, ctx: Ctx, form: Form):
         edit_id, before = dashboard.submit_fact(ctx, checked.model_dump())
     except ServiceError as e:
         typed.error = e.message
-        return _page(request, "submit.html", e.status_code, v=dashboard.home(ctx, form=typed))
+        return _page(request, "submit.html", e.status_code, v=dashboard.submit_page(ctx, typed))
     query = urlencode({"before": before.text}) if before.text is not None else ""
     return RedirectResponse(f"/ui/edits/{edit_id}" + (f"?{query}" if query else ""), status_code=303)
 
