@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, Header, Request
 from pydantic import BaseModel, ValidationError
@@ -13,6 +14,10 @@ from app.service.errors import Invalid, ServiceError, Unavailable
 
 class Unauthorized(ServiceError):
     status_code = 401
+
+
+class Forbidden(ServiceError):
+    status_code = 403
 
 
 def get_ctx(request: Request) -> ServiceContext:
@@ -28,18 +33,27 @@ def require_api_key(
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
     """Mutating endpoints need the configured key (X-API-Key: … or Authorization: Bearer …)."""
-    expected = request.app.state.ctx.config.api_key
-    if not expected:
-        return
     given = x_api_key
     if given is None and authorization and authorization.lower().startswith("bearer "):
         given = authorization[7:].strip()
+    # The header arrived as bytes (Starlette hands them over as Latin-1): compare those bytes with
+    # the key's UTF-8, so that a non-ASCII key sent as UTF-8 matches.
+    check_api_key(
+        request.app.state.ctx.config.api_key, None if given is None else given.encode("latin-1", "replace"),
+        "this endpoint needs the API key: send it as X-API-Key or Authorization: Bearer",
+    )
+
+
+def check_api_key(expected: str | None, given: bytes | None, missing: str) -> None:
+    """The one key check (headers of the JSON API, the dashboard's forms): nothing to do without a
+    configured key; else `given` (the bytes the client sent) must be the key's UTF-8.
+    `missing`: what to tell a client that sent no key."""
+    if not expected:
+        return
     if given is None:
-        raise Unauthorized("this endpoint needs the API key: send it as X-API-Key or Authorization: Bearer")
-    # Constant time: the comparison must not leak how much of a guess was right. The header
-    # arrived as bytes (Starlette hands them over as Latin-1): compare those bytes with the
-    # key's UTF-8, so that a non-ASCII key sent as UTF-8 matches.
-    if not hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8")):
+        raise Unauthorized(missing)
+    # Constant time: the comparison must not leak how much of a guess was right.
+    if not hmac.compare_digest(given, expected.encode("utf-8")):
         raise Unauthorized("wrong API key")
 
 
@@ -59,6 +73,34 @@ def require_json(request: Request) -> None:
     raise UnsupportedMediaType(
         f"the body must be JSON sent with Content-Type: application/json (this request says {ctype[:100]!r})"
     )
+
+
+MAX_FORM_FIELDS = 16
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """An HTML form's fields (application/x-www-form-urlencoded, UTF-8; the first value of each name).
+    A form posted from another site (the browser says Sec-Fetch-Site: cross-site) is refused."""
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        raise Forbidden("this form may only be posted from kedit's own pages")
+    ctype = request.headers.get("content-type", "")
+    body = await request.body()
+    if not ctype and not body:
+        return {}  # a form with no fields
+    if ctype.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType(f"send the form as application/x-www-form-urlencoded (this request says {ctype[:100]!r})")
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
+                          max_num_fields=MAX_FORM_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise Invalid("the form is not UTF-8 text in application/x-www-form-urlencoded") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        fields.setdefault(name, value)
+    return fields
+
+
+Form = Annotated[dict[str, str], Depends(form_fields)]
 
 
 def header_text(name: str, value: str | None, bound: int) -> str | None:

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
-from app.api.routes import edits, generate, health, openai_compat
+from app.api.routes import edits, generate, health, openai_compat, ui
 from app.config import ServiceConfig
 from app.editing.types import EditError
 from app.queue import WorkQueue
@@ -97,6 +97,7 @@ def create_app(
     app.include_router(generate.router, max_body_size=MAX_BODY_BYTES)
     app.include_router(health.router, max_body_size=MAX_BODY_BYTES)
     app.include_router(openai_compat.router, max_body_size=MAX_BODY_BYTES)
+    app.include_router(ui.router, max_body_size=MAX_BODY_BYTES)  # the operator dashboard (/ui)
 
     @app.middleware("http")
     async def bound_body(request: Request, call_next):

@@ -237,6 +237,11 @@ class GenerationEngine:
         except Exception:
             log.warning("could not check the log for new versions; answering from version %d", self.host.version)
 
+    def open_text(self, prompt: str, sampling: Sampling) -> Generation:
+        """`open` for a text prompt (tokenized as the model's tokenizer does): GET|POST /generate
+        and the dashboard's answers."""
+        return self.open(self.lm.tokenizer(prompt)["input_ids"], sampling)
+
     def open(self, input_ids: Sequence[int], sampling: Sampling) -> Generation:
         """Admit a request: hold the current version until its sequence ends, and start it."""
         if self._stop.is_set():

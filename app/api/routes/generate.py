@@ -19,8 +19,7 @@ def _generate(request: Request, ctx, g: GenerateIn) -> GenerateOut:
     t0 = time.perf_counter()
     # The same engine as /v1 (greedy: batched with other requests; the version held to the last
     # token). It first catches up with the log: an edit reported `applied` is in the next answer.
-    gen = ctx.generation.open(ctx.generation.lm.tokenizer(g.prompt)["input_ids"],
-                              Sampling(max_tokens=g.max_new_tokens, temperature=0))
+    gen = ctx.generation.open_text(g.prompt, Sampling(max_tokens=g.max_new_tokens, temperature=0))
     text = gen.text()
     request.app.state.metrics.generate_seconds.observe(time.perf_counter() - t0)
     return GenerateOut(prompt=g.prompt, text=text, version=gen.version, weights_hash=gen.weights_hash)

@@ -1,0 +1,120 @@
+"""Line charts as inline SVG, drawn on the server from numbers (the operator dashboard works offline:
+no JavaScript, no chart library, no CDN).
+
+`line_chart` returns one `<svg>` element: a <title>, two axes with their labels and end ticks, a
+dashed line per reference value (e.g. the norm alarm threshold) and per series one
+`<polyline class="series" data-series="…" data-points="N" points="x,y …">` plus a dot per point
+(a series of one point is still visible). Every text in it (title, labels, series names) is
+escaped here, so the markup can be inserted into a page as it is.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from markupsafe import escape
+
+# Colour-blind safe (Okabe-Ito), dark enough on white for text.
+PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
+
+
+@dataclass
+class Series:
+    name: str
+    points: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class RefLine:
+    """A horizontal line at y (e.g. an alarm threshold)."""
+
+    name: str
+    y: float
+
+
+def fmt(v: float) -> str:
+    """A tick label: 3 significant digits, no exponent for everyday magnitudes."""
+    if v == 0:
+        return "0"
+    if 1e-3 <= abs(v) < 1e5:
+        return f"{v:.3g}"
+    return f"{v:.2e}"
+
+
+def _range(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    return lo, hi
+
+
+def line_chart(title: str, x_label: str, y_label: str, series: Sequence[Series],
+               refs: Sequence[RefLine] = (), *, width: int = 640, height: int = 260,
+               y_from_zero: bool = True, chart_id: str = "chart") -> str:
+    """One SVG line chart of `series` (x, y points) against shared axes; `refs` drawn dashed."""
+    finite = [(x, y) for s in series for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
+    left, right, top, bottom = 64, 16, 28, 44
+    legend_h = 18 * (len(series) + len(refs))
+    plot_w, plot_h = width - left - right, height - top - bottom
+    total_h = height + legend_h
+    xs = [x for x, _ in finite] or [0.0, 1.0]
+    ys = [y for _, y in finite] + [r.y for r in refs if math.isfinite(r.y)]
+    ys = ys or [0.0, 1.0]
+    if y_from_zero:
+        ys = ys + [0.0]
+    x0, x1 = _range(xs)
+    y0, y1 = _range(ys)
+    y1 = y1 + (y1 - y0) * 0.05  # headroom for the top point
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    def py(y: float) -> float:
+        return top + plot_h - (y - y0) / (y1 - y0) * plot_h
+
+    tid = f"{escape(chart_id)}-title"
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" aria-labelledby="{tid}" '
+        f'viewBox="0 0 {width} {total_h}" width="{width}" height="{total_h}">',
+        f'<title id="{tid}">{escape(title)}</title>',
+        f'<text class="chart-title" x="{left}" y="18">{escape(title)}</text>',
+        # axes
+        f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#444"/>',
+        f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#444"/>',
+    ]
+    # end ticks and a middle tick on each axis
+    for v in (x0, (x0 + x1) / 2, x1):
+        out.append(f'<text class="tick" x="{px(v):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{fmt(v)}</text>')
+    for v in (y0, (y0 + y1) / 2, y1):
+        out.append(f'<text class="tick" x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{fmt(v)}</text>')
+    out.append(f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 36}" '
+               f'text-anchor="middle">{escape(x_label)}</text>')
+    out.append(f'<text class="axis-label" x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(y_label)}</text>')
+    legend_y = height + 4
+    for r in refs:
+        if not math.isfinite(r.y):
+            continue
+        y = py(r.y)
+        out.append(f'<line class="threshold" data-y="{r.y!r}" x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" '
+                   f'y2="{y:.1f}" stroke="#b00020" stroke-dasharray="6 4"><title>{escape(r.name)}: {fmt(r.y)}</title></line>')
+        out.append(f'<line x1="{left}" y1="{legend_y + 5}" x2="{left + 24}" y2="{legend_y + 5}" stroke="#b00020" '
+                   f'stroke-dasharray="6 4"/><text class="legend" x="{left + 30}" y="{legend_y + 9}">'
+                   f'{escape(r.name)} ({fmt(r.y)})</text>')
+        legend_y += 18
+    for i, s in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        pts = [(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        out.append(f'<polyline class="series" data-series="{escape(s.name)}" data-points="{len(pts)}" '
+                   f'points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for x, y in pts:
+            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}">'
+                       f'<title>{escape(s.name)}: {fmt(y)} at {fmt(x)}</title></circle>')
+        out.append(f'<rect x="{left}" y="{legend_y}" width="24" height="10" fill="{color}"/>'
+                   f'<text class="legend" x="{left + 30}" y="{legend_y + 9}">{escape(s.name)}</text>')
+        legend_y += 18
+    out.append("</svg>")
+    return "\n".join(out)

@@ -1,0 +1,293 @@
+"""What each page of the operator dashboard (/ui) shows, gathered from the service functions the JSON
+API uses (edits, quality, the model host, the generation engine). The routes (app/api/routes/ui.py)
+only parse the request and render one of these views; the templates only lay them out.
+
+Numbers are formatted here, charts drawn here (app/service/charts.py), so the templates hold no
+logic. Text a client wrote (prompts, subjects, targets, errors) stays raw: the templates escape it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from app.service import edits as edit_service
+from app.service import quality
+from app.service.charts import RefLine, Series, line_chart
+from app.service.context import ServiceContext
+from app.service.errors import Invalid
+from app.service.generation import Sampling
+from app.store import repo
+from app.store.models import EDIT_STATUSES, Edit
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 20
+ANSWER_TOKENS = 12  # the "before" and "now" answers: greedy, this many new tokens
+WAITING = ("queued", "applying")  # statuses whose page refreshes itself until they change
+
+
+def _num(v: float | None, digits: int = 4) -> str:
+    return "—" if v is None else f"{v:.{digits}g}"
+
+
+def _opt(v: object) -> str:
+    return "—" if v is None else str(v)
+
+
+# --- the pieces ----------------------------------------------------------------------------------
+
+@dataclass
+class WorkerState:
+    state: str  # "active", "standing by", "in another process"
+    last_error: str | None
+
+
+def worker_state(ctx: ServiceContext) -> WorkerState:
+    w = ctx.worker
+    if w is None:
+        return WorkerState("in another process (this one serves the api only)", None)
+    return WorkerState("active" if w.active else "standing by", w.last_error)
+
+
+def queue_depth(ctx: ServiceContext) -> str:
+    try:
+        return str(ctx.queue.depth())
+    except Exception as e:  # the queue being down is something to show, not a failed page
+        log.warning("queue depth unavailable: %s", e)
+        return "unavailable"
+
+
+def served_version(ctx: ServiceContext) -> str:
+    return "no model in this process" if ctx.host is None else str(ctx.host.version)
+
+
+def norm_growth(ctx: ServiceContext) -> dict[int, list[tuple[int, float]]]:
+    """Per edited layer, (version, ‖W−W₀‖/‖W₀‖) for the latest `norm_history` versions (the same
+    numbers as GET /health/norms' history)."""
+    with ctx.sessions() as s:
+        history = repo.norm_history(s, ctx.config.norm_history)
+    return {
+        layer: [(h.version, h.delta_norm / h.base_norm if h.base_norm else 0.0) for h in rows]
+        for layer, rows in sorted(history.items())
+    }
+
+
+def norm_chart(ctx: ServiceContext) -> str | None:
+    """SVG: norm growth per layer against the version, and the alarm threshold; None before any edit."""
+    growth = norm_growth(ctx)
+    if not growth:
+        return None
+    series = [Series(f"layer {layer}", [(float(v), g) for v, g in pts]) for layer, pts in growth.items()]
+    return line_chart("Norm growth ‖W−W₀‖/‖W₀‖ per edited layer", "weights version", "growth", series,
+                      [RefLine("alarm threshold", ctx.config.norm_alarm_growth)], chart_id="norms")
+
+
+@dataclass
+class QualityView:
+    enabled: bool
+    policy: str
+    thresholds: list[tuple[str, str]]
+    charts: list[str]  # empty: no canary scores yet
+    latest: list[tuple[str, str]]
+
+
+def quality_view(ctx: ServiceContext) -> QualityView:
+    r = quality.report(ctx.sessions, ctx.config)
+    hist = r.history
+    charts = []
+    if hist:
+        x = [float(q.live_edits) for q in hist]
+        kept = [100.0 * q.facts_kept / q.facts_total if q.facts_total else 0.0 for q in hist]
+        charts = [
+            line_chart("Canary facts kept (%)", "applied edits", "% kept", [Series("facts kept", list(zip(x, kept)))],
+                       chart_id="canary-facts"),
+            line_chart("Held-out perplexity", "applied edits", "perplexity",
+                       [Series("perplexity", list(zip(x, [q.perplexity for q in hist])))], y_from_zero=False,
+                       chart_id="canary-ppl"),
+            line_chart("Generation entropy", "applied edits", "entropy (nats)",
+                       [Series("entropy", list(zip(x, [q.entropy for q in hist])))], y_from_zero=False,
+                       chart_id="canary-entropy"),
+        ]
+    latest = []
+    if r.latest is not None:
+        q = r.latest
+        verdict = (q.guard or {}).get("verdict")
+        latest = [("version", str(q.version)), ("applied edits", str(q.live_edits)),
+                  ("canary facts kept", f"{q.facts_kept} of {q.facts_total}"),
+                  ("perplexity", _num(q.perplexity)), ("entropy", _num(q.entropy)), ("guard verdict", _opt(verdict))]
+    return QualityView(enabled=r.enabled, policy=r.policy,
+                       thresholds=[(k, _num(v)) for k, v in r.thresholds.items()], charts=charts, latest=latest)
+
+
+@dataclass
+class Answer:
+    text: str | None  # None: could not be generated (`problem` says why)
+    version: int | None = None
+    problem: str | None = None
+
+
+def answer(ctx: ServiceContext, prompt: str, max_tokens: int = ANSWER_TOKENS) -> Answer:
+    """The model's greedy continuation of `prompt` from the current weights, as GET /generate makes it."""
+    host = ctx.host
+    if host is None or ctx.generation is None:
+        return Answer(None, problem="this process serves no model")
+    if not host.healthy:
+        return Answer(None, problem=host.problem or "the model is not ready yet")
+    try:
+        gen = ctx.generation.open_text(prompt, Sampling(max_tokens=max_tokens, temperature=0))
+        return Answer(gen.text(), gen.version)
+    except Exception as e:  # shown on the page; the edit's own data is still worth seeing
+        log.warning("dashboard answer failed: %s", e)
+        return Answer(None, problem=f"{type(e).__name__}: {e}")
+
+
+def fill(prompt: str, subject: str) -> str:
+    """The fact's prompt with the subject in its slot (as the editing core fills it)."""
+    return prompt.replace("{}", subject, 1)
+
+
+# --- the pages -----------------------------------------------------------------------------------
+
+@dataclass
+class EditRow:
+    id: int
+    subject: str
+    prompt: str
+    target_new: str
+    status: str
+    version: str
+    updated: str
+
+
+def _row(e: Edit) -> EditRow:
+    return EditRow(e.id, e.subject, e.prompt, e.target_new, e.status, _opt(e.applied_version),
+                   e.updated_at.strftime("%Y-%m-%d %H:%M:%S") if e.updated_at else "—")
+
+
+@dataclass
+class FactForm:
+    """The submit form's fields as the client typed them (re-shown after an error), never the key."""
+
+    prompt: str = ""
+    subject: str = ""
+    target_new: str = ""
+    target_true: str = ""
+    error: str | None = None
+
+
+@dataclass
+class HomeView:
+    status: str
+    subject: str
+    statuses: list[tuple[str, str, bool]]  # value, label, selected
+    rows: list[EditRow]
+    total: int
+    shown: str  # "1–20 of 45"
+    prev_query: str | None
+    next_query: str | None
+    worker: WorkerState
+    queue_depth: str
+    version: str
+    norm_chart: str | None
+    norm_threshold: str
+    quality: QualityView
+    api_key_needed: bool
+    form: FactForm = field(default_factory=FactForm)
+    error: str | None = None
+
+
+def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int = 0) -> HomeView:
+    """The edit log (filtered by status, searched by subject, a page at `offset`), the worker, the
+    queue, the served version and the charts. A status that does not exist is reported (`error`)."""
+    error = None
+    status = status.strip()
+    wanted = None if status in ("", "all") else status
+    if wanted is not None and wanted not in EDIT_STATUSES:
+        error = f"status must be all or one of {', '.join(EDIT_STATUSES)} (got {status!r})"
+        wanted, status = None, ""
+    limit = min(PAGE_SIZE, ctx.config.max_page_size)
+    rows, total = edit_service.list_page(ctx.sessions, wanted, limit, offset, subject or None)
+
+    def query(at: int) -> str:
+        return urlencode({k: v for k, v in (("status", wanted or ""), ("subject", subject), ("offset", at)) if v})
+
+    shown = f"{offset + 1}–{offset + len(rows)} of {total}" if rows else f"none of {total}"
+    return HomeView(
+        status=wanted or "all", subject=subject,
+        statuses=[(s, s, s == (wanted or "all")) for s in ("all", *EDIT_STATUSES)],
+        rows=[_row(e) for e in rows], total=total, shown=shown,
+        prev_query=query(max(0, offset - limit)) if offset > 0 else None,
+        next_query=query(offset + limit) if offset + limit < total else None,
+        worker=worker_state(ctx), queue_depth=queue_depth(ctx), version=served_version(ctx),
+        norm_chart=norm_chart(ctx), norm_threshold=_num(ctx.config.norm_alarm_growth),
+        quality=quality_view(ctx), api_key_needed=bool(ctx.config.api_key), error=error,
+    )
+
+
+@dataclass
+class SubmitView:
+    """The submit form alone (/ui/submit)."""
+
+    api_key_needed: bool
+    form: FactForm = field(default_factory=FactForm)
+
+
+def submit_page(ctx: ServiceContext, form: FactForm | None = None) -> SubmitView:
+    return SubmitView(api_key_needed=bool(ctx.config.api_key), form=form or FactForm())
+
+
+@dataclass
+class EditView:
+    id: int
+    status: str
+    prompt: str
+    filled_prompt: str
+    subject: str
+    target_new: str
+    target_true: str
+    error: str | None
+    details: list[tuple[str, str]]  # label, value (numbers and ids, formatted)
+    guard: str
+    before: str | None  # the answer before the edit, as the submit form saw it (from the query)
+    now: Answer
+    refresh: bool  # waiting for a status change: the page reloads itself
+    can_revert: bool
+    revert_pending: bool
+    api_key_needed: bool
+    form_error: str | None = None
+
+
+def edit_page(ctx: ServiceContext, edit_id: int, before: str | None = None, form_error: str | None = None) -> EditView:
+    """One edit, and the model's current answer to its prompt."""
+    e = edit_service.get(ctx.sessions, edit_id)
+    filled = fill(e.prompt, e.subject)
+    pending = e.status == "applied" and bool(e.revert_requested)
+    return EditView(
+        id=e.id, status=e.status, prompt=e.prompt, filled_prompt=filled, subject=e.subject, target_new=e.target_new,
+        target_true=_opt(e.target_true), error=e.error,
+        details=[
+            ("P(target_new) before", _num(e.prob_before)), ("P(target_new) after", _num(e.prob_after)),
+            ("MPES steps", _opt(e.mpes_steps)), ("batch", _opt(e.batch_id)),
+            ("applied in version", _opt(e.applied_version)), ("reverted in version", _opt(e.reverted_version)),
+            ("seconds", _num(e.seconds, 3)), ("submitted", e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ],
+        guard=_opt(e.guard), before=before, now=answer(ctx, filled),
+        refresh=e.status in WAITING or pending, can_revert=e.status == "applied" and not pending,
+        revert_pending=pending, api_key_needed=bool(ctx.config.api_key), form_error=form_error,
+    )
+
+
+def submit_fact(ctx: ServiceContext, fact: dict) -> tuple[int, Answer]:
+    """The model's answer to the filled prompt first ("before"), then the fact submitted as POST
+    /edits does (the fact is already validated by the caller, with the API's rule)."""
+    before = answer(ctx, fill(fact["prompt"], fact["subject"]))
+    rows, _ = edit_service.submit(ctx.sessions, ctx.queue, [fact],
+                                  idempotency_window_s=ctx.config.idempotency_window_s)
+    if not rows:
+        raise Invalid("the fact was not accepted")
+    return rows[0].id, before
+
+
+def revert(ctx: ServiceContext, edit_id: int) -> None:
+    edit_service.request_revert(ctx.sessions, ctx.queue, edit_id)
