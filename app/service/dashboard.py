@@ -105,7 +105,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
             line_chart("Held-out perplexity", "applied edits", "perplexity",
                        [Series("perplexity", list(zip(x, [q.perplexity for q in hist])))], y_from_zero=False,
                        chart_id="canary-ppl"),
-            line_chart("Generation entropy", "applied edits", "entropy (nats)",
+            line_chart("Generation entropy", "applied edits", "n-gram entropy (bits ×100)",
                        [Series("entropy", list(zip(x, [q.entropy for q in hist])))], y_from_zero=False,
                        chart_id="canary-entropy"),
         ]

@@ -116,7 +116,9 @@ def test_home_edit_page_submit_and_revert(client):
     assert r.status_code == 409 and "only applied edits can be reverted" in r.text
 
     home = client.get("/ui").text
-    assert polylines(home) == [2, 2], "two versions (edit, revert) for each of the two edited layers"
+    assert polylines(home) == [2, 2, 3, 3, 3], (
+        "norms: two versions (edit, revert) for each of the two edited layers; canaries (facts kept, perplexity, "
+        "entropy): the unedited model, the edit and the revert")
     assert client.get("/ui/edits/999").status_code == 404
 
 

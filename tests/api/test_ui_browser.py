@@ -58,7 +58,8 @@ def test_submit_watch_revert_and_charts_in_chromium(server, tmp_path):
 
             page.goto(f"{server.url}/ui")
             assert page.title().startswith("Edit log")
-            assert page.locator("#no-canary").is_visible()
+            # The worker scored the canaries on the unedited model at its first start.
+            page.locator("#quality-charts").wait_for()
             # Fill the form by its labels (every control has one), as a keyboard or screen-reader user would.
             page.get_by_label("Prompt (write {} where the subject goes)").fill(FACT["prompt"])
             page.get_by_label("Subject", exact=True).fill(FACT["subject"])
@@ -89,6 +90,9 @@ def test_submit_watch_revert_and_charts_in_chromium(server, tmp_path):
             assert points and all(n >= 2 for n in points), points
             coords = page.locator("#norm-chart polyline.series").first.get_attribute("points")
             assert len(coords.split()) >= 2
+            canary = page.eval_on_selector_all(
+                "#quality-charts polyline.series", "els => els.map(e => Number(e.getAttribute('data-points')))")
+            assert canary == [3, 3, 3], f"facts kept, perplexity, entropy: unedited, edited, reverted ({canary})"
             assert page.locator("#edits td.subject", has_text=FACT["subject"]).count() == 1
             shot = shoot(page, tmp_path, "ui-home.png")
             assert shot.stat().st_size > 0
