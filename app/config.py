@@ -162,8 +162,12 @@ class ServiceConfig(KeditConfig):
                            "batch and revert; off = no /health/quality scores and no guard")
     canary_facts: int = Field(300, ge=0, le=5000, description="canary facts kept at first start (those the unedited "
                               "model answers top-1, spread over the relations)")
-    canary_text_tokens: int = Field(512, ge=16, le=100_000, description="tokens of held-out text scored for perplexity")
-    canary_gen_tokens: int = Field(24, ge=4, le=512, description="tokens generated per canary prompt (entropy)")
+    canary_text_tokens: int = Field(256, ge=16, le=100_000, description="tokens of held-out text scored for perplexity")
+    canary_prompts: int = Field(2, ge=0, le=20, description="free-generation prompts (entropy)")
+    canary_gen_tokens: int = Field(16, ge=4, le=512, description="tokens generated greedily per canary prompt")
+    canary_dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="dtype the canaries are scored in (a copy whose edited layers follow the float32 "
+        "weights): bfloat16 halves their cost on CPUs with bf16 units; canaries are chosen in the same dtype")
     guard: Literal["off", "warn", "reject"] = Field(
         "warn", description="what a batch that crosses a threshold gets: off = nothing; warn = applied and marked "
         "with what it broke; reject = the edits responsible are found (bisect) and fail, the rest are applied")

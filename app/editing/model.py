@@ -172,3 +172,23 @@ def wrap_model(model: nn.Module, tokenizer, name: str = "model", device: str | t
     for p in model.parameters():
         p.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, device=dev)
+
+
+class LoweredCopy:
+    """The model in a lower precision (bf16 / fp16) for reading only, whose edited layers follow the
+    float32 weights on refresh(): edits and replay stay float32 (the log's hash is over them, and
+    bf16 would round small updates away), while forward passes that only read the model run at
+    about twice the speed on CPUs with bf16 units, on half the memory."""
+
+    def __init__(self, lm: LoadedModel, layers, dtype: torch.dtype):
+        import copy
+
+        self.lm, self.layers, self.dtype = lm, list(layers), dtype
+        self.model = copy.deepcopy(lm.model).to(dtype).eval() if dtype != torch.float32 else lm.model
+
+    def refresh(self) -> None:
+        if self.model is self.lm.model:
+            return
+        with torch.no_grad():
+            for layer in self.layers:
+                self.lm.adapter.weight(self.model, layer).copy_(self.lm.adapter.weight(self.lm.model, layer))

@@ -30,6 +30,7 @@ from app.eval.scoring import selected_logits
 GEN_PROMPTS = HEALTH_PROMPTS[:4]
 PPL_WINDOW = 128  # tokens per perplexity window: fits any model kedit edits, tiny test models included
 ROWS_PER_FORWARD = 128
+MIN_MARGIN = 1.0  # logits by which a canary fact's answer must lead the runner-up in the unedited model
 
 
 @dataclass(frozen=True)
@@ -76,32 +77,39 @@ def first_token(tokenizer, target: str) -> int:
 
 
 @torch.inference_mode()
-def top1(model, tokenizer, texts: Sequence[str]) -> list[int]:
-    """The most probable next token after each text (the vocabulary projection only at the last position)."""
+def top1(model, tokenizer, texts: Sequence[str], margins: list[float] | None = None) -> list[int]:
+    """The most probable next token after each text (the vocabulary projection only at the last
+    position); `margins`, if given, receives each top-1 logit's lead over the second."""
     device = next(model.parameters()).device
     encoded = [tokenizer(t)["input_ids"] for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per forward
-    out = [0] * len(encoded)
+    out, lead = [0] * len(encoded), [0.0] * len(encoded)
     for start in range(0, len(order), ROWS_PER_FORWARD):
         chunk = order[start:start + ROWS_PER_FORWARD]
         ids, mask = pad_right([encoded[i] for i in chunk], pad_id_of(tokenizer))
         rows = torch.arange(len(chunk))
         cols = torch.tensor([len(encoded[i]) - 1 for i in chunk])
         logits = selected_logits(model, ids.to(device), mask.to(device), rows.to(device), cols.to(device))
-        for i, t in zip(chunk, logits.argmax(-1).tolist(), strict=True):
-            out[i] = int(t)
+        best = logits.float().topk(2, dim=-1)
+        for k, i in enumerate(chunk):
+            out[i] = int(best.indices[k, 0])
+            lead[i] = float(best.values[k, 0] - best.values[k, 1])
+    if margins is not None:
+        margins[:] = lead
     return out
 
 
 def choose_facts(model, tokenizer, candidates: Sequence[dict], n: int) -> list[CanaryFact]:
-    """Up to `n` candidates the model answers top-1, taken in turn from each relation so that all
+    """Up to `n` candidates the model answers top-1 with a clear lead (MIN_MARGIN: a fact known by a
+    hair would flip on rounding, not on an edit), taken in turn from each relation so that all
     relations the model knows are watched."""
     texts = [c["prompt"].replace("{}", c["subject"]) for c in candidates]
     expected = [first_token(tokenizer, c["target"]) for c in candidates]
-    answers = top1(model, tokenizer, texts)
+    margins: list[float] = []
+    answers = top1(model, tokenizer, texts, margins)
     by_relation: dict[str, list[int]] = {}
     for i, (a, e) in enumerate(zip(answers, expected, strict=True)):
-        if a == e:
+        if a == e and margins[i] >= MIN_MARGIN:
             by_relation.setdefault(candidates[i].get("relation", ""), []).append(i)
     picked: list[int] = []
     queues = [list(v) for _, v in sorted(by_relation.items())]
@@ -116,13 +124,13 @@ def choose_facts(model, tokenizer, candidates: Sequence[dict], n: int) -> list[C
     ]
 
 
-def choose(model, tokenizer, n_facts: int, text_tokens: int) -> CanarySet:
+def choose(model, tokenizer, n_facts: int, text_tokens: int, n_prompts: int = 2) -> CanarySet:
     """The canary set of this (unedited) model from the bundled data."""
     text = bundled_text()
     windows = perplexity_windows(tokenizer, text, min(text_tokens, len(tokenizer(text)["input_ids"])), PPL_WINDOW)
     kept = tokenizer.decode([t for w in windows for t in w], skip_special_tokens=True)
     return CanarySet(choose_facts(model, tokenizer, bundled_facts(), n_facts) if n_facts else [], kept,
-                     list(GEN_PROMPTS))
+                     list(GEN_PROMPTS[:n_prompts]))
 
 
 @torch.inference_mode()

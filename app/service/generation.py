@@ -20,7 +20,6 @@ two versions.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import queue
@@ -31,6 +30,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from app.editing.model import LoweredCopy
 from app.editing.sampling import sample_tokens
 from app.service.errors import Invalid, Unavailable
 from app.service.host import ModelHost, ReplayMismatch
@@ -141,10 +141,10 @@ class GenerationEngine:
         # bf16 / fp16 copy for serving halves the memory the forward passes read; it is a separate
         # module whose edited layers are copied from the float32 weights at each version switch.
         self.serve_dtype = getattr(torch, serve_dtype)
-        self.model = self.lm.model
+        self._copy = LoweredCopy(self.lm, host.layers, self.serve_dtype)
+        self.model = self._copy.model
         if self.serve_dtype != torch.float32:
-            self.model = copy.deepcopy(self.lm.model).to(self.serve_dtype).eval()
-            host.on_change.append(self._refresh_copy)
+            host.on_change.append(self._copy.refresh)
         tok = self.lm.tokenizer
         eos = self.lm.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
@@ -161,12 +161,6 @@ class GenerationEngine:
         self._stop = threading.Event()
         self._dispatcher: threading.Thread | None = None
         self._start_lock = threading.Lock()
-
-    def _refresh_copy(self) -> None:
-        adapter = self.lm.adapter
-        with torch.no_grad():
-            for layer in self.host.layers:
-                adapter.weight(self.model, layer).copy_(adapter.weight(self.lm.model, layer))
 
     # --- the batching manager ---
     def _manager(self):

@@ -20,6 +20,7 @@ import torch
 from sqlalchemy.exc import IntegrityError
 
 from app.config import ServiceConfig
+from app.editing.model import LoweredCopy
 from app.editing.types import BatchResult, EditOutcome, EditRequest, LayerDelta
 from app.eval import canaries as probes
 from app.service import faults
@@ -66,6 +67,15 @@ class Guard:
         self.limits = thresholds(config)
         self.set: probes.CanarySet | None = None
         self.baseline: QualityScore | None = None
+        self._copy: LoweredCopy | None = None  # made on first use: a worker without canaries needs none
+
+    @property
+    def model(self):
+        """The model the canaries read: a copy in `canary_dtype` whose edited layers are the worker's now."""
+        if self._copy is None:
+            self._copy = LoweredCopy(self.host.editor.lm, self.host.layers, getattr(torch, self.config.canary_dtype))
+        self._copy.refresh()
+        return self._copy.model
 
     # --- the canaries of this log -------------------------------------------------------------
 
@@ -108,9 +118,9 @@ class Guard:
 
     def _choose(self) -> None:
         """The canaries of this log, from the bundled candidates, on the unedited weights."""
-        lm = self.host.editor.lm
+        lm, c = self.host.editor.lm, self.config
         with self.host.writing(), self.host.editor.base_weights():
-            chosen = probes.choose(lm.model, lm.tokenizer, self.config.canary_facts, self.config.canary_text_tokens)
+            chosen = probes.choose(self.model, lm.tokenizer, c.canary_facts, c.canary_text_tokens, c.canary_prompts)
         rows = [Canary(id=f.id, kind="fact", text=f.text, subject=f.subject, expected=f.expected, token_id=f.token_id,
                        relation=f.relation[:64]) for f in chosen.facts]
         n = len(rows)
@@ -130,8 +140,7 @@ class Guard:
 
     def score(self) -> probes.Scores:
         """The canaries on the weights as they are now (the caller holds the write side)."""
-        lm = self.host.editor.lm
-        return probes.score(lm.model, lm.tokenizer, self.set, self.config.canary_gen_tokens)
+        return probes.score(self.model, self.host.editor.lm.tokenizer, self.set, self.config.canary_gen_tokens)
 
     def lost_facts(self, scores: probes.Scores) -> list[dict]:
         tok = self.host.editor.lm.tokenizer

@@ -30,8 +30,9 @@ LOOSE = dict(guard_ppl_rise=100.0, guard_ppl_rise_total=100.0, guard_entropy_dro
 STRONG = dict(TINY_OVERRIDES, max_steps=25, clamp_norm_factor=4.0)
 
 
-def answers(lm, prompts):
-    return top1(lm.model, lm.tokenizer, prompts)
+def answers(worker, prompts):
+    """Top-1 answers as the guard reads them (its copy of the worker's weights, in canary_dtype)."""
+    return top1(worker.guard.model, worker.host.editor.lm.tokenizer, prompts)
 
 
 _CONSTRUCTED: dict[str, tuple[str, int]] = {}  # the same tiny model and batch in every test
@@ -47,18 +48,18 @@ def _construct(worker) -> tuple[str, int]:
     """A canary prompt and the one fact of BATCH that breaks it: that fact written alone changes the
     prompt's top-1 answer, the other three written together do not. Found by trying, on the
     worker's weights, which are then put back exactly."""
-    editor, lm = worker.host.editor, worker.host.editor.lm
-    before = answers(lm, CANDIDATES)
+    editor = worker.host.editor
+    before = answers(worker, CANDIDATES)
     point = editor.save_point()
     flips = []
     for i, fact in enumerate(BATCH):
         editor.apply([EditRequest(**fact)], -100 - i)
-        flips.append({p for p, a, b in zip(CANDIDATES, answers(lm, CANDIDATES), before) if a != b})
+        flips.append({p for p, a, b in zip(CANDIDATES, answers(worker, CANDIDATES), before) if a != b})
         editor.restore(point)
     for i in range(len(BATCH)):
         for p in sorted(flips[i] - set().union(*(flips[j] for j in range(len(BATCH)) if j != i))):
             editor.apply([EditRequest(**f) for j, f in enumerate(BATCH) if j != i], -200)
-            others_keep = answers(lm, [p])[0] == before[CANDIDATES.index(p)]
+            others_keep = answers(worker, [p])[0] == before[CANDIDATES.index(p)]
             editor.restore(point)
             if others_keep:
                 return p, i
@@ -68,7 +69,7 @@ def _construct(worker) -> tuple[str, int]:
 def plant(ctx, worker, canary: str) -> str:
     """The canaries of this log: the model's own answer to `canary`, a text and a prompt."""
     lm = worker.host.editor.lm
-    answer = answers(lm, [canary])[0]
+    answer = answers(worker, [canary])[0]
     with transaction(ctx.sessions) as s:
         repo.put_canaries(s, [
             Canary(id=1, kind="fact", text=canary, token_id=answer, expected=lm.tokenizer.decode([answer]).strip()),
@@ -128,8 +129,8 @@ def test_reject_fails_exactly_the_edit_that_breaks_a_canary(guarded):
     q = quality(ctx, report.version)
     assert q.guard["verdict"] == "reject" and q.guard["rejected"] == [breaker]
     assert q.facts_kept == q.facts_total == 1  # what was committed keeps the canary
-    lm = worker.host.editor.lm
-    assert lm.tokenizer.decode([answers(lm, [canary])[0]]).strip() == expected
+    tok = worker.host.editor.lm.tokenizer
+    assert tok.decode([answers(worker, [canary])[0]]).strip() == expected
     # What the worker committed is what any process rebuilds from the log.
     replica = ctx.host_replica(use_snapshots=False)
     assert replica.weights_hash == worker.host.weights_hash
