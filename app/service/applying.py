@@ -72,6 +72,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
                 previous = guard.previous(version)
                 scores = guard.score()
                 judgement = guard.judge(scores, previous)
+                faults.point("worker_guard_scored")
                 if judgement and guard.policy == "reject":
                     guarded = guard.bisect(point, requests, result, batch_id, previous)
                 else:

@@ -6,6 +6,8 @@
 
     worker_claimed        edits were marked `applying`; the editor is about to run
     worker_revert_before_commit  a revert's new weights are computed; nothing is committed
+    worker_guard_scored   a batch is written into the worker's weights and its canaries scored
+    worker_guard_bisect   the guard (policy reject) is writing one group of the batch on trial
     worker_after_commit   the batch (or revert) is committed; nothing is acked yet
     worker_after_ack      XACK done; the version is not announced yet ("during publish")
     api_before_commit     POST /edits: rows inserted, transaction not yet committed
