@@ -30,6 +30,8 @@ def ready(ctx: Ctx):
         checks["model_problem"] = ctx.host.problem
     if ctx.worker is not None:
         checks["worker_active"] = ctx.worker.active
+        # False while the worker stands by, with KEDIT_CANARIES=false, or if the canaries could not be scored.
+        checks["canaries_scored"] = bool(ctx.worker.guard and ctx.worker.guard.active)
     ok = checks["database"] and checks["queue"] and checks["model"]
     body = Ready(ready=ok, checks=checks).model_dump()
     return JSONResponse(body, status_code=200 if ok else 503)
