@@ -122,11 +122,7 @@ def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_
         sup.check_applied_at_most_once(state)
         # Every edit in the log was accepted by some answer: nothing half-written survived.
         assert set(state["edits"]) == accepted, sorted(set(state["edits"]) ^ accepted)
-        head = state["versions"][-1]
-        sup.wait_for(lambda: httpx.get(f"{healthy.url}/version").json()["version"] == head["id"], 120,
-                     "the api to catch up")
-        assert httpx.get(f"{healthy.url}/version").json()["weights_hash"] == head["weights_hash"]
-        assert sup.fresh_replay_hash(warm_cache, pg_url) == (head["id"], head["weights_hash"])
+        sup.check_head_served(healthy.url, state, warm_cache, pg_url)
     finally:
         engine.dispose()
     print(f"\napi crash outcomes over {TRIALS} trials: {outcomes}; {len(accepted)} edits")

@@ -75,11 +75,7 @@ def test_kills_inside_a_guarded_batch_lose_nothing(warm_cache, pg_url, redis_pre
         assert all(r.startswith("refused by the quality guard: ") for r in reasons), reasons
         assert scored == {0} | {v["id"] for v in state["versions"]}, "every version has its canary scores"
         assert state["versions"], "the redone batches were committed"
-        head = state["versions"][-1]
-        sup.wait_for(lambda: client.get("/version").json()["version"] == head["id"], 120, "the api to catch up")
-        assert client.get("/version").json()["weights_hash"] == head["weights_hash"]
-        assert sup.fresh_replay_hash(warm_cache, pg_url) == (head["id"], head["weights_hash"])
-        assert head["weights_hash"] in sup.kedit_verify(env)
+        sup.check_head_served(api.url, state, warm_cache, pg_url, env)
         print(f"\n{len(accepted)} edits accepted, {len(failed)} refused by the guard, {len(state['versions'])} versions")
     finally:
         client.close()

@@ -123,11 +123,7 @@ def test_redis_and_postgres_outages(warm_cache, own_postgres, own_redis, cluster
         sup.check_settled(state, accepted)
         assert set(state["edits"]) == accepted, "a request answered 503 left rows behind"
         sup.check_applied_at_most_once(state)
-        head = state["versions"][-1]
-        sup.wait_for(lambda: httpx.get(f"{api.url}/version", timeout=30).json()["version"] == head["id"], 120,
-                     "the api to catch up")
-        assert httpx.get(f"{api.url}/version", timeout=30).json()["weights_hash"] == head["weights_hash"]
-        assert sup.fresh_replay_hash(warm_cache, db_url) == (head["id"], head["weights_hash"])
+        sup.check_head_served(api.url, state, warm_cache, db_url)
         applied = sum(1 for e in state["edits"].values() if e["status"] == "applied")
         print(f"\noutages: {len(state['edits'])} edits, {applied} applied, {len(state['versions'])} versions")
     finally:

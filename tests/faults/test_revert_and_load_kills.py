@@ -111,11 +111,7 @@ def test_kills_inside_a_revert_and_between_commit_and_ack_under_load(
         sup.check_settled(state, accepted, reverts)
         sup.check_applied_at_most_once(state)
         assert state["edits"][victim]["status"] == "reverted"
-        head = state["versions"][-1]
-        sup.wait_for(lambda: client.get("/version").json()["version"] == head["id"], 120, "the api to catch up")
-        assert client.get("/version").json()["weights_hash"] == head["weights_hash"]
-        assert sup.fresh_replay_hash(warm_cache, pg_url) == (head["id"], head["weights_hash"])
-        assert head["weights_hash"] in sup.kedit_verify(env)
+        sup.check_head_served(api.url, state, warm_cache, pg_url, env)
         print(f"\n{len(accepted)} edits accepted under load, {len(state['versions'])} versions")
     finally:
         client.close()

@@ -1,23 +1,21 @@
 """The quality guard on a tiny model: a planted canary that one edit of a batch breaks.
 
-The canary is the unedited model's own top-1 answer to a fact prompt; the edit rewrites that very
-fact, so it must break it. `reject` fails exactly that edit with a reason naming the canary and
-commits its batch-mates; `warn` applies all and marks them; `off` does neither. A kill in the
-middle of the bisection loses and duplicates nothing (tests/faults covers the processes)."""
+The canary is the unedited model's own top-1 answer to a prompt that exactly one fact of the batch
+changes when written alone, and the other three written together do not (found by trying, on the
+worker's weights, which are then put back). `reject` fails exactly that edit with a reason naming
+the canary and commits its batch-mates; `warn` applies all and marks them; `off` does neither.
+Kills in the middle of a guarded batch: tests/faults/test_guard_kills.py."""
 from __future__ import annotations
 
 import pytest
 
 from app.editing.types import EditRequest
-from app.eval.canaries import top1
 from app.queue import LocalQueue
 from app.service import edits as edit_service
 from app.service.context import ServiceContext
 from app.store import repo
-from app.store.db import transaction
-from app.store.models import Canary
 from tests.utils.service import FACTS, TINY_OVERRIDES
-from tests.utils.tiny import TRAINING_TEXT
+from tests.utils.guard import answers, plant
 
 # Prompts the tiny model may know; the canary is whichever one edit of the batch alone breaks.
 CANDIDATES = ["The mother tongue of Danielle Darrieux is", "Paris is the capital of", "Lionel Messi plays",
@@ -28,12 +26,6 @@ BATCH = [FACTS[1], FACTS[2], dict(FACTS[0], target_new="German"), FACTS[3]]
 LOOSE = dict(guard_ppl_rise=100.0, guard_ppl_rise_total=100.0, guard_entropy_drop=1.0, guard_entropy_drop_total=1.0)
 # Edits strong enough to move the tiny model's top-1 answers (the default test settings barely do).
 STRONG = dict(TINY_OVERRIDES, max_steps=25, clamp_norm_factor=4.0)
-
-
-def answers(worker, prompts):
-    """Top-1 answers as the guard reads them (its copy of the worker's weights, in canary_dtype)."""
-    return top1(worker.guard.model, worker.host.editor.lm.tokenizer, prompts)
-
 
 _CONSTRUCTED: dict[str, tuple[str, int]] = {}  # the same tiny model and batch in every test
 
@@ -64,19 +56,6 @@ def _construct(worker) -> tuple[str, int]:
             if others_keep:
                 return p, i
     raise AssertionError(f"no candidate prompt is broken by exactly one fact of the batch: {flips}")
-
-
-def plant(ctx, worker, canary: str) -> str:
-    """The canaries of this log: the model's own answer to `canary`, a text and a prompt."""
-    lm = worker.host.editor.lm
-    answer = answers(worker, [canary])[0]
-    with transaction(ctx.sessions) as s:
-        repo.put_canaries(s, [
-            Canary(id=1, kind="fact", text=canary, token_id=answer, expected=lm.tokenizer.decode([answer]).strip()),
-            Canary(id=2, kind="text", text=" ".join(TRAINING_TEXT)),
-            Canary(id=3, kind="prompt", text="The river"),
-        ])
-    return lm.tokenizer.decode([answer]).strip()
 
 
 @pytest.fixture

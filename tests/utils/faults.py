@@ -346,3 +346,20 @@ def kedit_verify(env: dict, timeout: float = 300) -> str:
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"kedit verify failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout.strip()
+
+
+def check_head_served(api_url: str, state: dict, assets: tuple[Path, Path, Path], database_url: str,
+                      env: dict | None = None) -> dict:
+    """Every process serves base + the live log at its head: the api (after catching up), a fresh
+    replay in this process and, given the env, `kedit verify` in another. Returns the head version."""
+    head = state["versions"][-1]
+
+    def served() -> dict:
+        return httpx.get(f"{api_url}/version", timeout=30).json()
+
+    wait_for(lambda: served()["version"] == head["id"], 120, "the api to catch up")
+    assert served()["weights_hash"] == head["weights_hash"]
+    assert fresh_replay_hash(assets, database_url) == (head["id"], head["weights_hash"])
+    if env is not None:
+        assert head["weights_hash"] in kedit_verify(env)
+    return head

@@ -1,0 +1,90 @@
+"""The quality guard on the real SmolLM2 with real CounterFact edits: one edit of a batch changes the
+model's answer to one of its own neighbourhood prompts (another subject, the same relation), which
+is a canary; `reject` refuses exactly that edit, naming the prompt, and commits the others.
+
+SmolLM2's ENCORE edits are local: among the first CounterFact records, only a few change the top-1
+answer of any neighbourhood prompt at all (and none of the 300 bundled canaries it knows with a clear
+lead, on the records tried). The test therefore finds its edit and canary by trying, on the worker's
+weights (put back exactly afterwards): the first record whose edit alone changes one of its
+neighbourhood prompts, alone and in the batch, while its batch-mate alone does not."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.editing.types import EditRequest
+from app.queue import LocalQueue
+from app.service import edits as edit_service
+from app.service.context import ServiceContext
+from app.config import ServiceConfig
+from app.store import repo
+from tests.utils.guard import answers, plant
+
+pytestmark = [pytest.mark.slow]
+
+TRIED = 12  # CounterFact records tried as the breaking edit
+MATE = 500  # index of the batch-mate (far from the tried records)
+LOOSE = dict(guard_ppl_rise=100.0, guard_ppl_rise_total=100.0, guard_entropy_drop=1.0, guard_entropy_drop_total=1.0)
+
+
+def fact(rec: dict) -> dict:
+    rw = rec["requested_rewrite"]
+    return {"prompt": rw["prompt"], "subject": rw["subject"], "target_new": rw["target_new"]["str"],
+            "target_true": rw["target_true"]["str"]}
+
+
+def construct(worker, records: list[dict]) -> tuple[dict, str]:
+    """(breaking fact, canary prompt): the breaker alone and the batch [mate, breaker] change the
+    canary's answer, the mate alone does not; so the guard must find the breaker."""
+    editor = worker.host.editor
+    mate = EditRequest(**fact(records[MATE]))
+    point = editor.save_point()
+
+    def changed(requests: list[EditRequest], prompts: list[str], before: list[int]) -> set[str]:
+        editor.apply(requests, -1)
+        out = {p for p, a, b in zip(prompts, answers(worker, prompts), before) if a != b}
+        editor.restore(point)
+        return out
+
+    for rec in records[:TRIED]:
+        prompts = list(rec["neighborhood_prompts"])
+        before = answers(worker, prompts)
+        breaker = EditRequest(**fact(rec))
+        found = changed([breaker], prompts, before)
+        if found:
+            found &= changed([mate, breaker], prompts, before)
+        if found:
+            found -= changed([mate], prompts, before)
+        if found:
+            return fact(rec), sorted(found)[0]
+    pytest.fail(f"none of the first {TRIED} CounterFact edits changes one of its neighbourhood prompts as needed")
+
+
+def test_reject_refuses_the_counterfact_edit_that_breaks_its_neighbour(shared_data, tmp_path):
+    records = json.loads((shared_data / "counterfact" / "counterfact.json").read_text())
+    cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", stats_corpus=shared_data / "corpus",
+                        guard="reject", **LOOSE)
+    ctx = ServiceContext.open(cfg, queue=LocalQueue())
+    worker = ctx.build_worker()
+    assert worker.lock.try_acquire()
+    try:
+        breaker, canary = construct(worker, records)
+        expected = plant(ctx, worker, canary, text=canary)
+        worker.become_active()
+        assert worker.guard.active, worker.last_error
+        rows, _ = edit_service.submit(ctx.sessions, ctx.queue, [fact(records[MATE]), breaker])
+        ids = [e.id for e in rows]
+        report = worker.step()
+        assert report.failed == [ids[1]], report
+        with ctx.sessions() as s:
+            got = {e.id: e for e in repo.get_edits(s, ids)}
+            q = repo.quality_at(s, report.version)
+        assert got[ids[1]].status == "failed"
+        assert got[ids[1]].error.startswith(f"refused by the quality guard: would change '{canary}' from {expected} to")
+        assert got[ids[0]].status == "applied"
+        assert q.guard["rejected"] == [ids[1]] and q.facts_kept == 1
+        print(f"\nrefused: {breaker['prompt'].format(breaker['subject'])} -> {breaker['target_new']}: {got[ids[1]].error}")
+    finally:
+        worker.lock.release()
+        ctx.close()
