@@ -103,10 +103,7 @@ class Guard:
             with self.host.writing(), self.host.editor.base_weights():
                 scores = self.score()
             with transaction(self.host.sessions) as s:
-                self.baseline = QualityScore(
-                    version=0, live_edits=0, facts_total=len(self.set.facts), facts_kept=len(self.set.facts) - len(
-                        scores.lost(self.set.facts)), lost=self.lost_facts(scores), perplexity=scores.perplexity,
-                    entropy=scores.entropy, seconds=scores.seconds, guard=None)
+                self.baseline = self.row(s, 0, scores, None, live_edits=0)
                 repo.put_quality(s, self.baseline)
             log.info("canaries: %d facts, %d prompts; unedited perplexity %.2f, entropy %.1f (%.1f s)",
                      len(self.set.facts), len(self.set.prompts), scores.perplexity, scores.entropy, scores.seconds)
@@ -147,10 +144,12 @@ class Guard:
         return [{"canary": f.id, "prompt": f.text, "expected": f.expected, "now": tok.decode([a]).strip()}
                 for f, a in zip(self.set.facts, scores.answers, strict=True) if a != f.token_id]
 
-    def row(self, s, version: int, scores: probes.Scores, decision: dict | None) -> QualityScore:
+    def row(self, s, version: int, scores: probes.Scores, decision: dict | None,
+            live_edits: int | None = None) -> QualityScore:
         lost = self.lost_facts(scores)
         total = len(self.set.facts)
-        return QualityScore(version=version, live_edits=repo.live_edit_count(s), facts_total=total,
+        live = repo.live_edit_count(s) if live_edits is None else live_edits
+        return QualityScore(version=version, live_edits=live, facts_total=total,
                             facts_kept=total - len(lost), lost=lost, perplexity=scores.perplexity,
                             entropy=scores.entropy, seconds=scores.seconds, guard=decision)
 
