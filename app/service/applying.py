@@ -74,7 +74,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
                 judgement = guard.judge(scores, previous)
                 faults.point("worker_guard_scored")
                 if judgement and guard.policy == "reject":
-                    guarded = guard.bisect(point, requests, result, batch_id, previous)
+                    guarded = guard.bisect(point, requests, result, batch_id, previous, judgement)
                 else:
                     guarded = Guarded(result, scores, judgement)
                 result = guarded.result

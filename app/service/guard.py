@@ -198,7 +198,7 @@ class Guard:
     # --- reject: find the edits responsible -----------------------------------------------------
 
     def bisect(self, point: dict, requests: list[EditRequest], first: BatchResult, batch_id: int,
-               previous: QualityScore | None) -> Guarded:
+               previous: QualityScore | None, first_judgement: Judgement) -> Guarded:
         """The batch as a whole crossed a threshold: find the facts responsible and commit the rest.
 
         Group testing from the weights before the batch (`point`): a group is written from its
@@ -233,8 +233,11 @@ class Guard:
 
         n = len(requests)
         rejected: dict[int, str] = {}
-        culprits(list(range(n // 2)), rejected)
-        culprits(list(range(n // 2, n)), rejected)
+        if n == 1:  # the batch was judged already: its one fact is the culprit
+            rejected[0] = first_judgement.reason
+        else:
+            culprits(list(range(n // 2)), rejected)
+            culprits(list(range(n // 2, n)), rejected)
         rest = [i for i in range(n) if i not in rejected]
         if not rest:
             editor.restore(point)

@@ -292,12 +292,15 @@ def test_every_mutating_endpoint_refuses_a_missing_or_wrong_key(keyed_client):
 
 def test_key_comparison_is_constant_time():
     """Read the guard: the secret is compared with hmac.compare_digest (constant time), never with
-    == or startswith, on both the X-API-Key and the Bearer path."""
+    == or startswith, in the one check that both header paths (X-API-Key, Bearer) and the
+    dashboard's forms go through."""
     from app.api import deps
+    from app.api.routes import ui
 
-    src = inspect.getsource(deps.require_api_key)
-    assert "hmac.compare_digest(" in src
-    code = src.split('"""')[-1]
-    for bad in ("== expected", "expected ==", "!= expected", "expected !=", ".startswith(expected", "in expected"):
-        assert bad not in code, bad
-    assert src.count("compare_digest") == 1 and "given = authorization" in src  # one comparison for both headers
+    check = inspect.getsource(deps.check_api_key).split('"""')[-1]
+    callers = inspect.getsource(deps.require_api_key).split('"""')[-1] + inspect.getsource(ui)
+    assert check.count("hmac.compare_digest(") == 1 and "compare_digest" not in callers
+    for bad in ("== expected", "expected ==", "!= expected", "expected !=", ".startswith(expected", "in expected",
+                "api_key ==", "== ctx.config.api_key"):
+        assert bad not in check and bad not in callers, bad
+    assert "given = authorization" in callers and callers.count("check_api_key(") >= 2  # headers and forms

@@ -149,3 +149,15 @@ def test_a_revert_is_scored_and_gives_the_canary_back(guarded):
     assert q.guard["verdict"] == "revert" and q.live_edits == 3
     with ctx.sessions() as s:
         assert [p.version for p in repo.quality_history(s, 10)] == [0, 1, 2]
+
+
+def test_reject_of_a_batch_of_one_commits_nothing(guarded):
+    ctx, worker, canary, expected, k = guarded("reject")
+    rows, _ = edit_service.submit(ctx.sessions, ctx.queue, [BATCH[k]])
+    report = worker.step()
+    assert report.failed == [rows[0].id] and report.version is None
+    e = edits(ctx, [rows[0].id])[rows[0].id]
+    assert e.status == "failed" and e.error.startswith(f"refused by the quality guard: would change '{canary}' from {expected}")
+    with ctx.sessions() as s:
+        assert repo.head_version_id(s) == 0
+    assert worker.host.editor.weights_hash() == worker.host.base_hash

@@ -23,7 +23,7 @@ from tests.utils.guard import answers, plant
 
 pytestmark = [pytest.mark.slow]
 
-TRIED = 12  # CounterFact records tried as the breaking edit
+TRIED = 6  # CounterFact records tried as the breaking edit (the 4th serves, on SmolLM2 with C₀ from WikiText)
 MATE = 500  # index of the batch-mate (far from the tried records)
 LOOSE = dict(guard_ppl_rise=100.0, guard_ppl_rise_total=100.0, guard_entropy_drop=1.0, guard_entropy_drop_total=1.0)
 
