@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Sequence
 
@@ -56,7 +56,6 @@ class Scores:
     perplexity: float
     entropy: float
     seconds: float = 0.0
-    texts: list[str] = field(default_factory=list)  # the greedy continuations the entropy is of
 
     def lost(self, facts: Sequence[CanaryFact]) -> list[int]:
         """Ids of the facts these weights no longer answer as the unedited model did."""
@@ -155,4 +154,4 @@ def score(model, tokenizer, canaries: CanarySet, gen_tokens: int) -> Scores:
     ppl = metrics.perplexity(*sequence_nll(model, windows, pad_id_of(tokenizer), batch_size=len(windows)))
     texts = greedy_texts(model, tokenizer, canaries.prompts, gen_tokens) if canaries.prompts else []
     entropy = metrics.mean_ngram_entropy(texts) if texts else 0.0
-    return Scores(answers, ppl, entropy, time.perf_counter() - t0, texts)
+    return Scores(answers, ppl, entropy, time.perf_counter() - t0)

@@ -38,7 +38,6 @@ SHOWN_FACTS = 3  # lost facts named in one reason; the rest are counted
 @dataclass
 class Judgement:
     crossed: list[str]  # one sentence per threshold crossed
-    newly_lost: list[dict] = field(default_factory=list)  # facts the previous version still knew
 
     def __bool__(self) -> bool:
         return bool(self.crossed)
@@ -193,7 +192,7 @@ class Guard:
                 elif total_change > drift >= total_before:
                     crossed.append(f"would {verb} {name} to {now:.2f}, {total_change:.1%} from the unedited "
                                    f"model's {unedited:.2f} (bound {drift:.0%})")
-        return Judgement(crossed, newly)
+        return Judgement(crossed)
 
     # --- reject: find the edits responsible -----------------------------------------------------
 
