@@ -24,4 +24,4 @@ run: setup
 test: setup
 	# The layers of docs/architecture.md (contracts in pyproject.toml), then the suite.
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15

@@ -59,6 +59,10 @@ LEVERS = [
           "prompt are kept in this batch's solve", overrides={"neighbour_keys": 5}),
     Lever("lambda-n-relative", "λn scaled to each layer's C₀ (390·tr(C₀)/f: 7 at layer 4 to 13 at layer 8, 10 on average)",
           overrides={"lambda_n_relative": True, "lambda_n": 390.0}),
+    # At 500 edits λn 40 and λp 5000 each cut the norm growth by a quarter, at 5 and 11 points of ES:
+    # half of each should keep most of both gains for less ES.
+    Lever("lambda-n-20-p-2500", "half of each of the two strongest levers together (λn 20, λp 2500)",
+          overrides={"lambda_n": 20.0, "lambda_p": 2500.0}),
 ]
 
 
@@ -76,27 +80,64 @@ def corpus_path(name: str, data_dir: Path, work: Path) -> Path:
     return folder
 
 
-def command(lever: Lever, run_dir: Path, data_dir: Path, work: Path, records: int, batch_size: int) -> list[str]:
+def command(lever: Lever, run_dir: Path, data_dir: Path, work: Path, records: int, batch_size: int,
+            data_file: str = "counterfact-val.json", checkpoint_every: int | None = None,
+            checkpoint_sample: int | None = None, device: str = "cpu") -> list[str]:
+    """The `kedit eval` command of one lever: a new run, or the resumption of a cut one."""
     if (run_dir / "checkpoint").exists():
         return [sys.executable, "-m", "app.cli", "eval", "--resume", str(run_dir), "--no-progress"]
     extra = data_dir / "counterfact_extra"
     sets = [f"--set={k}={json.dumps(v)}" for k, v in {**lever.overrides, "stats_tokens": lever.stats_tokens}.items()]
+    every = checkpoint_every or max(1, -(-records // batch_size // 2))
+    sample = ["--checkpoint-sample", str(checkpoint_sample)] if checkpoint_sample else []
     return [sys.executable, "-m", "app.cli", "eval", "--dataset", "counterfact-extra",
-            "--data", str(extra / "counterfact-val.json"), "--records", str(records), "--batch-size", str(batch_size),
+            "--data", str(extra / data_file), "--records", str(records), "--batch-size", str(batch_size),
             "--neighbours", "10", "--neighbour-pool", str(extra / "counterfact-train.json"),
             "--method", lever.method, *sets, "--corpus", str(corpus_path(lever.corpus, data_dir, work)),
-            "--checkpoint-every", str(max(1, -(-records // batch_size // 2))), "--out", str(run_dir), "--no-progress"]
+            "--checkpoint-every", str(every), *sample, "--device", device, "--out", str(run_dir), "--no-progress"]
 
 
-def row(lever: Lever, summary: dict) -> dict:
-    growth = {layer: rows[-1]["growth"] for layer, rows in summary["norms"].items() if rows}
+def row(lever: Lever, summary: dict, edits: int | None = None) -> dict:
+    """The table row of a finished run, or (`edits`) of its checkpoint after that many edits."""
     base = summary["baseline"]
+    if edits is None or edits == summary.get("edits"):
+        point = {"scores": summary, "baseline": base, "health": summary["health"]}
+        edits = summary["edits"]
+        batches = summary["batches"]
+    else:
+        point = next(c for c in summary["checkpoints"] if c["edits"] == edits)
+        batches = summary["batches"][: point["batches"]]
+    growth = {layer: next(r["growth"] for r in rows if r["edits"] == edits) for layer, rows in summary["norms"].items()}
     return {"lever": lever.label, "why": lever.why, "method": lever.method, "overrides": lever.overrides,
-            "corpus": lever.corpus, "stats_tokens": lever.stats_tokens, "edits": summary["edits"],
-            "es": summary["es"], "ps": summary["ps"], "ns": summary["ns"], "ns_unedited": base["ns"],
-            "ppl": summary["health"]["perplexity"], "ppl_unedited": base["perplexity"],
-            "entropy": summary["health"]["gen_entropy"], "entropy_unedited": base["gen_entropy"],
-            "growth": growth, "max_growth": max(growth.values()), "s_per_edit": summary["seconds_per_edit"]}
+            "corpus": lever.corpus, "stats_tokens": lever.stats_tokens, "edits": edits,
+            "from_run": summary.get("edits", summary.get("n_records")),
+            "es": point["scores"]["es"], "ps": point["scores"]["ps"], "ns": point["scores"]["ns"],
+            "ns_unedited": point["baseline"]["ns"],
+            "ppl": point["health"]["perplexity"], "ppl_unedited": base["perplexity"],
+            "entropy": point["health"]["gen_entropy"], "entropy_unedited": base["gen_entropy"],
+            "growth": growth, "max_growth": max(growth.values()),
+            "s_per_edit": sum(b["seconds"] for b in batches) / sum(b["edits"] for b in batches)}
+
+
+def finished_rows(work: Path, records: int) -> list[dict]:
+    """A row per lever with a finished run of `records` edits under `work`, or else a longer run
+    (finished, or cut with its progress saved) with a checkpoint at `records` edits: a 1,000-edit
+    confirmation screens at 500 too."""
+    rows = []
+    for lv in LEVERS:
+        runs = sorted((int(d.name.rsplit("-", 1)[1]), d) for d in work.glob(f"{lv.label}-*")
+                      if d.is_dir() and d.name.rsplit("-", 1)[1].isdigit() and d.name.rsplit("-", 1)[0] == lv.label)
+        for n, d in runs:
+            if (d / "summary.json").exists():
+                summary = load_summary(d)
+            elif (d / "checkpoint" / "progress.json").exists():
+                summary = json.loads((d / "checkpoint" / "progress.json").read_text())
+            else:
+                continue
+            if n == records and "edits" in summary or any(c["edits"] == records for c in summary["checkpoints"]):
+                rows.append(row(lv, summary, records))
+                break
+    return rows
 
 
 def write_table(rows: list[dict], path: Path) -> None:
@@ -106,7 +147,8 @@ def write_table(rows: list[dict], path: Path) -> None:
     for r in rows:
         settings = ", ".join(f"{k} {v}" for k, v in r["overrides"].items()) or "preset"
         settings = f"{r['method']}: {settings}; C₀ {r['corpus']} {r['stats_tokens']:,}"
-        cells.append([r["lever"], settings, str(r["edits"]), f"{r['es']:.1f}", f"{r['ps']:.1f}",
+        edits = f"{r['edits']}" + (f" (of {r['from_run']})" if r.get("from_run", r["edits"]) != r["edits"] else "")
+        cells.append([r["lever"], settings, edits, f"{r['es']:.1f}", f"{r['ps']:.1f}",
                       f"{r['ns']:.1f} ({r['ns_unedited']:.1f})", f"{100 * r['ns'] / r['ns_unedited']:.0f}",
                       f"{r['ppl']:.2f} ({100 * (r['ppl'] / r['ppl_unedited'] - 1):+.0f})",
                       f"{r['entropy']:.0f} ({r['entropy_unedited']:.0f})", f"{100 * r['max_growth']:.0f}",
@@ -125,6 +167,7 @@ def main(
     only: list[str] = typer.Option([], help="run only these levers (repeatable); default: all, in order"),
     records: int = typer.Option(500, min=1, help="sequential edits per lever"),
     batch_size: int = typer.Option(100, min=1),
+    device: str = typer.Option("cpu", help="cpu or cuda (a lent GPU screens a lever in minutes)"),
     list_: bool = typer.Option(False, "--list", help="print the levers and exit"),
 ) -> None:
     by_label = {lv.label: lv for lv in LEVERS}
@@ -146,11 +189,11 @@ def main(
             continue
         print(f"{lv.label}: {lv.why}", flush=True)
         with open(work / f"{lv.label}-{records}.log", "a") as log:
-            rc = subprocess.call(command(lv, run_dir, data_dir, work, records, batch_size), cwd=repo, stdout=log, stderr=log)
+            rc = subprocess.call(command(lv, run_dir, data_dir, work, records, batch_size, device=device),
+                                 cwd=repo, stdout=log, stderr=log)
         if rc != 0:
             print(f"{lv.label}: exited {rc}; see {work / f'{lv.label}-{records}.log'} (rerun to resume)", flush=True)
-    rows = [row(lv, load_summary(work / f"{lv.label}-{records}")) for lv in LEVERS
-            if (work / f"{lv.label}-{records}" / "summary.json").exists()]
+    rows = finished_rows(work, records)
     if table and table.with_suffix(".json").exists():
         # Rows measured earlier (their run folders may be gone, e.g. on another machine) stay in the
         # table unless this run measured the same lever again.

@@ -20,9 +20,10 @@ def test_openai_client_on_smollm2(shared_data, tmp_path):
     fact = {"prompt": rec["prompt"].replace(rec["subject"], "{}"), "subject": rec["subject"],
             "target_new": rec["target_new"], "target_true": rec["ground_truth"]}
     prompt = fact["prompt"].format(fact["subject"])
-    # The default model and cache (the converted model and C0 from WikiText, as the other slow tests).
+    # The default model and cache (the converted model and C0 from WikiText, as the other slow tests);
+    # no canaries (test_guard_real_model.py tests them on SmolLM2).
     env = {"KEDIT_STATS_CORPUS": str(shared_data / "corpus"), "KEDIT_DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}",
-           "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.5"}
+           "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.5", "KEDIT_CANARIES": "false"}
     srv = KeditServer(env, tmp_path / "serve.log").wait_ready(900)
     try:
         oa = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=300)

@@ -33,16 +33,19 @@ def ask(c, fact) -> dict:
 @pytest.mark.parametrize("mode", ["production", "embedded"])
 def test_counterfact_edit_revert_restart(mode, fact, pg_url, redis_prefix, tmp_path, shared_data):
     corpus = shared_data / "corpus"  # C₀ from WikiText, cached once for every test on SmolLM2
+    # Canaries on SmolLM2 are tested in test_guard_real_model.py; here they would only add minutes.
     if mode == "production":
         cfg = ServiceConfig(database_url=pg_url, redis_url="redis://127.0.0.1:6379/0", redis_prefix=redis_prefix,
-                            batch_wait_ms=50, sync_poll_s=0.5, stats_corpus=corpus)
+                            batch_wait_ms=50, sync_poll_s=0.5, stats_corpus=corpus,
+                            canaries=False)
         worker = ServiceContext.open(cfg)
         worker.start_worker()
 
         def api():
             return TestClient(create_app(cfg, with_worker=False))
     else:
-        cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=50, stats_corpus=corpus)
+        cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=50, stats_corpus=corpus,
+                            canaries=False)
         worker = None
 
         def api():
