@@ -10,6 +10,7 @@ stopped. The table goes to --table (markdown) and --table with .json.
 
     python benchmarks/levers.py --work /tmp/levers --table benchmarks/results/levers-smollm2.md
     python benchmarks/levers.py --work /tmp/levers --only preset --only lambda-n-40 --records 1000
+    python benchmarks/levers.py --work /tmp/levers --report --table benchmarks/results/levers-smollm2-500.md
 
 The levers and why each is here are in LEVERS; `--list` prints them.
 """
@@ -156,7 +157,9 @@ def write_table(rows: list[dict], path: Path) -> None:
     note = ("Sequential edits of counterfact_extra/counterfact-val.json (the tuning slice) on SmolLM2-135M-Instruct, "
             "batches of 100; NS over the record's locality prompt plus up to 10 neighbourhood prompts built like "
             "CounterFact's; perplexity on 4,096 held-out WikiText-103 validation tokens; unedited model in brackets. "
-            "Produced by `python benchmarks/levers.py`.\n\n")
+            "Produced by `python benchmarks/levers.py`. s/edit is the wall time of the edits on whatever machine "
+            "ran the lever and whatever else ran beside it: compare it only between rows of one sitting. "
+            "\"500 (of 1000)\": the 500-edit checkpoint of a 1,000-edit run.\n\n")
     path.write_text(note + markdown_table(header, cells) + "\n" + "\n".join(f"- **{r['lever']}**: {r['why']}" for r in rows) + "\n")
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
@@ -169,6 +172,7 @@ def main(
     batch_size: int = typer.Option(100, min=1),
     device: str = typer.Option("cpu", help="cpu or cuda (a lent GPU screens a lever in minutes)"),
     list_: bool = typer.Option(False, "--list", help="print the levers and exit"),
+    report: bool = typer.Option(False, help="run nothing: only print (and with --table write) the table of what --work holds"),
 ) -> None:
     by_label = {lv.label: lv for lv in LEVERS}
     if list_:
@@ -182,7 +186,7 @@ def main(
     chosen = [by_label[o] for o in only] if only else LEVERS
     work.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parent.parent
-    for lv in chosen:
+    for lv in [] if report else chosen:
         run_dir = work / f"{lv.label}-{records}"
         if (run_dir / "summary.json").exists():
             print(f"{lv.label}: finished earlier ({run_dir})", flush=True)
