@@ -30,9 +30,6 @@ from app.eval.compare import compare
 RUNS = [
     Lever("encore-preset", "ENCORE with the smollm2 preset (the service's default)"),
     Lever("memit", "MEMIT with the smollm2 preset's layers, λp and C₀ (no MPES, no norm constraint)", method="memit"),
-    # The preset before the lever screening of benchmarks/results/levers-smollm2-*.md.
-    Lever("encore-preset-before", "ENCORE with the smollm2 preset before the lever screening (λp 1000, λn 10)",
-          overrides={"lambda_p": 1000.0, "lambda_n": 10.0, "mpes_margin": 3}),
 ]
 
 
@@ -50,7 +47,7 @@ def main(
     unknown = [o for o in only if o not in by_label]
     if unknown:
         raise typer.BadParameter(f"unknown run(s) {unknown}; choose from {', '.join(by_label)}")
-    chosen = [by_label[o] for o in only] if only else RUNS[:2]
+    chosen = [by_label[o] for o in only] if only else RUNS
     data_dir = KeditConfig().data_dir
     work.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parent.parent
@@ -66,8 +63,9 @@ def main(
         with open(log, "a") as f:
             rc = subprocess.call(cmd, cwd=repo, stdout=f, stderr=f)
         if rc != 0:
-            raise typer.Exit(f"{run.label}: exited {rc}; see {log} (run the same command again to resume)")
-    done = [work / f"{r.label}-{records}" for r in chosen if (work / f"{r.label}-{records}" / "summary.json").exists()]
+            print(f"{run.label}: exited {rc}; see {log} (run the same command again to resume)", flush=True)
+            raise typer.Exit(1)
+    done = [d for d in (work / f"{r.label}-{records}" for r in chosen) if (d / "summary.json").exists()]
     if out and len(done) == len(chosen):
         out.mkdir(parents=True, exist_ok=True)
         table, png = compare(done, out / "lifelong.png", out / "table.md")
