@@ -17,6 +17,7 @@ The levers and why each is here are in LEVERS; `--list` prints them.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -85,7 +86,8 @@ def command(lever: Lever, run_dir: Path, data_dir: Path, work: Path, records: in
             data_file: str = "counterfact-val.json", checkpoint_every: int | None = None,
             checkpoint_sample: int | None = None, device: str = "cpu") -> list[str]:
     """The `kedit eval` command of one lever: a new run, or the resumption of a cut one."""
-    if (run_dir / "checkpoint").exists():
+    corpus = corpus_path(lever.corpus, data_dir, work)  # also what a carried run.json names
+    if (run_dir / "checkpoint").exists() or (run_dir / "trail" / "progress.json").exists():
         return [sys.executable, "-m", "app.cli", "eval", "--resume", str(run_dir), "--no-progress"]
     extra = data_dir / "counterfact_extra"
     sets = [f"--set={k}={json.dumps(v)}" for k, v in {**lever.overrides, "stats_tokens": lever.stats_tokens}.items()]
@@ -94,8 +96,60 @@ def command(lever: Lever, run_dir: Path, data_dir: Path, work: Path, records: in
     return [sys.executable, "-m", "app.cli", "eval", "--dataset", "counterfact-extra",
             "--data", str(extra / data_file), "--records", str(records), "--batch-size", str(batch_size),
             "--neighbours", "10", "--neighbour-pool", str(extra / "counterfact-train.json"),
-            "--method", lever.method, *sets, "--corpus", str(corpus_path(lever.corpus, data_dir, work)),
+            "--method", lever.method, *sets, "--corpus", str(corpus),
             "--checkpoint-every", str(every), *sample, "--device", device, "--out", str(run_dir), "--no-progress"]
+
+
+# What of a run folder carries it to another machine: enough to resume it (run.json and trail/, the
+# z* of every batch done) or to report it (summary.json); a few MB, not the editor's checkpoints.
+CARRIED = ("run.json", "summary.json")
+
+
+def batches_done(run_dir: Path) -> float:
+    if (run_dir / "summary.json").exists():
+        return float("inf")
+    progress = run_dir / "trail" / "progress.json"
+    return json.loads(progress.read_text())["batches_done"] if progress.exists() else 0
+
+
+def sync_run(src: Path, dst: Path) -> None:
+    """Copy the carried part of run folder `src` to `dst` (files that changed only)."""
+    finished = (src / "summary.json").exists()
+    files = [src / n for n in CARRIED if (src / n).is_file()]
+    if not finished and (src / "trail").is_dir():
+        # Batch files before progress.json, so that a copy cut halfway never names a batch it lacks.
+        trail = sorted(f for f in (src / "trail").iterdir() if f.is_file() and not f.name.endswith(".tmp"))
+        files += [f for f in trail if f.name != "progress.json"] + [f for f in trail if f.name == "progress.json"]
+    for f in files:
+        target = dst / f.relative_to(src)
+        if not target.exists() or target.stat().st_size != f.stat().st_size or target.stat().st_mtime < f.stat().st_mtime:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+    if finished:
+        shutil.rmtree(dst / "trail", ignore_errors=True)
+
+
+def run_carried(make_command, run_dir: Path, log: Path, cwd: Path, carry: Path | None) -> int:
+    """Run one `kedit eval` (built by `make_command()`), taking up a carried copy of the run from
+    `carry` first if it is further along, and keeping that copy current while the run goes on
+    (every 30 s and at the end), so that committing `carry` saves a long run between sessions."""
+    saved = carry / run_dir.name if carry else None
+    if saved is not None and batches_done(saved) > batches_done(run_dir):
+        sync_run(saved, run_dir)
+    if (run_dir / "summary.json").exists():
+        return 0
+    with open(log, "a") as out:
+        proc = subprocess.Popen(make_command(), cwd=cwd, stdout=out, stderr=out)
+        while True:
+            try:
+                rc = proc.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                if saved is not None and run_dir.exists():
+                    sync_run(run_dir, saved)
+    if saved is not None and run_dir.exists():
+        sync_run(run_dir, saved)
+    return rc
 
 
 def row(lever: Lever, summary: dict, edits: int | None = None) -> dict:
@@ -120,19 +174,20 @@ def row(lever: Lever, summary: dict, edits: int | None = None) -> dict:
             "s_per_edit": sum(b["seconds"] for b in batches) / sum(b["edits"] for b in batches)}
 
 
-def finished_rows(work: Path, records: int) -> list[dict]:
-    """A row per lever with a finished run of `records` edits under `work`, or else a longer run
-    (finished, or cut with its progress saved) with a checkpoint at `records` edits: a 1,000-edit
+def finished_rows(folders: list[Path], records: int) -> list[dict]:
+    """A row per lever with a finished run of `records` edits in one of `folders`, or else a longer
+    run (finished, or cut with its progress saved) with a checkpoint at `records` edits: a 1,000-edit
     confirmation screens at 500 too."""
     rows = []
     for lv in LEVERS:
-        runs = sorted((int(d.name.rsplit("-", 1)[1]), d) for d in work.glob(f"{lv.label}-*")
+        runs = sorted((int(d.name.rsplit("-", 1)[1]), d) for work in folders for d in work.glob(f"{lv.label}-*")
                       if d.is_dir() and d.name.rsplit("-", 1)[1].isdigit() and d.name.rsplit("-", 1)[0] == lv.label)
         for n, d in runs:
+            progress = [p for p in (d / "trail" / "progress.json", d / "checkpoint" / "progress.json") if p.exists()]
             if (d / "summary.json").exists():
                 summary = load_summary(d)
-            elif (d / "checkpoint" / "progress.json").exists():
-                summary = json.loads((d / "checkpoint" / "progress.json").read_text())
+            elif progress:
+                summary = json.loads(progress[0].read_text())
             else:
                 continue
             if n == records and "edits" in summary or any(c["edits"] == records for c in summary["checkpoints"]):
@@ -173,6 +228,9 @@ def main(
     device: str = typer.Option("cpu", help="cpu or cuda (a lent GPU screens a lever in minutes)"),
     list_: bool = typer.Option(False, "--list", help="print the levers and exit"),
     report: bool = typer.Option(False, help="run nothing: only print (and with --table write) the table of what --work holds"),
+    carry: Optional[Path] = typer.Option(None, help="keep each run's run.json, summary.json and trail/ (its z*, a few MB) "
+                                         "here while it goes on, and take a run up from here: commit it to continue a "
+                                         "run on another machine, e.g. benchmarks/results/runs"),
 ) -> None:
     by_label = {lv.label: lv for lv in LEVERS}
     if list_:
@@ -188,16 +246,16 @@ def main(
     repo = Path(__file__).resolve().parent.parent
     for lv in [] if report else chosen:
         run_dir = work / f"{lv.label}-{records}"
-        if (run_dir / "summary.json").exists():
+        if (run_dir / "summary.json").exists() or carry and (carry / run_dir.name / "summary.json").exists():
             print(f"{lv.label}: finished earlier ({run_dir})", flush=True)
             continue
         print(f"{lv.label}: {lv.why}", flush=True)
-        with open(work / f"{lv.label}-{records}.log", "a") as log:
-            rc = subprocess.call(command(lv, run_dir, data_dir, work, records, batch_size, device=device),
-                                 cwd=repo, stdout=log, stderr=log)
+        log = work / f"{lv.label}-{records}.log"
+        rc = run_carried(lambda: command(lv, run_dir, data_dir, work, records, batch_size, device=device),
+                         run_dir, log, repo, carry)
         if rc != 0:
-            print(f"{lv.label}: exited {rc}; see {work / f'{lv.label}-{records}.log'} (rerun to resume)", flush=True)
-    rows = finished_rows(work, records)
+            print(f"{lv.label}: exited {rc}; see {log} (rerun to resume)", flush=True)
+    rows = finished_rows([work, carry] if carry else [work], records)
     if table and table.with_suffix(".json").exists():
         # Rows measured earlier (their run folders may be gone, e.g. on another machine) stay in the
         # table unless this run measured the same lever again.

@@ -7,9 +7,12 @@ validation file, a checkpoint every 500 edits (a fixed sample of 500 edited fact
 WikiText perplexity, generation entropy, norms of every edited layer); the final scores use
 every edited fact. Each run is a `kedit eval` folder under --work: a finished one is skipped,
 a cut one resumes from its last checkpoint, so the same command picks up where it stopped
-(one run after the other; --only runs one, so two shells can run two at once).
+(one run after the other; --only runs one, so two shells can run two at once). With --carry DIR
+the small part of each run (run.json, each batch's z*, summary.json) is kept in DIR as it goes:
+commit DIR, and the same command on another machine takes the run up from there.
 
-    python benchmarks/lifelong_cpu.py --work /tmp/lifelong --out benchmarks/results/lifelong-cpu-2000
+    python benchmarks/lifelong_cpu.py --work /tmp/lifelong --carry benchmarks/results/runs \
+        --out benchmarks/results/lifelong-cpu-2000
 
 --out gets table.md (one row per run) and lifelong.png (ES/PS/NS, perplexity, entropy and the
 growth of every edited layer against the number of edits, the runs overlaid), as `kedit eval
@@ -17,12 +20,11 @@ compare` draws them, once every chosen run has finished.
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Optional
 
 import typer
-from levers import Lever, command  # benchmarks/levers.py: the same `kedit eval` command line
+from levers import Lever, command, run_carried  # benchmarks/levers.py: the same `kedit eval` command line
 
 from app.config import KeditConfig
 from app.eval.compare import compare
@@ -42,6 +44,8 @@ def main(
     checkpoint_edits: int = typer.Option(500, min=1, help="a checkpoint every this many edits"),
     checkpoint_sample: int = typer.Option(500, min=1, help="edited facts scored at a checkpoint"),
     device: str = typer.Option("cpu", help="cpu, or cuda on a lent GPU (the same protocol, minutes instead of hours)"),
+    carry: Optional[Path] = typer.Option(None, help="keep each run's run.json, summary.json and trail/ (a few MB) here "
+                                         "as it goes and take a run up from here: commit it to go on in another session"),
 ) -> None:
     by_label = {r.label: r for r in RUNS}
     unknown = [o for o in only if o not in by_label]
@@ -53,18 +57,16 @@ def main(
     repo = Path(__file__).resolve().parent.parent
     for run in chosen:
         run_dir = work / f"{run.label}-{records}"
-        if (run_dir / "summary.json").exists():
-            print(f"{run.label}: finished earlier ({run_dir})", flush=True)
-            continue
         log = work / f"{run.label}-{records}.log"
         print(f"{run.label}: {run.why} (log: {log})", flush=True)
-        cmd = command(run, run_dir, data_dir, work, records, batch_size, data_file="counterfact-edit.json",
-                      checkpoint_every=max(1, checkpoint_edits // batch_size), checkpoint_sample=checkpoint_sample, device=device)
-        with open(log, "a") as f:
-            rc = subprocess.call(cmd, cwd=repo, stdout=f, stderr=f)
+        rc = run_carried(lambda: command(run, run_dir, data_dir, work, records, batch_size, data_file="counterfact-edit.json",
+                                         checkpoint_every=max(1, checkpoint_edits // batch_size),
+                                         checkpoint_sample=checkpoint_sample, device=device),
+                         run_dir, log, repo, carry)
         if rc != 0:
             print(f"{run.label}: exited {rc}; see {log} (run the same command again to resume)", flush=True)
             raise typer.Exit(1)
+        print(f"{run.label}: finished ({run_dir})", flush=True)
     done = [d for d in (work / f"{r.label}-{records}" for r in chosen) if (d / "summary.json").exists()]
     if out and len(done) == len(chosen):
         out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from app.cli.common import fail, load_config
 from app.editing.settings import EditSettings, Method, Preset
-from app.eval.checkpoint import CHECKPOINT_DIR, FINAL_DIR
+from app.eval.checkpoint import CHECKPOINT_DIR, FINAL_DIR, TRAIL_DIR
 from app.eval.data import DataFormatError, build_neighbourhoods, load_dataset
 from app.eval.health import HealthConfig
 from app.eval.paths import default_data_path, wikitext_path
@@ -90,7 +90,7 @@ def _run_main(
     cache_dir: Optional[Path] = typer.Option(None, help="model/key-statistics cache (KEDIT_CACHE_DIR; default ~/.cache/kedit)"),
     corpus: Optional[Path] = typer.Option(None, help="text file or folder of .txt for the key statistics C0 (KEDIT_STATS_CORPUS; default: text the model generates)"),
     out: Optional[Path] = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
-    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint (other options are taken from its run.json)"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint, or from trail/ (every batch's z*, kept after each batch: run.json and trail/ carry a run to another machine); other options are taken from its run.json"),
     after: Optional[Path] = typer.Option(None, help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
@@ -102,7 +102,7 @@ def _run_main(
         return
     if out is None:
         fail("give --out DIR (where summary.json and the plots go), or --resume DIR")
-    if (out / CHECKPOINT_DIR).exists() and not (out / SUMMARY_FILE).exists():
+    if any((out / d).exists() for d in (CHECKPOINT_DIR, TRAIL_DIR)) and not (out / SUMMARY_FILE).exists():
         fail(f"{out} holds an unfinished run: continue it with `kedit eval --resume {out}` or choose another --out")
     env = load_config(builds_stats=True, cache_dir=cache_dir, stats_corpus=corpus)
     config = {
@@ -215,7 +215,7 @@ def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
 def _resume(run_dir: Path, progress: bool) -> None:
     if not (run_dir / RUN_FILE).exists():
         fail(f"{run_dir / RUN_FILE} not found: --resume needs the --out folder of a run started with --checkpoint-every")
-    if not (run_dir / CHECKPOINT_DIR).exists():
+    if not (run_dir / CHECKPOINT_DIR).exists() and not (run_dir / TRAIL_DIR / "progress.json").exists():
         fail(f"{run_dir} has no checkpoint yet: start again, with --checkpoint-every K so checkpoints are written")
     config = json.loads((run_dir / RUN_FILE).read_text())
     _execute(config, run_dir, progress, resume=True)

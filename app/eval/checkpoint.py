@@ -7,6 +7,12 @@ Layout of DIR/checkpoint/:
 
 A checkpoint is written to DIR/checkpoint.tmp and then renamed into place, so an
 interruption while writing leaves the previous checkpoint intact.
+
+DIR/trail/ is the small resume point written after every batch: each batch's target vectors
+z* (trail/batch<b>.safetensors, written once) and the runner's progress (trail/progress.json,
+replaced last). A run resumed from it writes its batches again from their z* (keys and solves,
+no optimisation), so it costs a tenth of the edits and is a few MB for thousands of facts,
+small enough to carry a long CPU run from one machine to the next.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_DIR = "checkpoint"
+TRAIL_DIR = "trail"
 FINAL_DIR = "final"  # the editor state at the end of a finished run, for `kedit eval --after`
 
 
@@ -95,3 +102,41 @@ def load_checkpoint(out_dir: Path | str, name: str = CHECKPOINT_DIR) -> tuple[An
     tensors = load_file(str(ckpt / "editor.safetensors"))
     state = unflatten_state(json.loads((ckpt / "editor.json").read_text()), tensors)
     return state, json.loads((ckpt / "progress.json").read_text())
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_trail(out_dir: Path | str, batch: int, z_star: torch.Tensor, progress: dict) -> None:
+    """Add batch `batch`'s z* (n, d) to DIR/trail/, then record the progress that includes it."""
+    trail = Path(out_dir) / TRAIL_DIR
+    trail.mkdir(parents=True, exist_ok=True)
+    z = {"z_star": z_star.detach().to("cpu", torch.float32).contiguous()}
+    _write_atomically(trail / f"batch{batch}.safetensors", lambda p: save_file(z, str(p)))
+    _write_atomically(trail / "progress.json", lambda p: p.write_text(json.dumps(progress)))
+
+
+def load_trail(out_dir: Path | str) -> tuple[list[torch.Tensor], dict] | None:
+    """(z* of every batch done, progress) from DIR/trail/, or None if there is none."""
+    trail = Path(out_dir) / TRAIL_DIR
+    if not (trail / "progress.json").exists():
+        return None
+    progress = json.loads((trail / "progress.json").read_text())
+    z_stars = []
+    for b in range(progress["batches_done"]):
+        path = trail / f"batch{b}.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the trail in {trail} is incomplete")
+        z_stars.append(load_file(str(path))["z_star"])
+    return z_stars, progress
+
+
+def checkpoint_batches(out_dir: Path | str, name: str = CHECKPOINT_DIR) -> int:
+    """Batches done at the full checkpoint `name` in `out_dir` (0 when there is none)."""
+    for ckpt in (Path(out_dir) / name, Path(out_dir) / f"{name}.old"):
+        if (ckpt / "progress.json").exists():
+            return json.loads((ckpt / "progress.json").read_text())["batches_done"]
+    return 0

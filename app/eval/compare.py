@@ -14,7 +14,7 @@ from app.eval.runner import SUMMARY_FILE
 def load_summary(run_dir: Path | str) -> dict:
     path = Path(run_dir) / SUMMARY_FILE
     if not path.exists():
-        hint = " (the run was interrupted: continue it with `kedit eval --resume DIR`)" if (Path(run_dir) / "checkpoint").exists() else ""
+        hint = " (the run was interrupted: continue it with `kedit eval --resume DIR`)" if any((Path(run_dir) / d).exists() for d in ("checkpoint", "trail")) else ""
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} the --out folder of a finished `kedit eval` run?{hint}")
     return json.loads(path.read_text())
 

@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from app.editing.build import Role, build_editor
 from app.eval import scoring
-from app.eval.checkpoint import FINAL_DIR, load_checkpoint, save_checkpoint
+from app.eval.checkpoint import FINAL_DIR, checkpoint_batches, load_checkpoint, load_trail, save_checkpoint, save_trail
 from app.eval.data import CounterFactRecord, Record, ZsreRecord
 from app.eval.health import HealthConfig, measure_health
 from app.eval.metrics import harmonic_mean, mean_ngram_entropy
@@ -292,6 +293,9 @@ def run_eval(
                 state.wall_seconds = prior_wall + time.perf_counter() - started
                 if out is not None:
                     save_checkpoint(out, editor.state_dict(), state.to_json())
+            if out is not None and opts.checkpoint_every and not last:
+                state.wall_seconds = prior_wall + time.perf_counter() - started
+                save_trail(out, b, torch.stack([o.z_star for o in result.outcomes]), state.to_json())
             if scored and on_checkpoint is not None:
                 on_checkpoint(state)
             if asked:
@@ -392,13 +396,34 @@ def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], op
                 stop_after_batches: int | None = None, earlier_records: Sequence[Record] | None = None,
                 should_stop: Callable[[RunState], bool] | None = None,
                 on_checkpoint: Callable[[RunState], None] | None = None) -> dict:
-    """Continue the run checkpointed in `out_dir` on a freshly loaded, unedited `lm` (or a fresh
-    `editor` on it)."""
-    editor_state, progress_json = load_checkpoint(out_dir)
+    """Continue the run saved in `out_dir` on a freshly loaded, unedited `lm` (or a fresh
+    `editor` on it): from its full checkpoint, or from its trail (every batch's z*) when that
+    is further along or the only one there; batches after the last scored checkpoint are
+    then kept instead of edited again."""
     if editor is None:
         editor = build_editor(lm, settings, Role.EVAL, key_stats=key_stats)
-    restore_editor(editor, editor_state)
-    state = RunState.from_json(progress_json)
+    trail = load_trail(out_dir)
+    if trail is not None and trail[1]["batches_done"] > checkpoint_batches(out_dir):
+        z_stars, progress_json = trail
+        state = RunState.from_json(progress_json)
+        _rewrite_from_trail(editor, records, state, z_stars, progress)
+    else:
+        editor_state, progress_json = load_checkpoint(out_dir)
+        restore_editor(editor, editor_state)
+        state = RunState.from_json(progress_json)
     return run_eval(lm, settings, records, options=options, editor=editor, out_dir=out_dir, run_info=run_info,
                     state=state, progress=progress, stop_after_batches=stop_after_batches,
                     earlier_records=earlier_records, should_stop=should_stop, on_checkpoint=on_checkpoint)
+
+
+def _rewrite_from_trail(editor, records: Sequence[Record], state: RunState, z_stars, progress: bool) -> None:
+    """Write the trail's batches into the unedited model again, in order, from their stored z*."""
+    if state.prior_edits:
+        raise ValueError("a run that continues another (--after) resumes from its full checkpoint only")
+    n = state.batch_size
+    for b in tqdm(range(state.batches_done), desc="writing the saved batches again", unit="batch",
+                  disable=not progress, dynamic_ncols=True):
+        batch = records[b * n:(b + 1) * n]
+        if len(batch) != len(z_stars[b]):
+            raise ValueError(f"the trail's batch {b} holds {len(z_stars[b])} z*, the records give {len(batch)} facts")
+        editor.reapply([r.request() for r in batch], list(z_stars[b]), batch_id=state.first_batch_id + b)

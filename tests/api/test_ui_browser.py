@@ -10,9 +10,10 @@ import re
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.utils.service import FACTS, KeditServer, tiny_server_env
+from tests.utils.service import FACTS, KeditServer, tiny_server_env, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 # A fact whose edit changes the tiny model's greedy answer to its prompt (the tiny model is built
@@ -30,6 +31,9 @@ def server(tiny_assets, tmp_path):
     model_dir, corpus, cache = tiny_assets
     env = tiny_server_env(model_dir, corpus, cache, tmp_path / "kedit.db", KEDIT_API_KEY=KEY)
     s = KeditServer(env, tmp_path / "serve.log").wait_ready()
+    # /ready does not wait for the canaries; the charts this test reads need their first scores.
+    wait_for(lambda: httpx.get(f"{s.url}/ready", timeout=5).json()["checks"].get("canaries_scored"),
+             300, "the worker to score the canaries on the unedited model", interval=0.5)
     yield s
     s.stop()
 
@@ -59,7 +63,6 @@ def test_submit_watch_revert_and_charts_in_chromium(server, tmp_path):
 
             page.goto(f"{server.url}/ui")
             assert page.title().startswith("Edit log")
-            # The worker scored the canaries on the unedited model at its first start.
             page.locator("#quality-charts").wait_for()
             # Fill the form by its labels (every control has one), as a keyboard or screen-reader user would.
             page.get_by_label("Prompt (write {} where the subject goes)").fill(FACT["prompt"])

@@ -131,6 +131,32 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, corpus):
     assert resumed["es"] == straight["es"] and resumed["baseline"] == straight["baseline"]
 
 
+def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, corpus):
+    """Only run.json and trail/ (each batch's z*) travel: the resume writes those batches again from
+    their z* and goes on, to the weights of a run that was never stopped."""
+    import shutil
+
+    from app.eval.checkpoint import load_trail
+
+    settings = _settings()
+    stats = _key_stats(_lm(), settings, corpus, tmp_path)
+    opts = _options(corpus, checkpoint_every=1)
+    straight = run_eval(_lm(), settings, RECORDS, options=opts, key_stats=stats, out_dir=tmp_path / "straight",
+                        progress=False)
+    out = tmp_path / "cut"
+    with pytest.raises(RunInterrupted):
+        run_eval(_lm(), settings, RECORDS, options=opts, key_stats=stats, out_dir=out, progress=False,
+                 stop_after_batches=2)
+    shutil.rmtree(out / "checkpoint")
+    z_stars, progress = load_trail(out)
+    assert progress["batches_done"] == 2 and [tuple(z.shape) for z in z_stars] == [(2, 64), (2, 64)]
+
+    resumed = resume_from(out, _lm(), settings, RECORDS, opts, key_stats=stats, progress=False)
+    assert resumed["weights_hash"] == straight["weights_hash"]
+    assert [c["edits"] for c in resumed["checkpoints"]] == [2, 4] and len(resumed["batches"]) == 3
+    assert resumed["es"] == straight["es"]
+
+
 def test_checkpoint_state_roundtrip():
     import torch
 

@@ -100,7 +100,7 @@ def test_revert_one_fact_of_a_batch_keeps_the_other(shared_data, tmp_path):
     )
     assert (darrieux["target_new"], apple["subject"], apple["target_new"]) == ("English", "Apple A5", "Google")
     cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=200,
-                        stats_corpus=shared_data / "corpus")
+                        stats_corpus=shared_data / "corpus", canaries=False)
     with TestClient(create_app(cfg)) as c:
         base_apple = ask(c, apple)["text"]
         ids = c.post("/edits", json=[darrieux, apple]).json()["ids"]
