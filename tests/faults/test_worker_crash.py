@@ -23,7 +23,7 @@ from tests.utils import faults as sup
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-TRIALS = int(os.environ.get("KEDIT_CRASH_TRIALS", 60 if sup.LONG else 20))
+TRIALS = int(os.environ.get("KEDIT_CRASH_TRIALS", 60 if sup.LONG else 12))
 SEED = int(os.environ.get("KEDIT_FAULT_SEED", "5"))
 
 

@@ -1,12 +1,13 @@
 """The quality guard on the real SmolLM2 with real CounterFact edits: one edit of a batch changes the
-model's answer to one of its own neighbourhood prompts (another subject, the same relation), which
-is a canary; `reject` refuses exactly that edit, naming the prompt, and commits the others.
+model's answer to a canary; `reject` refuses exactly that edit, naming the prompt, and commits the others.
 
-SmolLM2's ENCORE edits are local: among the first CounterFact records, only a few change the top-1
-answer of any neighbourhood prompt at all (and none of the 300 bundled canaries it knows with a clear
-lead, on the records tried). The test therefore finds its edit and canary by trying, on the worker's
-weights (put back exactly afterwards): the first record whose edit alone changes one of its
-neighbourhood prompts, alone and in the batch, while its batch-mate alone does not."""
+The canary is one of the breaking record's own prompts, found by trying on the worker's weights (put
+back exactly afterwards): a neighbourhood prompt (another subject, the same relation: the edit bled
+into a fact it should have left alone) where the edit changes one, else a paraphrase of the fact (a
+canary that the edit contradicts). SmolLM2's ENCORE edits are local, so which neighbourhood prompt
+flips, if any, is a matter of the last bits of the arithmetic and differs from one CPU to another;
+a paraphrase flips whenever the edit takes. The breaker must change the canary alone and in the
+batch, its batch-mate alone must not, so the guard has to find the breaker."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from tests.utils.guard import answers, plant
 
 pytestmark = [pytest.mark.slow]
 
-TRIED = 6  # CounterFact records tried as the breaking edit (the 4th serves, on SmolLM2 with C₀ from WikiText)
+TRIED = 3  # CounterFact records tried as the breaking edit
 MATE = 500  # index of the batch-mate (far from the tried records)
 LOOSE = dict(guard_ppl_rise=100.0, guard_ppl_rise_total=100.0, guard_entropy_drop=1.0, guard_entropy_drop_total=1.0)
 
@@ -48,7 +49,7 @@ def construct(worker, records: list[dict]) -> tuple[dict, str]:
         return out
 
     for rec in records[:TRIED]:
-        prompts = list(rec["neighborhood_prompts"])
+        prompts = list(rec["neighborhood_prompts"]) + list(rec["paraphrase_prompts"])
         before = answers(worker, prompts)
         breaker = EditRequest(**fact(rec))
         found = changed([breaker], prompts, before)
@@ -57,8 +58,8 @@ def construct(worker, records: list[dict]) -> tuple[dict, str]:
         if found:
             found -= changed([mate], prompts, before)
         if found:
-            return fact(rec), sorted(found)[0]
-    pytest.fail(f"none of the first {TRIED} CounterFact edits changes one of its neighbourhood prompts as needed")
+            return fact(rec), next(p for p in prompts if p in found)  # a neighbourhood prompt first
+    pytest.fail(f"none of the first {TRIED} CounterFact edits changes one of its own prompts as needed")
 
 
 def test_reject_refuses_the_counterfact_edit_that_breaks_its_neighbour(shared_data, tmp_path):
