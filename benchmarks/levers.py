@@ -16,6 +16,7 @@ The levers and why each is here are in LEVERS; `--list` prints them.
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 import subprocess
@@ -125,7 +126,7 @@ def sync_run(src: Path, dst: Path) -> None:
         files += [f for f in trail if f.name != "progress.json"] + [f for f in trail if f.name == "progress.json"]
     for f in files:
         target = dst / f.relative_to(src)
-        if not target.exists() or target.stat().st_size != f.stat().st_size or target.stat().st_mtime < f.stat().st_mtime:
+        if not target.exists() or not filecmp.cmp(f, target, shallow=False):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, target)
     if finished:
