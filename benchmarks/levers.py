@@ -46,7 +46,8 @@ CORPORA = {"wikitext": ("corpus", ["wikitext103_train_excerpt.tokens.txt", "wiki
            "enwiki": ("corpus_extra", None)}
 
 LEVERS = [
-    Lever("preset", "today's smollm2 preset (λp 1000, λn 10, margin 3), C₀ from 150k WikiText tokens"),
+    Lever("preset", "the smollm2 preset the screen started from (λp 1000, λn 10, margin 3), C₀ from 150k WikiText tokens",
+          overrides={"lambda_p": 1000.0, "lambda_n": 10.0}),
     Lever("lambda-n-40", "ENCORE's norm constraint 4× stronger", overrides={"lambda_n": 40.0}),
     Lever("lambda-p-5000", "preservation of generic text 5× stronger", overrides={"lambda_p": 5000.0}),
     # SmolLM2's C₀ has mean eigenvalue 0.018 (layer 4) to 0.033 (layer 8): AlphaEdit's absolute 0.02 calls

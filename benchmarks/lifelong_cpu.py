@@ -1,5 +1,5 @@
 """The CPU lifelong run (issue: lifelong health): 2,000 sequential edits of SmolLM2, the smollm2
-preset against MEMIT, on facts never used for tuning.
+preset against MEMIT (and against the preset before the lever screen), on facts never used for tuning.
 
 The first --records records of counterfact_extra/counterfact-edit.json, batches of 100, with
 CounterFact-style neighbourhoods (`--neighbours 10`), C₀ from WikiText without its held-out
@@ -30,8 +30,10 @@ from app.config import KeditConfig
 from app.eval.compare import compare
 
 RUNS = [
-    Lever("encore-preset", "ENCORE with the smollm2 preset (the service's default)"),
+    Lever("encore-preset", "ENCORE with the smollm2 preset (the service's default: λp 2500, λn 20, margin 3)"),
     Lever("memit", "MEMIT with the smollm2 preset's layers, λp and C₀ (no MPES, no norm constraint)", method="memit"),
+    Lever("encore-old-preset", "ENCORE with the smollm2 preset before the lever screen (λp 1000, λn 10, margin 3)",
+          overrides={"lambda_p": 1000.0, "lambda_n": 10.0}),
 ]
 
 
