@@ -69,7 +69,8 @@ LEVERS = [
           overrides={"lambda_n": 20.0, "lambda_p": 2500.0}),
     # The last edited layer grows most: it takes whatever of each fact's residual the layers below
     # did not (59 % at layer 8 against 21–38 % at 4–7 after 500 edits). More layers share it.
-    Lever("layers-3-10", "the preset over 8 layers (3–10) instead of 5 (4–8)", overrides={"layers": [3, 4, 5, 6, 7, 8, 9, 10]}),
+    Lever("layers-3-10", "the preset the screen started from, over 8 layers (3–10) instead of 5 (4–8)",
+          overrides={"layers": [3, 4, 5, 6, 7, 8, 9, 10], "lambda_p": 1000.0, "lambda_n": 10.0}),
 ]
 
 

@@ -253,6 +253,7 @@ def test_cli_after_needs_a_finished_run_with_the_same_settings(tmp_path, tiny_mo
     from typer.testing import CliRunner
 
     from app.cli.evaluation import eval_app
+    from app.editing.settings import preset
 
     monkeypatch.setenv("KEDIT_STATS_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
     base = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2",
@@ -266,7 +267,8 @@ def test_cli_after_needs_a_finished_run_with_the_same_settings(tmp_path, tiny_mo
     assert res.exit_code == 2 and "no finished run there" in " ".join(res.output.split())
     res = runner.invoke(eval_app, [*base, "--set", "lambda_n=3", "--records", "2", "--after", str(tmp_path / "cf"),
                                    "--out", str(tmp_path / "y")])
-    assert res.exit_code == 2 and "(lambda_n: 10.0 there, 3.0 here)" in " ".join(res.output.split())
+    saved = preset("smollm2", "encore").lambda_n  # the first run took the preset's
+    assert res.exit_code == 2 and f"(lambda_n: {saved} there, 3.0 here)" in " ".join(res.output.split())
 
     res = runner.invoke(eval_app, [*base, "--dataset", "zsre", "--records", "2", "--after", str(tmp_path / "cf"),
                                    "--checkpoint-sample", "1", "--out", str(tmp_path / "zsre")])
