@@ -203,8 +203,11 @@ def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
     run_info = {"dataset": config["dataset"], "data": config["data"], "format": ds.format, "model": lm.name,
                 "preset": config["preset"], "command": config}
     if resume:
-        summary = resume_from(out, lm, settings, ds.records, options, editor=editor, run_info=run_info,
-                              progress=progress, earlier_records=earlier_records)
+        try:
+            summary = resume_from(out, lm, settings, ds.records, options, editor=editor, run_info=run_info,
+                                  progress=progress, earlier_records=earlier_records)
+        except ValueError as e:  # the saved run does not fit these settings or records
+            fail(str(e))
     else:
         summary = run_eval(lm, settings, ds.records, options=options, editor=editor, out_dir=out,
                            run_info=run_info, progress=progress, start_state=start_state,

@@ -110,17 +110,20 @@ def _write_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_trail(out_dir: Path | str, batch: int, z_star: torch.Tensor, progress: dict) -> None:
-    """Add batch `batch`'s z* (n, d) to DIR/trail/, then record the progress that includes it."""
+def save_trail(out_dir: Path | str, batch: int, z_star: torch.Tensor, progress: dict, settings: dict) -> None:
+    """Add batch `batch`'s z* (n, d) to DIR/trail/, then record the progress that includes it.
+    `settings` (the editor's, as JSON) are kept beside them: z* only mean something under them."""
     trail = Path(out_dir) / TRAIL_DIR
     trail.mkdir(parents=True, exist_ok=True)
+    if not (trail / "settings.json").exists():
+        _write_atomically(trail / "settings.json", lambda p: p.write_text(json.dumps(settings)))
     z = {"z_star": z_star.detach().to("cpu", torch.float32).contiguous()}
     _write_atomically(trail / f"batch{batch}.safetensors", lambda p: save_file(z, str(p)))
     _write_atomically(trail / "progress.json", lambda p: p.write_text(json.dumps(progress)))
 
 
-def load_trail(out_dir: Path | str) -> tuple[list[torch.Tensor], dict] | None:
-    """(z* of every batch done, progress) from DIR/trail/, or None if there is none."""
+def load_trail(out_dir: Path | str) -> tuple[list[torch.Tensor], dict, dict | None] | None:
+    """(z* of every batch done, progress, settings) from DIR/trail/, or None if there is none."""
     trail = Path(out_dir) / TRAIL_DIR
     if not (trail / "progress.json").exists():
         return None
@@ -131,7 +134,8 @@ def load_trail(out_dir: Path | str) -> tuple[list[torch.Tensor], dict] | None:
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: the trail in {trail} is incomplete")
         z_stars.append(load_file(str(path))["z_star"])
-    return z_stars, progress
+    settings = trail / "settings.json"
+    return z_stars, progress, json.loads(settings.read_text()) if settings.exists() else None
 
 
 def checkpoint_batches(out_dir: Path | str, name: str = CHECKPOINT_DIR) -> int:

@@ -295,7 +295,8 @@ def run_eval(
                     save_checkpoint(out, editor.state_dict(), state.to_json())
             if out is not None and opts.checkpoint_every and not last:
                 state.wall_seconds = prior_wall + time.perf_counter() - started
-                save_trail(out, b, torch.stack([o.z_star for o in result.outcomes]), state.to_json())
+                save_trail(out, b, torch.stack([o.z_star for o in result.outcomes]), state.to_json(),
+                           settings.model_dump(mode="json"))
             if scored and on_checkpoint is not None:
                 on_checkpoint(state)
             if asked:
@@ -404,7 +405,12 @@ def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], op
         editor = build_editor(lm, settings, Role.EVAL, key_stats=key_stats)
     trail = load_trail(out_dir)
     if trail is not None and trail[1]["batches_done"] > checkpoint_batches(out_dir):
-        z_stars, progress_json = trail
+        z_stars, progress_json, saved = trail
+        if saved is not None and type(settings)(**saved) != settings:
+            changed = {k: (saved.get(k), v) for k, v in settings.model_dump(mode="json").items() if saved.get(k) != v}
+            raise ValueError(f"the trail in {out_dir} was made with other settings ("
+                             + ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in changed.items())
+                             + "): a preset changed since? resume it with the trail's settings or start again")
         state = RunState.from_json(progress_json)
         _rewrite_from_trail(editor, records, state, z_stars, progress)
     else:

@@ -148,8 +148,13 @@ def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, c
         run_eval(_lm(), settings, RECORDS, options=opts, key_stats=stats, out_dir=out, progress=False,
                  stop_after_batches=2)
     shutil.rmtree(out / "checkpoint")
-    z_stars, progress = load_trail(out)
+    z_stars, progress, saved = load_trail(out)
     assert progress["batches_done"] == 2 and [tuple(z.shape) for z in z_stars] == [(2, 64), (2, 64)]
+    assert saved == settings.model_dump(mode="json")
+    # z* mean something only under the settings they were made with: a changed preset is refused.
+    with pytest.raises(ValueError, match="lambda_n: 1.0 there, 2.0 now"):
+        resume_from(out, _lm(), settings.model_copy(update={"lambda_n": 2.0}), RECORDS, opts, key_stats=stats,
+                    progress=False)
 
     resumed = resume_from(out, _lm(), settings, RECORDS, opts, key_stats=stats, progress=False)
     assert resumed["weights_hash"] == straight["weights_hash"]
