@@ -4,6 +4,7 @@ from there when the carry is further along, and a finished run leaves its summar
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -68,3 +69,12 @@ def test_the_further_copy_wins(tmp_path):
     rc = levers.run_carried(lambda: [sys.executable, "-c", "raise SystemExit(0)"], local, tmp_path / "log", tmp_path, carry)
     assert rc == 0
     assert levers.batches_done(local) == 3 and levers.batches_done(carry / local.name) == 3
+
+
+def test_git_keeps_what_the_carry_folder_holds():
+    """The carry is only as good as what a commit saves: the trail's batch files must not be ignored."""
+    for path in ("benchmarks/results/runs/some-run/trail/batch0.safetensors",
+                 "benchmarks/results/runs/some-run/trail/progress.json",
+                 "benchmarks/results/runs/some-run/run.json"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+        assert not ignored, f"{path} is ignored by git: a carried run would lose it"
