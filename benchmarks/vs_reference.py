@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import types
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +156,24 @@ def reference_imports(folder: Path, texts: list[dict]):
         sys.modules.update(saved)
 
 
+@contextlib.contextmanager
+def quiet_deprecations():
+    """Their code passes transformers arguments it has deprecated since; the warnings are about
+    their code, not a measurement, so they are kept out of the printout."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*pin_memory.*")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def growth(model, names: dict[int, str], before: dict) -> dict[int, float]:
     """‖W−W₀‖/‖W₀‖ in % per edited layer."""
     out = {}
@@ -178,7 +197,7 @@ def run_reference(ref: Path, recs: list, corpus: Path, layers: list[int], n_text
     model.config._name_or_path = model.name_or_path = f"{lm.name}-llama"
     with tempfile.TemporaryDirectory(prefix="kedit-vs-reference-") as tmp:
         applied = patched_copy(ref, Path(tmp))
-        with reference_imports(Path(tmp), texts), contextlib.redirect_stdout(log):
+        with reference_imports(Path(tmp), texts), contextlib.redirect_stdout(log), quiet_deprecations():
             import encore.encore_main as em
             from encore.encore_hparams import ENCOREHyperParams
 

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from app.cli.common import fail, load_config
-from app.editing.settings import EditSettings, Method, Preset
+from app.editing.settings import Method, Preset, differences
 from app.eval.checkpoint import CHECKPOINT_DIR, FINAL_DIR, TRAIL_DIR
 from app.eval.data import DataFormatError, build_neighbourhoods, load_dataset
 from app.eval.health import HealthConfig
@@ -172,11 +172,10 @@ def _earlier_run(config: dict, settings):
     earlier, _, _ = _load_inputs(earlier_config)
     state, _ = load_checkpoint(run_dir, FINAL_DIR)
     saved = state[1]["settings"] if isinstance(state, (list, tuple)) else state["settings"]
-    saved = EditSettings(**saved).model_dump(mode="json")  # fields added since take their defaults
-    if saved != settings.model_dump(mode="json"):
-        diff = {k: (v, saved.get(k)) for k, v in settings.model_dump(mode="json").items() if saved.get(k) != v}
-        fail(f"--after {run_dir}: that run used other settings ({', '.join(f'{k}: {b} there, {a} here' for k, (a, b) in diff.items())}); "
-              f"give the same --method/--preset/--set as {run_dir / RUN_FILE}")
+    changed = differences(saved, settings)
+    if changed:
+        fail(f"--after {run_dir}: that run used other settings ({changed}); "
+             f"give the same --method/--preset/--set as {run_dir / RUN_FILE}")
     if (earlier_config.get("model") or None) != (config.get("model") or None):
         fail(f"--after {run_dir}: that run edited model {earlier_config.get('model') or 'SmolLM2-135M-Instruct'}, "
               f"this one asks for {config.get('model') or 'SmolLM2-135M-Instruct'}")

@@ -152,3 +152,11 @@ def preset(name: Preset | str = Preset.SMOLLM2, method: Method | str = Method.EN
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(Method)}") from None
     # Rebuilt rather than copied so that overrides are validated too.
     return EditSettings(**{**make(method).model_dump(), **overrides})
+
+
+def differences(saved: dict, settings: EditSettings) -> str:
+    """'name: value there, value here' for each setting where `saved` (a stored dump) and `settings`
+    differ, '' when none does; fields added since `saved` was written take their defaults."""
+    then = EditSettings(**saved).model_dump(mode="json")
+    now = settings.model_dump(mode="json")
+    return ", ".join(f"{k}: {then.get(k)} there, {v} here" for k, v in now.items() if then.get(k) != v)

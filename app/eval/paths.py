@@ -24,6 +24,11 @@ def _data_dir(data_dir: Path | None) -> Path:
     return KeditConfig().data_dir
 
 
+def data_dir() -> Path:
+    """The shared data folder (KEDIT_DATA_DIR; default ../shared/data beside the repository)."""
+    return _data_dir(None)
+
+
 def default_data_path(dataset: str, data_dir: Path | None = None) -> Path:
     try:
         name = DEFAULT_FILES[dataset]

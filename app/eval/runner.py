@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from app.editing.build import Role, build_editor
+from app.editing.settings import differences
 from app.eval import scoring
 from app.eval.checkpoint import FINAL_DIR, checkpoint_batches, load_checkpoint, load_trail, save_checkpoint, save_trail
 from app.eval.data import CounterFactRecord, Record, ZsreRecord
@@ -406,11 +407,10 @@ def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], op
     trail = load_trail(out_dir)
     if trail is not None and trail[1]["batches_done"] > checkpoint_batches(out_dir):
         z_stars, progress_json, saved = trail
-        if saved is not None and type(settings)(**saved) != settings:
-            changed = {k: (saved.get(k), v) for k, v in settings.model_dump(mode="json").items() if saved.get(k) != v}
-            raise ValueError(f"the trail in {out_dir} was made with other settings ("
-                             + ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in changed.items())
-                             + "): a preset changed since? resume it with the trail's settings or start again")
+        changed = differences(saved, settings) if saved is not None else ""
+        if changed:
+            raise ValueError(f"the trail in {out_dir} was made with other settings ({changed}): a preset "
+                             "changed since? resume it with the trail's settings or start again")
         state = RunState.from_json(progress_json)
         _rewrite_from_trail(editor, records, state, z_stars, progress)
     else:

@@ -152,7 +152,7 @@ def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, c
     assert progress["batches_done"] == 2 and [tuple(z.shape) for z in z_stars] == [(2, 64), (2, 64)]
     assert saved == settings.model_dump(mode="json")
     # z* mean something only under the settings they were made with: a changed preset is refused.
-    with pytest.raises(ValueError, match="lambda_n: 1.0 there, 2.0 now"):
+    with pytest.raises(ValueError, match="lambda_n: 1.0 there, 2.0 here"):
         resume_from(out, _lm(), settings.model_copy(update={"lambda_n": 2.0}), RECORDS, opts, key_stats=stats,
                     progress=False)
 

@@ -70,3 +70,11 @@ def test_statistics_texts_skip_headings_and_blank_lines(tmp_path):
     corpus = tmp_path / "w.txt"
     corpus.write_text(" = Title = \n\n First line . \n = = Section = = \n Second line \n")
     assert wikitext_texts(corpus) == [{"text": "First line ."}, {"text": "Second line"}]
+
+
+def test_missing_statistics_corpus_is_named(tmp_path, monkeypatch):
+    """Past the checks on the checkout, the shared data folder is where the corpus is looked for."""
+    text = "\n".join(old for _, old, _, _ in PATCHES)
+    monkeypatch.setenv("KEDIT_DATA_DIR", str(tmp_path / "data"))
+    line = _fail("--reference-dir", str(_fake_checkout(tmp_path / "ref", text)))
+    assert f"statistics corpus '{tmp_path / 'data' / 'corpus' / 'wikitext2_raw_test.txt'}' is not a file" in line
