@@ -92,7 +92,7 @@ def _run_main(
     out: Optional[Path] = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint, or from trail/ (every batch's z*, kept after each batch: run.json and trail/ carry a run to another machine); other options are taken from its run.json"),
     after: Optional[Path] = typer.Option(None, help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    progress: bool = typer.Option(True, help="show progress bars; --no-progress writes a plain line per stage, batch and checkpoint instead (for a log file)"),
 ) -> None:
     """Run (or resume) a sequential editing evaluation."""
     if ctx.invoked_subcommand is not None:
@@ -188,6 +188,7 @@ def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
     from app.editing.types import EditError
 
     ds, settings, options = _load_inputs(config)
+    options.log_lines = not progress  # no bars (a log file): a plain line per stage, batch and checkpoint
     start_state, earlier_records = _earlier_run(config, settings) if config.get("after") else (None, None)
     if not resume:
         (out / RUN_FILE).write_text(json.dumps(config, indent=1))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,6 +51,7 @@ class RunOptions:
     health: HealthConfig | None = field(default_factory=HealthConfig)  # None: skip perplexity/generation entropy
     seed: int = 0
     progress: bool = False  # bars for long scoring passes (set by run_eval from its `progress`)
+    log_lines: bool = False  # without bars: a plain line per stage, batch and checkpoint (for a log file)
 
 
 # --- scoring a set of records ------------------------------------------------------------
@@ -150,8 +152,30 @@ def _public(details_scores: dict) -> dict:
 
 
 def _say(opts: RunOptions, msg: str) -> None:
-    if opts.progress:
-        tqdm.write(msg)
+    if opts.progress or opts.log_lines:
+        tqdm.write(msg, file=sys.stdout)
+        sys.stdout.flush()
+
+
+def _log_batch(opts: RunOptions, state: RunState, n_batches: int, live_name: str) -> None:
+    """The plain line of a batch just written (the bar's postfix, for a log that has no bar)."""
+    if opts.progress or not opts.log_lines:
+        return
+    row = state.batches[-1]
+    growth = max(((rows[-1]["growth"], layer) for layer, rows in state.norms.items() if rows), default=None)
+    steps = f", {row['mean_steps']:.1f} steps" if row["mean_steps"] is not None else ""
+    grown = f", largest ‖W−W₀‖/‖W₀‖ {100 * growth[0]:.0f} % (layer {growth[1]})" if growth else ""
+    _say(opts, f"batch {state.batches_done}/{n_batches}: {row['edits']} edits in {row['seconds']:.0f} s "
+               f"({row['seconds'] / row['edits']:.2f} s/edit{steps}), {live_name} {row['live_score']:.0f}{grown}")
+
+
+def _log_checkpoint(opts: RunOptions, entry: dict) -> None:
+    sc, base = entry["scores"], entry["baseline"]
+    parts = [f"{k.upper()} {sc[k]:.1f} (unedited {base[k]:.1f})" for k in ("es", "ps", "ns", "edit_acc") if k in sc]
+    health = entry.get("health") or {}
+    if "perplexity" in health:
+        parts.append(f"perplexity {health['perplexity']:.2f}")
+    _say(opts, f"checkpoint at {entry['edits']} edits ({entry['scored']} facts scored): " + ", ".join(parts))
 
 
 def _baseline(lm, records: Sequence[Record], opts: RunOptions, state: RunState) -> None:
@@ -284,11 +308,13 @@ def run_eval(
             _norm_rows(editor, state, n_edited)
             bar.update(len(batch))
             bar.set_postfix({live_name: f"{live:.0f}", "s/edit": f"{seconds / len(batch):.2f}"})
+            _log_batch(opts, state, n_batches, live_name)
 
             last = state.batches_done == n_batches
             scored = bool(opts.checkpoint_every) and state.batches_done % opts.checkpoint_every == 0 and not last
             if scored:
                 state.checkpoints.append(_checkpoint_scores(lm, records, opts, state, n_edited))
+                _log_checkpoint(opts, state.checkpoints[-1])
             asked = should_stop is not None and not last and should_stop(state)
             if scored or asked:
                 state.wall_seconds = prior_wall + time.perf_counter() - started

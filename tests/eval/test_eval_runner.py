@@ -204,6 +204,10 @@ def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monke
     assert res.exit_code == 0, res.output
     first = json.loads((tmp_path / "encore" / "summary.json").read_text())
     assert first["run"]["command"]["records"] == 4 and first["settings"]["layers"] == [1, 2]
+    # No bars: the log still says where the run is, one plain line per batch and checkpoint.
+    assert "batch 1/2: 2 edits in" in res.output and "batch 2/2: 2 edits in" in res.output
+    assert "checkpoint at 2 edits (2 facts scored): ES " in res.output
+    assert "\r" not in res.output
 
     # Resume from the last checkpoint (after batch 1 of 2) as if the run had stopped there.
     (tmp_path / "encore" / "summary.json").unlink()
