@@ -46,6 +46,7 @@ cli = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_compl
 
 
 def fail(msg: str) -> None:
+    # Not app.cli.common.fail: `unpack` runs before the wheels (pydantic, which app.cli needs) are installed.
     typer.echo(f"gpu_bundle: error: {msg}", err=True)
     raise typer.Exit(2)
 
