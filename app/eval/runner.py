@@ -438,6 +438,7 @@ def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], op
             raise ValueError(f"the trail in {out_dir} was made with other settings ({changed}): a preset "
                              "changed since? resume it with the trail's settings or start again")
         state = RunState.from_json(progress_json)
+        _say(options, f"writing the {state.batches_done} saved batches into the unedited model again from their z* …")
         _rewrite_from_trail(editor, records, state, z_stars, progress)
     else:
         editor_state, progress_json = load_checkpoint(out_dir)

@@ -131,7 +131,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, corpus):
     assert resumed["es"] == straight["es"] and resumed["baseline"] == straight["baseline"]
 
 
-def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, corpus):
+def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, corpus, capsys):
     """Only run.json and trail/ (each batch's z*) travel: the resume writes those batches again from
     their z* and goes on, to the weights of a run that was never stopped."""
     import shutil
@@ -156,7 +156,10 @@ def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, c
         resume_from(out, _lm(), settings.model_copy(update={"lambda_n": 2.0}), RECORDS, opts, key_stats=stats,
                     progress=False)
 
+    capsys.readouterr()
+    opts.log_lines = True  # as in a log file: the rewrite says what it is doing
     resumed = resume_from(out, _lm(), settings, RECORDS, opts, key_stats=stats, progress=False)
+    assert "writing the 2 saved batches into the unedited model again" in capsys.readouterr().out
     assert resumed["weights_hash"] == straight["weights_hash"]
     assert [c["edits"] for c in resumed["checkpoints"]] == [2, 4] and len(resumed["batches"]) == 3
     assert resumed["es"] == straight["es"]
