@@ -57,8 +57,8 @@ LEVERS = [
           "scaled to C₀, plus MPES (margin 3)", method="alphaedit",
           overrides={"nullspace_threshold": None, "nullspace_energy": 0.05, "lambda_n_relative": True, "lambda_n": 300.0,
                      "mpes_margin": 3, "lr": 0.5}),
-    Lever("c0-wiki-900k", "C₀ from all of WikiText but the held-out file (~0.9M tokens)", stats_tokens=900_000),
-    Lever("c0-enwiki-3m", "C₀ from 3M tokens of plain Wikipedia (corpus_extra)", corpus="enwiki", stats_tokens=3_000_000),
+    Lever("c0-wiki-900k", "the smollm2 preset (λp 2500, λn 20) with C₀ from all of WikiText but the held-out file (~0.9M tokens)", stats_tokens=900_000),
+    Lever("c0-enwiki-3m", "the smollm2 preset (λp 2500, λn 20) with C₀ from 3M tokens of plain Wikipedia (corpus_extra)", corpus="enwiki", stats_tokens=3_000_000),
     Lever("neighbour-keys-5", "per fact, the outputs of 5 other (model-generated) subjects asked with the fact's own "
           "prompt are kept in this batch's solve", overrides={"neighbour_keys": 5}),
     Lever("lambda-n-relative", "λn scaled to each layer's C₀ (390·tr(C₀)/f: 7 at layer 4 to 13 at layer 8, 10 on average)",
