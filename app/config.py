@@ -7,6 +7,7 @@ module (the editing core above all) takes explicit paths and settings.
 With neither a database nor a Redis URL the service runs embedded: SQLite under the cache dir,
 an in-process queue, and the worker in a background thread of the API process.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ class KeditConfig(BaseSettings):
 
     # The model and how it is edited.
     model_path: str | None = Field(None, description="HF folder or .gguf; unset = the default SmolLM2")
-    cache_dir: Path = Field(DEFAULT_CACHE_DIR, description="model conversions, key statistics, the embedded SQLite file")
+    cache_dir: Path = Field(
+        DEFAULT_CACHE_DIR, description="model conversions, key statistics, the embedded SQLite file"
+    )
     device: str = "cpu"
     preset: Preset = Field(Preset.SMOLLM2, description="settings family: " + ", ".join(Preset))
     method: Method = Method.ENCORE
@@ -49,7 +52,8 @@ class KeditConfig(BaseSettings):
         default_factory=dict, description='JSON object of EditSettings fields, e.g. {"layers": [1, 2]}'
     )
     stats_corpus: Path | None = Field(
-        None, description="text file or folder of .txt files for the key statistics C0; unset = text the model generates"
+        None,
+        description="text file or folder of .txt files for the key statistics C0; unset = text the model generates",
     )
 
     # Data for evaluation and benchmarks (never needed to serve or edit).
@@ -97,8 +101,15 @@ class KeditConfig(BaseSettings):
         if Role(role) is not Role.REPLICA:
             self.check_stats_corpus()
         lm = load_model(self.model_path, cache_dir=self.cache_dir, device=self.device)
-        return build_editor(lm, self.edit_settings(), role, corpus=self.stats_corpus, cache_dir=self.cache_dir,
-                            templates=templates, progress=progress)
+        return build_editor(
+            lm,
+            self.edit_settings(),
+            role,
+            corpus=self.stats_corpus,
+            cache_dir=self.cache_dir,
+            templates=templates,
+            progress=progress,
+        )
 
 
 class ServiceConfig(KeditConfig):
@@ -118,15 +129,22 @@ class ServiceConfig(KeditConfig):
 
     # Generation (the /v1 endpoints): transformers' continuous batching with a bounded paged KV cache.
     cb_cache_blocks: int = Field(
-        32, ge=1, le=1_000_000,
+        32,
+        ge=1,
+        le=1_000_000,
         description="KV-cache blocks of the batching manager (256 tokens of every layer each; 32 = 8192 tokens, "
-                    "~0.4 GB for SmolLM2 in float32): the tokens in flight across all requests")
+        "~0.4 GB for SmolLM2 in float32): the tokens in flight across all requests",
+    )
     serve_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of the copy the /v1 endpoints generate from; edits and replay stay float32"
     )
-    cb_batch_tokens: int = Field(512, ge=16, le=1_000_000, description="tokens per forward pass of the batching manager")
+    cb_batch_tokens: int = Field(
+        512, ge=16, le=1_000_000, description="tokens per forward pass of the batching manager"
+    )
     idempotency_window_s: float = Field(
-        24 * 3600, gt=0, le=365 * 24 * 3600,
+        24 * 3600,
+        gt=0,
+        le=365 * 24 * 3600,
         description="an Idempotency-Key is remembered this long (a retry inside it gets the same ids); older "
         "keys are purged as new ones come in",
     )
@@ -137,7 +155,9 @@ class ServiceConfig(KeditConfig):
     reclaim_idle_ms: int = Field(60_000, ge=1000, description="pending queue entries idle this long are reclaimed")
     standby_poll_s: float = Field(2.0, gt=0, description="how often a standby worker tries the writer lock")
     snapshot_every: int = Field(
-        50, ge=0, le=1_000_000,
+        50,
+        ge=0,
+        le=1_000_000,
         description="the worker writes a weight snapshot (the dense edited layers) every this many versions, so a "
         "start replays only the versions after it; 0 = never. 50 bounds a replica's replay at ~50 batches "
         "(~5 s at SmolLM2 shapes) for one snapshot's storage (the edited layers in float32; 2 kept)",
@@ -154,31 +174,50 @@ class ServiceConfig(KeditConfig):
     max_page_size: int = Field(200, ge=1, le=10_000)
 
     # Health.
-    norm_alarm_growth: float = Field(0.5, gt=0, description="alarm when ‖W−W0‖/‖W0‖ of a layer exceeds this; at "
-                                     "0.5 ENCORE-family edits of SmolLM2 measured about +10–15 % perplexity (docs/lifelong.md)")
+    norm_alarm_growth: float = Field(
+        0.5,
+        gt=0,
+        description="alarm when ‖W−W0‖/‖W0‖ of a layer exceeds this; at "
+        "0.5 ENCORE-family edits of SmolLM2 measured about +10–15 % perplexity (docs/lifelong.md)",
+    )
     norm_history: int = Field(20, ge=1, le=10_000, description="snapshots per layer shown by /health/norms")
 
     # Canaries and the quality guard (docs/quality.md).
-    canaries: bool = Field(True, description="score the canaries (facts, held-out text, generation) after every "
-                           "batch and revert; off = no /health/quality scores and no guard")
-    canary_facts: int = Field(300, ge=0, le=5000, description="canary facts kept at first start (those the unedited "
-                              "model answers top-1, spread over the relations)")
+    canaries: bool = Field(
+        True,
+        description="score the canaries (facts, held-out text, generation) after every "
+        "batch and revert; off = no /health/quality scores and no guard",
+    )
+    canary_facts: int = Field(
+        300,
+        ge=0,
+        le=5000,
+        description="canary facts kept at first start (those the unedited "
+        "model answers top-1, spread over the relations)",
+    )
     canary_text_tokens: int = Field(256, ge=16, le=100_000, description="tokens of held-out text scored for perplexity")
     canary_prompts: int = Field(2, ge=0, le=20, description="free-generation prompts (entropy)")
     canary_gen_tokens: int = Field(16, ge=4, le=512, description="tokens generated greedily per canary prompt")
     canary_dtype: Literal["float32", "bfloat16"] = Field(
-        "bfloat16", description="dtype the canaries are scored in (a copy whose edited layers follow the float32 "
-        "weights): bfloat16 halves their cost on CPUs with bf16 units; canaries are chosen in the same dtype")
+        "bfloat16",
+        description="dtype the canaries are scored in (a copy whose edited layers follow the float32 "
+        "weights): bfloat16 halves their cost on CPUs with bf16 units; canaries are chosen in the same dtype",
+    )
     guard: Literal["off", "warn", "reject"] = Field(
-        "warn", description="what a batch that crosses a threshold gets: off = nothing; warn = applied and marked "
-        "with what it broke; reject = the edits responsible are found (bisect) and fail, the rest are applied")
+        "warn",
+        description="what a batch that crosses a threshold gets: off = nothing; warn = applied and marked "
+        "with what it broke; reject = the edits responsible are found (bisect) and fail, the rest are applied",
+    )
     guard_facts_lost: int = Field(0, ge=0, description="canary facts one batch may break (vs the previous version)")
-    guard_facts_lost_total: float = Field(0.2, ge=0, le=1, description="share of canary facts the edited model "
-                                          "may have lost (vs the unedited model)")
+    guard_facts_lost_total: float = Field(
+        0.2, ge=0, le=1, description="share of canary facts the edited model may have lost (vs the unedited model)"
+    )
     guard_ppl_rise: float = Field(0.05, ge=0, description="perplexity rise one batch may cause (0.05 = +5 %)")
     guard_ppl_rise_total: float = Field(0.3, ge=0, description="perplexity rise vs the unedited model")
     guard_entropy_drop: float = Field(0.05, ge=0, le=1, description="generation-entropy drop one batch may cause")
-    guard_entropy_drop_total: float = Field(0.1, ge=0, le=1, description="generation-entropy drop vs the unedited model")
+    guard_entropy_drop_total: float = Field(
+        0.1, ge=0, le=1, description="generation-entropy drop vs the unedited model"
+    )
 
     @property
     def embedded(self) -> bool:
@@ -190,9 +229,9 @@ class ServiceConfig(KeditConfig):
             url = self.database_url
             # Plain postgresql:// would pick psycopg2, which is not installed; psycopg 3 is.
             if url.startswith("postgres://"):
-                url = "postgresql://" + url[len("postgres://"):]
+                url = "postgresql://" + url[len("postgres://") :]
             if url.startswith("postgresql://"):
-                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
             return url
         path = self.cache_dir / "kedit.db"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ to revert); the worker looks the edit up and skips it unless its row still asks 
 so a redelivered message never applies anything twice. Version announcements ("the log now
 ends at version N") go over Redis pub/sub, or to in-process subscribers.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -65,8 +66,9 @@ class WorkQueue(Protocol):
 
 # --- in-process ------------------------------------------------------------------------------
 
+
 class _LocalSubscription:
-    def __init__(self, owner: "LocalQueue"):
+    def __init__(self, owner: LocalQueue):
         self._owner = owner
         self._cond = threading.Condition()
         self._latest: int | None = None
@@ -168,6 +170,7 @@ class LocalQueue:
 
 # --- Redis -----------------------------------------------------------------------------------
 
+
 class _RedisSubscription:
     def __init__(self, client, channel: str):
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -248,7 +251,12 @@ class RedisQueue:
     def claim_stale(self, max_items: int, min_idle_ms: int | None = None) -> list[Message]:
         idle = self.reclaim_idle_ms if min_idle_ms is None else min_idle_ms
         _next, claimed, *_deleted = self._group_call(
-            self.client.xautoclaim, self.stream, self.group, self.consumer, min_idle_time=idle, start_id="0-0",
+            self.client.xautoclaim,
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=idle,
+            start_id="0-0",
             count=max_items,
         )
         msgs = self._parse(claimed)

@@ -9,6 +9,7 @@ and writes it (markdown + JSON) to --out.
 
     .venv/bin/python benchmarks/canary_overhead.py --corpus /path/to/wikitext --out benchmarks/results/canary-overhead
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model folder or GGUF (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--corpus", type=Path, default=None, help="text for C₀ (default: KEDIT_STATS_CORPUS or generated)")
-    ap.add_argument("--data", type=Path, default=None,
-                    help="CounterFact records (default: counterfact_extra/counterfact-val.json in the data folder)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="CounterFact records (default: counterfact_extra/counterfact-val.json in the data folder)",
+    )
     ap.add_argument("--batches", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--facts", type=int, default=300, help="canary facts (the service's KEDIT_CANARY_FACTS)")
@@ -64,15 +69,20 @@ def main() -> None:
     chosen = probes.choose(copy.model, lm.tokenizer, args.facts, args.text_tokens, args.prompts)
     choose_s = time.perf_counter() - t0
     base = score()
-    print(f"canaries: {len(chosen.facts)} facts of {len(probes.bundled_facts())} candidates, "
-          f"{len(lm.tokenizer(chosen.text)['input_ids'])} text tokens, {len(chosen.prompts)} prompts; chosen in "
-          f"{choose_s:.1f} s; unedited perplexity {base.perplexity:.2f}, entropy {base.entropy:.1f}", flush=True)
+    print(
+        f"canaries: {len(chosen.facts)} facts of {len(probes.bundled_facts())} candidates, "
+        f"{len(lm.tokenizer(chosen.text)['input_ids'])} text tokens, {len(chosen.prompts)} prompts; chosen in "
+        f"{choose_s:.1f} s; unedited perplexity {base.perplexity:.2f}, entropy {base.entropy:.1f}",
+        flush=True,
+    )
 
     rows = []
     for b in range(args.batches):
-        batch = records[b * args.batch_size:(b + 1) * args.batch_size]
-        requests = [EditRequest(prompt=r.prompt, subject=r.subject, target_new=r.target_new, target_true=r.target_true)
-                    for r in batch]
+        batch = records[b * args.batch_size : (b + 1) * args.batch_size]
+        requests = [
+            EditRequest(prompt=r.prompt, subject=r.subject, target_new=r.target_new, target_true=r.target_true)
+            for r in batch
+        ]
         t0 = time.perf_counter()
         point = editor.save_point()
         save_s = time.perf_counter() - t0
@@ -81,29 +91,52 @@ def main() -> None:
         editor.apply(requests, b + 1)
         edit_s = time.perf_counter() - t0
         scores = score()
-        rows.append({"batch": b + 1, "edit_s": edit_s, "canary_s": scores.seconds, "save_point_s": save_s,
-                     "facts_kept": len(chosen.facts) - len(scores.lost(chosen.facts)), "perplexity": scores.perplexity,
-                     "entropy": scores.entropy})
+        rows.append(
+            {
+                "batch": b + 1,
+                "edit_s": edit_s,
+                "canary_s": scores.seconds,
+                "save_point_s": save_s,
+                "facts_kept": len(chosen.facts) - len(scores.lost(chosen.facts)),
+                "perplexity": scores.perplexity,
+                "entropy": scores.entropy,
+            }
+        )
         r = rows[-1]
-        print(f"batch {b + 1}: edit {edit_s:.2f} s, canaries {scores.seconds:.2f} s "
-              f"({100 * scores.seconds / edit_s:.1f} %), save point {save_s:.3f} s; facts kept "
-              f"{r['facts_kept']}/{len(chosen.facts)}, perplexity {scores.perplexity:.2f}, entropy {scores.entropy:.1f}",
-              flush=True)
+        print(
+            f"batch {b + 1}: edit {edit_s:.2f} s, canaries {scores.seconds:.2f} s "
+            f"({100 * scores.seconds / edit_s:.1f} %), save point {save_s:.3f} s; facts kept "
+            f"{r['facts_kept']}/{len(chosen.facts)}, perplexity {scores.perplexity:.2f}, entropy {scores.entropy:.1f}",
+            flush=True,
+        )
 
     edit_total = sum(r["edit_s"] for r in rows)
     canary_total = sum(r["canary_s"] for r in rows)
     summary = {
-        "model": lm.name, "dtype": args.dtype, "text_tokens": args.text_tokens, "prompts": args.prompts,
-        "gen_tokens": args.gen_tokens, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "batch_size": args.batch_size, "batches": args.batches, "canary_facts": len(chosen.facts),
-        "candidates": len(probes.bundled_facts()), "choose_s": choose_s, "edit_s_median":
-        statistics.median(r["edit_s"] for r in rows), "canary_s_median": statistics.median(r["canary_s"] for r in rows),
+        "model": lm.name,
+        "dtype": args.dtype,
+        "text_tokens": args.text_tokens,
+        "prompts": args.prompts,
+        "gen_tokens": args.gen_tokens,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "canary_facts": len(chosen.facts),
+        "candidates": len(probes.bundled_facts()),
+        "choose_s": choose_s,
+        "edit_s_median": statistics.median(r["edit_s"] for r in rows),
+        "canary_s_median": statistics.median(r["canary_s"] for r in rows),
         "overhead": canary_total / edit_total,
-        "overhead_reject": (canary_total + sum(r["save_point_s"] for r in rows)) / edit_total, "rows": rows,
+        "overhead_reject": (canary_total + sum(r["save_point_s"] for r in rows)) / edit_total,
+        "rows": rows,
     }
-    print(f"overhead of the canaries: {100 * summary['overhead']:.1f} % of the editor's time per batch of "
-          f"{args.batch_size} ({canary_total:.1f} s of {edit_total:.1f} s); with reject's save point "
-          f"{100 * summary['overhead_reject']:.1f} %", flush=True)
+    print(
+        f"overhead of the canaries: {100 * summary['overhead']:.1f} % of the editor's time per batch of "
+        f"{args.batch_size} ({canary_total:.1f} s of {edit_total:.1f} s); with reject's save point "
+        f"{100 * summary['overhead_reject']:.1f} %",
+        flush=True,
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
@@ -117,8 +150,11 @@ def main() -> None:
             "",
             "| batch | editor s | canaries s | overhead | save point s | facts kept | perplexity | entropy |",
             "|---|---|---|---|---|---|---|---|",
-            *[f"| {r['batch']} | {r['edit_s']:.2f} | {r['canary_s']:.2f} | {100 * r['canary_s'] / r['edit_s']:.1f} % | "
-              f"{r['save_point_s']:.3f} | {r['facts_kept']} | {r['perplexity']:.2f} | {r['entropy']:.1f} |" for r in rows],
+            *[
+                f"| {r['batch']} | {r['edit_s']:.2f} | {r['canary_s']:.2f} | {100 * r['canary_s'] / r['edit_s']:.1f} % | "
+                f"{r['save_point_s']:.3f} | {r['facts_kept']} | {r['perplexity']:.2f} | {r['entropy']:.1f} |"
+                for r in rows
+            ],
             "",
             f"**Overhead: {100 * summary['overhead']:.1f} %** of the editor's time (canaries {canary_total:.1f} s, "
             f"editor {edit_total:.1f} s); {100 * summary['overhead_reject']:.1f} % with the save point of `reject`.",

@@ -10,12 +10,12 @@ after. `--out` keeps z* too; `--against` compares with such a file from another 
 Only names that exist in both checkouts are used, and C₀ comes from the WikiText corpus of the
 data folder (given explicitly: the default corpus is not the same in every checkout).
 """
+
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import typer
@@ -34,8 +34,8 @@ def main(
     batch_size: int = typer.Option(4, help="edits per batch"),
     preset_name: str = typer.Option("smollm2", "--preset", help="settings preset"),
     method: str = typer.Option("encore", help="encore | memit | alphaedit"),
-    out: Optional[Path] = typer.Option(None, help="write hashes, steps, probabilities and z* here (JSON)"),
-    against: Optional[Path] = typer.Option(None, help="compare with a file written by --out"),
+    out: Path | None = typer.Option(None, help="write hashes, steps, probabilities and z* here (JSON)"),
+    against: Path | None = typer.Option(None, help="compare with a file written by --out"),
     data_dir: Path = typer.Option(SHARED_DATA, help="the shared data folder (CounterFact, corpus/)"),
 ) -> None:
     torch.manual_seed(0)
@@ -63,10 +63,14 @@ def main(
         old = json.loads(against.read_text())
         same = old["hashes"] == run["hashes"]
         z_diff = (torch.tensor(old["z_star"]) - torch.tensor(run["z_star"])).abs().max().item()
-        p_diff = max(abs(a - b) for a, b in zip(old["prob_after"] + old["prob_before"], run["prob_after"] + run["prob_before"]))
-        print(f"against {against}: weights hash {'IDENTICAL' if same else 'DIFFERENT'}; steps "
-              f"{'equal' if old['steps'] == run['steps'] else 'DIFFERENT: ' + str(old['steps'])}; "
-              f"max |Δz*| {z_diff:.3g}; max |ΔP(target)| {p_diff:.3g}")
+        p_diff = max(
+            abs(a - b) for a, b in zip(old["prob_after"] + old["prob_before"], run["prob_after"] + run["prob_before"])
+        )
+        print(
+            f"against {against}: weights hash {'IDENTICAL' if same else 'DIFFERENT'}; steps "
+            f"{'equal' if old['steps'] == run['steps'] else 'DIFFERENT: ' + str(old['steps'])}; "
+            f"max |Δz*| {z_diff:.3g}; max |ΔP(target)| {p_diff:.3g}"
+        )
 
 
 if __name__ == "__main__":

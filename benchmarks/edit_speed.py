@@ -9,13 +9,13 @@ defaults instead.
     python benchmarks/edit_speed.py                    # reference settings
     python benchmarks/edit_speed.py --preset smollm2   # kedit's defaults
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import typer
@@ -43,36 +43,47 @@ def timed_batch(editor: Editor, chunk: list, batch_id: int) -> dict:
     result = editor.apply([r.request() for r in chunk], batch_id=batch_id)
     wall = time.perf_counter() - t0
     return {
-        "batch": batch_id, "edits": len(chunk), "wall": wall, "targets": result.z_seconds,
-        "keys": result.keys_seconds, "solve": result.solve_seconds - result.keys_seconds,
+        "batch": batch_id,
+        "edits": len(chunk),
+        "wall": wall,
+        "targets": result.z_seconds,
+        "keys": result.keys_seconds,
+        "solve": result.solve_seconds - result.keys_seconds,
         "seconds_per_edit": wall / len(chunk),
         "mean_steps": sum(o.mpes_steps for o in result.outcomes) / len(chunk),
     }
 
 
 def main(
-    preset_name: str = typer.Option("llama3-8b", "--preset", help="settings preset: llama3-8b (the reference's) or smollm2"),
+    preset_name: str = typer.Option(
+        "llama3-8b", "--preset", help="settings preset: llama3-8b (the reference's) or smollm2"
+    ),
     method: str = typer.Option("encore", help="encore | memit | alphaedit"),
     records: int = typer.Option(200, help="CounterFact records (first N)"),
     batch_size: int = typer.Option(100, help="edits per batch"),
     stats_tokens: int = typer.Option(157_918, help="C₀ token budget (the reference used 157,918)"),
-    out: Optional[Path] = typer.Option(None, help="write the figures as JSON here"),
+    out: Path | None = typer.Option(None, help="write the figures as JSON here"),
 ) -> None:
     threads = torch.get_num_threads()
     print(f"machine: {os.cpu_count()} cores, torch threads {threads}, torch {torch.__version__}")
     cfg = KeditConfig()
     lm = load_model(cfg.model_path, cache_dir=cfg.cache_dir, device=cfg.device)
     corpus = cfg.stats_corpus or cfg.data_dir / "corpus"  # WikiText, as the reference used
-    settings = reference_settings(method, stats_tokens) if preset_name == "llama3-8b" else preset(
-        preset_name, method, stats_tokens=stats_tokens)
+    settings = (
+        reference_settings(method, stats_tokens)
+        if preset_name == "llama3-8b"
+        else preset(preset_name, method, stats_tokens=stats_tokens)
+    )
     print(f"settings: {settings.model_dump()}")
 
     # Key statistics for every edited layer in one pass (uncached here on purpose: it is timed).
     t0 = time.perf_counter()
     stats = collect_key_stats(lm, list(settings.layers), corpus, settings.stats_tokens)
     stats_seconds = time.perf_counter() - t0
-    print(f"key statistics: {len(settings.layers)} layers × {settings.stats_tokens} tokens in one pass: {stats_seconds:.1f} s "
-          f"(corpus {', '.join(f.name for f in corpus_files(corpus))})")
+    print(
+        f"key statistics: {len(settings.layers)} layers × {settings.stats_tokens} tokens in one pass: {stats_seconds:.1f} s "
+        f"(corpus {', '.join(f.name for f in corpus_files(corpus))})"
+    )
 
     recs = load_dataset(cfg.data_dir / "counterfact" / "counterfact.json", limit=records).records
     editor = build_editor(lm, settings, Role.EVAL, key_stats=stats)
@@ -82,24 +93,40 @@ def main(
         chunk = recs[start : start + batch_size]
         row = timed_batch(editor, chunk, b)
         batches.append(row)
-        print(f"batch {b}: {row['wall']:.1f} s wall = targets {row['targets']:.1f} + keys {row['keys']:.1f} + solve "
-              f"{row['solve']:.1f} (+ probability read-out) → {row['seconds_per_edit']:.2f} s/edit, "
-              f"{row['mean_steps']:.1f} optimisation steps per edit")
+        print(
+            f"batch {b}: {row['wall']:.1f} s wall = targets {row['targets']:.1f} + keys {row['keys']:.1f} + solve "
+            f"{row['solve']:.1f} (+ probability read-out) → {row['seconds_per_edit']:.2f} s/edit, "
+            f"{row['mean_steps']:.1f} optimisation steps per edit"
+        )
     scores = score_counterfact(lm.model, lm.tokenizer, recs)
     growth = {n.layer: round(100 * n.growth, 2) for n in editor.norms()}
     spe = sum(b["wall"] for b in batches) / len(recs)
-    print(f"after {len(recs)} edits, records 1–{len(recs)}: ES {scores['es']:.1f} PS {scores['ps']:.1f} "
-          f"NS {scores['ns']:.1f} S {scores['s']:.1f}")
+    print(
+        f"after {len(recs)} edits, records 1–{len(recs)}: ES {scores['es']:.1f} PS {scores['ps']:.1f} "
+        f"NS {scores['ns']:.1f} S {scores['s']:.1f}"
+    )
     print(f"‖W−W₀‖/‖W₀‖ per layer (%): {growth}")
-    print(f"seconds per edit: {spe:.2f} (reference {REFERENCE['seconds_per_edit']:.2f} → {REFERENCE['seconds_per_edit'] / spe:.1f}x); "
-          f"key statistics {stats_seconds:.0f} s (reference {REFERENCE['stats_seconds']:.0f} s)")
+    print(
+        f"seconds per edit: {spe:.2f} (reference {REFERENCE['seconds_per_edit']:.2f} → {REFERENCE['seconds_per_edit'] / spe:.1f}x); "
+        f"key statistics {stats_seconds:.0f} s (reference {REFERENCE['stats_seconds']:.0f} s)"
+    )
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({
-            "threads": threads, "settings": settings.model_dump(mode="json"), "stats_seconds": stats_seconds,
-            "batches": batches, "seconds_per_edit": spe, "scores": scores, "growth_percent": growth,
-            "reference": REFERENCE,
-        }, indent=1))
+        out.write_text(
+            json.dumps(
+                {
+                    "threads": threads,
+                    "settings": settings.model_dump(mode="json"),
+                    "stats_seconds": stats_seconds,
+                    "batches": batches,
+                    "seconds_per_edit": spe,
+                    "scores": scores,
+                    "growth_percent": growth,
+                    "reference": REFERENCE,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ a chunk missing or changed, extracts to --to, installs nothing, and prints the p
 the model (model.gguf), the data folder (data/, the shared data layout), the tokenizer (tokenizer/),
 the wheels (wheels/, for `pip install --no-index --target`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,11 +33,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # What lifelong_gpu.py reads (both commands), relative to the shared data folder.
-DATA_FILES = ("counterfact_extra/counterfact-train.json", "counterfact_extra/counterfact-edit.json",
-              "counterfact_extra/counterfact-val.json", "corpus/wikitext103_train_excerpt.tokens.txt",
-              "corpus/wikitext103_valid.tokens.txt")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "config.json", "generation_config.json")
+DATA_FILES = (
+    "counterfact_extra/counterfact-train.json",
+    "counterfact_extra/counterfact-edit.json",
+    "counterfact_extra/counterfact-val.json",
+    "corpus/wikitext103_train_excerpt.tokens.txt",
+    "corpus/wikitext103_valid.tokens.txt",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+)
 MANIFEST = "MANIFEST.json"
 MiB = 1 << 20
 TRANSFER_MIB = 64  # what one call may carry: the working tree and the part together
@@ -76,12 +86,18 @@ def archive(gguf: Path, data_dir: Path, tokenizer_dir: Path, wheels: list[Path])
 def write_parts(blob: bytes, out: Path, part_mib: float, chunk_mib: float = 2) -> list[Path]:
     """Cut `blob` into chunks and the chunks into parts of at most part_mib; each part names them all."""
     chunk = int(chunk_mib * MiB)
-    chunks = [blob[i:i + chunk] for i in range(0, len(blob), chunk)]
+    chunks = [blob[i : i + chunk] for i in range(0, len(blob), chunk)]
     per_part = max(1, int(part_mib * MiB) // chunk)
     n_parts = math.ceil(len(chunks) / per_part)
-    manifest = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob), "parts": n_parts,
-                "chunks": [{"name": f"chunk{i:03d}", "part": i // per_part + 1,
-                            "sha256": hashlib.sha256(c).hexdigest()} for i, c in enumerate(chunks)]}
+    manifest = {
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "parts": n_parts,
+        "chunks": [
+            {"name": f"chunk{i:03d}", "part": i // per_part + 1, "sha256": hashlib.sha256(c).hexdigest()}
+            for i, c in enumerate(chunks)
+        ],
+    }
     folders = []
     for p in range(1, n_parts + 1):
         folder = out / f"part{p}"
@@ -98,8 +114,13 @@ def write_parts(blob: bytes, out: Path, part_mib: float, chunk_mib: float = 2) -
 def working_tree_mib() -> float | None:
     """What travels besides a part: tracked files and untracked ones git does not ignore."""
     try:
-        names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                               capture_output=True).stdout.decode().split("\0")
+        names = (
+            subprocess.run(
+                ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+            )
+            .stdout.decode()
+            .split("\0")
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return sum((ROOT / n).stat().st_size for n in names if n and (ROOT / n).is_file()) / MiB
@@ -152,10 +173,12 @@ def extract(blob: bytes, to: Path) -> list[str]:
 @cli.command()
 def pack(
     out: Path = typer.Option(Path(".bundle"), help="folder for part1/, part2/, … (keep it ignored by git)"),
-    wheels: Optional[Path] = typer.Option(None, help="a folder of .whl files the GPU machine lacks (pip download …)"),
-    model: Optional[Path] = typer.Option(None, help="the .gguf to send (default: SmolLM2-135M-Instruct's)"),
-    tokenizer: Optional[Path] = typer.Option(None, help="its tokenizer folder (default: the converted model's, in the cache)"),
-    data_dir: Optional[Path] = typer.Option(None, help="the shared data folder (default: the configuration's)"),
+    wheels: Path | None = typer.Option(None, help="a folder of .whl files the GPU machine lacks (pip download …)"),
+    model: Path | None = typer.Option(None, help="the .gguf to send (default: SmolLM2-135M-Instruct's)"),
+    tokenizer: Path | None = typer.Option(
+        None, help="its tokenizer folder (default: the converted model's, in the cache)"
+    ),
+    data_dir: Path | None = typer.Option(None, help="the shared data folder (default: the configuration's)"),
     part_mib: float = typer.Option(52.0, min=4.0, help="largest part: what one call carries beside the working tree"),
 ) -> None:
     """Pack the model, the data, the tokenizer and the wheels into parts under --out."""
@@ -186,17 +209,24 @@ def pack(
         typer.echo(f"{folder}: {size:.1f} MiB")
     tree = working_tree_mib()
     if tree is not None and tree + largest > TRANSFER_MIB:
-        typer.echo(f"warning: the working tree ({tree:.1f} MiB) and the largest part come to more than "
-                   f"{TRANSFER_MIB} MiB: pack again with --part-mib {max(4, int(TRANSFER_MIB - tree - 2))}", err=True)
-    typer.echo(f"{len(blob) / MiB:.1f} MiB in all ({len(wheel_files)} wheels); send each part with one call, "
-               f"then `python benchmarks/gpu_bundle.py unpack --bundle {out} --to /tmp/kb` there")
+        typer.echo(
+            f"warning: the working tree ({tree:.1f} MiB) and the largest part come to more than "
+            f"{TRANSFER_MIB} MiB: pack again with --part-mib {max(4, int(TRANSFER_MIB - tree - 2))}",
+            err=True,
+        )
+    typer.echo(
+        f"{len(blob) / MiB:.1f} MiB in all ({len(wheel_files)} wheels); send each part with one call, "
+        f"then `python benchmarks/gpu_bundle.py unpack --bundle {out} --to /tmp/kb` there"
+    )
 
 
 @cli.command()
 def unpack(
     bundle: Path = typer.Option(Path(".bundle"), help="the folder holding the parts that arrived"),
     to: Path = typer.Option(Path("/tmp/kb"), help="where the model, data/, tokenizer/ and wheels/ go"),
-    partial: bool = typer.Option(False, help="the first part(s) alone: extract what they hold whole (all but the model)"),
+    partial: bool = typer.Option(
+        False, help="the first part(s) alone: extract what they hold whole (all but the model)"
+    ),
 ) -> None:
     """Check and extract the parts; print where everything is."""
     try:

@@ -18,10 +18,10 @@ commit DIR, and the same command on another machine takes the run up from there.
 growth of every edited layer against the number of edits, the runs overlaid), as `kedit eval
 compare` draws them, once every chosen run has finished.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from levers import Lever, command, run_carried  # benchmarks/levers.py: the same `kedit eval` command line
@@ -32,22 +32,32 @@ from app.eval.compare import compare
 RUNS = [
     Lever("encore-preset", "ENCORE with the smollm2 preset (the service's default: λp 2500, λn 20, margin 3)"),
     Lever("memit", "MEMIT with the smollm2 preset's layers, λp and C₀ (no MPES, no norm constraint)", method="memit"),
-    Lever("encore-old-preset", "ENCORE with the smollm2 preset before the lever screen (λp 1000, λn 10, margin 3)",
-          overrides={"lambda_p": 1000.0, "lambda_n": 10.0}),
+    Lever(
+        "encore-old-preset",
+        "ENCORE with the smollm2 preset before the lever screen (λp 1000, λn 10, margin 3)",
+        overrides={"lambda_p": 1000.0, "lambda_n": 10.0},
+    ),
 ]
 
 
 def main(
-    work: Path = typer.Option(Path("/tmp/kedit-lifelong"), help="run folders (kept: a rerun skips finished runs and resumes cut ones)"),
-    out: Optional[Path] = typer.Option(None, help="folder for table.md and lifelong.png (written once the chosen runs have finished)"),
+    work: Path = typer.Option(
+        Path("/tmp/kedit-lifelong"), help="run folders (kept: a rerun skips finished runs and resumes cut ones)"
+    ),
+    out: Path | None = typer.Option(
+        None, help="folder for table.md and lifelong.png (written once the chosen runs have finished)"
+    ),
     only: list[str] = typer.Option([], help="run only these (repeatable): " + ", ".join(r.label for r in RUNS)),
     records: int = typer.Option(2000, min=1, help="sequential edits per run"),
     batch_size: int = typer.Option(100, min=1),
     checkpoint_edits: int = typer.Option(500, min=1, help="a checkpoint every this many edits"),
     checkpoint_sample: int = typer.Option(500, min=1, help="edited facts scored at a checkpoint"),
     device: str = typer.Option("cpu", help="cpu, or cuda on a lent GPU (the same protocol, minutes instead of hours)"),
-    carry: Optional[Path] = typer.Option(None, help="keep each run's run.json, summary.json and trail/ (a few MB) here "
-                                         "as it goes and take a run up from here: commit it to go on in another session"),
+    carry: Path | None = typer.Option(
+        None,
+        help="keep each run's run.json, summary.json and trail/ (a few MB) here "
+        "as it goes and take a run up from here: commit it to go on in another session",
+    ),
 ) -> None:
     by_label = {r.label: r for r in RUNS}
     unknown = [o for o in only if o not in by_label]
@@ -61,10 +71,24 @@ def main(
         run_dir = work / f"{run.label}-{records}"
         log = work / f"{run.label}-{records}.log"
         print(f"{run.label}: {run.why} (log: {log})", flush=True)
-        rc = run_carried(lambda: command(run, run_dir, data_dir, work, records, batch_size, data_file="counterfact-edit.json",
-                                         checkpoint_every=max(1, checkpoint_edits // batch_size),
-                                         checkpoint_sample=checkpoint_sample, device=device),
-                         run_dir, log, repo, carry)
+        rc = run_carried(
+            lambda: command(
+                run,
+                run_dir,
+                data_dir,
+                work,
+                records,
+                batch_size,
+                data_file="counterfact-edit.json",
+                checkpoint_every=max(1, checkpoint_edits // batch_size),
+                checkpoint_sample=checkpoint_sample,
+                device=device,
+            ),
+            run_dir,
+            log,
+            repo,
+            carry,
+        )
         if rc != 0:
             print(f"{run.label}: exited {rc}; see {log} (run the same command again to resume)", flush=True)
             raise typer.Exit(1)

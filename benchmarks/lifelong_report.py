@@ -8,6 +8,7 @@ seconds per edit) and DIR/lifelong.png (scores, perplexity, entropy and the larg
 norm growth against the number of edits, the methods overlaid). Works on finished runs
 and on runs cut short by a deadline alike.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,10 @@ def _progress(doc: dict) -> dict:
 
 
 def _growth_at(norms: dict, edits: int) -> dict[str, float]:
-    return {layer: next(r["growth"] for r in rows if r["edits"] == edits) for layer, rows in sorted(norms.items(), key=lambda x: int(x[0]))}
+    return {
+        layer: next(r["growth"] for r in rows if r["edits"] == edits)
+        for layer, rows in sorted(norms.items(), key=lambda x: int(x[0]))
+    }
 
 
 def rows_of(doc: dict) -> list[dict]:
@@ -31,35 +35,59 @@ def rows_of(doc: dict) -> list[dict]:
     points = list(p["checkpoints"])
     if doc.get("finished"):
         s = doc["summary"]
-        points.append({"edits": s["edits"], "batches": len(s["batches"]), "scores": {k: s[k] for k in ("es", "ps", "ns")},
-                       "baseline": s["baseline"], "health": s["health"], "scored": s["edits"]})
+        points.append(
+            {
+                "edits": s["edits"],
+                "batches": len(s["batches"]),
+                "scores": {k: s[k] for k in ("es", "ps", "ns")},
+                "baseline": s["baseline"],
+                "health": s["health"],
+                "scored": s["edits"],
+            }
+        )
     for c in points:
         n_batches = c.get("batches", len(p["batches"]))
         done = [b for b in p["batches"] if b["batch"] < n_batches]
         spe = sum(b["seconds"] for b in done) / max(1, sum(b["edits"] for b in done))
-        out.append({"method": doc["method"], "edits": c["edits"], "scored": c.get("scored"), **c["scores"],
-                     "ns_unedited": c["baseline"]["ns"], "ppl": (c.get("health") or {}).get("perplexity"),
-                     "entropy": (c.get("health") or {}).get("gen_entropy"), "growth": _growth_at(p["norms"], c["edits"]),
-                     "s_per_edit": spe})
+        out.append(
+            {
+                "method": doc["method"],
+                "edits": c["edits"],
+                "scored": c.get("scored"),
+                **c["scores"],
+                "ns_unedited": c["baseline"]["ns"],
+                "ppl": (c.get("health") or {}).get("perplexity"),
+                "entropy": (c.get("health") or {}).get("gen_entropy"),
+                "growth": _growth_at(p["norms"], c["edits"]),
+                "s_per_edit": spe,
+            }
+        )
     return out
 
 
-def main(files: list[Path] = typer.Argument(..., help="<method>.json files from lifelong_gpu.py"),
-         out: Path = typer.Option(..., help="folder for table.md and lifelong.png")) -> None:
+def main(
+    files: list[Path] = typer.Argument(..., help="<method>.json files from lifelong_gpu.py"),
+    out: Path = typer.Option(..., help="folder for table.md and lifelong.png"),
+) -> None:
     docs = [json.loads(f.read_text()) for f in files]
     out.mkdir(parents=True, exist_ok=True)
     base = _progress(docs[0])["baseline"]
-    lines = [f"Unedited SmolLM2: perplexity {base['perplexity']:.2f}, generation entropy {base['gen_entropy']:.1f}. "
-             "ES/PS/NS on a fixed sample of the facts edited so far; NS (unedited) on the same facts.", "",
-             "| method | edits | ES | PS | NS | NS unedited | NS kept | perplexity | entropy | ‖W−W₀‖/‖W₀‖ per layer (%) | s/edit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Unedited SmolLM2: perplexity {base['perplexity']:.2f}, generation entropy {base['gen_entropy']:.1f}. "
+        "ES/PS/NS on a fixed sample of the facts edited so far; NS (unedited) on the same facts.",
+        "",
+        "| method | edits | ES | PS | NS | NS unedited | NS kept | perplexity | entropy | ‖W−W₀‖/‖W₀‖ per layer (%) | s/edit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     all_rows = {d["method"]: rows_of(d) for d in docs}
     for method, rows in all_rows.items():
         for r in rows:
             growth = " / ".join(f"{100 * g:.0f}" for g in r["growth"].values())
-            lines.append(f"| {method} | {r['edits']} | {r['es']:.1f} | {r['ps']:.1f} | {r['ns']:.1f} | {r['ns_unedited']:.1f} "
-                         f"| {100 * r['ns'] / r['ns_unedited']:.0f} % | {r['ppl']:.2f} | {r['entropy']:.1f} | {growth} "
-                         f"| {r['s_per_edit']:.3f} |")
+            lines.append(
+                f"| {method} | {r['edits']} | {r['es']:.1f} | {r['ps']:.1f} | {r['ns']:.1f} | {r['ns_unedited']:.1f} "
+                f"| {100 * r['ns'] / r['ns_unedited']:.0f} % | {r['ppl']:.2f} | {r['entropy']:.1f} | {growth} "
+                f"| {r['s_per_edit']:.3f} |"
+            )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -80,8 +108,10 @@ def main(files: list[Path] = typer.Argument(..., help="<method>.json files from 
     axes[1].set_yscale("log")
     axes[2].axhline(base["gen_entropy"], color="grey", lw=0.8, label="unedited")
     axes[3].axhline(50, color="red", lw=0.8, label="service alarm (50 %)")
-    for ax, title in zip(axes, ("scores (sampled edited facts)", "WikiText perplexity (log)", "generation entropy",
-                                "largest ‖W−W₀‖/‖W₀‖ (%)")):
+    for ax, title in zip(
+        axes,
+        ("scores (sampled edited facts)", "WikiText perplexity (log)", "generation entropy", "largest ‖W−W₀‖/‖W₀‖ (%)"),
+    ):
         ax.set_title(title)
         ax.set_xlabel("sequential edits")
         ax.legend(fontsize=7)

@@ -8,6 +8,7 @@ edits/s accepted, edits/s applied, and /generate latency p50/p95 measured while 
     # or let it start an embedded `kedit serve` on a free port with a throwaway database:
     .venv/bin/python benchmarks/load.py --spawn --edits 40 [--model PATH] [--env KEY=VALUE ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,14 @@ def facts(n: int) -> list[dict]:
     out = []
     for r in records[:n]:
         rw = r["requested_rewrite"]
-        out.append({"prompt": rw["prompt"], "subject": rw["subject"], "target_new": rw["target_new"]["str"],
-                    "target_true": rw["target_true"]["str"]})
+        out.append(
+            {
+                "prompt": rw["prompt"],
+                "subject": rw["subject"],
+                "target_new": rw["target_new"]["str"],
+                "target_true": rw["target_true"]["str"],
+            }
+        )
     if len(out) < n:
         raise SystemExit(f"only {len(out)} CounterFact records at {data}")
     return out
@@ -73,8 +80,13 @@ def spawn(model: str | None, env_pairs: list[str], workdir: Path) -> tuple[subpr
         k, _, v = pair.partition("=")
         env[k] = v
     log = open(workdir / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port),
-                             "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -99,13 +111,20 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
 
 
-def run(url: str, n: int, per_request: int, concurrency: int, max_seconds: float, api_key: str | None,
-        proc: subprocess.Popen | None) -> dict:
+def run(
+    url: str,
+    n: int,
+    per_request: int,
+    concurrency: int,
+    max_seconds: float,
+    api_key: str | None,
+    proc: subprocess.Popen | None,
+) -> dict:
     headers = {"X-API-Key": api_key} if api_key else {}
     client = httpx.Client(base_url=url, timeout=120, headers=headers)
     wait_ready(url, [proc] if proc else [], max_seconds)
     items = facts(n)
-    chunks = [items[i:i + per_request] for i in range(0, n, per_request)]
+    chunks = [items[i : i + per_request] for i in range(0, n, per_request)]
     deadline = time.monotonic() + max_seconds
     latencies: list[float] = []
     stop = threading.Event()
@@ -153,11 +172,19 @@ def run(url: str, n: int, per_request: int, concurrency: int, max_seconds: float
     end_version = client.get("/version").json()["version"]
     done = statuses["applied"] + statuses["failed"]
     return {
-        "edits": n, "requests": len(chunks), "accepted_per_s": n / accept_s, "applied_per_s": done / apply_s,
-        "applied": statuses["applied"], "failed": statuses["failed"], "unfinished": statuses["queued"] + statuses["applying"],
-        "versions": end_version - start_version, "seconds": apply_s,
-        "generate_n": len(latencies), "generate_p50_ms": 1000 * pct(latencies, 0.5),
-        "generate_p95_ms": 1000 * pct(latencies, 0.95), "generate_idle_p50_ms": 1000 * pct(idle, 0.5),
+        "edits": n,
+        "requests": len(chunks),
+        "accepted_per_s": n / accept_s,
+        "applied_per_s": done / apply_s,
+        "applied": statuses["applied"],
+        "failed": statuses["failed"],
+        "unfinished": statuses["queued"] + statuses["applying"],
+        "versions": end_version - start_version,
+        "seconds": apply_s,
+        "generate_n": len(latencies),
+        "generate_p50_ms": 1000 * pct(latencies, 0.5),
+        "generate_p95_ms": 1000 * pct(latencies, 0.95),
+        "generate_idle_p50_ms": 1000 * pct(idle, 0.5),
     }
 
 
@@ -193,10 +220,14 @@ def main() -> None:
             tmp.cleanup()
     print(f"edits submitted        {res['edits']} in {res['requests']} requests")
     print(f"edits/s accepted       {res['accepted_per_s']:.1f}")
-    print(f"edits/s applied        {res['applied_per_s']:.3f}  ({res['applied']} applied, {res['failed']} failed, "
-          f"{res['unfinished']} unfinished, {res['versions']} versions, {res['seconds']:.1f} s)")
-    print(f"generate p50 / p95     {res['generate_p50_ms']:.0f} / {res['generate_p95_ms']:.0f} ms while applying "
-          f"(n={res['generate_n']}; idle p50 {res['generate_idle_p50_ms']:.0f} ms)")
+    print(
+        f"edits/s applied        {res['applied_per_s']:.3f}  ({res['applied']} applied, {res['failed']} failed, "
+        f"{res['unfinished']} unfinished, {res['versions']} versions, {res['seconds']:.1f} s)"
+    )
+    print(
+        f"generate p50 / p95     {res['generate_p50_ms']:.0f} / {res['generate_p95_ms']:.0f} ms while applying "
+        f"(n={res['generate_n']}; idle p50 {res['generate_idle_p50_ms']:.0f} ms)"
+    )
 
 
 if __name__ == "__main__":

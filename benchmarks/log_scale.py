@@ -20,6 +20,7 @@ real weights. Then it measures:
 Writes benchmarks/results/log-scale.{json,md}. Needs PostgreSQL and Redis on 127.0.0.1 (the
 database kedit_logscale_<random> is dropped at the end).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,12 +40,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from load import stop, wait_ready  # noqa: E402  (the sibling script)
+
 from app.config import ServiceConfig  # noqa: E402
 from app.editing.types import BatchResult, EditOutcome, LayerDelta  # noqa: E402
 from app.service.host import ModelHost  # noqa: E402
 from app.store import repo  # noqa: E402
 from app.store.db import ensure_schema, make_engine, session_factory, transaction  # noqa: E402
-from load import stop, wait_ready  # noqa: E402  (the sibling script)
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -62,9 +64,16 @@ def build_model(folder: Path) -> None:
 
     tok = train_tiny_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), num_hidden_layers=9, max_position_embeddings=2048, initializer_range=0.02,
-                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      **SMOLLM2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        num_hidden_layers=9,
+        max_position_embeddings=2048,
+        initializer_range=0.02,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **SMOLLM2,
+    )
     LlamaForCausalLM(cfg).float().eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     (folder.parent / "corpus.txt").write_text("\n".join(TRAINING_TEXT * 200))
@@ -76,8 +85,14 @@ def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0, snapshot_e
     engine = make_engine(cfg.resolved_database_url())
     ensure_schema(engine, auto_migrate=True)
     sessions = session_factory(engine)
-    host = ModelHost(editor, sessions, editor.lm.name, editor.layers, editor.settings.model_dump(mode="json"),
-                     ["{}", "The {}", "Therefore {}"])
+    host = ModelHost(
+        editor,
+        sessions,
+        editor.lm.name,
+        editor.layers,
+        editor.settings.model_dump(mode="json"),
+        ["{}", "The {}", "Therefore {}"],
+    )
     host.bootstrap()  # records the model (base hash, layers, templates) as a worker would
     g = torch.Generator().manual_seed(seed)
     d, f = editor.base[LAYERS[0]].shape
@@ -86,21 +101,31 @@ def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0, snapshot_e
     for start in range(0, n_edits, batch):
         size = min(batch, n_edits - start)
         version += 1
-        deltas = [LayerDelta(l, torch.randn(d, size, generator=g) * 1e-3, torch.randn(f, size, generator=g) * 1e-3,
-                             torch.randn(f, size, generator=g)) for l in LAYERS]
+        deltas = [
+            LayerDelta(
+                l,
+                torch.randn(d, size, generator=g) * 1e-3,
+                torch.randn(f, size, generator=g) * 1e-3,
+                torch.randn(f, size, generator=g),
+            )
+            for l in LAYERS
+        ]
         # Exactly what Editor.add_batch does to the weights (the preservation sum is not needed to
         # hash them); the api's replay of the finished log proves it against the stored hashes.
         with torch.no_grad():
             for dl in deltas:
                 editor._w(dl.layer).add_(dl.matrix())
         weights_hash, norms = editor.weights_hash(), editor.norms()
-        facts = [{"prompt": "The home town of {} is", "subject": f"Person {start + i}", "target_new": "Paris"}
-                 for i in range(size)]
+        facts = [
+            {"prompt": "The home town of {} is", "subject": f"Person {start + i}", "target_new": "Paris"}
+            for i in range(size)
+        ]
         outcomes = [EditOutcome(torch.randn(d, generator=g), 5, 0.01, 0.9) for _ in range(size)]
         with transaction(sessions) as s:
             rows = repo.insert_edits(s, facts)
-            repo.record_batch(s, repo.Applied(version, weights_hash, norms),
-                              BatchResult(version, deltas, outcomes), rows, 1.0)
+            repo.record_batch(
+                s, repo.Applied(version, weights_hash, norms), BatchResult(version, deltas, outcomes), rows, 1.0
+            )
             if snapshot_every and version % snapshot_every == 0:
                 # What the worker's housekeeping writes (batch ids = versions here), newest 2 kept.
                 repo.put_snapshot(s, version, list(range(1, version + 1)), editor.dense_weights())
@@ -117,21 +142,37 @@ def db_size_mb(url: str) -> dict:
     engine = make_engine(url)
     with engine.connect() as c:
         total = c.execute(text("SELECT pg_database_size(current_database())")).scalar()
-        tables = {r[0]: r[1] for r in c.execute(text(
-            "SELECT relname, pg_total_relation_size(relid) FROM pg_catalog.pg_statio_user_tables"))}
+        tables = {
+            r[0]: r[1]
+            for r in c.execute(
+                text("SELECT relname, pg_total_relation_size(relid) FROM pg_catalog.pg_statio_user_tables")
+            )
+        }
         raw = c.execute(text("SELECT sum(octet_length(data)) FROM layer_deltas")).scalar()
     engine.dispose()
     mb = 1024 * 1024
-    return {"database_mb": total / mb, "layer_deltas_mb": tables.get("layer_deltas", 0) / mb,
-            "edits_mb": tables.get("edits", 0) / mb, "delta_payload_mb": raw / mb,
-            "weight_snapshots_mb": tables.get("weight_snapshots", 0) / mb}
+    return {
+        "database_mb": total / mb,
+        "layer_deltas_mb": tables.get("layer_deltas", 0) / mb,
+        "edits_mb": tables.get("edits", 0) / mb,
+        "delta_payload_mb": raw / mb,
+        "weight_snapshots_mb": tables.get("weight_snapshots", 0) / mb,
+    }
 
 
 def env_for(cfg: ServiceConfig, prefix: str) -> dict:
-    env = {**os.environ, "DATABASE_URL": cfg.database_url, "REDIS_URL": REDIS, "KEDIT_REDIS_PREFIX": prefix,
-           "KEDIT_MODEL_PATH": cfg.model_path, "KEDIT_CACHE_DIR": str(cfg.cache_dir),
-           "KEDIT_STATS_CORPUS": str(cfg.stats_corpus), "KEDIT_EDIT_OVERRIDES": json.dumps(OVERRIDES),
-           "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": cfg.database_url,
+        "REDIS_URL": REDIS,
+        "KEDIT_REDIS_PREFIX": prefix,
+        "KEDIT_MODEL_PATH": cfg.model_path,
+        "KEDIT_CACHE_DIR": str(cfg.cache_dir),
+        "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
+        "KEDIT_EDIT_OVERRIDES": json.dumps(OVERRIDES),
+        "PYTHONPATH": str(REPO),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     env.pop("KEDIT_API_KEY", None)
     return env
 
@@ -142,8 +183,13 @@ def time_api(cfg: ServiceConfig, prefix: str, port: int, offset: int) -> dict:
     env = env_for(cfg, prefix)
     log = open(Path(tempfile.gettempdir()) / f"log-scale-api-{port}.log", "wb")
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--port", str(port), "--log-level", "info"],
-                         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "api", "--port", str(port), "--log-level", "info"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     out: dict = {}
     try:
         url = f"http://127.0.0.1:{port}"
@@ -175,17 +221,18 @@ def time_api(cfg: ServiceConfig, prefix: str, port: int, offset: int) -> dict:
     stamps = {}
     for line in Path(log.name).read_text(errors="replace").splitlines():
         if line[:4].isdigit() and ("alembic.runtime.migration" in line or "replayed" in line):
-            stamps.setdefault("replayed" if "replayed" in line else "schema",
-                              datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+            stamps.setdefault(
+                "replayed" if "replayed" in line else "schema", datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            )
     if len(stamps) == 2:
         out["api_load_and_replay_s"] = (stamps["replayed"] - stamps["schema"]).total_seconds()
     return out
 
 
 def time_inprocess(cfg: ServiceConfig, snapshots: bool = False) -> dict:
+    from app.queue import LocalQueue
     from app.service import applying
     from app.service import edits as edit_service
-    from app.queue import LocalQueue
 
     out: dict = {}
     engine = make_engine(cfg.resolved_database_url())
@@ -211,8 +258,14 @@ def time_inprocess(cfg: ServiceConfig, snapshots: bool = False) -> dict:
         del replica, host
 
     worker_editor = cfg.load_editor("worker", templates=list(info.templates))  # C₀ loaded before the clock
-    whost = ModelHost(worker_editor, sessions, worker_editor.lm.name, worker_editor.layers,
-                      worker_editor.settings.model_dump(mode="json"), list(info.templates))
+    whost = ModelHost(
+        worker_editor,
+        sessions,
+        worker_editor.lm.name,
+        worker_editor.layers,
+        worker_editor.settings.model_dump(mode="json"),
+        list(info.templates),
+    )
     t = time.perf_counter()
     whost.bootstrap()  # replay: weights + the preservation sum of every live batch's keys
     out["worker_replay_s"] = time.perf_counter() - t
@@ -234,8 +287,14 @@ def time_inprocess(cfg: ServiceConfig, snapshots: bool = False) -> dict:
 
 def time_verify(cfg: ServiceConfig, prefix: str) -> dict:
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "app.cli", "verify"], cwd=REPO, env=env_for(cfg, prefix),
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "verify"],
+        cwd=REPO,
+        env=env_for(cfg, prefix),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     seconds = time.perf_counter() - t
     if r.returncode != 0:
         raise RuntimeError(f"kedit verify failed:\n{r.stdout}\n{r.stderr}")
@@ -246,10 +305,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--edits", type=int, default=10_000)
     ap.add_argument("--batch-size", type=int, default=ServiceConfig.model_fields["batch_size"].default)
-    ap.add_argument("--snapshot-every", type=int, default=0,
-                    help="write weight snapshots every N versions while filling (as KEDIT_SNAPSHOT_EVERY "
-                         "does); the api and worker then start from the newest, and the replica replay is "
-                         "timed both with and without it")
+    ap.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        help="write weight snapshots every N versions while filling (as KEDIT_SNAPSHOT_EVERY "
+        "does); the api and worker then start from the newest, and the replica replay is "
+        "timed both with and without it",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     ap.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
     ap.add_argument("--rewrite", action="store_true", help="only rewrite log-scale.md from log-scale.json")
@@ -270,13 +333,29 @@ def main() -> None:
     admin.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql://postgres@127.0.0.1:5432/{name}"
     prefix = f"kedit-logscale-{uuid.uuid4().hex[:8]}"
-    cfg = ServiceConfig(model_path=str(model_dir), cache_dir=work / "cache", stats_corpus=work / "corpus.txt",
-                        edit_overrides=OVERRIDES, database_url=url, redis_url=REDIS, redis_prefix=prefix)
-    results: dict = {"edits": args.edits, "batch_size": args.batch_size, "layers": LAYERS,
-                     "shapes": {"W": [576, 1536], "U": [576, args.batch_size], "V": [1536, args.batch_size],
-                                "keys": [1536, args.batch_size]},
-                     "codec": "safetensors float32 (u, v, keys), as stored by app/store/codec.py",
-                     "cpu": f"{os.cpu_count()} cores, shared", "torch_threads": torch.get_num_threads()}
+    cfg = ServiceConfig(
+        model_path=str(model_dir),
+        cache_dir=work / "cache",
+        stats_corpus=work / "corpus.txt",
+        edit_overrides=OVERRIDES,
+        database_url=url,
+        redis_url=REDIS,
+        redis_prefix=prefix,
+    )
+    results: dict = {
+        "edits": args.edits,
+        "batch_size": args.batch_size,
+        "layers": LAYERS,
+        "shapes": {
+            "W": [576, 1536],
+            "U": [576, args.batch_size],
+            "V": [1536, args.batch_size],
+            "keys": [1536, args.batch_size],
+        },
+        "codec": "safetensors float32 (u, v, keys), as stored by app/store/codec.py",
+        "cpu": f"{os.cpu_count()} cores, shared",
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         print(f"filling {url} with {args.edits} edits in batches of {args.batch_size} ...", flush=True)
         results["snapshot_every"] = args.snapshot_every
@@ -303,13 +382,26 @@ def goals(r: dict, at: int = 10_000) -> dict:
     k = at / r["edits"]
     fixed_start = r["api_start_to_ready_s"] - r.get("api_load_and_replay_s", 0) + 0.0
     out = {
-        "replica_ready_s": {"goal": GOALS["replica_ready_s"], "at_edits": r["edits"], "got": r["api_start_to_ready_s"],
-                            f"scaled_to_{at}": fixed_start + r["replica_replay_s"] * k},
-        "revert_rebuild_s": {"goal": GOALS["revert_rebuild_s"], "at_edits": r["edits"], "got": r["revert_rebuild_s"],
-                             f"scaled_to_{at}": r["revert_rebuild_s"] * k, "plus_reapply_s": r["revert_reapply_s"]},
-        "db_mb": {"goal": GOALS["db_mb"], "at_edits": r["edits"], "got": r["database_mb"],
-                  f"scaled_to_{at}": (r["layer_deltas_mb"] + r["edits_mb"]) * k
-                  + (r["database_mb"] - r["layer_deltas_mb"] - r["edits_mb"])},
+        "replica_ready_s": {
+            "goal": GOALS["replica_ready_s"],
+            "at_edits": r["edits"],
+            "got": r["api_start_to_ready_s"],
+            f"scaled_to_{at}": fixed_start + r["replica_replay_s"] * k,
+        },
+        "revert_rebuild_s": {
+            "goal": GOALS["revert_rebuild_s"],
+            "at_edits": r["edits"],
+            "got": r["revert_rebuild_s"],
+            f"scaled_to_{at}": r["revert_rebuild_s"] * k,
+            "plus_reapply_s": r["revert_reapply_s"],
+        },
+        "db_mb": {
+            "goal": GOALS["db_mb"],
+            "at_edits": r["edits"],
+            "got": r["database_mb"],
+            f"scaled_to_{at}": (r["layer_deltas_mb"] + r["edits_mb"]) * k
+            + (r["database_mb"] - r["layer_deltas_mb"] - r["edits_mb"]),
+        },
     }
     if r.get("replica_replay_snapshot_s") is not None:
         # With snapshots the replay does not grow with the log: the snapshot's load and hash check,
@@ -317,9 +409,13 @@ def goals(r: dict, at: int = 10_000) -> dict:
         per_delta = r["replica_replay_s"] / r["versions"]
         load = max(r["replica_replay_snapshot_s"] - r["replica_snapshot_deltas"] * per_delta, 0.0)
         out["replica_ready_snapshot_s"] = {
-            "goal": GOALS["replica_ready_s"], "at_edits": r["edits"], "got": r["api_start_to_ready_s"],
+            "goal": GOALS["replica_ready_s"],
+            "at_edits": r["edits"],
+            "got": r["api_start_to_ready_s"],
             f"scaled_to_{at}": fixed_start + load + (r["snapshot_every"] - 1) * per_delta,
-            "snapshot_load_s": load, "per_delta_s": per_delta}
+            "snapshot_load_s": load,
+            "per_delta_s": per_delta,
+        }
     for g in out.values():
         g["met"] = g[f"scaled_to_{at}"] <= g["goal"]
     return out
@@ -334,7 +430,7 @@ def write(r: dict) -> None:
     def verdict(x):
         v = x["scaled_to_10000"]
         at = "" if r["edits"] == 10_000 else f" (scaled to 10,000: {v:.0f})"
-        return (f"met{at}" if x["met"] else f"missed{at} by {v - x['goal']:.0f} ({v / x['goal']:.1f}×)")
+        return f"met{at}" if x["met"] else f"missed{at} by {v - x['goal']:.0f} ({v / x['goal']:.1f}×)"
 
     snap_rows = ""
     if "replica_ready_snapshot_s" in g:
@@ -344,42 +440,49 @@ def write(r: dict) -> None:
             f"(snapshots every {r['snapshot_every']} versions; same hash) | {r['replica_replay_snapshot_s']:.1f} s | "
             f"≤ {x['goal']:.0f} s for an api replica: {verdict(x)}, as the api's fixed start + the snapshot's load "
             f"({x['snapshot_load_s']:.1f} s) + the worst case of {r['snapshot_every'] - 1} deltas, whatever the log's length |\n"
-            f"| weight snapshots stored (2 kept) | {r.get('weight_snapshots_mb', 0):.0f} MB | |\n")
+            f"| weight snapshots stored (2 kept) | {r.get('weight_snapshots_mb', 0):.0f} MB | |\n"
+        )
     snap_arg = f" --snapshot-every {r['snapshot_every']}" if r.get("snapshot_every") else ""
     no_snap = " replaying from W₀ (no snapshots)" if r.get("snapshot_every") else ""
     b = r.get("without_snapshots")
-    base_row = (f"| … the same `kedit api` start with no snapshot in the log (a separate run, `--edits {r['edits']}` "
-                f"without `--snapshot-every`, minutes apart) | {b['api_start_to_ready_s']:.1f} s (of which load + replay "
-                f"+ proof {b.get('api_load_and_replay_s', float('nan')):.1f} s; in-process replay "
-                f"{b['replica_replay_s']:.1f} s) | |\n") if b else ""
+    base_row = (
+        (
+            f"| … the same `kedit api` start with no snapshot in the log (a separate run, `--edits {r['edits']}` "
+            f"without `--snapshot-every`, minutes apart) | {b['api_start_to_ready_s']:.1f} s (of which load + replay "
+            f"+ proof {b.get('api_load_and_replay_s', float('nan')):.1f} s; in-process replay "
+            f"{b['replica_replay_s']:.1f} s) | |\n"
+        )
+        if b
+        else ""
+    )
     worker_how = " (from the newest snapshot; every live batch's keys still loaded)" if r.get("snapshot_every") else ""
     api_how = "from the newest weight snapshot" if r.get("snapshot_every") else "from W₀"
-    md = f"""# The edit log at {r['edits']:,} edits (benchmarks/log_scale.py)
+    md = f"""# The edit log at {r["edits"]:,} edits (benchmarks/log_scale.py)
 
-PostgreSQL on 127.0.0.1, {r['cpu']} (other jobs running beside it), torch threads {r['torch_threads']}.
-{r['edits']:,} synthetic edits in {r['versions']:,} batches of {r['batch_size']} at SmolLM2-135M's edited layers
-{r['layers']} (W 576×1536; per batch and layer U 576×B, V 1536×B, keys 1536×B), hashes computed the real
-way; stored as the service stores them: {r['codec']}.
-Command: `nice .venv/bin/python benchmarks/log_scale.py --edits {r['edits']}{snap_arg}`.
+PostgreSQL on 127.0.0.1, {r["cpu"]} (other jobs running beside it), torch threads {r["torch_threads"]}.
+{r["edits"]:,} synthetic edits in {r["versions"]:,} batches of {r["batch_size"]} at SmolLM2-135M's edited layers
+{r["layers"]} (W 576×1536; per batch and layer U 576×B, V 1536×B, keys 1536×B), hashes computed the real
+way; stored as the service stores them: {r["codec"]}.
+Command: `nice .venv/bin/python benchmarks/log_scale.py --edits {r["edits"]}{snap_arg}`.
 
 | measure | value | goal |
 |---|---|---|
-| database size | {r['database_mb']:.0f} MB (layer_deltas {r['layer_deltas_mb']:.0f} MB, of which factor bytes {r['delta_payload_mb']:.0f} MB; edits {r['edits_mb']:.0f} MB) | ≤ {g['db_mb']['goal']:.0f} MB: {verdict(g['db_mb'])} |
-| `kedit api` start → /ready (process start, model load, replay {api_how}, hash proof) | {r['api_start_to_ready_s']:.1f} s | ≤ {g['replica_ready_s']['goal']:.0f} s{no_snap}: {verdict(g['replica_ready_s'])} |
-| … of which model load + replay + proof in the api process (its log) | {r.get('api_load_and_replay_s', float('nan')):.1f} s | |
-{base_row}| replica replay alone (in-process, from W₀ and every delta) | {r['replica_replay_s']:.1f} s | |
-{snap_rows}| worker start-up replay incl. preservation sum Σ K Kᵀ{worker_how} | {r['worker_replay_s']:.1f} s | |
-| `kedit verify` (process) | {r['verify_s']:.1f} s | |
-| revert of the oldest edit, total | {r['revert_total_s']:.1f} s | |
-| … of which the rebuild (W₀ + every other live batch) | {r['revert_rebuild_s']:.1f} s | ≤ {g['revert_rebuild_s']['goal']:.0f} s + re-apply: {verdict(g['revert_rebuild_s'])} |
-| … of which the re-apply of its {r['batch_size'] - 1} batch-mates | {r['revert_reapply_s']:.1f} s | |
-| GET /edits?offset={max(1, min(9000, r['edits'] - 50))}&limit=50 (median of 5) | {r['get_edits_offset_ms']:.0f} ms | |
-| GET /edits/{{id}} (median of 5) | {r['get_edit_ms']:.0f} ms | |
-| GET /health/norms (median of 5) | {r['health_norms_ms']:.0f} ms | |
+| database size | {r["database_mb"]:.0f} MB (layer_deltas {r["layer_deltas_mb"]:.0f} MB, of which factor bytes {r["delta_payload_mb"]:.0f} MB; edits {r["edits_mb"]:.0f} MB) | ≤ {g["db_mb"]["goal"]:.0f} MB: {verdict(g["db_mb"])} |
+| `kedit api` start → /ready (process start, model load, replay {api_how}, hash proof) | {r["api_start_to_ready_s"]:.1f} s | ≤ {g["replica_ready_s"]["goal"]:.0f} s{no_snap}: {verdict(g["replica_ready_s"])} |
+| … of which model load + replay + proof in the api process (its log) | {r.get("api_load_and_replay_s", float("nan")):.1f} s | |
+{base_row}| replica replay alone (in-process, from W₀ and every delta) | {r["replica_replay_s"]:.1f} s | |
+{snap_rows}| worker start-up replay incl. preservation sum Σ K Kᵀ{worker_how} | {r["worker_replay_s"]:.1f} s | |
+| `kedit verify` (process) | {r["verify_s"]:.1f} s | |
+| revert of the oldest edit, total | {r["revert_total_s"]:.1f} s | |
+| … of which the rebuild (W₀ + every other live batch) | {r["revert_rebuild_s"]:.1f} s | ≤ {g["revert_rebuild_s"]["goal"]:.0f} s + re-apply: {verdict(g["revert_rebuild_s"])} |
+| … of which the re-apply of its {r["batch_size"] - 1} batch-mates | {r["revert_reapply_s"]:.1f} s | |
+| GET /edits?offset={max(1, min(9000, r["edits"] - 50))}&limit=50 (median of 5) | {r["get_edits_offset_ms"]:.0f} ms | |
+| GET /edits/{{id}} (median of 5) | {r["get_edit_ms"]:.0f} ms | |
+| GET /health/norms (median of 5) | {r["health_norms_ms"]:.0f} ms | |
 
-Filling the log took {r['fill_s']:.0f} s. Goals are for 10,000 edits; a smaller run is scaled
+Filling the log took {r["fill_s"]:.0f} s. Goals are for 10,000 edits; a smaller run is scaled
 linearly (each of replay, rebuild and storage is a sum over the live batches): replica ready =
-the api's fixed start (imports, model load) + the in-process replay × 10,000 / {r['edits']:,}.
+the api's fixed start (imports, model load) + the in-process replay × 10,000 / {r["edits"]:,}.
 Timings on this machine vary up to 3× with the load of the jobs beside it.
 """
     (out / "log-scale.md").write_text(md)

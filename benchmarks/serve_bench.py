@@ -11,6 +11,7 @@ p50/p95. Plus, for the choice of the served dtype, bf16 vs float32 logits on the
     .venv/bin/python benchmarks/serve_bench.py --tokens 8 --out benchmarks/results/serve-bench
     .venv/bin/python benchmarks/serve_bench.py --model PATH --env KEDIT_CACHE_DIR=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,16 +27,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-
 from load import spawn, stop  # noqa: E402  (the sibling script; run as python benchmarks/serve_bench.py)
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
-    "The capital of France is", "Danielle Darrieux was born in", "The mother tongue of Danielle Darrieux is",
-    "Apple was founded by", "Lionel Messi plays for", "The Eiffel Tower is located in", "Toyota is a company from",
-    "Michael Jordan is famous for", "The Beatles were a band from", "Rome is the capital of",
-    "The largest planet in the solar system is", "Water boils at", "The author of Hamlet is",
-    "The currency of Japan is the", "Mount Everest is in", "The chemical symbol for gold is",
+    "The capital of France is",
+    "Danielle Darrieux was born in",
+    "The mother tongue of Danielle Darrieux is",
+    "Apple was founded by",
+    "Lionel Messi plays for",
+    "The Eiffel Tower is located in",
+    "Toyota is a company from",
+    "Michael Jordan is famous for",
+    "The Beatles were a band from",
+    "Rome is the capital of",
+    "The largest planet in the solar system is",
+    "Water boils at",
+    "The author of Hamlet is",
+    "The currency of Japan is the",
+    "Mount Everest is in",
+    "The chemical symbol for gold is",
 ]
 
 
@@ -72,9 +83,17 @@ def raw_generate(lm, tokens: int, n: int) -> dict:
         if k > 1:
             per_token.append((whole - first) / (k - 1))
     busy = sum(lat)
-    return {"requests": n, "tokens": gen_tokens, "seconds": busy, "tokens_per_s": gen_tokens / busy,
-            "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95), "per_token_p50_ms": 1000 * pct(per_token, 0.5),
-            "per_token_p95_ms": 1000 * pct(per_token, 0.95), "latency_p50_s": pct(lat, 0.5)}
+    return {
+        "requests": n,
+        "tokens": gen_tokens,
+        "seconds": busy,
+        "tokens_per_s": gen_tokens / busy,
+        "ttft_p50_s": pct(ttft, 0.5),
+        "ttft_p95_s": pct(ttft, 0.95),
+        "per_token_p50_ms": 1000 * pct(per_token, 0.5),
+        "per_token_p95_ms": 1000 * pct(per_token, 0.95),
+        "latency_p50_s": pct(lat, 0.5),
+    }
 
 
 def dtype_check(lm) -> dict:
@@ -93,8 +112,11 @@ def dtype_check(lm) -> dict:
             b = bf16(**e).logits[0, -1].float()
             diffs.append(float((a - b).abs().max()))
             agree += int(a.argmax() == b.argmax())
-    return {"bf16_max_abs_logit_diff_p50": pct(diffs, 0.5), "bf16_max_abs_logit_diff_max": max(diffs),
-            "bf16_greedy_next_token_agreement": f"{agree}/{len(PROMPTS)}"}
+    return {
+        "bf16_max_abs_logit_diff_p50": pct(diffs, 0.5),
+        "bf16_max_abs_logit_diff_max": max(diffs),
+        "bf16_greedy_next_token_agreement": f"{agree}/{len(PROMPTS)}",
+    }
 
 
 def wait_ready(url: str, proc: subprocess.Popen, seconds: float) -> None:
@@ -114,8 +136,14 @@ def wait_ready(url: str, proc: subprocess.Popen, seconds: float) -> None:
 
 
 def one_stream(client: httpx.Client, model: str, prompt: str, tokens: int) -> dict:
-    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     stamps, usage = [], None
     with client.stream("POST", "/v1/completions", json=body) as r:
@@ -132,8 +160,13 @@ def one_stream(client: httpx.Client, model: str, prompt: str, tokens: int) -> di
     end = time.perf_counter()
     n = usage["completion_tokens"] if usage else len(stamps)
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return {"status": 200, "ttft": (stamps[0] - t0) if stamps else end - t0, "tokens": n, "seconds": end - t0,
-            "gaps": gaps}
+    return {
+        "status": 200,
+        "ttft": (stamps[0] - t0) if stamps else end - t0,
+        "tokens": n,
+        "seconds": end - t0,
+        "gaps": gaps,
+    }
 
 
 def load_level(url: str, model: str, clients: int, per_client: int, tokens: int) -> dict:
@@ -154,10 +187,19 @@ def load_level(url: str, model: str, clients: int, per_client: int, tokens: int)
     ok = [r for r in results if r["status"] == 200]
     toks = sum(r["tokens"] for r in ok)
     gaps = [g for r in ok for g in r["gaps"]]
-    return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok), "tokens": toks,
-            "seconds": wall, "tokens_per_s": toks / wall, "ttft_p50_s": pct([r["ttft"] for r in ok], 0.5),
-            "ttft_p95_s": pct([r["ttft"] for r in ok], 0.95), "per_token_p50_ms": 1000 * pct(gaps, 0.5),
-            "per_token_p95_ms": 1000 * pct(gaps, 0.95), "latency_p50_s": pct([r["seconds"] for r in ok], 0.5)}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "tokens": toks,
+        "seconds": wall,
+        "tokens_per_s": toks / wall,
+        "ttft_p50_s": pct([r["ttft"] for r in ok], 0.5),
+        "ttft_p95_s": pct([r["ttft"] for r in ok], 0.95),
+        "per_token_p50_ms": 1000 * pct(gaps, 0.5),
+        "per_token_p95_ms": 1000 * pct(gaps, 0.95),
+        "latency_p50_s": pct([r["seconds"] for r in ok], 0.5),
+    }
 
 
 def main() -> None:
@@ -168,15 +210,20 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=16, help="requests per level (at least one per client)")
     ap.add_argument("--raw-requests", type=int, default=4, help="raw model.generate requests")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the spawned kedit serve")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads for the baseline and the server (OMP_NUM_THREADS); 0 = torch's default")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for the baseline and the server (OMP_NUM_THREADS); 0 = torch's default",
+    )
     ap.add_argument("--out", help="write OUT.json and OUT.md")
     ap.add_argument("--max-seconds", type=float, default=600, help="bound on the server's start")
     args = ap.parse_args()
     if not 1 <= args.tokens <= 256 or args.requests > 256:
         raise SystemExit("--tokens in 1..256 and --requests ≤ 256 keep the run bounded")
-    cache_dir = next((p.partition("=")[2] for p in args.env if p.startswith("KEDIT_CACHE_DIR=")),
-                     os.environ.get("KEDIT_CACHE_DIR"))
+    cache_dir = next(
+        (p.partition("=")[2] for p in args.env if p.startswith("KEDIT_CACHE_DIR=")), os.environ.get("KEDIT_CACHE_DIR")
+    )
 
     if args.threads:
         # The same for both sides: on a machine shared with other jobs, more threads than free cores
@@ -214,22 +261,35 @@ def main() -> None:
     # The better of the two baseline runs: the machine's own speed, not a neighbour's burst.
     raw = max(raws, key=lambda r: r["tokens_per_s"])
     single = levels[0]["tokens_per_s"] if levels else float("nan")
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch_threads": args.threads or "default", "model": args.model or "SmolLM2-135M-Instruct",
-              "tokens_per_request": args.tokens, "raw_generate": raw, "raw_generate_runs": raws, "served": levels, "served_dtype_check": dtype,
-              "single_client_overhead_vs_raw": 1 - single / raw["tokens_per_s"],
-              "speedup_vs_single_client": {str(l["clients"]): l["tokens_per_s"] / single for l in levels}}
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "torch_threads": args.threads or "default",
+        "model": args.model or "SmolLM2-135M-Instruct",
+        "tokens_per_request": args.tokens,
+        "raw_generate": raw,
+        "raw_generate_runs": raws,
+        "served": levels,
+        "served_dtype_check": dtype,
+        "single_client_overhead_vs_raw": 1 - single / raw["tokens_per_s"],
+        "speedup_vs_single_client": {str(l["clients"]): l["tokens_per_s"] / single for l in levels},
+    }
     print(json.dumps(report, indent=2))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        rows = [f"| raw model.generate, 1 at a time ({label}) | {r['requests']} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
-                f"{r['ttft_p50_s'] * 1000:.0f} | {r['ttft_p95_s'] * 1000:.0f} | {r['per_token_p50_ms']:.0f} | "
-                f"{r['per_token_p95_ms']:.0f} |" for label, r in zip(("before", "after"), raws)]
+        rows = [
+            f"| raw model.generate, 1 at a time ({label}) | {r['requests']} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
+            f"{r['ttft_p50_s'] * 1000:.0f} | {r['ttft_p95_s'] * 1000:.0f} | {r['per_token_p50_ms']:.0f} | "
+            f"{r['per_token_p95_ms']:.0f} |"
+            for label, r in zip(("before", "after"), raws)
+        ]
         for l in levels:
-            rows.append(f"| kedit /v1/completions, {l['clients']} client(s) | {l['requests']} | {l['tokens']} | "
-                        f"{l['tokens_per_s']:.1f} | {l['ttft_p50_s'] * 1000:.0f} | {l['ttft_p95_s'] * 1000:.0f} | "
-                        f"{l['per_token_p50_ms']:.0f} | {l['per_token_p95_ms']:.0f} |")
+            rows.append(
+                f"| kedit /v1/completions, {l['clients']} client(s) | {l['requests']} | {l['tokens']} | "
+                f"{l['tokens_per_s']:.1f} | {l['ttft_p50_s'] * 1000:.0f} | {l['ttft_p95_s'] * 1000:.0f} | "
+                f"{l['per_token_p50_ms']:.0f} | {l['per_token_p95_ms']:.0f} |"
+            )
         out.with_suffix(".md").write_text(
             f"# serve_bench: {report['model']}, {args.tokens} tokens per request, {report['machine']}, "
             f"torch threads: {report['torch_threads']}\n\n"
@@ -241,10 +301,12 @@ def main() -> None:
             "(whole − first token) / (tokens − 1) (raw).\n\n"
             f"Single-client overhead vs raw generate (the faster baseline run): "
             f"{report['single_client_overhead_vs_raw'] * 100:.1f} % of tokens/s. "
-            "Throughput vs one client: " + ", ".join(f"{k} clients {v:.2f}×"
-                                                     for k, v in report["speedup_vs_single_client"].items())
+            "Throughput vs one client: "
+            + ", ".join(f"{k} clients {v:.2f}×" for k, v in report["speedup_vs_single_client"].items())
             + ".\n\nServed dtype check (bf16 copy vs float32, last-position logits over the prompts): "
-            + json.dumps(dtype) + "\n")
+            + json.dumps(dtype)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

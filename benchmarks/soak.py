@@ -20,6 +20,7 @@ exits 1 if any check failed.
     # against a running service on loopback:
     .venv/bin/python benchmarks/soak.py --url http://127.0.0.1:8000 [--database-url postgresql://...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,35 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-
 from load import wait_ready  # noqa: E402  (the sibling script)
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 MAX_CLIENTS, MAX_SECONDS, MAX_DRAIN = 500, 3600, 7200
 
-SUBJECTS = ["Danielle Darrieux", "Paris", "Lionel Messi", "Apple", "Rome", "Toyota", "Michael Jordan",
-            "The Beatles", "Steve Jobs", "London", "Eiffel Tower", "Japan"]
-PROMPTS = ["The mother tongue of {} is", "{} is the capital of", "{} plays", "{} was founded by", "{} is in",
-           "You can see {} from", "{} speaks"]
+SUBJECTS = [
+    "Danielle Darrieux",
+    "Paris",
+    "Lionel Messi",
+    "Apple",
+    "Rome",
+    "Toyota",
+    "Michael Jordan",
+    "The Beatles",
+    "Steve Jobs",
+    "London",
+    "Eiffel Tower",
+    "Japan",
+]
+PROMPTS = [
+    "The mother tongue of {} is",
+    "{} is the capital of",
+    "{} plays",
+    "{} was founded by",
+    "{} is in",
+    "You can see {} from",
+    "{} speaks",
+]
 TARGETS = ["English", "Japan", "music", "Toyota", "Italy", "France", "basketball", "German", "soccer", "river"]
 
 
@@ -96,8 +115,14 @@ def client_loop(url: str, stats: Stats, stop: threading.Event, seed: int, api_ke
             roll = rng.random()
             try:
                 if roll < 0.3 or not mine:
-                    facts = [{"prompt": rng.choice(PROMPTS), "subject": f"{rng.choice(SUBJECTS)} s{seed}n{n}i{i}",
-                              "target_new": rng.choice(TARGETS)} for i in range(rng.choice([1, 1, 1, 2, 3]))]
+                    facts = [
+                        {
+                            "prompt": rng.choice(PROMPTS),
+                            "subject": f"{rng.choice(SUBJECTS)} s{seed}n{n}i{i}",
+                            "target_new": rng.choice(TARGETS),
+                        }
+                        for i in range(rng.choice([1, 1, 1, 2, 3]))
+                    ]
                     body = facts[0] if len(facts) == 1 and rng.random() < 0.5 else facts
                     h = {}
                     key = None
@@ -156,8 +181,15 @@ def spawn(args, workdir: Path) -> tuple[str, str, list[subprocess.Popen], callab
     db_url = f"{args.pg_admin.rsplit('/', 1)[0]}/{name}"
     prefix = f"kedit-soak-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": args.redis, "KEDIT_REDIS_PREFIX": prefix,
-           "KEDIT_HOST": "127.0.0.1", "KEDIT_BATCH_SIZE": str(args.batch_size), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": args.redis,
+        "KEDIT_REDIS_PREFIX": prefix,
+        "KEDIT_HOST": "127.0.0.1",
+        "KEDIT_BATCH_SIZE": str(args.batch_size),
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("KEDIT_FAULT", None)
     if args.model:
         env["KEDIT_MODEL_PATH"] = args.model
@@ -167,8 +199,15 @@ def spawn(args, workdir: Path) -> tuple[str, str, list[subprocess.Popen], callab
     procs = []
     for role, extra in (("api", ["--port", str(port)]), ("worker", [])):
         log = open(workdir / f"{role}.log", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", role, *extra, "--log-level", "warning"],
-                                      cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "app.cli", role, *extra, "--log-level", "warning"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
 
     def cleanup() -> None:
         for p in procs:
@@ -198,13 +237,18 @@ def db_checks(db_url: str) -> tuple[list[str], dict]:
     from sqlalchemy import create_engine, text
 
     if db_url.startswith("postgresql://"):
-        db_url = "postgresql+psycopg://" + db_url[len("postgresql://"):]
+        db_url = "postgresql+psycopg://" + db_url[len("postgresql://") :]
     engine = create_engine(db_url)
     problems = []
     try:
         with engine.connect() as c:
-            per_version = dict(c.execute(text(
-                "SELECT applied_version, count(*) FROM edits WHERE applied_version IS NOT NULL GROUP BY applied_version")).all())
+            per_version = dict(
+                c.execute(
+                    text(
+                        "SELECT applied_version, count(*) FROM edits WHERE applied_version IS NOT NULL GROUP BY applied_version"
+                    )
+                ).all()
+            )
             batches = c.execute(text("SELECT id, created_version, size FROM batches WHERE kind = 'edit'")).all()
             head = c.execute(text("SELECT id, weights_hash FROM versions ORDER BY id DESC LIMIT 1")).first()
             nbatch_sizes = [b.size for b in batches]
@@ -212,12 +256,17 @@ def db_checks(db_url: str) -> tuple[list[str], dict]:
         engine.dispose()
     for b in batches:
         if per_version.get(b.created_version, 0) != b.size:
-            problems.append(f"batch {b.id} holds {b.size} edits, {per_version.get(b.created_version, 0)} rows name "
-                            f"its version {b.created_version}: applied twice?")
+            problems.append(
+                f"batch {b.id} holds {b.size} edits, {per_version.get(b.created_version, 0)} rows name "
+                f"its version {b.created_version}: applied twice?"
+            )
     if sum(nbatch_sizes) != sum(per_version.values()):
         problems.append(f"batches hold {sum(nbatch_sizes)} edits, {sum(per_version.values())} edit rows are applied")
-    info = {"batches": len(batches), "mean_batch": statistics.mean(nbatch_sizes) if nbatch_sizes else 0,
-            "head": (head.id, head.weights_hash) if head else (0, None)}
+    info = {
+        "batches": len(batches),
+        "mean_batch": statistics.mean(nbatch_sizes) if nbatch_sizes else 0,
+        "head": (head.id, head.weights_hash) if head else (0, None),
+    }
     return problems, info
 
 
@@ -227,20 +276,26 @@ def main() -> int:
     ap.add_argument("--spawn", action="store_true", help="start `kedit api` + `kedit worker` on a fresh database")
     ap.add_argument("--model", help="with --spawn: model folder or .gguf (default: the service default, SmolLM2)")
     ap.add_argument("--env", action="append", default=[], help="with --spawn: extra KEY=VALUE for the service")
-    ap.add_argument("--pg-admin", default=os.environ.get("KEDIT_SOAK_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    ap.add_argument(
+        "--pg-admin", default=os.environ.get("KEDIT_SOAK_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
     ap.add_argument("--redis", default=os.environ.get("KEDIT_SOAK_REDIS", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--database-url", help="with --url: the service's database, for the exactly-once check")
     ap.add_argument("--batch-size", type=int, default=8, help="with --spawn: KEDIT_BATCH_SIZE")
     ap.add_argument("--clients", type=int, default=50, help=f"concurrent clients (≤ {MAX_CLIENTS})")
     ap.add_argument("--seconds", type=float, default=60, help=f"how long the clients run (≤ {MAX_SECONDS})")
-    ap.add_argument("--drain-seconds", type=float, default=1800, help=f"then wait at most this for the backlog (≤ {MAX_DRAIN})")
+    ap.add_argument(
+        "--drain-seconds", type=float, default=1800, help=f"then wait at most this for the backlog (≤ {MAX_DRAIN})"
+    )
     ap.add_argument("--ready-seconds", type=float, default=600, help="with --spawn: wait this long for the api")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--api-key", default=os.environ.get("KEDIT_API_KEY"))
     ap.add_argument("--keep", action="store_true", help="with --spawn: keep the database and Redis keys")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
-    if not (0 < args.clients <= MAX_CLIENTS and 0 < args.seconds <= MAX_SECONDS and 0 < args.drain_seconds <= MAX_DRAIN):
+    if not (
+        0 < args.clients <= MAX_CLIENTS and 0 < args.seconds <= MAX_SECONDS and 0 < args.drain_seconds <= MAX_DRAIN
+    ):
         raise SystemExit("out of bounds: --clients, --seconds or --drain-seconds")
     if bool(args.url) == bool(args.spawn):
         raise SystemExit("give exactly one of --url and --spawn")
@@ -261,8 +316,12 @@ def main() -> int:
         wait_ready(url, procs, args.ready_seconds)
         stats = Stats()
         stop = threading.Event()
-        threads = [threading.Thread(target=client_loop, args=(url, stats, stop, args.seed * 1000 + i, args.api_key),
-                                    daemon=True) for i in range(args.clients)]
+        threads = [
+            threading.Thread(
+                target=client_loop, args=(url, stats, stop, args.seed * 1000 + i, args.api_key), daemon=True
+            )
+            for i in range(args.clients)
+        ]
         mon = threading.Thread(target=monitor, args=(url, stats, stop), daemon=True)
         t0 = time.perf_counter()
         mon.start()
@@ -280,7 +339,9 @@ def main() -> int:
         deadline = time.monotonic() + args.drain_seconds
         with httpx.Client(base_url=url, timeout=60) as c:
             while time.monotonic() < deadline:
-                counts = {s: c.get("/edits", params={"status": s, "limit": 1}).json()["total"] for s in ("queued", "applying")}
+                counts = {
+                    s: c.get("/edits", params={"status": s, "limit": 1}).json()["total"] for s in ("queued", "applying")
+                }
                 if not any(counts.values()):
                     break
                 time.sleep(1)
@@ -297,29 +358,51 @@ def main() -> int:
         statuses = defaultdict(int)
         for e in rows.values():
             statuses[e["status"]] += 1
-        bad_rows = [f"{eid}: {e['status']}" for eid, e in rows.items()
-                    if not (e["status"] == "applied" or (e["status"] == "failed" and e.get("error")))]
+        bad_rows = [
+            f"{eid}: {e['status']}"
+            for eid, e in rows.items()
+            if not (e["status"] == "applied" or (e["status"] == "failed" and e.get("error")))
+        ]
         total = sum(len(v) for v in stats.latency.values())
         print(f"\n{args.clients} clients for {elapsed:.1f} s: {total} requests, {total / elapsed:.1f} req/s")
         print(f"{'request':18} {'count':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8}  status codes")
         for kind in sorted(stats.latency):
             xs = stats.latency[kind]
-            print(f"{kind:18} {len(xs):7d} {len(xs) / elapsed:7.1f} {pct(xs, .5) * 1000:8.1f} {pct(xs, .95) * 1000:8.1f}  "
-                  f"{dict(sorted(stats.codes[kind].items()))}")
-        print(f"edits accepted: {len(stats.accepted)} ({len(stats.accepted) / elapsed:.1f}/s); settled in "
-              f"{elapsed + drained:.1f} s after the start ({len(stats.accepted) / (elapsed + drained):.2f} applied/s); "
-              f"final statuses {dict(statuses)}")
+            print(
+                f"{kind:18} {len(xs):7d} {len(xs) / elapsed:7.1f} {pct(xs, 0.5) * 1000:8.1f} {pct(xs, 0.95) * 1000:8.1f}  "
+                f"{dict(sorted(stats.codes[kind].items()))}"
+            )
+        print(
+            f"edits accepted: {len(stats.accepted)} ({len(stats.accepted) / elapsed:.1f}/s); settled in "
+            f"{elapsed + drained:.1f} s after the start ({len(stats.accepted) / (elapsed + drained):.2f} applied/s); "
+            f"final statuses {dict(statuses)}"
+        )
         print(f"max queue depth seen: {stats.max_depth}; head version {version['head']}, served {version['version']}")
-        print(f"5xx responses: {n5xx}; unanswered requests: {len(stats.errors)}; idempotent repeats: "
-              f"{sum(1 for k in stats.keys)} keys, {len(stats.key_mismatch)} mismatches")
-        checks = {"no 5xx": n5xx == 0, "every request answered": not stats.errors and not stuck,
-                  "every accepted edit settled (applied, or failed with a reason)": not bad_rows,
-                  "idempotent repeats gave the same ids": not stats.key_mismatch}
-        figures = {"clients": args.clients, "seconds": elapsed, "requests": total, "req_per_s": total / elapsed,
-                   "latency_ms": {k: {"n": len(v), "p50": pct(v, .5) * 1000, "p95": pct(v, .95) * 1000}
-                                  for k, v in stats.latency.items()},
-                   "accepted": len(stats.accepted), "statuses": dict(statuses), "max_queue_depth": stats.max_depth,
-                   "n5xx": n5xx, "drain_s": drained}
+        print(
+            f"5xx responses: {n5xx}; unanswered requests: {len(stats.errors)}; idempotent repeats: "
+            f"{sum(1 for k in stats.keys)} keys, {len(stats.key_mismatch)} mismatches"
+        )
+        checks = {
+            "no 5xx": n5xx == 0,
+            "every request answered": not stats.errors and not stuck,
+            "every accepted edit settled (applied, or failed with a reason)": not bad_rows,
+            "idempotent repeats gave the same ids": not stats.key_mismatch,
+        }
+        figures = {
+            "clients": args.clients,
+            "seconds": elapsed,
+            "requests": total,
+            "req_per_s": total / elapsed,
+            "latency_ms": {
+                k: {"n": len(v), "p50": pct(v, 0.5) * 1000, "p95": pct(v, 0.95) * 1000}
+                for k, v in stats.latency.items()
+            },
+            "accepted": len(stats.accepted),
+            "statuses": dict(statuses),
+            "max_queue_depth": stats.max_depth,
+            "n5xx": n5xx,
+            "drain_s": drained,
+        }
         if db_url:
             problems, info = db_checks(db_url)
             checks["every edit applied exactly once (log)"] = not problems

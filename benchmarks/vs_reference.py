@@ -15,6 +15,7 @@ time its `encore`, `rome` and `util` packages are copied to a temporary folder, 
 PATCHES are applied there (each must match, so a different commit fails clearly), and a stub
 `datasets` module serves the local WikiText file to its statistics loader.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ if str(ROOT) not in sys.path:  # `python benchmarks/vs_reference.py` without PYT
     sys.path.insert(0, str(ROOT))
 REFERENCE_REPO = "scalable-model-editing/knowledge-editing-regularization"
 REFERENCE_COMMIT = "6e3ba9a"
-REFERENCE_FILES = ("encore/encore_main.py", "encore/compute_z.py", "rome/layer_stats.py", "util/nethook.py",
-                   "hparams/ENCORE/llama3-8b.json", "globals.yml")
+REFERENCE_FILES = (
+    "encore/encore_main.py",
+    "encore/compute_z.py",
+    "rome/layer_stats.py",
+    "util/nethook.py",
+    "hparams/ENCORE/llama3-8b.json",
+    "globals.yml",
+)
 COPIED = ("encore", "rome", "util", "globals.yml")
 
 _TUPLE_OR_TENSOR = "(lambda o: o[0] if isinstance(o, tuple) else o)"
@@ -46,15 +53,30 @@ PATCHES = (
     ("encore/encore_main.py", '"cuda"', '"cpu"', "CUDA → CPU in the update step"),
     ("encore/encore_main.py", ".cuda()", ".cpu()", "CUDA → CPU in the update step (solve result)"),
     ("encore/compute_z.py", '"cuda"', '"cpu"', "CUDA → CPU in the target-vector step"),
-    ("encore/compute_z.py", "cur_out[0][", "(cur_out[0] if isinstance(cur_out, tuple) else cur_out)[",
-     "transformers 5 decoder layers return a tensor: the edit hook accepts both"),
-    ("encore/compute_z.py", "tr[hparams.layer_module_tmp.format(loss_layer)].output[0]",
-     f"{_TUPLE_OR_TENSOR}(tr[hparams.layer_module_tmp.format(loss_layer)].output)",
-     "transformers 5 decoder layers return a tensor: the loss layer's read accepts both"),
-    ("rome/layer_stats.py", 'dict_to_(batch, "cuda")', 'dict_to_(batch, "cpu")',
-     "CUDA → CPU in the statistics' batch transfer"),
-    ("rome/layer_stats.py", "download=True,", "download=False,",
-     "no download of precomputed statistics (offline; the statistics are computed and timed)"),
+    (
+        "encore/compute_z.py",
+        "cur_out[0][",
+        "(cur_out[0] if isinstance(cur_out, tuple) else cur_out)[",
+        "transformers 5 decoder layers return a tensor: the edit hook accepts both",
+    ),
+    (
+        "encore/compute_z.py",
+        "tr[hparams.layer_module_tmp.format(loss_layer)].output[0]",
+        f"{_TUPLE_OR_TENSOR}(tr[hparams.layer_module_tmp.format(loss_layer)].output)",
+        "transformers 5 decoder layers return a tensor: the loss layer's read accepts both",
+    ),
+    (
+        "rome/layer_stats.py",
+        'dict_to_(batch, "cuda")',
+        'dict_to_(batch, "cpu")',
+        "CUDA → CPU in the statistics' batch transfer",
+    ),
+    (
+        "rome/layer_stats.py",
+        "download=True,",
+        "download=False,",
+        "no download of precomputed statistics (offline; the statistics are computed and timed)",
+    ),
 )
 
 
@@ -65,25 +87,29 @@ class Failure(Exception):
 # ----------------------------------------------------------------------------- reference checkout
 def check_reference_dir(value: str | None) -> Path:
     if not value:
-        raise Failure(f"--reference-dir is required: a checkout of {REFERENCE_REPO} (commit {REFERENCE_COMMIT}) "
-                      "outside this repository")
+        raise Failure(
+            f"--reference-dir is required: a checkout of {REFERENCE_REPO} (commit {REFERENCE_COMMIT}) "
+            "outside this repository"
+        )
     ref = Path(value).expanduser().resolve()
     if not ref.is_dir():
-        raise Failure(f"--reference-dir {str(ref)!r} is not a folder; give a checkout of {REFERENCE_REPO} "
-                      f"(commit {REFERENCE_COMMIT})")
+        raise Failure(
+            f"--reference-dir {str(ref)!r} is not a folder; give a checkout of {REFERENCE_REPO} "
+            f"(commit {REFERENCE_COMMIT})"
+        )
     if ref == ROOT or ROOT in ref.parents:
         raise Failure(f"--reference-dir {str(ref)!r} is inside this repository; check the authors' code out elsewhere")
     missing = [f for f in REFERENCE_FILES if not (ref / f).is_file()]
     if missing:
-        raise Failure(f"--reference-dir {str(ref)!r} is not a checkout of {REFERENCE_REPO}: "
-                      f"no {', '.join(missing)}")
+        raise Failure(f"--reference-dir {str(ref)!r} is not a checkout of {REFERENCE_REPO}: no {', '.join(missing)}")
     return ref
 
 
 def reference_commit(ref: Path) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(ref), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(ref), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown (not a git work tree)"
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
@@ -93,8 +119,10 @@ def check_patches(ref: Path) -> None:
     """Every patch must find its text in the checkout (fails before any model is loaded)."""
     for rel, old, _, why in PATCHES:
         if old not in (ref / rel).read_text(errors="replace"):
-            raise Failure(f"the code at --reference-dir differs from commit {REFERENCE_COMMIT}: "
-                          f"patch '{why}' found no {old!r} in {rel}")
+            raise Failure(
+                f"the code at --reference-dir differs from commit {REFERENCE_COMMIT}: "
+                f"patch '{why}' found no {old!r} in {rel}"
+            )
 
 
 def patched_copy(ref: Path, into: Path) -> list[str]:
@@ -111,8 +139,10 @@ def patched_copy(ref: Path, into: Path) -> list[str]:
         text = path.read_text()
         n = text.count(old)
         if n == 0:
-            raise Failure(f"the code at --reference-dir differs from commit {REFERENCE_COMMIT}: "
-                          f"patch '{why}' found no {old!r} in {rel}")
+            raise Failure(
+                f"the code at --reference-dir differs from commit {REFERENCE_COMMIT}: "
+                f"patch '{why}' found no {old!r} in {rel}"
+            )
         path.write_text(text.replace(old, new))
         applied.append(f"{rel}: {why} ({n}×)")
     return applied
@@ -221,8 +251,16 @@ def run_reference(ref: Path, recs: list, corpus: Path, layers: list[int], n_text
             stats_seconds = {}
             for layer in layers:
                 t0 = time.perf_counter()
-                em.get_cov(model, tok, hp.rewrite_module_tmp.format(layer), hp.mom2_dataset, hp.mom2_n_samples,
-                           hp.mom2_dtype, force_recompute=False, hparams=hp)
+                em.get_cov(
+                    model,
+                    tok,
+                    hp.rewrite_module_tmp.format(layer),
+                    hp.mom2_dataset,
+                    hp.mom2_n_samples,
+                    hp.mom2_dtype,
+                    force_recompute=False,
+                    hparams=hp,
+                )
                 stats_seconds[layer] = time.perf_counter() - t0
 
             torch.manual_seed(0)
@@ -244,17 +282,34 @@ def run_reference(ref: Path, recs: list, corpus: Path, layers: list[int], n_text
             names = {l: f"{hp.rewrite_module_tmp.format(l)}.weight" for l in layers}
             params = dict(model.named_parameters())
             before = {l: params[n].detach().clone() for l, n in names.items()}
-            requests = [{"case_id": r.case_id, "prompt": r.prompt, "subject": r.subject,
-                         "target_new": {"str": r.target_new}, "target_true": {"str": r.target_true}} for r in recs]
+            requests = [
+                {
+                    "case_id": r.case_id,
+                    "prompt": r.prompt,
+                    "subject": r.subject,
+                    "target_new": {"str": r.target_new},
+                    "target_true": {"str": r.target_true},
+                }
+                for r in recs
+            ]
             t0 = time.perf_counter()
             _, _, _, z_seconds, insert_seconds = em.apply_encore_to_model(model, tok, requests, hp, copy=False)
             wall = time.perf_counter() - t0
     return {
-        "commit": reference_commit(ref), "patches": applied, "stats_texts": n_texts, "stats_texts_available": len(texts),
-        "stats_tokens_per_layer": tokens, "stats_seconds": sum(stats_seconds.values()),
-        "stats_seconds_per_layer": stats_seconds, "wall": wall, "seconds_per_edit": wall / len(recs),
-        "targets": z_seconds, "insertion": insert_seconds, "mean_steps": sum(steps) / len(steps),
-        "scores": score_counterfact(model, tok, recs), "growth_percent": growth(model, names, before),
+        "commit": reference_commit(ref),
+        "patches": applied,
+        "stats_texts": n_texts,
+        "stats_texts_available": len(texts),
+        "stats_tokens_per_layer": tokens,
+        "stats_seconds": sum(stats_seconds.values()),
+        "stats_seconds_per_layer": stats_seconds,
+        "wall": wall,
+        "seconds_per_edit": wall / len(recs),
+        "targets": z_seconds,
+        "insertion": insert_seconds,
+        "mean_steps": sum(steps) / len(steps),
+        "scores": score_counterfact(model, tok, recs),
+        "growth_percent": growth(model, names, before),
     }
 
 
@@ -274,9 +329,14 @@ def run_kedit(recs: list, corpus: Path, layers: list[int], stats_tokens: int) ->
     editor = build_editor(lm, settings, Role.EVAL, key_stats=stats)
     _ = editor.templates
     row = timed_batch(editor, recs, 1)
-    return {**row, "settings": settings.model_dump(mode="json"), "stats_tokens": stats_tokens,
-            "stats_seconds": stats_seconds, "scores": score_counterfact(lm.model, lm.tokenizer, recs),
-            "growth_percent": {n.layer: round(100 * n.growth, 2) for n in editor.norms()}}
+    return {
+        **row,
+        "settings": settings.model_dump(mode="json"),
+        "stats_tokens": stats_tokens,
+        "stats_seconds": stats_seconds,
+        "scores": score_counterfact(lm.model, lm.tokenizer, recs),
+        "growth_percent": {n.layer: round(100 * n.growth, 2) for n in editor.norms()},
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -288,17 +348,33 @@ def summary(ref: dict, ked: dict, n: int, threads: int, corpus: Path, load: tupl
         return f"{s['es']:.1f} / {s['ps']:.1f} / {s['ns']:.1f} / {s['s']:.1f}"
 
     rows = [
-        ("s/edit (apply wall / edits)", f"{ref['seconds_per_edit']:.2f}", f"{ked['seconds_per_edit']:.2f}",
-         f"{ref['seconds_per_edit'] / ked['seconds_per_edit']:.2f}×"),
-        ("split (s)", f"target vectors {ref['targets']:.1f}, insertion {ref['insertion']:.1f}",
-         f"targets {ked['targets']:.1f}, keys {ked['keys']:.1f}, solve {ked['solve']:.1f}", ""),
+        (
+            "s/edit (apply wall / edits)",
+            f"{ref['seconds_per_edit']:.2f}",
+            f"{ked['seconds_per_edit']:.2f}",
+            f"{ref['seconds_per_edit'] / ked['seconds_per_edit']:.2f}×",
+        ),
+        (
+            "split (s)",
+            f"target vectors {ref['targets']:.1f}, insertion {ref['insertion']:.1f}",
+            f"targets {ked['targets']:.1f}, keys {ked['keys']:.1f}, solve {ked['solve']:.1f}",
+            "",
+        ),
         ("optimisation steps per edit", f"{ref['mean_steps']:.1f}", f"{ked['mean_steps']:.1f}", ""),
-        ("key statistics (s)", f"{ref['stats_seconds']:.0f} ({len(ref['stats_seconds_per_layer'])} passes)",
-         f"{ked['stats_seconds']:.0f} (one pass)", f"{ref['stats_seconds'] / ked['stats_seconds']:.2f}×"),
+        (
+            "key statistics (s)",
+            f"{ref['stats_seconds']:.0f} ({len(ref['stats_seconds_per_layer'])} passes)",
+            f"{ked['stats_seconds']:.0f} (one pass)",
+            f"{ref['stats_seconds'] / ked['stats_seconds']:.2f}×",
+        ),
         ("statistics tokens per layer", ", ".join(f"{t:,}" for t in tok), f"{ked['stats_tokens']:,} (budget)", ""),
         ("ES / PS / NS / S after the batch", quality(rs), quality(ks), ""),
-        ("max ‖W−W₀‖/‖W₀‖ (%)", f"{max(ref['growth_percent'].values()):.2f}",
-         f"{max(ked['growth_percent'].values()):.2f}", ""),
+        (
+            "max ‖W−W₀‖/‖W₀‖ (%)",
+            f"{max(ref['growth_percent'].values()):.2f}",
+            f"{max(ked['growth_percent'].values()):.2f}",
+            "",
+        ),
     ]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows + [("", f"authors' code ({ref['commit']})")])
@@ -311,24 +387,40 @@ def summary(ref: dict, ked: dict, n: int, threads: int, corpus: Path, load: tupl
         f"{'':{w0}}  {'authors code (' + ref['commit'] + ')':{w1}}  {'kedit':{w2}}  ratio",
     ]
     lines += [f"{a:{w0}}  {b:{w1}}  {c:{w2}}  {d}" for a, b, c, d in rows]
-    lines.append("‖W−W₀‖/‖W₀‖ per layer (%): authors " + json.dumps(ref["growth_percent"]) + ", kedit "
-                 + json.dumps(ked["growth_percent"]))
+    lines.append(
+        "‖W−W₀‖/‖W₀‖ per layer (%): authors "
+        + json.dumps(ref["growth_percent"])
+        + ", kedit "
+        + json.dumps(ked["growth_percent"])
+    )
     lines.append("patches applied to a temporary copy of the authors' code: " + "; ".join(ref["patches"]))
     return "\n".join(lines)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reference-dir", help=f"a checkout of {REFERENCE_REPO} (commit {REFERENCE_COMMIT}) outside this repo")
+    p.add_argument(
+        "--reference-dir", help=f"a checkout of {REFERENCE_REPO} (commit {REFERENCE_COMMIT}) outside this repo"
+    )
     p.add_argument("--records", type=int, default=100, help="the first N CounterFact records, one batch (100)")
-    p.add_argument("--stats-texts", type=int, default=1200,
-                   help="texts their statistics draw (1200 = 157,918 tokens); kedit gets the same token count")
-    p.add_argument("--corpus", type=Path, default=None,
-                   help="statistics text file (default: corpus/wikitext2_raw_test.txt of the shared data)")
+    p.add_argument(
+        "--stats-texts",
+        type=int,
+        default=1200,
+        help="texts their statistics draw (1200 = 157,918 tokens); kedit gets the same token count",
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="statistics text file (default: corpus/wikitext2_raw_test.txt of the shared data)",
+    )
     p.add_argument("--layers", default="4,5,6,7,8", help="edited layers (4,5,6,7,8)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     p.add_argument("--reference-log", type=Path, default=None, help="write the authors' code's printout here")
-    p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here and the summary beside it (.txt)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="write the figures as JSON here and the summary beside it (.txt)"
+    )
     return p.parse_args(argv)
 
 
@@ -356,16 +448,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         recs = load_dataset(data_dir() / "counterfact" / "counterfact.json", limit=args.records).records
         load_start = os.getloadavg()[0]
-        print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, torch {torch.__version__}; "
-              f"load average {load_start:.2f}", flush=True)
+        print(
+            f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, torch {torch.__version__}; "
+            f"load average {load_start:.2f}",
+            flush=True,
+        )
 
         log_cm = open(args.reference_log, "w") if args.reference_log else open(os.devnull, "w")
         with log_cm as log:
             print(f"authors' code ({ref}): statistics, then one batch of {len(recs)} …", flush=True)
             ref_figs = run_reference(ref, recs, corpus, layers, args.stats_texts, log)
-        print(f"authors' code: {ref_figs['seconds_per_edit']:.2f} s/edit (targets {ref_figs['targets']:.1f} s, "
-              f"insertion {ref_figs['insertion']:.1f} s, {ref_figs['mean_steps']:.1f} steps per edit), statistics "
-              f"{ref_figs['stats_seconds']:.0f} s, scores {ref_figs['scores']}; kedit next …", flush=True)
+        print(
+            f"authors' code: {ref_figs['seconds_per_edit']:.2f} s/edit (targets {ref_figs['targets']:.1f} s, "
+            f"insertion {ref_figs['insertion']:.1f} s, {ref_figs['mean_steps']:.1f} steps per edit), statistics "
+            f"{ref_figs['stats_seconds']:.0f} s, scores {ref_figs['scores']}; kedit next …",
+            flush=True,
+        )
         if args.out:  # a run cut during kedit's half still leaves the authors' figures
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"records": len(recs), "reference": ref_figs}, indent=1, default=str))
@@ -377,13 +475,23 @@ def main(argv: list[str] | None = None) -> int:
     load = (load_start, os.getloadavg()[0])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "records": len(recs), "threads": args.threads, "cores": os.cpu_count(), "corpus": corpus.name,
-            "load_average_start_end": load,
-            "reference": ref_figs, "kedit": ked_figs,
-            "ratio_seconds_per_edit": ref_figs["seconds_per_edit"] / ked_figs["seconds_per_edit"],
-            "ratio_stats": ref_figs["stats_seconds"] / ked_figs["stats_seconds"],
-        }, indent=1, default=str))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "records": len(recs),
+                    "threads": args.threads,
+                    "cores": os.cpu_count(),
+                    "corpus": corpus.name,
+                    "load_average_start_end": load,
+                    "reference": ref_figs,
+                    "kedit": ked_figs,
+                    "ratio_seconds_per_edit": ref_figs["seconds_per_edit"] / ked_figs["seconds_per_edit"],
+                    "ratio_stats": ref_figs["stats_seconds"] / ked_figs["stats_seconds"],
+                },
+                indent=1,
+                default=str,
+            )
+        )
     text = summary(ref_figs, ked_figs, len(recs), args.threads, corpus, load)
     print(text)
     if args.out:

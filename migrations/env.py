@@ -1,4 +1,5 @@
 """Alembic environment: one schema for PostgreSQL and SQLite (batch mode for SQLite's ALTERs)."""
+
 from __future__ import annotations
 
 from alembic import context

@@ -4,6 +4,7 @@ embedded-mode service (SQLite + in-process queue) and the real PostgreSQL and Re
 Helpers (builders, waits, process control) are plain modules in tests/utils/. The fault tests'
 own fixtures (spawned clusters, private servers) are in tests/faults/conftest.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,6 +55,7 @@ def tiny_assets(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 # Embedded mode: SQLite + the in-process queue + the worker thread, on a tiny model.
 
+
 @pytest.fixture
 def make_config(tiny_assets, tmp_path):
     model_dir, corpus, cache = tiny_assets
@@ -78,6 +80,7 @@ def client(make_config):
 # The REAL PostgreSQL and Redis on 127.0.0.1 (tests marked `integration`). Each test gets a fresh
 # database (kedit_test_<random>, dropped at the end) and a random Redis key prefix (its keys
 # deleted at the end). Nothing is mocked.
+
 
 def _admin():
     import psycopg
@@ -129,7 +132,11 @@ def prod_config(tiny_assets, pg_url, redis_prefix):
     model_dir, corpus, cache = tiny_assets
 
     def make(**over):
-        return tiny_config(model_dir, corpus, cache, **{"database_url": pg_url, "redis_url": REDIS,
-                                                        "redis_prefix": redis_prefix, **over})
+        return tiny_config(
+            model_dir,
+            corpus,
+            cache,
+            **{"database_url": pg_url, "redis_url": REDIS, "redis_prefix": redis_prefix, **over},
+        )
 
     return make

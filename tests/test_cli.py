@@ -1,4 +1,5 @@
 """Every error a user can hit says what is wrong, and the CLI exits non-zero with one line."""
+
 import pytest
 from typer.testing import CliRunner
 
@@ -42,8 +43,11 @@ def test_unknown_architecture(tmp_path):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     _, tok = build_tiny_model("llama")
-    model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=4, intermediate_size=64))
+    model = GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        )
+    )
     with pytest.raises(EditError, match="unsupported architecture 'gpt_neox'"):
         adapter_for(model)
     model.save_pretrained(tmp_path / "neox")
@@ -78,7 +82,17 @@ def test_unknown_preset():
 def test_edit_runs_on_a_tiny_model(tiny_model_dir, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("Paris is the capital of France. The river is long.\n" * 50)
-    result = _edit("--model", str(tiny_model_dir), "--layers", "1,2", "--corpus", str(corpus),
-                   "--cache-dir", str(tmp_path / "cache"), "--max-new-tokens", "3")
+    result = _edit(
+        "--model",
+        str(tiny_model_dir),
+        "--layers",
+        "1,2",
+        "--corpus",
+        str(corpus),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--max-new-tokens",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     assert "P(target) before → after" in result.output

@@ -3,6 +3,7 @@
 After two edits and a revert, the exported folder loads in plain transformers with the served
 model's logits; `--version N` gives version N's weights; the deltas file applied to a fresh base
 gives the head's weights hash, and is refused on another base."""
+
 from __future__ import annotations
 
 import json
@@ -72,9 +73,13 @@ def edited(tiny_assets, tmp_path_factory):
 @pytest.fixture
 def env(edited, monkeypatch):
     cfg = edited[0]
-    for k, v in {"KEDIT_DATABASE_URL": cfg.database_url, "KEDIT_MODEL_PATH": cfg.model_path,
-                 "KEDIT_CACHE_DIR": str(cfg.cache_dir), "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
-                 "KEDIT_EDIT_OVERRIDES": json.dumps(cfg.edit_overrides)}.items():
+    for k, v in {
+        "KEDIT_DATABASE_URL": cfg.database_url,
+        "KEDIT_MODEL_PATH": cfg.model_path,
+        "KEDIT_CACHE_DIR": str(cfg.cache_dir),
+        "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
+        "KEDIT_EDIT_OVERRIDES": json.dumps(cfg.edit_overrides),
+    }.items():
         monkeypatch.setenv(k, v)
     return edited
 
@@ -119,8 +124,9 @@ def test_deltas_round_trip_onto_a_fresh_base(env, tmp_path):
         names = set(st.keys())
     assert meta["base_hash"] == hashes[0] and meta["weights_hash"] == hashes[3]
     # Only the live batch (the revert's survivors), per layer: no full weight matrices.
-    assert names == {f"batch{b}.layer{l}.{t}" for b in json.loads(meta["batches"]) for l in (1, 2)
-                     for t in ("u", "v", "keys")}
+    assert names == {
+        f"batch{b}.layer{l}.{t}" for b in json.loads(meta["batches"]) for l in (1, 2) for t in ("u", "v", "keys")
+    }
     assert len(json.loads(meta["batches"])) == 1
 
     out = tmp_path / "imported"

@@ -1,4 +1,5 @@
 """`kedit verify` and `kedit db`: the offline checks an operator runs."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ def cli() -> typer.Typer:
 def test_db_commands_and_verify(make_config, monkeypatch, tmp_path):
     cfg = make_config()
     for k, v in {
-        "KEDIT_DATABASE_URL": cfg.database_url, "KEDIT_MODEL_PATH": cfg.model_path,
-        "KEDIT_CACHE_DIR": str(cfg.cache_dir), "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
+        "KEDIT_DATABASE_URL": cfg.database_url,
+        "KEDIT_MODEL_PATH": cfg.model_path,
+        "KEDIT_CACHE_DIR": str(cfg.cache_dir),
+        "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
         "KEDIT_EDIT_OVERRIDES": json.dumps(cfg.edit_overrides),
     }.items():
         monkeypatch.setenv(k, v)

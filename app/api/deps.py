@@ -1,4 +1,5 @@
 """Dependencies: the service context, the API-key guard, request-body parsing with limits."""
+
 from __future__ import annotations
 
 import hmac
@@ -39,7 +40,8 @@ def require_api_key(
     # The header arrived as bytes (Starlette hands them over as Latin-1): compare those bytes with
     # the key's UTF-8, so that a non-ASCII key sent as UTF-8 matches.
     check_api_key(
-        request.app.state.ctx.config.api_key, None if given is None else given.encode("latin-1", "replace"),
+        request.app.state.ctx.config.api_key,
+        None if given is None else given.encode("latin-1", "replace"),
         "this endpoint needs the API key: send it as X-API-Key or Authorization: Bearer",
     )
 
@@ -88,10 +90,17 @@ async def form_fields(request: Request) -> dict[str, str]:
     if not ctype and not body:
         return {}  # a form with no fields
     if ctype.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise UnsupportedMediaType(f"send the form as application/x-www-form-urlencoded (this request says {ctype[:100]!r})")
+        raise UnsupportedMediaType(
+            f"send the form as application/x-www-form-urlencoded (this request says {ctype[:100]!r})"
+        )
     try:
-        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
-                          max_num_fields=MAX_FORM_FIELDS)
+        pairs = parse_qsl(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
     except (UnicodeDecodeError, ValueError):
         raise Invalid("the form is not UTF-8 text in application/x-www-form-urlencoded") from None
     fields: dict[str, str] = {}

@@ -3,12 +3,12 @@
 Start-up order matters: the schema is migrated (or the start refused), the model loads and the
 log is replayed and proven against its stored hash before the first request is answered.
 """
+
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import asynccontextmanager
-
-import json
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -79,7 +79,9 @@ def create_app(
             ctx.start_api()
             if run_worker:
                 ctx.start_worker()
-            log.info("kedit api ready at version %d (%s)", ctx.host.version, "with worker" if run_worker else "api only")
+            log.info(
+                "kedit api ready at version %d (%s)", ctx.host.version, "with worker" if run_worker else "api only"
+            )
             yield
         finally:
             ctx.close()
@@ -121,8 +123,11 @@ def create_app(
         # retry later) rather than 500; /generate keeps answering from the weights it holds.
         log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return _error(
-            request, 503, "the edit log (database) is unreachable right now; retry later (a retry with the same "
-            "Idempotency-Key can never create the edits twice)", headers={"Retry-After": "5"},
+            request,
+            503,
+            "the edit log (database) is unreachable right now; retry later (a retry with the same "
+            "Idempotency-Key can never create the edits twice)",
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(EditError)
@@ -137,9 +142,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError):
-        errors = [
-            {k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()
-        ]
+        errors = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()]
         if any(err.get("type") == "json_invalid" for err in errors):
             # FastAPI says only "JSON decode error" and an offset; say what is wrong and where.
             where = json_error(await request.body())
@@ -150,8 +153,12 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 413:
             # A body sent without Content-Length (chunked) is cut off while it streams in.
-            return _error(request, 413, f"request body is over the bound of {MAX_BODY_BYTES} bytes; "
-                          "send less (split a list of edits over several requests)")
+            return _error(
+                request,
+                413,
+                f"request body is over the bound of {MAX_BODY_BYTES} bytes; "
+                "send less (split a list of edits over several requests)",
+            )
         return await http_exception_handler(request, exc)
 
     openapi.install(app)

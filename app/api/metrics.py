@@ -1,6 +1,7 @@
 """Prometheus metrics. Counts that several processes share (edits by status, batch seconds, MPES
 steps, norms) are read from the database at scrape time, so every replica reports the same
 truth; the generate latency is this process's own."""
+
 from __future__ import annotations
 
 import logging
@@ -36,10 +37,12 @@ class LogCollector:
         for st in EDIT_STATUSES:
             edits.add_metric([st], counts.get(st, 0))
         yield edits
-        yield SummaryMetricFamily("kedit_batch_seconds", "editor seconds per applied batch",
-                                  count_value=n_batches, sum_value=batch_total)
-        yield SummaryMetricFamily("kedit_mpes_steps", "optimisation steps per applied fact",
-                                  count_value=n_facts, sum_value=steps_total)
+        yield SummaryMetricFamily(
+            "kedit_batch_seconds", "editor seconds per applied batch", count_value=n_batches, sum_value=batch_total
+        )
+        yield SummaryMetricFamily(
+            "kedit_mpes_steps", "optimisation steps per applied fact", count_value=n_facts, sum_value=steps_total
+        )
         growth = GaugeMetricFamily("kedit_norm_growth", "‖W−W0‖F / ‖W0‖F per edited layer", labels=["layer"])
         delta = GaugeMetricFamily("kedit_delta_norm", "‖W−W0‖F per edited layer", labels=["layer"])
         for layer, snaps in sorted(history.items()):
@@ -53,17 +56,27 @@ class LogCollector:
             q = quality[-1]
             for name, doc, value in (
                 ("kedit_canary_facts_total", "canary facts (answered top-1 by the unedited model)", q.facts_total),
-                ("kedit_canary_facts_kept", "canary facts the newest version still answers as the unedited model", q.facts_kept),
-                ("kedit_canary_perplexity", "perplexity of the newest version on the held-out canary text", q.perplexity),
+                (
+                    "kedit_canary_facts_kept",
+                    "canary facts the newest version still answers as the unedited model",
+                    q.facts_kept,
+                ),
+                (
+                    "kedit_canary_perplexity",
+                    "perplexity of the newest version on the held-out canary text",
+                    q.perplexity,
+                ),
                 ("kedit_canary_entropy", "n-gram entropy (×100) of the newest version's greedy generation", q.entropy),
                 ("kedit_canary_version", "the version the canary gauges are of", q.version),
             ):
                 yield GaugeMetricFamily(name, doc, value=value)
-        yield GaugeMetricFamily("kedit_guard_refused_edits", "edits the quality guard refused (policy reject)",
-                                value=refused)
+        yield GaugeMetricFamily(
+            "kedit_guard_refused_edits", "edits the quality guard refused (policy reject)", value=refused
+        )
         if ctx.host is not None:
-            yield GaugeMetricFamily("kedit_served_version", "weights version this process serves",
-                                    value=ctx.host.version)
+            yield GaugeMetricFamily(
+                "kedit_served_version", "weights version this process serves", value=ctx.host.version
+            )
         try:
             depth = ctx.queue.depth()
         except Exception:
@@ -75,6 +88,8 @@ class ApiMetrics:
     def __init__(self, registry: CollectorRegistry, ctx) -> None:
         registry.register(LogCollector(ctx))
         self.generate_seconds = Histogram(
-            "kedit_generate_seconds", "latency of /generate in this process",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=registry,
+            "kedit_generate_seconds",
+            "latency of /generate in this process",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=registry,
         )

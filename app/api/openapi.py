@@ -4,6 +4,7 @@ Every error kedit returns is `{"detail": "<what to change>", "errors": [...]?}`,
 FastAPI's default validation body; and the 401/404/409/413/415/503 answers the routes can
 give are listed, so clients (and schema-driven fuzzers) know what to expect.
 """
+
 from __future__ import annotations
 
 from fastapi import FastAPI

@@ -3,9 +3,10 @@
 Length bounds come from the running config through the validation context, so an operator can
 tighten them without code changes; the hard ceilings are the editing core's own limits.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -61,8 +62,9 @@ class Strict(BaseModel):
 
 
 class EditIn(Strict):
-    prompt: str = Field(description="the fact's prompt with the subject slot {} exactly once",
-                        examples=["The mother tongue of {} is"])
+    prompt: str = Field(
+        description="the fact's prompt with the subject slot {} exactly once", examples=["The mother tongue of {} is"]
+    )
     subject: str = Field(description="the entity the fact is about", examples=["Danielle Darrieux"])
     target_new: str = Field(description="the completion to teach", examples=["English"])
     target_true: str | None = Field(None, description="the current completion, if known", examples=["French"])
@@ -89,7 +91,7 @@ class EditIn(Strict):
         return v
 
     @model_validator(mode="after")
-    def _targets_differ(self) -> "EditIn":
+    def _targets_differ(self) -> EditIn:
         _raise(targets_problem(self.target_new, self.target_true))
         return self
 
@@ -112,8 +114,11 @@ class EditOut(BaseModel):
     prob_after: float | None = Field(None, description="P(target_new | prompt) after the edit")
     mpes_steps: int | None = Field(None, description="optimisation steps taken for this fact")
     seconds: float | None = Field(None, description="editor seconds, the batch's time shared over its edits")
-    guard: str | None = Field(None, description="the quality guard's word on this edit: the canaries it broke "
-                              "(policy warn) or why it was refused (policy reject)")
+    guard: str | None = Field(
+        None,
+        description="the quality guard's word on this edit: the canaries it broke "
+        "(policy warn) or why it was refused (policy reject)",
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -121,7 +126,7 @@ class EditOut(BaseModel):
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
         # SQLite hands timestamps back without their zone; they were written in UTC.
-        return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
 
 
 class EditsAccepted(BaseModel):

@@ -4,6 +4,7 @@ The fields are OpenAI's, with its defaults (temperature 1, top_p 1, completions 
 Fields kedit cannot honour are refused with a reason rather than silently ignored, except those
 that change nothing here (`user`, zero penalties, `logprobs: false`), which common clients send.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -78,8 +79,10 @@ class _Common(BaseModel):
     @classmethod
     def _options(cls, v: dict | None) -> dict | None:
         if v is not None and set(v) - {"include_usage"}:
-            raise ValueError(f"stream_options: unknown option(s) {sorted(set(v) - {'include_usage'})}; "
-                             "only include_usage is supported")
+            raise ValueError(
+                f"stream_options: unknown option(s) {sorted(set(v) - {'include_usage'})}; "
+                "only include_usage is supported"
+            )
         return v
 
     @field_validator("max_tokens")
@@ -93,7 +96,7 @@ class _Common(BaseModel):
     @field_validator("seed")
     @classmethod
     def _seed(cls, v: int | None) -> int | None:
-        if v is not None and not -(2 ** 63) <= v < 2 ** 63:
+        if v is not None and not -(2**63) <= v < 2**63:
             raise ValueError("seed must fit in a signed 64-bit integer")
         return v
 
@@ -125,7 +128,7 @@ class CompletionIn(_Common):
         return _clean_text(v, "prompt")
 
     @model_validator(mode="after")
-    def _unsupported(self) -> "CompletionIn":
+    def _unsupported(self) -> CompletionIn:
         if self.logprobs:
             raise ValueError("logprobs are not supported; leave logprobs unset")
         if self.echo:
@@ -157,7 +160,7 @@ class ChatIn(_Common):
     logprobs: bool = False
 
     @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> "ChatIn":
+    def _check(self, info: ValidationInfo) -> ChatIn:
         if self.logprobs:
             raise ValueError("logprobs are not supported; leave logprobs unset")
         if self.max_completion_tokens is not None:
@@ -165,8 +168,10 @@ class ChatIn(_Common):
                 raise ValueError("max_tokens and max_completion_tokens differ; send one of them")
             bound = _bound(info, "max_new_tokens", 64)
             if self.max_completion_tokens > bound:
-                raise ValueError(f"max_completion_tokens is {self.max_completion_tokens}; this server's bound is "
-                                 f"{bound} (KEDIT_MAX_NEW_TOKENS)")
+                raise ValueError(
+                    f"max_completion_tokens is {self.max_completion_tokens}; this server's bound is "
+                    f"{bound} (KEDIT_MAX_NEW_TOKENS)"
+                )
             self.max_tokens = self.max_completion_tokens
         total = sum(len(m.text()) for m in self.messages)
         bound = _bound(info, "max_input_chars", 8000)

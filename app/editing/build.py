@@ -1,4 +1,5 @@
 """Building an Editor for what a process does with it: the one place that decides what each role needs."""
+
 from __future__ import annotations
 
 from enum import StrEnum

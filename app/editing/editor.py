@@ -5,14 +5,15 @@ the order they were applied, and the preservation sum Σ K Kᵀ of the live batc
 The current weights are always W₀ + Σ live ΔW in order, computed the same way by a
 live process and by a replay, so both give the same bits (and the same hash).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import time
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -49,15 +50,18 @@ class Editor:
         self.layers = list(settings.layers)
         self.c0 = {l: key_stats[l].double() for l in self.layers} if needs_stats else {}
         self.projector = (
-            {l: nullspace_projector(self.c0[l], settings.nullspace_threshold, settings.nullspace_energy)
-             for l in self.layers}
+            {
+                l: nullspace_projector(self.c0[l], settings.nullspace_threshold, settings.nullspace_energy)
+                for l in self.layers
+            }
             if needs_stats and settings.method == "alphaedit"
             else {}
         )
         self.base = {l: self._w(l).detach().clone() for l in self.layers}
         f = self.base[self.layers[0]].shape[1]
         self.lambda_n = {
-            l: settings.lambda_n * (float(self.c0[l].trace()) / f if needs_stats and settings.lambda_n_relative else 1.0)
+            l: settings.lambda_n
+            * (float(self.c0[l].trace()) / f if needs_stats and settings.lambda_n_relative else 1.0)
             for l in self.layers
         }
         # Σ K Kᵀ of the live batches enters only new solves: a replica never solves, so it keeps
@@ -70,8 +74,9 @@ class Editor:
         self._templates = templates
         # Drawn now, from the base weights, so that every process (and a worker restarted onto a
         # replayed log) asks the same neighbours.
-        self._subjects = (generate_subjects(lm, 4 * settings.neighbour_keys + 8)
-                          if settings.neighbour_keys and not replica else None)
+        self._subjects = (
+            generate_subjects(lm, 4 * settings.neighbour_keys + 8) if settings.neighbour_keys and not replica else None
+        )
 
     # ----- views -----
     def _w(self, layer: int) -> torch.Tensor:
@@ -121,7 +126,9 @@ class Editor:
             EditOutcome(targets.z_star[i].detach().cpu(), targets.steps[i], targets.prob_before[i], after[i])
             for i in range(len(requests))
         ]
-        return BatchResult(batch_id, deltas, outcomes, z_seconds=t1 - t0, solve_seconds=t2 - t1, keys_seconds=keys_seconds)
+        return BatchResult(
+            batch_id, deltas, outcomes, z_seconds=t1 - t0, solve_seconds=t2 - t1, keys_seconds=keys_seconds
+        )
 
     def reapply(self, requests: list[EditRequest], z_stars: list[torch.Tensor], batch_id: int) -> BatchResult:
         """Write facts whose z* is already known (no optimisation): what a revert does for a batch's other edits."""
@@ -155,8 +162,9 @@ class Editor:
         """CPU copies of the edited layers, in their own dtype (what a snapshot stores)."""
         return {l: self._w(l).detach().to("cpu", copy=True) for l in self.layers}
 
-    def load_snapshot(self, weights: dict[int, torch.Tensor], batch_ids: list[int],
-                      deltas: dict[int, list[LayerDelta]] | None = None) -> None:
+    def load_snapshot(
+        self, weights: dict[int, torch.Tensor], batch_ids: list[int], deltas: dict[int, list[LayerDelta]] | None = None
+    ) -> None:
         """Set the weights to a snapshot holding `batch_ids` (W₀ + their ΔW, in order), so that later
         batches are added onto exactly the bits a full replay would have reached. A replica may pass
         no deltas: they are needed only to rebuild (remove_batch), and fill_deltas() brings them then.
@@ -171,8 +179,10 @@ class Editor:
         for l in self.layers:  # all checked before any is copied: a refused snapshot leaves W₀ alone
             w = self._w(l)
             if weights[l].shape != w.shape or weights[l].dtype != w.dtype:
-                raise EditError(f"the snapshot's layer {l} is {tuple(weights[l].shape)} {weights[l].dtype}, "
-                                f"the model's is {tuple(w.shape)} {w.dtype}")
+                raise EditError(
+                    f"the snapshot's layer {l} is {tuple(weights[l].shape)} {weights[l].dtype}, "
+                    f"the model's is {tuple(w.shape)} {w.dtype}"
+                )
         with torch.no_grad():
             for l in self.layers:
                 self._w(l).copy_(weights[l])
@@ -181,8 +191,9 @@ class Editor:
                     if d.layer in self.preserved:
                         k = d.keys.double().to(self.lm.device)
                         self.preserved[d.layer] += k @ k.T
-        self.live = {b: ([x for l in self.layers for x in deltas[b] if x.layer == l] if b in deltas else None)
-                     for b in batch_ids}
+        self.live = {
+            b: ([x for l in self.layers for x in deltas[b] if x.layer == l] if b in deltas else None) for b in batch_ids
+        }
 
     def save_point(self) -> dict:
         """The edited layers, the preservation sums and the live batches as they are now, for
@@ -277,8 +288,10 @@ class Editor:
         prefix = max((len(tok(fill(t, "")).input_ids) for t in self.templates), default=0)
         n = prefix + len(tok(request.text).input_ids) + len(tok(" " + request.target_new).input_ids)
         if n > n_ctx:
-            return (f"the fact is {n} tokens long with its context prefix and target; the model reads at most "
-                    f"{n_ctx} tokens: shorten the prompt, subject or target")
+            return (
+                f"the fact is {n} tokens long with its context prefix and target; the model reads at most "
+                f"{n_ctx} tokens: shorten the prompt, subject or target"
+            )
         return None
 
     def generate_problem(self, prompt: str, max_new_tokens: int) -> str | None:
@@ -293,8 +306,10 @@ class Editor:
         n = prompt_tokens + max_new_tokens
         if n_ctx is None or n <= n_ctx:
             return None
-        return (f"the prompt is {prompt_tokens} tokens and {name} is {max_new_tokens}: {n} tokens, "
-                f"but the model reads at most {n_ctx}; shorten the prompt or ask for fewer tokens")
+        return (
+            f"the prompt is {prompt_tokens} tokens and {name} is {max_new_tokens}: {n} tokens, "
+            f"but the model reads at most {n_ctx}; shorten the prompt or ask for fewer tokens"
+        )
 
     def _encode_key_prompts(self, requests: list[EditRequest]):
         return [
@@ -423,7 +438,12 @@ class Editor:
         self._templates = list(meta["templates"])
         self.live = {
             b: [
-                LayerDelta(l, tensors[f"batch{b}.layer{l}.u"], tensors[f"batch{b}.layer{l}.v"], tensors[f"batch{b}.layer{l}.keys"])
+                LayerDelta(
+                    l,
+                    tensors[f"batch{b}.layer{l}.u"],
+                    tensors[f"batch{b}.layer{l}.v"],
+                    tensors[f"batch{b}.layer{l}.keys"],
+                )
                 for l in self.layers
             ]
             for b in meta["batches"]

@@ -17,6 +17,7 @@ Where the time goes, and what is done about it:
 - Facts run in groups of at most `max_rows` prompts, of similar suffix length (little padding);
   a fact that has stopped leaves its group.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -203,14 +204,23 @@ class _Group:
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             cache = DynamicCache()
             with torch.no_grad():
-                base(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True,
-                     **{_cache_keyword(base): cache})
+                base(
+                    input_ids=ids.to(dev),
+                    attention_mask=mask.to(dev),
+                    position_ids=pos.to(dev),
+                    use_cache=True,
+                    **{_cache_keyword(base): cache},
+                )
             keep = mask.to(dev)[:, None, :, None].bool()  # rows that are all padding stay zero
-            parts.append([
-                (F.pad(torch.where(keep, k, 0.0), (0, 0, self.p_len - width, 0)),
-                 F.pad(torch.where(keep, v, 0.0), (0, 0, self.p_len - width, 0)))
-                for k, v, *_ in cache
-            ])
+            parts.append(
+                [
+                    (
+                        F.pad(torch.where(keep, k, 0.0), (0, 0, self.p_len - width, 0)),
+                        F.pad(torch.where(keep, v, 0.0), (0, 0, self.p_len - width, 0)),
+                    )
+                    for k, v, *_ in cache
+                ]
+            )
         back = back.to(dev)
         return [
             (torch.cat([p[layer][0] for p in parts])[back], torch.cat([p[layer][1] for p in parts])[back])
@@ -230,26 +240,42 @@ class _Group:
 
         def forward():
             with torch.no_grad():
-                base(input_ids=self.suffix_ids, attention_mask=self.mask, position_ids=self.suffix_pos,
-                     use_cache=cache is not None, **{_cache_keyword(base): cache})
+                base(
+                    input_ids=self.suffix_ids,
+                    attention_mask=self.mask,
+                    position_ids=self.suffix_pos,
+                    use_cache=cache is not None,
+                    **{_cache_keyword(base): cache},
+                )
 
         if self.edit_layer + 1 < lm.num_layers:
-            args, self.upper_kwargs = forward_until(lm.adapter.block(lm.model, self.edit_layer + 1), forward, before=True)
+            args, self.upper_kwargs = forward_until(
+                lm.adapter.block(lm.model, self.edit_layer + 1), forward, before=True
+            )
             self.h_edit, self.upper_args = hidden_of(args).detach(), args[1:]
         else:
             self.h_edit = hidden_of(forward_until(lm.adapter.block(lm.model, self.edit_layer), forward)).detach()
             self.upper_args, self.upper_kwargs = (), {}
 
-    def subset(self, facts: list[int]) -> "_Group":
+    def subset(self, facts: list[int]) -> _Group:
         """The same group without the facts that stopped; their cached prefixes are dropped, not recomputed."""
         keep = set(facts)
-        rows = [r for i, f in enumerate(self.facts) if f in keep
-                for r in range(i * self.rows_per_fact, (i + 1) * self.rows_per_fact)]
+        rows = [
+            r
+            for i, f in enumerate(self.facts)
+            if f in keep
+            for r in range(i * self.rows_per_fact, (i + 1) * self.rows_per_fact)
+        ]
         idx = torch.tensor(rows, device=self.lm.device)
         kv = [(k[idx], v[idx]) for k, v in self.kv]
         # The suffix width may shrink with the rows: the suffixes run up to the edit layer again.
-        return _Group(self.lm, [f for f in self.facts if f in keep], self.prompts, self.edit_layer,
-                      prefix_kv=(self.p_len, kv) if self.kv else None)
+        return _Group(
+            self.lm,
+            [f for f in self.facts if f in keep],
+            self.prompts,
+            self.edit_layer,
+            prefix_kv=(self.p_len, kv) if self.kv else None,
+        )
 
     def __call__(self, delta: torch.Tensor) -> Output:
         """Add δ (b×d, in the order of self.facts) at the subject's last token after the edit layer,

@@ -3,6 +3,7 @@ down-projections) and the residual stream at the last edited block.
 
 The forward pass stops at the highest block it needs: nothing above it matters here.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,6 +35,7 @@ def states_at_lookup(
         def key_hook(layer):
             def hook(module, args):
                 keys[layer].append(args[0][rows, cols].float())
+
             return hook
 
         hooks = [
@@ -42,7 +44,9 @@ def states_at_lookup(
         try:
             out = forward_until(
                 lm.adapter.block(lm.model, stop_layer),
-                lambda: lm.model.base_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False),
+                lambda: lm.model.base_model(
+                    input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
+                ),
             )
         finally:
             for h in hooks:

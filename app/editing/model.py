@@ -1,4 +1,5 @@
 """Loading the model to edit: the default SmolLM2 (from a GGUF, converted once) or any HF folder."""
+
 from __future__ import annotations
 
 import hashlib
@@ -132,7 +133,9 @@ def resolve_model_path(path: str | os.PathLike | None, cache_dir: Path = DEFAULT
         raise ModelLoadError(f"model path {str(p)!r} does not exist (give a Hugging Face model folder or a .gguf file)")
     if p.is_file():
         if p.suffix != ".gguf":
-            raise ModelLoadError(f"{str(p)!r} is a file but not a .gguf; give a Hugging Face model folder or a .gguf file")
+            raise ModelLoadError(
+                f"{str(p)!r} is a file but not a .gguf; give a Hugging Face model folder or a .gguf file"
+            )
         return convert_gguf(p, cache_dir)
     if not (p / "config.json").exists():
         raise ModelLoadError(f"{str(p)!r} has no config.json: it is not a Hugging Face model folder")

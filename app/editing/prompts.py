@@ -1,4 +1,5 @@
 """Turning facts into token ids: where the subject's last token is, what the target tokens are."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -86,9 +87,17 @@ def generate_subjects(lm, n: int, seed: int = 0, top_k: int = 5, max_tokens: int
     # transformers samples from torch's global generator: seed a fork of it, leave the caller's alone.
     with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = model.generate(**enc, do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0, max_new_tokens=max_tokens,
-                             num_return_sequences=3 * n, pad_token_id=tok.pad_token_id)
-    ids = out[:, enc["input_ids"].shape[1]:]
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            top_k=top_k,
+            top_p=1.0,
+            temperature=1.0,
+            max_new_tokens=max_tokens,
+            num_return_sequences=3 * n,
+            pad_token_id=tok.pad_token_id,
+        )
+    ids = out[:, enc["input_ids"].shape[1] :]
     seen = {"Albert Einstein", "Paris", "Toyota", "Mount Everest", "The Beatles"}
     names: list[str] = []
     for row in ids.tolist():

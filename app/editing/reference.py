@@ -7,6 +7,7 @@ projection at every position. Nothing is cached, so it is slow; every line can b
 against the method by eye. kedit never calls it: the tests compare it with the fast path
 (z*, steps, P(target)) on tiny models and on SmolLM2.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,9 @@ from app.editing.targets import TargetVectors, fact_prompts
 from app.editing.types import EditRequest
 
 
-def compute_target(lm: LoadedModel, request: EditRequest, templates: list[str], settings: EditSettings) -> TargetVectors:
+def compute_target(
+    lm: LoadedModel, request: EditRequest, templates: list[str], settings: EditSettings
+) -> TargetVectors:
     """z* for one fact (a TargetVectors of one row)."""
     s = settings
     fp = fact_prompts(lm.tokenizer, request, templates)
@@ -66,7 +69,11 @@ def compute_target(lm: LoadedModel, request: EditRequest, templates: list[str], 
 
             # MPES: top-1 in every prefixed prompt (in the bare prompt when there are none).
             passes += int(all(top1[1:] if len(top1) > 1 else top1))
-            if (s.mpes_margin > 0 and passes >= 1 + s.mpes_margin) or float(loss.detach()) < s.loss_stop or step == s.max_steps - 1:
+            if (
+                (s.mpes_margin > 0 and passes >= 1 + s.mpes_margin)
+                or float(loss.detach()) < s.loss_stop
+                or step == s.max_steps - 1
+            ):
                 break
             opt.zero_grad()
             loss.backward()

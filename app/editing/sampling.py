@@ -5,9 +5,10 @@ every request in the process, so a `seed` given with one request could not repro
 while other requests run. This loop draws from its own `torch.Generator`: same seed, same
 weights, same text, whatever else the process does.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import DynamicCache

@@ -6,6 +6,7 @@ ENCORE, MEMIT and AlphaEdit differ only in these numbers (docs/method.md §3):
 - AlphaEdit: keys projected onto the null space of C₀ (nullspace_threshold set),
              lambda_p = 0, lambda_n is its ridge term, MPES off.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -54,15 +55,21 @@ class EditSettings(BaseModel):
     lambda_n: float = Field(20.0, ge=0, description="Frobenius-norm constraint λn·I (AlphaEdit: its ridge)")
     preserve_previous: bool = Field(True, description="add Σ K_prev K_prevᵀ of earlier edits to the solve")
     neighbour_keys: int = Field(
-        0, ge=0, le=50, description="per fact, also keep the outputs of this many other subjects asked with the fact's "
-        "own prompt (subjects the model generates once), so that the edit stays with its subject; 0 turns it off"
+        0,
+        ge=0,
+        le=50,
+        description="per fact, also keep the outputs of this many other subjects asked with the fact's "
+        "own prompt (subjects the model generates once), so that the edit stays with its subject; 0 turns it off",
     )
     nullspace_threshold: float | None = Field(
         None, gt=0, description="AlphaEdit: project onto eigenvectors of C₀ with eigenvalue below this"
     )
     nullspace_energy: float | None = Field(
-        None, gt=0, lt=1, description="AlphaEdit, scale-free: project onto the least-used eigenvectors of C₀ that "
-        "together hold at most this fraction of its trace (instead of nullspace_threshold)"
+        None,
+        gt=0,
+        lt=1,
+        description="AlphaEdit, scale-free: project onto the least-used eigenvectors of C₀ that "
+        "together hold at most this fraction of its trace (instead of nullspace_threshold)",
     )
     lambda_n_relative: bool = Field(
         False, description="multiply λn by C₀'s mean eigenvalue tr(C₀)/f, so that it weighs the same at any key scale"
@@ -72,7 +79,7 @@ class EditSettings(BaseModel):
     stats_tokens: int = Field(150_000, ge=1000, description="token budget for C₀")
 
     @model_validator(mode="after")
-    def _check(self) -> "EditSettings":
+    def _check(self) -> EditSettings:
         if not self.layers:
             raise ValueError("layers must name at least one layer")
         if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
@@ -102,8 +109,13 @@ def _llama3_8b(method: Method) -> EditSettings:
     if method == "memit":
         return EditSettings(method="memit", lambda_n=0.0, mpes_margin=0, lr=0.5, max_steps=25, **base)
     return EditSettings(
-        method="alphaedit", lambda_n=10.0, mpes_margin=0, lr=0.1, max_steps=25,
-        nullspace_threshold=2e-2, **{**base, "lambda_p": 0.0},
+        method="alphaedit",
+        lambda_n=10.0,
+        mpes_margin=0,
+        lr=0.1,
+        max_steps=25,
+        nullspace_threshold=2e-2,
+        **{**base, "lambda_p": 0.0},
     )
 
 
@@ -114,8 +126,9 @@ def _gpt2_xl(method: Method) -> EditSettings:
         return EditSettings(method="encore", lambda_n=10.0, mpes_margin=3, **base)
     if method == "memit":
         return EditSettings(method="memit", lambda_n=0.0, mpes_margin=0, **base)
-    return EditSettings(method="alphaedit", lambda_n=10.0, mpes_margin=0, nullspace_threshold=2e-2,
-                        **{**base, "lambda_p": 0.0})
+    return EditSettings(
+        method="alphaedit", lambda_n=10.0, mpes_margin=0, nullspace_threshold=2e-2, **{**base, "lambda_p": 0.0}
+    )
 
 
 def _smollm2(method: Method) -> EditSettings:
@@ -133,8 +146,9 @@ def _smollm2(method: Method) -> EditSettings:
         return EditSettings(method="encore", lambda_n=20.0, mpes_margin=3, **base)
     if method == "memit":
         return EditSettings(method="memit", lambda_n=0.0, mpes_margin=0, **base)
-    return EditSettings(method="alphaedit", lambda_n=10.0, mpes_margin=0, lr=0.1, nullspace_threshold=2e-2,
-                        **{**base, "lambda_p": 0.0})
+    return EditSettings(
+        method="alphaedit", lambda_n=10.0, mpes_margin=0, lr=0.1, nullspace_threshold=2e-2, **{**base, "lambda_p": 0.0}
+    )
 
 
 PRESETS = {Preset.SMOLLM2: _smollm2, Preset.LLAMA3_8B: _llama3_8b, Preset.GPT2_XL: _gpt2_xl}

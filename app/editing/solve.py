@@ -11,6 +11,7 @@ AlphaEdit is the same solve with the keys projected onto the null space of C₀
 (P = eigenvectors of C₀ with small eigenvalues):
     ΔW = R Kᵀ P (P (Σ K_prev K_prevᵀ + K Kᵀ) + λn·I)⁻ᵀ   →   V = (P S + λn·I)⁻¹ P K.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ One forward pass serves every edited layer and stops at the highest of them. Res
 generated sample) are cached on disk (safetensors), keyed by the model's weights, the layer,
 the text and the token budget; writes go to a temp file and are renamed into place.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,7 +87,11 @@ def token_windows(tok, files: list[Path], budget: int, seq_len: int = SEQ_LEN) -
 
 @torch.no_grad()
 def sample_windows(
-    lm: LoadedModel, tokens: int, seq_len: int = SEQ_LEN, seed: int = SAMPLE_SEED, batch_size: int = SAMPLE_BATCH,
+    lm: LoadedModel,
+    tokens: int,
+    seq_len: int = SEQ_LEN,
+    seed: int = SAMPLE_SEED,
+    batch_size: int = SAMPLE_BATCH,
     progress: bool = False,
 ) -> list[list[int]]:
     """Text the model writes itself, as windows of seq_len token ids (about `tokens` in all).
@@ -109,8 +114,15 @@ def sample_windows(
             for first in range(0, n, batch_size):
                 ids = torch.full((min(batch_size, n - first), 1), start, dtype=torch.long, device=lm.device)
                 out = lm.model.generate(
-                    ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                    min_new_tokens=seq_len - 1, max_new_tokens=seq_len - 1, pad_token_id=tok.pad_token_id,
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    min_new_tokens=seq_len - 1,
+                    max_new_tokens=seq_len - 1,
+                    pad_token_id=tok.pad_token_id,
                 )
                 windows.extend(out.tolist())
                 bar.update(out.numel())
@@ -132,6 +144,7 @@ def key_second_moments(
         def hook(module, args):
             k = args[0].reshape(-1, args[0].shape[-1]).float()
             sums[layer] = (k.T @ k).double() if sums[layer] is None else sums[layer] + (k.T @ k).double()
+
         return hook
 
     hooks = [lm.adapter.edited_module(lm.model, l).register_forward_pre_hook(key_hook(l)) for l in layers]
@@ -140,9 +153,11 @@ def key_second_moments(
         # Equal-length windows need no padding (only the last one may be shorter: it runs alone).
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size]
-            for group in ([batch] if len({len(w) for w in batch}) == 1 else [[w] for w in batch]):
+            for group in [batch] if len({len(w) for w in batch}) == 1 else [[w] for w in batch]:
                 ids = torch.tensor(group, device=lm.device)
-                forward_until(lm.adapter.block(lm.model, stop_layer), lambda: lm.model.base_model(input_ids=ids, use_cache=False))
+                forward_until(
+                    lm.adapter.block(lm.model, stop_layer), lambda: lm.model.base_model(input_ids=ids, use_cache=False)
+                )
                 count += ids.numel()
                 bar.update(ids.numel())
     finally:
@@ -155,7 +170,11 @@ def key_second_moments(
 
 
 def collect_key_stats(
-    lm: LoadedModel, layers: list[int], corpus: Path | str | None, tokens: int, batch_size: int = 8,
+    lm: LoadedModel,
+    layers: list[int],
+    corpus: Path | str | None,
+    tokens: int,
+    batch_size: int = 8,
     progress: bool = True,
 ) -> dict[int, torch.Tensor]:
     """E[k kᵀ] for each layer over `tokens` tokens of the corpus (None: of text the model

@@ -19,6 +19,7 @@ changes no fact's result, it only makes the forward passes large. How those pass
 cheap is fast_forward.py's business; reference.py is the same method for one fact with a
 plain forward pass, and the tests hold this one to it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

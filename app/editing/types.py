@@ -1,4 +1,5 @@
 """Plain data passed in and out of the editing core."""
+
 from __future__ import annotations
 
 import unicodedata

@@ -11,14 +11,15 @@ Three kinds, chosen once per model from the unedited weights (docs/quality.md):
 Everything here reads only the model and tokenizer it is given, so the same scores come out in a
 worker, a test or a benchmark.
 """
+
 from __future__ import annotations
 
 import json
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
 
 import torch
 
@@ -84,7 +85,7 @@ def top1(model, tokenizer, texts: Sequence[str], margins: list[float] | None = N
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per forward
     out, lead = [0] * len(encoded), [0.0] * len(encoded)
     for start in range(0, len(order), ROWS_PER_FORWARD):
-        chunk = order[start:start + ROWS_PER_FORWARD]
+        chunk = order[start : start + ROWS_PER_FORWARD]
         ids, mask = pad_right([encoded[i] for i in chunk], pad_id_of(tokenizer))
         rows = torch.arange(len(chunk))
         cols = torch.tensor([len(encoded[i]) - 1 for i in chunk])
@@ -117,8 +118,14 @@ def choose_facts(model, tokenizer, candidates: Sequence[dict], n: int) -> list[C
             if q and len(picked) < n:
                 picked.append(q.pop(0))
     return [
-        CanaryFact(id=k + 1, text=texts[i], expected=candidates[i]["target"], token_id=expected[i],
-                   subject=candidates[i]["subject"], relation=candidates[i].get("relation", ""))
+        CanaryFact(
+            id=k + 1,
+            text=texts[i],
+            expected=candidates[i]["target"],
+            token_id=expected[i],
+            subject=candidates[i]["subject"],
+            relation=candidates[i].get("relation", ""),
+        )
         for k, i in enumerate(sorted(picked))
     ]
 
@@ -128,8 +135,9 @@ def choose(model, tokenizer, n_facts: int, text_tokens: int, n_prompts: int = 2)
     text = bundled_text()
     windows = perplexity_windows(tokenizer, text, min(text_tokens, len(tokenizer(text)["input_ids"])), PPL_WINDOW)
     kept = tokenizer.decode([t for w in windows for t in w], skip_special_tokens=True)
-    return CanarySet(choose_facts(model, tokenizer, bundled_facts(), n_facts) if n_facts else [], kept,
-                     list(GEN_PROMPTS[:n_prompts]))
+    return CanarySet(
+        choose_facts(model, tokenizer, bundled_facts(), n_facts) if n_facts else [], kept, list(GEN_PROMPTS[:n_prompts])
+    )
 
 
 @torch.inference_mode()
@@ -139,8 +147,14 @@ def greedy_texts(model, tokenizer, prompts: Sequence[str], new_tokens: int) -> l
     pad = pad_id_of(tokenizer)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     ids, mask = pad_left(encoded, pad)
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+    )
     texts = [tokenizer.decode(seq, skip_special_tokens=True) for seq in out]
     return [unicodedata.normalize("NFKD", t).replace("\n\n", " ") for t in texts]
 

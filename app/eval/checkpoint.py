@@ -14,6 +14,7 @@ replaced last). A run resumed from it writes its batches again from their z* (ke
 no optimisation), so it costs a tenth of the edits and is a few MB for thousands of facts,
 small enough to carry a long CPU run from one machine to the next.
 """
+
 from __future__ import annotations
 
 import json

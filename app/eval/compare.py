@@ -1,9 +1,10 @@
 """`kedit eval compare DIR…`: several finished runs in one table and one overlaid plot."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rich.table import Table
 
@@ -14,8 +15,14 @@ from app.eval.runner import SUMMARY_FILE
 def load_summary(run_dir: Path | str) -> dict:
     path = Path(run_dir) / SUMMARY_FILE
     if not path.exists():
-        hint = " (the run was interrupted: continue it with `kedit eval --resume DIR`)" if any((Path(run_dir) / d).exists() for d in ("checkpoint", "trail")) else ""
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} the --out folder of a finished `kedit eval` run?{hint}")
+        hint = (
+            " (the run was interrupted: continue it with `kedit eval --resume DIR`)"
+            if any((Path(run_dir) / d).exists() for d in ("checkpoint", "trail"))
+            else ""
+        )
+        raise FileNotFoundError(
+            f"{path} does not exist: is {run_dir} the --out folder of a finished `kedit eval` run?{hint}"
+        )
     return json.loads(path.read_text())
 
 
@@ -27,9 +34,14 @@ def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list
     """Header and rows of the comparison table (plain strings, also used by tests)."""
     kinds = {kind_of(s) for s in summaries}
     score_keys = (["es", "ps", "ns", "s", "ge"] if "counterfact" in kinds else []) + (
-        ["edit_acc", "paraphrase_acc", "locality_acc", "locality_kept"] if "zsre" in kinds else [])
+        ["edit_acc", "paraphrase_acc", "locality_acc", "locality_kept"] if "zsre" in kinds else []
+    )
     names = {"es": "ES", "ps": "PS", "ns": "NS", "s": "S", "ge": "GE"}
-    header = ["run", "method", "edits"] + [names.get(k, k) for k in score_keys] + ["s/edit", "max growth %", "ppl", "entropy"]
+    header = (
+        ["run", "method", "edits"]
+        + [names.get(k, k) for k in score_keys]
+        + ["s/edit", "max growth %", "ppl", "entropy"]
+    )
     rows = []
     for s, label in zip(summaries, labels):
         growth = [rows_[-1]["growth"] for rows_ in s.get("norms", {}).values() if rows_]
@@ -44,7 +56,9 @@ def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list
             _cell(s.get("seconds_per_edit"), "{:.2f}"),
             _cell(100 * max(growth) if growth else None),
             "–" if ppl is None else f"{ppl:.2f}" + (f" ({base_ppl:.2f})" if base_ppl is not None else ""),
-            "–" if entropy is None else f"{entropy:.0f}" + (f" ({base_entropy:.0f})" if base_entropy is not None else ""),
+            "–"
+            if entropy is None
+            else f"{entropy:.0f}" + (f" ({base_entropy:.0f})" if base_entropy is not None else ""),
         ]
         rows.append(row)
     return header, rows
@@ -56,8 +70,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None,
-            markdown: Path | str | None = None) -> tuple[Table, Path]:
+def compare(
+    run_dirs: Sequence[Path | str], out: Path | str | None = None, markdown: Path | str | None = None
+) -> tuple[Table, Path]:
     """Build the table and write the overlaid plot (default: compare.png in the first run's parent);
     with `markdown`, also write the table there as markdown (for benchmarks/results/)."""
     if not run_dirs:

@@ -4,14 +4,16 @@ The format of a file is detected from the fields of its first record; every reco
 then checked, and a malformed one raises `DataFormatError` naming the file, the record
 index and the field, so a user can fix or replace the file.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal, Union
 
 from app.editing.types import EditRequest
 
@@ -47,8 +49,9 @@ class CounterFactRecord:
         return self.prompt.format(self.subject)
 
     def request(self) -> EditRequest:
-        return EditRequest(prompt=self.prompt, subject=self.subject, target_new=self.target_new,
-                           target_true=self.target_true)
+        return EditRequest(
+            prompt=self.prompt, subject=self.subject, target_new=self.target_new, target_true=self.target_true
+        )
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,9 @@ def _parse_counterfact(rec: Any, index: int, where: str) -> CounterFactRecord:
         paraphrase_prompts=_str_list(rec, "paraphrase_prompts", where),
         neighborhood_prompts=_str_list(rec, "neighborhood_prompts", where),
         neighborhood_true=true,
-        generation_prompts=_str_list(rec, "generation_prompts", where, min_len=0) if "generation_prompts" in rec else (),
+        generation_prompts=_str_list(rec, "generation_prompts", where, min_len=0)
+        if "generation_prompts" in rec
+        else (),
     )
 
 
@@ -170,7 +175,7 @@ def _loc_question(loc: str) -> str:
     # The authors' code drops the "nq question:" tag and asks the question with a '?'.
     q = loc.strip()
     if q.lower().startswith("nq question:"):
-        q = q[len("nq question:"):].strip()
+        q = q[len("nq question:") :].strip()
     return q + "?"
 
 
@@ -193,8 +198,15 @@ def _parse_zsre(rec: Any, index: int, where: str, target: ZsreTarget) -> ZsreRec
 # Fields that identify each format (checked on the first record).
 _SIGNATURES = {
     FORMAT_COUNTERFACT: {"requested_rewrite", "paraphrase_prompts", "neighborhood_prompts"},
-    FORMAT_COUNTERFACT_COMPACT: {"prompt", "subject", "target_new", "ground_truth", "rephrase_prompt",
-                                 "locality_prompt", "locality_ground_truth"},
+    FORMAT_COUNTERFACT_COMPACT: {
+        "prompt",
+        "subject",
+        "target_new",
+        "ground_truth",
+        "rephrase_prompt",
+        "locality_prompt",
+        "locality_ground_truth",
+    },
     FORMAT_ZSRE: {"subject", "src", "rephrase", "answers", "loc", "loc_ans"},
 }
 
@@ -247,7 +259,9 @@ def load_dataset(path: Path | str, zsre_target: ZsreTarget = "answers", limit: i
     """
     path = Path(path)
     if not path.exists():
-        raise DataFormatError(f"{path}: no such file. Pass --data PATH or set KEDIT_DATA_DIR to the shared data folder.")
+        raise DataFormatError(
+            f"{path}: no such file. Pass --data PATH or set KEDIT_DATA_DIR to the shared data folder."
+        )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -261,8 +275,9 @@ def load_dataset(path: Path | str, zsre_target: ZsreTarget = "answers", limit: i
     return parse_records(raw, path, zsre_target)
 
 
-def build_neighbourhoods(records: list[Record], pool: Sequence[Record], per_record: int = 10,
-                         seed: int = 0) -> list[Record]:
+def build_neighbourhoods(
+    records: list[Record], pool: Sequence[Record], per_record: int = 10, seed: int = 0
+) -> list[Record]:
     """CounterFact-style neighbourhood prompts for records that have few (the compact files hold one).
 
     CounterFact's neighbourhood of a fact is its relation asked of other subjects that share its
@@ -288,6 +303,9 @@ def build_neighbourhoods(records: list[Record], pool: Sequence[Record], per_reco
         # One expected object per record: only where the record's neighbours already expect its true object.
         others = by_relation.get((r.prompt, r.target_true), []) if r.neighborhood_true == r.target_true else []
         chosen = rng.sample(others, min(per_record, len(others)))
-        out.append(dataclasses.replace(
-            r, neighborhood_prompts=r.neighborhood_prompts + tuple(r.prompt.format(s) for s in chosen)))
+        out.append(
+            dataclasses.replace(
+                r, neighborhood_prompts=r.neighborhood_prompts + tuple(r.prompt.format(s) for s in chosen)
+            )
+        )
     return out

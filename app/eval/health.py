@@ -4,12 +4,13 @@ A model that collapses under many edits shows it here first: perplexity on ordin
 climbs and free generation turns repetitive (low n-gram entropy). Both are measured on
 fixed inputs, so numbers from different checkpoints and runs compare.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -81,7 +82,7 @@ def perplexity_windows(tokenizer, text: str, n_tokens: int, window: int) -> list
     with_special = tokenizer("a")["input_ids"]
     bos = tokenizer.bos_token_id
     prefix = [bos] if bos is not None and with_special and with_special[0] == bos else []
-    return [prefix + ids[i:i + window] for i in range(0, n_tokens, window) if len(ids[i:i + window]) > 1]
+    return [prefix + ids[i : i + window] for i in range(0, n_tokens, window) if len(ids[i : i + window]) > 1]
 
 
 @torch.inference_mode()
@@ -91,7 +92,7 @@ def sequence_nll(model, windows: Sequence[Sequence[int]], pad_id: int = 0, batch
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
-        chunk = windows[start:start + batch_size]
+        chunk = windows[start : start + batch_size]
         ids, mask = pad_right(chunk, pad_id)
         rows = torch.cat([torch.full((len(w) - 1,), r) for r, w in enumerate(chunk)])
         cols = torch.cat([torch.arange(len(w) - 1) for w in chunk])
@@ -116,5 +117,7 @@ def measure_health(model, tokenizer, cfg: HealthConfig = HealthConfig()) -> dict
     """{'perplexity': WikiText perplexity, 'gen_entropy': GE (×100) on the fixed prompts}."""
     return {
         "perplexity": wikitext_perplexity(model, tokenizer, cfg),
-        "gen_entropy": generation_entropy(model, tokenizer, list(cfg.gen_prompts), max_len=cfg.gen_max_len, seed=cfg.seed),
+        "gen_entropy": generation_entropy(
+            model, tokenizer, list(cfg.gen_prompts), max_len=cfg.gen_max_len, seed=cfg.seed
+        ),
     }

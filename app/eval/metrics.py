@@ -14,12 +14,13 @@ They follow the MEMIT / ENCORE evaluation code (facts only, re-implemented):
 - zsRE: teacher-forced token accuracy (argmax == target token), mean over the target's
   tokens per record, then the mean over records, in percent.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 NGRAM_ORDERS = (2, 3)
 NGRAM_WEIGHTS = (2 / 3, 4 / 3)
@@ -98,7 +99,7 @@ def ngram_entropy(text: str, orders: Sequence[int] = NGRAM_ORDERS, weights: Sequ
     tokens = words(text)
     parts = []
     for n, w in zip(orders, weights, strict=True):
-        counts = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+        counts = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
         total = sum(counts.values())
         h = -sum((c / total) * math.log2(c / total) for c in counts.values()) if total else 0.0
         parts.append(w * h)

@@ -3,6 +3,7 @@
 The data is never copied into the repository: the folder is the configuration's `data_dir`
 (KEDIT_DATA_DIR; default ../shared/data beside the repository).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

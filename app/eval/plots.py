@@ -1,9 +1,10 @@
 """PNG plots of one run (scores, norm growth, model health vs number of edits) and of
 several runs overlaid (`kedit eval compare`). Matplotlib with the Agg backend: no display needed."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -60,16 +61,20 @@ def health_curve(summary: dict, key: str) -> tuple[list[int], list[float]]:
 
 def growth_curves(summary: dict) -> dict[str, tuple[list[int], list[float]]]:
     """Per layer: (edits, 100·‖W−W₀‖F/‖W₀‖F) after every batch, starting at (0, 0)."""
-    return {layer: ([0] + [r["edits"] for r in rows], [0.0] + [100.0 * r["growth"] for r in rows])
-            for layer, rows in sorted(summary.get("norms", {}).items(), key=lambda kv: int(kv[0]))}
+    return {
+        layer: ([0] + [r["edits"] for r in rows], [0.0] + [100.0 * r["growth"] for r in rows])
+        for layer, rows in sorted(summary.get("norms", {}).items(), key=lambda kv: int(kv[0]))
+    }
 
 
 def _title(summary: dict) -> str:
     run = summary.get("run", {})
     method = summary.get("settings", {}).get("method", "?")
     # Two lines: model names (with their cache suffix) are long enough to run off the axes.
-    return (f"{method} on {run.get('model', 'model')}\n"
-            f"{run.get('dataset', kind_of(summary))}, batches of {run.get('batch_size', '?')}")
+    return (
+        f"{method} on {run.get('model', 'model')}\n"
+        f"{run.get('dataset', kind_of(summary))}, batches of {run.get('batch_size', '?')}"
+    )
 
 
 def plot_run(summary: dict, out_dir: Path | str) -> list[Path]:
@@ -86,8 +91,14 @@ def plot_run(summary: dict, out_dir: Path | str) -> list[Path]:
         ax.plot(bx, by, color=f"C{i}", ls=":", lw=1)
     if summary.get("batches"):
         xs = [sum(b["edits"] for b in summary["batches"][: i + 1]) for i in range(len(summary["batches"]))]
-        ax.plot(xs, [b["live_score"] for b in summary["batches"]], color="grey", lw=0.8, alpha=0.6,
-                label="newest batch, just after its edit")
+        ax.plot(
+            xs,
+            [b["live_score"] for b in summary["batches"]],
+            color="grey",
+            lw=0.8,
+            alpha=0.6,
+            label="newest batch, just after its edit",
+        )
     ax.set(xlabel="number of edits", ylabel="score (%)", ylim=(-2, 102), title=_title(summary))
     ax.legend(fontsize=8, title="dotted: unedited model", title_fontsize=8)
     ax.grid(alpha=0.3)
@@ -120,8 +131,11 @@ def plot_compare(summaries: Sequence[dict], labels: Sequence[str], out_path: Pat
     kinds = {kind_of(s) for s in summaries}
     keys = [k for kind in sorted(kinds) for k in SCORE_KEYS[kind]]
     layers = sorted({layer for s in summaries for layer in growth_curves(s)}, key=int)
-    panels = keys + [("perplexity", "WikiText perplexity"), ("gen_entropy", "generation entropy")] + [
-        (("growth", layer), f"layer {layer}: ‖W−W₀‖/‖W₀‖ (%)") for layer in layers]
+    panels = (
+        keys
+        + [("perplexity", "WikiText perplexity"), ("gen_entropy", "generation entropy")]
+        + [(("growth", layer), f"layer {layer}: ‖W−W₀‖/‖W₀‖ (%)") for layer in layers]
+    )
     cols = 4
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.2 * rows), squeeze=False)
@@ -143,7 +157,7 @@ def plot_compare(summaries: Sequence[dict], labels: Sequence[str], out_path: Pat
                 ax.plot(xs, ys, marker=".", color=f"C{i}", label=name)
         ax.set(title=label, xlabel="number of edits")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("dotted: unedited model", fontsize=9)

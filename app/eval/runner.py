@@ -8,6 +8,7 @@ at the end every edited fact is scored. Timings and weight norms are kept per ba
 
 Use it as a library (`run_eval`) or through `kedit eval` (app/cli/evaluation.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,10 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -65,11 +67,14 @@ def _kind(records: Sequence[Record]) -> str:
     raise TypeError("records must be all CounterFact or all zsRE")
 
 
-def _details(lm, records: Sequence[Record], opts: RunOptions, ref_loc: dict | None = None,
-             label: str | None = None) -> list[dict]:
+def _details(
+    lm, records: Sequence[Record], opts: RunOptions, ref_loc: dict | None = None, label: str | None = None
+) -> list[dict]:
     label = label if opts.progress else None
     if _kind(records) == "counterfact":
-        return scoring.counterfact_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size, progress=label)
+        return scoring.counterfact_record_details(
+            lm.model, lm.tokenizer, records, opts.score_batch_size, progress=label
+        )
     return scoring.zsre_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size, ref_loc, progress=label)
 
 
@@ -137,7 +142,7 @@ class RunState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "RunState":
+    def from_json(cls, d: dict) -> RunState:
         return cls(**d)
 
 
@@ -165,8 +170,11 @@ def _log_batch(opts: RunOptions, state: RunState, n_batches: int, live_name: str
     growth = max(((rows[-1]["growth"], layer) for layer, rows in state.norms.items() if rows), default=None)
     steps = f", {row['mean_steps']:.1f} steps" if row["mean_steps"] is not None else ""
     grown = f", largest ‖W−W₀‖/‖W₀‖ {100 * growth[0]:.0f} % (layer {growth[1]})" if growth else ""
-    _say(opts, f"batch {state.batches_done}/{n_batches}: {row['edits']} edits in {row['seconds']:.0f} s "
-               f"({row['seconds'] / row['edits']:.2f} s/edit{steps}), {live_name} {row['live_score']:.0f}{grown}")
+    _say(
+        opts,
+        f"batch {state.batches_done}/{n_batches}: {row['edits']} edits in {row['seconds']:.0f} s "
+        f"({row['seconds'] / row['edits']:.2f} s/edit{steps}), {live_name} {row['live_score']:.0f}{grown}",
+    )
 
 
 def _log_checkpoint(opts: RunOptions, entry: dict) -> None:
@@ -211,10 +219,16 @@ def _checkpoint_scores(lm, records: Sequence[Record], opts: RunOptions, state: R
 
 def _norm_rows(editor, state: RunState, n_edited: int) -> None:
     for n in editor.norms():
-        state.norms.setdefault(str(n.layer), []).append({
-            "batch": state.batches_done - 1, "edits": n_edited, "weight": n.weight_norm,
-            "base": n.base_norm, "delta": n.delta_norm, "growth": n.growth,
-        })
+        state.norms.setdefault(str(n.layer), []).append(
+            {
+                "batch": state.batches_done - 1,
+                "edits": n_edited,
+                "weight": n.weight_norm,
+                "base": n.base_norm,
+                "delta": n.delta_norm,
+                "growth": n.growth,
+            }
+        )
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -288,21 +302,33 @@ def run_eval(
     prior_wall = state.wall_seconds
 
     live_name = "ES" if kind == "counterfact" else "edit acc"
-    bar = tqdm(total=len(records), initial=min(len(records), state.batches_done * opts.batch_size),
-               unit="edit", desc=f"{settings.method} edits", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(records),
+        initial=min(len(records), state.batches_done * opts.batch_size),
+        unit="edit",
+        desc=f"{settings.method} edits",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for b in range(state.batches_done, n_batches):
-            batch = records[b * opts.batch_size:(b + 1) * opts.batch_size]
+            batch = records[b * opts.batch_size : (b + 1) * opts.batch_size]
             t0 = time.perf_counter()
             result = editor.apply([r.request() for r in batch], batch_id=state.first_batch_id + b)
             seconds = time.perf_counter() - t0
             steps = [o.mpes_steps for o in result.outcomes]
             live = _live_score(lm, kind, batch, opts)
-            state.batches.append({
-                "batch": b, "edits": len(batch), "seconds": seconds, "z_seconds": result.z_seconds,
-                "solve_seconds": result.solve_seconds, "mean_steps": sum(steps) / len(steps) if steps else None,
-                "live_score": live,
-            })
+            state.batches.append(
+                {
+                    "batch": b,
+                    "edits": len(batch),
+                    "seconds": seconds,
+                    "z_seconds": result.z_seconds,
+                    "solve_seconds": result.solve_seconds,
+                    "mean_steps": sum(steps) / len(steps) if steps else None,
+                    "live_score": live,
+                }
+            )
             state.batches_done = b + 1
             n_edited = min(len(records), state.batches_done * opts.batch_size)
             _norm_rows(editor, state, n_edited)
@@ -322,8 +348,13 @@ def run_eval(
                     save_checkpoint(out, editor.state_dict(), state.to_json())
             if out is not None and opts.checkpoint_every and not last:
                 state.wall_seconds = prior_wall + time.perf_counter() - started
-                save_trail(out, b, torch.stack([o.z_star for o in result.outcomes]), state.to_json(),
-                           settings.model_dump(mode="json"))
+                save_trail(
+                    out,
+                    b,
+                    torch.stack([o.z_star for o in result.outcomes]),
+                    state.to_json(),
+                    settings.model_dump(mode="json"),
+                )
             if scored and on_checkpoint is not None:
                 on_checkpoint(state)
             if asked:
@@ -341,15 +372,25 @@ def run_eval(
         again = [earlier_records[i] for i in idx]
         _say(opts, f"scoring {len(again)} of the {len(earlier_records)} records of the earlier run again …")
         summary["earlier_records"] = {
-            "records": len(earlier_records), "scored": len(again), "kind": _kind(again),
+            "records": len(earlier_records),
+            "scored": len(again),
+            "kind": _kind(again),
             **_aggregate(_kind(again), _details(lm, again, opts, label="earlier run's records")),
         }
     summary["wall_seconds"] = prior_wall + time.perf_counter() - started
-    summary["run"] = {**(run_info or {}), "records": len(records), "batch_size": opts.batch_size,
-                      "prior_edits": state.prior_edits,
-                      "checkpoint_every": opts.checkpoint_every, "checkpoint_sample": opts.checkpoint_sample,
-                      "generation_samples": opts.generation_samples, "gen_max_len": opts.gen_max_len, "kind": kind,
-                      "health": asdict(opts.health) if opts.health else None, "seed": opts.seed}
+    summary["run"] = {
+        **(run_info or {}),
+        "records": len(records),
+        "batch_size": opts.batch_size,
+        "prior_edits": state.prior_edits,
+        "checkpoint_every": opts.checkpoint_every,
+        "checkpoint_sample": opts.checkpoint_sample,
+        "generation_samples": opts.generation_samples,
+        "gen_max_len": opts.gen_max_len,
+        "kind": kind,
+        "health": asdict(opts.health) if opts.health else None,
+        "seed": opts.seed,
+    }
     if out is not None:
         write_summary(out, summary)
     if restore_weights:
@@ -369,24 +410,26 @@ def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunSt
     z = sum(b["z_seconds"] for b in state.batches)
     solve = sum(b["solve_seconds"] for b in state.batches)
     summary: dict[str, Any] = {**scores, "ge": ge, "ge_source": ge_source}
-    summary.update({
-        "edits": edits,
-        "seconds_per_edit": edit_seconds / edits,
-        "z_seconds": z,
-        "solve_seconds": solve,
-        "z_seconds_per_edit": z / edits,
-        "solve_seconds_per_edit": solve / edits,
-        "edit_seconds": edit_seconds,
-        "health": health,
-        "baseline": state.baseline,
-        "checkpoints": state.checkpoints,
-        "batches": state.batches,
-        "norms": state.norms,
-        "settings": settings.model_dump(mode="json"),
-        "weights_hash": editor.weights_hash(),
-        "by_batch": _by_batch(kind, details, state.baseline_details, opts.batch_size),
-        "per_record": [{"case_id": r.case_id, **_public(d)} for r, d in zip(records, details)],
-    })
+    summary.update(
+        {
+            "edits": edits,
+            "seconds_per_edit": edit_seconds / edits,
+            "z_seconds": z,
+            "solve_seconds": solve,
+            "z_seconds_per_edit": z / edits,
+            "solve_seconds_per_edit": solve / edits,
+            "edit_seconds": edit_seconds,
+            "health": health,
+            "baseline": state.baseline,
+            "checkpoints": state.checkpoints,
+            "batches": state.batches,
+            "norms": state.norms,
+            "settings": settings.model_dump(mode="json"),
+            "weights_hash": editor.weights_hash(),
+            "by_batch": _by_batch(kind, details, state.baseline_details, opts.batch_size),
+            "per_record": [{"case_id": r.case_id, **_public(d)} for r, d in zip(records, details)],
+        }
+    )
     return summary
 
 
@@ -396,8 +439,14 @@ def _by_batch(kind: str, details: Sequence[dict], baseline: Sequence[dict], batc
     out = []
     for b, start in enumerate(range(0, len(details), batch_size)):
         part = slice(start, start + batch_size)
-        out.append({"batch": b, "records": len(details[part]), "scores": _aggregate(kind, details[part]),
-                    "baseline": _aggregate(kind, baseline[part])})
+        out.append(
+            {
+                "batch": b,
+                "records": len(details[part]),
+                "scores": _aggregate(kind, details[part]),
+                "baseline": _aggregate(kind, baseline[part]),
+            }
+        )
     return out
 
 
@@ -419,11 +468,22 @@ def restore_editor(editor, editor_state) -> None:
         editor.load_state_dict(editor_state)
 
 
-def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], options: RunOptions, *,
-                editor=None, key_stats: dict | None = None, run_info: dict | None = None, progress: bool = True,
-                stop_after_batches: int | None = None, earlier_records: Sequence[Record] | None = None,
-                should_stop: Callable[[RunState], bool] | None = None,
-                on_checkpoint: Callable[[RunState], None] | None = None) -> dict:
+def resume_from(
+    out_dir: Path | str,
+    lm,
+    settings,
+    records: Sequence[Record],
+    options: RunOptions,
+    *,
+    editor=None,
+    key_stats: dict | None = None,
+    run_info: dict | None = None,
+    progress: bool = True,
+    stop_after_batches: int | None = None,
+    earlier_records: Sequence[Record] | None = None,
+    should_stop: Callable[[RunState], bool] | None = None,
+    on_checkpoint: Callable[[RunState], None] | None = None,
+) -> dict:
     """Continue the run saved in `out_dir` on a freshly loaded, unedited `lm` (or a fresh
     `editor` on it): from its full checkpoint, or from its trail (every batch's z*) when that
     is further along or the only one there; batches after the last scored checkpoint are
@@ -435,8 +495,10 @@ def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], op
         z_stars, progress_json, saved = trail
         changed = differences(saved, settings) if saved is not None else ""
         if changed:
-            raise ValueError(f"the trail in {out_dir} was made with other settings ({changed}): a preset "
-                             "changed since? resume it with the trail's settings or start again")
+            raise ValueError(
+                f"the trail in {out_dir} was made with other settings ({changed}): a preset "
+                "changed since? resume it with the trail's settings or start again"
+            )
         state = RunState.from_json(progress_json)
         _say(options, f"writing the {state.batches_done} saved batches into the unedited model again from their z* …")
         _rewrite_from_trail(editor, records, state, z_stars, progress)
@@ -444,9 +506,21 @@ def resume_from(out_dir: Path | str, lm, settings, records: Sequence[Record], op
         editor_state, progress_json = load_checkpoint(out_dir)
         restore_editor(editor, editor_state)
         state = RunState.from_json(progress_json)
-    return run_eval(lm, settings, records, options=options, editor=editor, out_dir=out_dir, run_info=run_info,
-                    state=state, progress=progress, stop_after_batches=stop_after_batches,
-                    earlier_records=earlier_records, should_stop=should_stop, on_checkpoint=on_checkpoint)
+    return run_eval(
+        lm,
+        settings,
+        records,
+        options=options,
+        editor=editor,
+        out_dir=out_dir,
+        run_info=run_info,
+        state=state,
+        progress=progress,
+        stop_after_batches=stop_after_batches,
+        earlier_records=earlier_records,
+        should_stop=should_stop,
+        on_checkpoint=on_checkpoint,
+    )
 
 
 def _rewrite_from_trail(editor, records: Sequence[Record], state: RunState, z_stars, progress: bool) -> None:
@@ -454,9 +528,14 @@ def _rewrite_from_trail(editor, records: Sequence[Record], state: RunState, z_st
     if state.prior_edits:
         raise ValueError("a run that continues another (--after) resumes from its full checkpoint only")
     n = state.batch_size
-    for b in tqdm(range(state.batches_done), desc="writing the saved batches again", unit="batch",
-                  disable=not progress, dynamic_ncols=True):
-        batch = records[b * n:(b + 1) * n]
+    for b in tqdm(
+        range(state.batches_done),
+        desc="writing the saved batches again",
+        unit="batch",
+        disable=not progress,
+        dynamic_ncols=True,
+    ):
+        batch = records[b * n : (b + 1) * n]
         if len(batch) != len(z_stars[b]):
             raise ValueError(f"the trail's batch {b} holds {len(z_stars[b])} z*, the records give {len(batch)} facts")
         editor.reapply([r.request() for r in batch], list(z_stars[b]), batch_id=state.first_batch_id + b)

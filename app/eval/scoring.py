@@ -6,11 +6,12 @@ sorted by length, right-padded with an attention mask, and only the positions th
 predict a target token go through the output head (the full-vocabulary logits of every
 position would cost memory and time for nothing).
 """
+
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -54,20 +55,26 @@ def encode_pair(tokenizer, prompt: str, target: str) -> tuple[list[int], list[in
     prompt_ids = tokenizer(prompt)["input_ids"]
     joint = tokenizer(f"{prompt} {target}")["input_ids"]
     if joint[: len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids):
-        target_ids = joint[len(prompt_ids):]
+        target_ids = joint[len(prompt_ids) :]
     else:
         target_ids = tokenizer(f" {target}", add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     # Tokenizers that append EOS would make it a "target token"; it is not part of the answer.
-    if eos is not None and len(target_ids) > 1 and target_ids[-1] == eos and not target.endswith(tokenizer.eos_token or "\0"):
+    if (
+        eos is not None
+        and len(target_ids) > 1
+        and target_ids[-1] == eos
+        and not target.endswith(tokenizer.eos_token or "\0")
+    ):
         target_ids = target_ids[:-1]
     if not target_ids:
         raise ValueError(f"target {target!r} tokenises to nothing")
     return list(prompt_ids), list(target_ids)
 
 
-def selected_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def selected_logits(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
     """Float32 logits at positions (rows[i], cols[i]) only, shape (len(rows), vocab)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -99,8 +106,9 @@ def _carriers(encoded: Sequence[tuple[list[int], list[int]]]) -> dict[int, list[
 
 
 @torch.inference_mode()
-def teacher_force(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
-                  progress: str | None = None) -> list[TeacherForced]:
+def teacher_force(
+    model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32, progress: str | None = None
+) -> list[TeacherForced]:
     """Score many (prompt, target) pairs; results in the order of `pairs`.
     `progress`: a label to show a progress bar with (large sets take minutes on a CPU)."""
     encoded = [encode_pair(tokenizer, p, t) for p, t in pairs]
@@ -127,14 +135,15 @@ def teacher_force(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size
             for k in [i, *plan[i]]:  # the carrier, then the one-token targets on its first position
                 tgt = torch.tensor(encoded[k][1], device=device)
                 m = len(encoded[k][1])
-                lp = logp[offset:offset + m].gather(1, tgt[:, None]).squeeze(1)
-                top = logp[offset:offset + m].argmax(dim=-1)
+                lp = logp[offset : offset + m].gather(1, tgt[:, None]).squeeze(1)
+                top = logp[offset : offset + m].argmax(dim=-1)
                 out[k] = TeacherForced(tuple(encoded[k][1]), tuple(lp.tolist()), tuple(top.tolist()))
     return out  # type: ignore[return-value]
 
 
-def _score_unique(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int,
-                  progress: str | None = None) -> dict[tuple[str, str], TeacherForced]:
+def _score_unique(
+    model, tokenizer, pairs: list[tuple[str, str]], batch_size: int, progress: str | None = None
+) -> dict[tuple[str, str], TeacherForced]:
     unique = list(dict.fromkeys(pairs))
     return dict(zip(unique, teacher_force(model, tokenizer, unique, batch_size, progress)))
 
@@ -142,9 +151,14 @@ def _score_unique(model, tokenizer, pairs: list[tuple[str, str]], batch_size: in
 # --- CounterFact ------------------------------------------------------------------------
 
 
-def counterfact_record_details(model, tokenizer, records: Sequence[CounterFactRecord],
-                               batch_size: int = 32, rewrite_only: bool = False,
-                               progress: str | None = None) -> list[dict[str, float]]:
+def counterfact_record_details(
+    model,
+    tokenizer,
+    records: Sequence[CounterFactRecord],
+    batch_size: int = 32,
+    rewrite_only: bool = False,
+    progress: str | None = None,
+) -> list[dict[str, float]]:
     """Per record: its ES/PS/NS shares (0..1). `rewrite_only` scores ES alone (cheap, live display)."""
     pairs: list[tuple[str, str]] = []
     for r in records:
@@ -165,9 +179,13 @@ def counterfact_record_details(model, tokenizer, records: Sequence[CounterFactRe
         if rewrite_only:
             details.append({"es": metrics.share(metrics.prefers(n, t) for n, t in rewrite)})
             continue
-        details.append(metrics.counterfact_record_scores(
-            rewrite, nll_pairs(r.paraphrase_prompts, r.target_true), nll_pairs(r.neighborhood_prompts, r.neighborhood_true)
-        ))
+        details.append(
+            metrics.counterfact_record_scores(
+                rewrite,
+                nll_pairs(r.paraphrase_prompts, r.target_true),
+                nll_pairs(r.neighborhood_prompts, r.neighborhood_true),
+            )
+        )
     return details
 
 
@@ -187,9 +205,14 @@ def rewrite_success(model, tokenizer, records: Sequence[CounterFactRecord], batc
 ZSRE_KEYS = ("edit_acc", "paraphrase_acc", "locality_acc", "locality_kept")
 
 
-def zsre_record_details(model, tokenizer, records: Sequence[ZsreRecord], batch_size: int = 32,
-                        reference_loc_argmax: dict[int, Sequence[int]] | None = None,
-                        progress: str | None = None) -> list[dict]:
+def zsre_record_details(
+    model,
+    tokenizer,
+    records: Sequence[ZsreRecord],
+    batch_size: int = 32,
+    reference_loc_argmax: dict[int, Sequence[int]] | None = None,
+    progress: str | None = None,
+) -> list[dict]:
     """Per record: token accuracies (0..1) and the locality argmax (kept to compare later).
 
     `locality_acc` is the reference definition: argmax == the NQ answer's tokens.
@@ -226,8 +249,9 @@ def aggregate_zsre(details: Sequence[dict]) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def generate_ids(model, tokenizer, prompts: Sequence[str], max_len: int = 100, top_k: int = 5,
-                 seed: int = 0, batch_size: int = 32) -> list[list[int]]:
+def generate_ids(
+    model, tokenizer, prompts: Sequence[str], max_len: int = 100, top_k: int = 5, seed: int = 0, batch_size: int = 32
+) -> list[list[int]]:
     """Top-k sampled token ids per prompt: the prompt's ids then the continuation's, at most
     `max_len` tokens in all (the reference's generate_fast settings: top-k 5, 100 tokens).
 
@@ -246,20 +270,27 @@ def generate_ids(model, tokenizer, prompts: Sequence[str], max_len: int = 100, t
             ids, mask = pad_left([encoded[i] for i in idx], pad)
             width = ids.shape[1]
             gen = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=top_k, top_p=1.0,
-                temperature=1.0, max_new_tokens=max(1, max_len - shortest), pad_token_id=pad,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=True,
+                top_k=top_k,
+                top_p=1.0,
+                temperature=1.0,
+                max_new_tokens=max(1, max_len - shortest),
+                pad_token_id=pad,
             )
             for r, i in enumerate(idx):
                 seq = list(encoded[i]) + gen[r, width:].tolist()
                 eos = tokenizer.eos_token_id
-                if eos is not None and eos in seq[len(encoded[i]):]:  # drop EOS and the padding after it
+                if eos is not None and eos in seq[len(encoded[i]) :]:  # drop EOS and the padding after it
                     seq = seq[: seq.index(eos, len(encoded[i]))]
                 out[i] = seq[:max_len]  # at most max_len tokens, prompt included
     return out
 
 
-def generate_texts(model, tokenizer, prompts: Sequence[str], max_len: int = 100, top_k: int = 5,
-                   seed: int = 0, batch_size: int = 32) -> list[str]:
+def generate_texts(
+    model, tokenizer, prompts: Sequence[str], max_len: int = 100, top_k: int = 5, seed: int = 0, batch_size: int = 32
+) -> list[str]:
     """Sampled texts (prompt + continuation), normalised as the reference does (NFKD, no blank lines)."""
     ids = generate_ids(model, tokenizer, prompts, max_len, top_k, seed, batch_size)
     texts = [tokenizer.decode(seq, skip_special_tokens=True) for seq in ids]

@@ -4,6 +4,7 @@ Each job ends in ONE database transaction (the commit point). Before it the edit
 only this process's weights; if the job fails, or the commit does, the host rebuilds its
 weights from the log, so the weights never get ahead of what is recorded.
 """
+
 from __future__ import annotations
 
 import logging
@@ -149,8 +150,13 @@ def _decision(guard: Guard, guarded: Guarded, refused: dict[int, str]) -> dict:
         verdict = "ok"
     else:
         verdict = {"off": "ignored", "warn": "warn", "reject": "reject"}[guard.policy]
-    return {"policy": guard.policy, "verdict": verdict, "crossed": crossed,
-            "rejected": sorted(refused), "reasons": {str(k): v for k, v in refused.items()}}
+    return {
+        "policy": guard.policy,
+        "verdict": verdict,
+        "crossed": crossed,
+        "rejected": sorted(refused),
+        "reasons": {str(k): v for k, v in refused.items()},
+    }
 
 
 def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guard | None = None) -> JobReport:
@@ -186,14 +192,19 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guar
         report.failed = [edit_id]
         return report
     seconds = time.perf_counter() - t0
+
     def record(s) -> None:
         e = repo.get_edit(s, edit_id)
         fresh = repo.get_edits(s, [x.id for x in survivors])
         repo.record_revert(s, repo.Applied(version, weights_hash, norms), e, old_batch, fresh, result, seconds)
         if scores is not None:  # a revert is never refused; its scores are recorded all the same
             s.flush()
-            repo.put_quality(s, guard.row(s, version, scores, {"policy": guard.policy, "verdict": "revert",
-                                                               "crossed": [], "rejected": []}))
+            repo.put_quality(
+                s,
+                guard.row(
+                    s, version, scores, {"policy": guard.policy, "verdict": "revert", "crossed": [], "rejected": []}
+                ),
+            )
 
     _commit(host, lock_ok, record, version, weights_hash, f"the revert of edit {edit_id}")
     report.version = version

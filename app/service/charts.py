@@ -7,11 +7,12 @@ dashed line per reference value (e.g. the norm alarm threshold) and per series o
 (a series of one point is still visible). Every text in it (title, labels, series names) is
 escaped here, so the markup can be inserted into a page as it is.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from markupsafe import escape
 
@@ -50,9 +51,18 @@ def _range(values: Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
-def line_chart(title: str, x_label: str, y_label: str, series: Sequence[Series],
-               refs: Sequence[RefLine] = (), *, width: int = 640, height: int = 260,
-               y_from_zero: bool = True, chart_id: str = "chart") -> str:
+def line_chart(
+    title: str,
+    x_label: str,
+    y_label: str,
+    series: Sequence[Series],
+    refs: Sequence[RefLine] = (),
+    *,
+    width: int = 640,
+    height: int = 260,
+    y_from_zero: bool = True,
+    chart_id: str = "chart",
+) -> str:
     """One SVG line chart of `series` (x, y points) against shared axes; `refs` drawn dashed."""
     finite = [(x, y) for s in series for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
     left, right, top, bottom = 64, 16, 28, 44
@@ -89,32 +99,46 @@ def line_chart(title: str, x_label: str, y_label: str, series: Sequence[Series],
         out.append(f'<text class="tick" x="{px(v):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{fmt(v)}</text>')
     for v in (y0, (y0 + y1) / 2, y1):
         out.append(f'<text class="tick" x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{fmt(v)}</text>')
-    out.append(f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 36}" '
-               f'text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text class="axis-label" x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
-               f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(y_label)}</text>')
+    out.append(
+        f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 36}" '
+        f'text-anchor="middle">{escape(x_label)}</text>'
+    )
+    out.append(
+        f'<text class="axis-label" x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(y_label)}</text>'
+    )
     legend_y = height + 4
     for r in refs:
         if not math.isfinite(r.y):
             continue
         y = py(r.y)
-        out.append(f'<line class="threshold" data-y="{r.y!r}" x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" '
-                   f'y2="{y:.1f}" stroke="#b00020" stroke-dasharray="6 4"><title>{escape(r.name)}: {fmt(r.y)}</title></line>')
-        out.append(f'<line x1="{left}" y1="{legend_y + 5}" x2="{left + 24}" y2="{legend_y + 5}" stroke="#b00020" '
-                   f'stroke-dasharray="6 4"/><text class="legend" x="{left + 30}" y="{legend_y + 9}">'
-                   f'{escape(r.name)} ({fmt(r.y)})</text>')
+        out.append(
+            f'<line class="threshold" data-y="{r.y!r}" x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" '
+            f'y2="{y:.1f}" stroke="#b00020" stroke-dasharray="6 4"><title>{escape(r.name)}: {fmt(r.y)}</title></line>'
+        )
+        out.append(
+            f'<line x1="{left}" y1="{legend_y + 5}" x2="{left + 24}" y2="{legend_y + 5}" stroke="#b00020" '
+            f'stroke-dasharray="6 4"/><text class="legend" x="{left + 30}" y="{legend_y + 9}">'
+            f"{escape(r.name)} ({fmt(r.y)})</text>"
+        )
         legend_y += 18
     for i, s in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         pts = [(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        out.append(f'<polyline class="series" data-series="{escape(s.name)}" data-points="{len(pts)}" '
-                   f'points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        out.append(
+            f'<polyline class="series" data-series="{escape(s.name)}" data-points="{len(pts)}" '
+            f'points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>'
+        )
         for x, y in pts:
-            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}">'
-                       f'<title>{escape(s.name)}: {fmt(y)} at {fmt(x)}</title></circle>')
-        out.append(f'<rect x="{left}" y="{legend_y}" width="24" height="10" fill="{color}"/>'
-                   f'<text class="legend" x="{left + 30}" y="{legend_y + 9}">{escape(s.name)}</text>')
+            out.append(
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}">'
+                f"<title>{escape(s.name)}: {fmt(y)} at {fmt(x)}</title></circle>"
+            )
+        out.append(
+            f'<rect x="{left}" y="{legend_y}" width="24" height="10" fill="{color}"/>'
+            f'<text class="legend" x="{left + 30}" y="{legend_y + 9}">{escape(s.name)}</text>'
+        )
         legend_y += 18
     out.append("</svg>")
     return "\n".join(out)

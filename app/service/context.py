@@ -1,4 +1,5 @@
 """Everything one process needs, built from the config: database, queue, model host, worker."""
+
 from __future__ import annotations
 
 import logging
@@ -36,13 +37,14 @@ class ServiceContext:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def open(cls, config: ServiceConfig, queue: WorkQueue | None = None) -> "ServiceContext":
+    def open(cls, config: ServiceConfig, queue: WorkQueue | None = None) -> ServiceContext:
         """Database (migrated to head, or refused) and queue; no model yet."""
         engine = make_engine(config.resolved_database_url())
         ensure_schema(engine, config.auto_migrate)
         q = queue or make_queue(config.redis_url, config.redis_prefix, config.reclaim_idle_ms)
-        return cls(config=config, engine=engine, sessions=session_factory(engine), queue=q,
-                   registry=CollectorRegistry())
+        return cls(
+            config=config, engine=engine, sessions=session_factory(engine), queue=q, registry=CollectorRegistry()
+        )
 
     def host_replica(self, use_snapshots: bool = True) -> ModelHost:
         """The configured model with the log replayed onto it and proven against the stored hash
@@ -50,8 +52,9 @@ class ServiceContext:
         return self._host(self.config.load_editor(Role.REPLICA), use_snapshots=use_snapshots)
 
     def _host(self, editor: Editor, templates: list[str] | None = None, use_snapshots: bool = True) -> ModelHost:
-        host = ModelHost(editor, self.sessions, editor.lm.name, editor.layers,
-                         editor.settings.model_dump(mode="json"), templates)
+        host = ModelHost(
+            editor, self.sessions, editor.lm.name, editor.layers, editor.settings.model_dump(mode="json"), templates
+        )
         host.use_snapshots = use_snapshots
         host.bootstrap()
         return host
@@ -59,8 +62,9 @@ class ServiceContext:
     def start_api(self) -> None:
         """Load the model, replay the log, then follow new versions in the background."""
         self.host = self.host_replica()
-        self.generation = GenerationEngine(self.host, self.config.cb_cache_blocks, self.config.cb_batch_tokens,
-                                           self.config.serve_dtype)
+        self.generation = GenerationEngine(
+            self.host, self.config.cb_cache_blocks, self.config.cb_batch_tokens, self.config.serve_dtype
+        )
         self._start("kedit-sync", self._follow_versions)
 
     def build_worker(self) -> Worker:
@@ -71,8 +75,9 @@ class ServiceContext:
             logged = list(info.templates) if info is not None and info.templates else None
         editor = self.config.load_editor(Role.WORKER, templates=logged)
         host = self._host(editor, list(editor.templates))
-        return Worker(self.config, host, self.queue, WriterLock(self.engine, host.model_name),
-                      WorkerMetrics(self.registry))
+        return Worker(
+            self.config, host, self.queue, WriterLock(self.engine, host.model_name), WorkerMetrics(self.registry)
+        )
 
     def start_worker(self) -> Worker:
         """Build a worker and run it in a background thread until close()."""

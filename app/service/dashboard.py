@@ -5,6 +5,7 @@ only parse the request and render one of these views; the templates only lay the
 Numbers are formatted here, charts drawn here (app/service/charts.py), so the templates hold no
 logic. Text a client wrote (prompts, subjects, targets, errors) stays raw: the templates escape it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,6 +37,7 @@ def _opt(v: object) -> str:
 
 
 # --- the pieces ----------------------------------------------------------------------------------
+
 
 @dataclass
 class WorkerState:
@@ -79,8 +81,14 @@ def norm_chart(ctx: ServiceContext) -> str | None:
     if not growth:
         return None
     series = [Series(f"layer {layer}", [(float(v), g) for v, g in pts]) for layer, pts in growth.items()]
-    return line_chart("Norm growth ‖W−W₀‖/‖W₀‖ per edited layer", "weights version", "growth", series,
-                      [RefLine("alarm threshold", ctx.config.norm_alarm_growth)], chart_id="norms")
+    return line_chart(
+        "Norm growth ‖W−W₀‖/‖W₀‖ per edited layer",
+        "weights version",
+        "growth",
+        series,
+        [RefLine("alarm threshold", ctx.config.norm_alarm_growth)],
+        chart_id="norms",
+    )
 
 
 @dataclass
@@ -100,24 +108,49 @@ def quality_view(ctx: ServiceContext) -> QualityView:
         x = [float(q.live_edits) for q in hist]
         kept = [100.0 * q.facts_kept / q.facts_total if q.facts_total else 0.0 for q in hist]
         charts = [
-            line_chart("Canary facts kept (%)", "applied edits", "% kept", [Series("facts kept", list(zip(x, kept)))],
-                       chart_id="canary-facts"),
-            line_chart("Held-out perplexity", "applied edits", "perplexity",
-                       [Series("perplexity", list(zip(x, [q.perplexity for q in hist])))], y_from_zero=False,
-                       chart_id="canary-ppl"),
-            line_chart("Generation entropy", "applied edits", "n-gram entropy (bits ×100)",
-                       [Series("entropy", list(zip(x, [q.entropy for q in hist])))], y_from_zero=False,
-                       chart_id="canary-entropy"),
+            line_chart(
+                "Canary facts kept (%)",
+                "applied edits",
+                "% kept",
+                [Series("facts kept", list(zip(x, kept)))],
+                chart_id="canary-facts",
+            ),
+            line_chart(
+                "Held-out perplexity",
+                "applied edits",
+                "perplexity",
+                [Series("perplexity", list(zip(x, [q.perplexity for q in hist])))],
+                y_from_zero=False,
+                chart_id="canary-ppl",
+            ),
+            line_chart(
+                "Generation entropy",
+                "applied edits",
+                "n-gram entropy (bits ×100)",
+                [Series("entropy", list(zip(x, [q.entropy for q in hist])))],
+                y_from_zero=False,
+                chart_id="canary-entropy",
+            ),
         ]
     latest = []
     if r.latest is not None:
         q = r.latest
         verdict = (q.guard or {}).get("verdict")
-        latest = [("version", str(q.version)), ("applied edits", str(q.live_edits)),
-                  ("canary facts kept", f"{q.facts_kept} of {q.facts_total}"),
-                  ("perplexity", _num(q.perplexity)), ("entropy", _num(q.entropy)), ("guard verdict", _opt(verdict))]
-    return QualityView(enabled=r.enabled, policy=r.policy,
-                       thresholds=[(k, _num(v)) for k, v in r.thresholds.items()], charts=charts, latest=latest)
+        latest = [
+            ("version", str(q.version)),
+            ("applied edits", str(q.live_edits)),
+            ("canary facts kept", f"{q.facts_kept} of {q.facts_total}"),
+            ("perplexity", _num(q.perplexity)),
+            ("entropy", _num(q.entropy)),
+            ("guard verdict", _opt(verdict)),
+        ]
+    return QualityView(
+        enabled=r.enabled,
+        policy=r.policy,
+        thresholds=[(k, _num(v)) for k, v in r.thresholds.items()],
+        charts=charts,
+        latest=latest,
+    )
 
 
 @dataclass
@@ -149,6 +182,7 @@ def fill(prompt: str, subject: str) -> str:
 
 # --- the pages -----------------------------------------------------------------------------------
 
+
 @dataclass
 class EditRow:
     id: int
@@ -161,8 +195,15 @@ class EditRow:
 
 
 def _row(e: Edit) -> EditRow:
-    return EditRow(e.id, e.subject, e.prompt, e.target_new, e.status, _opt(e.applied_version),
-                   e.updated_at.strftime("%Y-%m-%d %H:%M:%S") if e.updated_at else "—")
+    return EditRow(
+        e.id,
+        e.subject,
+        e.prompt,
+        e.target_new,
+        e.status,
+        _opt(e.applied_version),
+        e.updated_at.strftime("%Y-%m-%d %H:%M:%S") if e.updated_at else "—",
+    )
 
 
 @dataclass
@@ -214,14 +255,22 @@ def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int =
 
     shown = f"{offset + 1}–{offset + len(rows)} of {total}" if rows else f"none of {total}"
     return HomeView(
-        status=wanted or "all", subject=subject,
+        status=wanted or "all",
+        subject=subject,
         statuses=[(s, s, s == (wanted or "all")) for s in ("all", *EDIT_STATUSES)],
-        rows=[_row(e) for e in rows], total=total, shown=shown,
+        rows=[_row(e) for e in rows],
+        total=total,
+        shown=shown,
         prev_query=query(max(0, offset - limit)) if offset > 0 else None,
         next_query=query(offset + limit) if offset + limit < total else None,
-        worker=worker_state(ctx), queue_depth=queue_depth(ctx), version=served_version(ctx),
-        norm_chart=norm_chart(ctx), norm_threshold=_num(ctx.config.norm_alarm_growth),
-        quality=quality_view(ctx), api_key_needed=bool(ctx.config.api_key), error=error,
+        worker=worker_state(ctx),
+        queue_depth=queue_depth(ctx),
+        version=served_version(ctx),
+        norm_chart=norm_chart(ctx),
+        norm_threshold=_num(ctx.config.norm_alarm_growth),
+        quality=quality_view(ctx),
+        api_key_needed=bool(ctx.config.api_key),
+        error=error,
     )
 
 
@@ -264,17 +313,32 @@ def edit_page(ctx: ServiceContext, edit_id: int, before: str | None = None, form
     filled = fill(e.prompt, e.subject)
     pending = e.status == "applied" and bool(e.revert_requested)
     return EditView(
-        id=e.id, status=e.status, prompt=e.prompt, filled_prompt=filled, subject=e.subject, target_new=e.target_new,
-        target_true=_opt(e.target_true), error=e.error,
+        id=e.id,
+        status=e.status,
+        prompt=e.prompt,
+        filled_prompt=filled,
+        subject=e.subject,
+        target_new=e.target_new,
+        target_true=_opt(e.target_true),
+        error=e.error,
         details=[
-            ("P(target_new) before", _num(e.prob_before)), ("P(target_new) after", _num(e.prob_after)),
-            ("MPES steps", _opt(e.mpes_steps)), ("batch", _opt(e.batch_id)),
-            ("applied in version", _opt(e.applied_version)), ("reverted in version", _opt(e.reverted_version)),
-            ("seconds", _num(e.seconds, 3)), ("submitted", e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            ("P(target_new) before", _num(e.prob_before)),
+            ("P(target_new) after", _num(e.prob_after)),
+            ("MPES steps", _opt(e.mpes_steps)),
+            ("batch", _opt(e.batch_id)),
+            ("applied in version", _opt(e.applied_version)),
+            ("reverted in version", _opt(e.reverted_version)),
+            ("seconds", _num(e.seconds, 3)),
+            ("submitted", e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
         ],
-        guard=_opt(e.guard), before=before, now=answer(ctx, filled),
-        refresh=e.status in WAITING or pending, can_revert=e.status == "applied" and not pending,
-        revert_pending=pending, api_key_needed=bool(ctx.config.api_key), form_error=form_error,
+        guard=_opt(e.guard),
+        before=before,
+        now=answer(ctx, filled),
+        refresh=e.status in WAITING or pending,
+        can_revert=e.status == "applied" and not pending,
+        revert_pending=pending,
+        api_key_needed=bool(ctx.config.api_key),
+        form_error=form_error,
     )
 
 
@@ -282,8 +346,7 @@ def submit_fact(ctx: ServiceContext, fact: dict) -> tuple[int, Answer]:
     """The model's answer to the filled prompt first ("before"), then the fact submitted as POST
     /edits does (the fact is already validated by the caller, with the API's rule)."""
     before = answer(ctx, fill(fact["prompt"], fact["subject"]))
-    rows, _ = edit_service.submit(ctx.sessions, ctx.queue, [fact],
-                                  idempotency_window_s=ctx.config.idempotency_window_s)
+    rows, _ = edit_service.submit(ctx.sessions, ctx.queue, [fact], idempotency_window_s=ctx.config.idempotency_window_s)
     if not rows:
         raise Invalid("the fact was not accepted")
     return rows[0].id, before

@@ -1,11 +1,12 @@
 """Accepting, reading and reverting edits. The API layer calls these; they know nothing of HTTP."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Sequence
 
 from sqlalchemy.exc import IntegrityError
 
@@ -25,8 +26,13 @@ def _body_hash(facts: Sequence[dict]) -> str:
     return hashlib.sha256(json.dumps(list(facts), sort_keys=True).encode()).hexdigest()
 
 
-def submit(sessions, queue: WorkQueue, facts: Sequence[dict], idempotency_key: str | None = None,
-           idempotency_window_s: float = DEFAULT_IDEMPOTENCY_WINDOW_S) -> tuple[list[Edit], bool]:
+def submit(
+    sessions,
+    queue: WorkQueue,
+    facts: Sequence[dict],
+    idempotency_key: str | None = None,
+    idempotency_window_s: float = DEFAULT_IDEMPOTENCY_WINDOW_S,
+) -> tuple[list[Edit], bool]:
     """Record the facts as `queued` edits, then queue them. Returns (edits, created).
 
     The rows commit before the XADD: if the queue is down, or this process dies in between,
@@ -91,8 +97,9 @@ def get(sessions, edit_id: int) -> Edit:
     return e
 
 
-def list_page(sessions, status: str | None, limit: int, offset: int,
-              subject: str | None = None) -> tuple[list[Edit], int]:
+def list_page(
+    sessions, status: str | None, limit: int, offset: int, subject: str | None = None
+) -> tuple[list[Edit], int]:
     if status is not None and status not in EDIT_STATUSES:
         raise Invalid(f"status must be one of {', '.join(EDIT_STATUSES)} (got {status!r})")
     with sessions() as s:

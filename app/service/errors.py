@@ -1,4 +1,5 @@
 """Errors the service raises for the API to turn into HTTP answers."""
+
 from __future__ import annotations
 
 

@@ -8,6 +8,7 @@
   weights' hash; importing adds the batches to that same base in the same order, the same float32
   operations as a replay, so the result has the same weights hash, which the import checks.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,14 @@ class ExportError(ValueError):
 def export_folder(host: ModelHost, out: Path) -> dict:
     """Save the host's current weights as a Hugging Face folder; returns what was written."""
     with host.reading() as version:
-        info = {"model": host.model_name, "version": version, "weights_hash": host.weights_hash,
-                "base_hash": host.base_hash, "layers": host.layers, "batches": host.editor.batch_ids}
+        info = {
+            "model": host.model_name,
+            "version": version,
+            "weights_hash": host.weights_hash,
+            "base_hash": host.base_hash,
+            "layers": host.layers,
+            "batches": host.editor.batch_ids,
+        }
         save_folder(host.editor.lm, out, info)
     return info
 
@@ -60,9 +67,18 @@ def export_deltas(host: ModelHost, path: Path) -> dict:
         for b in order:
             for d in editor.live[b]:
                 for name in ("u", "v", "keys"):
-                    tensors[f"batch{b}.layer{d.layer}.{name}"] = getattr(d, name).detach().to("cpu", torch.float32).contiguous()
-        meta = {"format": FORMAT, "model": host.model_name, "version": str(version), "base_hash": host.base_hash,
-                "weights_hash": host.weights_hash, "layers": json.dumps(host.layers), "batches": json.dumps(order)}
+                    tensors[f"batch{b}.layer{d.layer}.{name}"] = (
+                        getattr(d, name).detach().to("cpu", torch.float32).contiguous()
+                    )
+        meta = {
+            "format": FORMAT,
+            "model": host.model_name,
+            "version": str(version),
+            "base_hash": host.base_hash,
+            "weights_hash": host.weights_hash,
+            "layers": json.dumps(host.layers),
+            "batches": json.dumps(order),
+        }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
@@ -77,8 +93,21 @@ def read_deltas(path: Path) -> tuple[dict, list[tuple[int, list[LayerDelta]]]]:
             if meta.get("format") != FORMAT:
                 raise ExportError(f"{path} is not a kedit deltas file (written by `kedit export --deltas`)")
             layers, order = json.loads(meta["layers"]), json.loads(meta["batches"])
-            batches = [(b, [LayerDelta(l, f.get_tensor(f"batch{b}.layer{l}.u"), f.get_tensor(f"batch{b}.layer{l}.v"),
-                                       f.get_tensor(f"batch{b}.layer{l}.keys")) for l in layers]) for b in order]
+            batches = [
+                (
+                    b,
+                    [
+                        LayerDelta(
+                            l,
+                            f.get_tensor(f"batch{b}.layer{l}.u"),
+                            f.get_tensor(f"batch{b}.layer{l}.v"),
+                            f.get_tensor(f"batch{b}.layer{l}.keys"),
+                        )
+                        for l in layers
+                    ],
+                )
+                for b in order
+            ]
     except (OSError, KeyError, json.JSONDecodeError, SafetensorError) as e:
         raise ExportError(f"cannot read deltas from {path}: {e}") from None
     return meta, batches
@@ -90,12 +119,16 @@ def import_deltas(editor: Editor, path: Path) -> dict:
     if editor.batch_ids:
         raise ExportError("the model already holds edits; import deltas onto the base weights only")
     if json.loads(meta["layers"]) != editor.layers:
-        raise ExportError(f"the deltas edit layers {meta['layers']} but this model is set up to edit {editor.layers}: "
-                          "use the same settings (KEDIT_EDIT_OVERRIDES / KEDIT_PRESET) as the exporting service")
+        raise ExportError(
+            f"the deltas edit layers {meta['layers']} but this model is set up to edit {editor.layers}: "
+            "use the same settings (KEDIT_EDIT_OVERRIDES / KEDIT_PRESET) as the exporting service"
+        )
     base = editor.weights_hash()
     if base != meta["base_hash"]:
-        raise ExportError(f"the deltas were made on base weights {meta['base_hash'][:12]} ({meta.get('model')}) but "
-                          f"this model hashes to {base[:12]}: load the same base model")
+        raise ExportError(
+            f"the deltas were made on base weights {meta['base_hash'][:12]} ({meta.get('model')}) but "
+            f"this model hashes to {base[:12]}: load the same base model"
+        )
     for b, deltas in batches:
         editor.add_batch(b, deltas)
     got = editor.weights_hash()

@@ -25,6 +25,7 @@
 nothing on every other pass. Production never sets KEDIT_FAULT: `point()` is then one dict
 lookup on an empty dict.
 """
+
 from __future__ import annotations
 
 import logging

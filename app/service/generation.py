@@ -18,6 +18,7 @@ requests wait behind it (the lock prefers writers). Every forward pass belongs t
 holds the read side, so the weights never change under a forward pass and no sequence ever mixes
 two versions.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -25,8 +26,8 @@ import logging
 import queue
 import secrets
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -95,17 +96,17 @@ class Generation:
             if cut is not None:
                 # Tokens after a stop string are computed (the sequence runs to its end) but never sent.
                 if cut > len(sent):
-                    yield text[len(sent):cut]
+                    yield text[len(sent) : cut]
                 self._finish(tokens, "stop")
                 return
             # A trailing U+FFFD is half of a multi-byte character whose other bytes are still to come.
             safe = len(text.rstrip("\ufffd")) - hold
             if safe > len(sent):
-                yield text[len(sent):safe]
+                yield text[len(sent) : safe]
                 sent = text[:safe]
         text = self._text(tokens)
         if len(text) > len(sent):
-            yield text[len(sent):]
+            yield text[len(sent) :]
         hit_eos = bool(tokens) and tokens[-1] in self._eos
         self._finish(tokens, "stop" if hit_eos or len(tokens) < self.sampling.max_tokens else "length")
 
@@ -132,8 +133,7 @@ def fingerprint(version: int, weights_hash: str) -> str:
 class GenerationEngine:
     """Admits requests under the host's version lock and runs them (see the module docstring)."""
 
-    def __init__(self, host: ModelHost, cache_blocks: int = 32, batch_tokens: int = 512,
-                 serve_dtype: str = "float32"):
+    def __init__(self, host: ModelHost, cache_blocks: int = 32, batch_tokens: int = 512, serve_dtype: str = "float32"):
         self.host = host
         self.lm = host.editor.lm
         # The weights are edited and replayed in float32 (the log's hash is over float32 weights, and
@@ -169,13 +169,18 @@ class GenerationEngine:
                 from transformers import GenerationConfig
                 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-                gen_config = GenerationConfig(do_sample=False, max_new_tokens=16,
-                                              eos_token_id=self.eos_ids or -1, pad_token_id=self.lm.tokenizer.pad_token_id)
+                gen_config = GenerationConfig(
+                    do_sample=False,
+                    max_new_tokens=16,
+                    eos_token_id=self.eos_ids or -1,
+                    pad_token_id=self.lm.tokenizer.pad_token_id,
+                )
                 # A bounded paged KV cache: by default the manager sizes it to a share of the
                 # device's free memory, which on a CPU host means tens of GB and a long start.
                 cb_config = ContinuousBatchingConfig(num_blocks=self._cache_blocks, max_batch_tokens=self._batch_tokens)
-                mgr = self.model.init_continuous_batching(generation_config=gen_config,
-                                                             continuous_batching_config=cb_config)
+                mgr = self.model.init_continuous_batching(
+                    generation_config=gen_config, continuous_batching_config=cb_config
+                )
                 mgr.start()
                 self._mgr = mgr
                 self._dispatcher = threading.Thread(target=self._dispatch, name="kedit-cb-dispatch", daemon=True)
@@ -246,9 +251,11 @@ class GenerationEngine:
         if problem:
             raise Invalid(problem)
         if len(input_ids) + sampling.max_tokens > self.cache_tokens:
-            raise Invalid(f"the prompt is {len(input_ids)} tokens and max_tokens {sampling.max_tokens}: together more "
-                          f"than this server's KV cache of {self.cache_tokens} tokens (KEDIT_CB_CACHE_BLOCKS); "
-                          "shorten the prompt or lower max_tokens")
+            raise Invalid(
+                f"the prompt is {len(input_ids)} tokens and max_tokens {sampling.max_tokens}: together more "
+                f"than this server's KV cache of {self.cache_tokens} tokens (KEDIT_CB_CACHE_BLOCKS); "
+                "shorten the prompt or lower max_tokens"
+            )
         self.catch_up()
         # The manager starts before the version is held, so a failing start never leaves it held.
         mgr = self._manager() if sampling.temperature <= 0 else None
@@ -262,20 +269,32 @@ class GenerationEngine:
                 holding.__exit__(None, None, None)
 
         tok = self.lm.tokenizer
-        gen = Generation(version=version, weights_hash=self.host.weights_hash, prompt_tokens=len(input_ids),
-                         sampling=sampling, _decode=lambda t: tok.decode(t, skip_special_tokens=True),
-                         _eos=frozenset(self.eos_ids), _release=release)
+        gen = Generation(
+            version=version,
+            weights_hash=self.host.weights_hash,
+            prompt_tokens=len(input_ids),
+            sampling=sampling,
+            _decode=lambda t: tok.decode(t, skip_special_tokens=True),
+            _eos=frozenset(self.eos_ids),
+            _release=release,
+        )
         try:
             if mgr is not None:
                 rid = f"kedit-{next(self._ids)}"
                 with self._routes_lock:
                     self._routes[rid] = gen
-                mgr.add_request(list(input_ids), request_id=rid, max_new_tokens=sampling.max_tokens, streaming=True,
-                                eos_token_id=self.eos_ids or -1)
+                mgr.add_request(
+                    list(input_ids),
+                    request_id=rid,
+                    max_new_tokens=sampling.max_tokens,
+                    streaming=True,
+                    eos_token_id=self.eos_ids or -1,
+                )
             else:
                 seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
-                threading.Thread(target=self._sample, args=(gen, list(input_ids), seed), daemon=True,
-                                 name="kedit-sample").start()
+                threading.Thread(
+                    target=self._sample, args=(gen, list(input_ids), seed), daemon=True, name="kedit-sample"
+                ).start()
         except BaseException:
             with self._routes_lock:
                 self._routes = {k: g for k, g in self._routes.items() if g is not gen}

@@ -11,6 +11,7 @@ a threshold gets:
   worker's weights from the facts' z*, no new optimisation) and fail with the reason; the others
   are committed as the batch. Nothing of this reaches other processes before the commit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,8 +90,11 @@ class Guard:
             with self.host.sessions() as s:
                 rows = repo.canaries(s)
         self.set = probes.CanarySet(
-            facts=[probes.CanaryFact(r.id, r.text, r.expected or "", r.token_id or 0, r.subject or "", r.relation or "")
-                   for r in rows if r.kind == "fact"],
+            facts=[
+                probes.CanaryFact(r.id, r.text, r.expected or "", r.token_id or 0, r.subject or "", r.relation or "")
+                for r in rows
+                if r.kind == "fact"
+            ],
             text="".join(r.text for r in rows if r.kind == "text"),
             prompts=[r.text for r in rows if r.kind == "prompt"],
         )
@@ -104,8 +108,14 @@ class Guard:
             with transaction(self.host.sessions) as s:
                 self.baseline = self.row(s, 0, scores, None, live_edits=0)
                 repo.put_quality(s, self.baseline)
-            log.info("canaries: %d facts, %d prompts; unedited perplexity %.2f, entropy %.1f (%.1f s)",
-                     len(self.set.facts), len(self.set.prompts), scores.perplexity, scores.entropy, scores.seconds)
+            log.info(
+                "canaries: %d facts, %d prompts; unedited perplexity %.2f, entropy %.1f (%.1f s)",
+                len(self.set.facts),
+                len(self.set.prompts),
+                scores.perplexity,
+                scores.entropy,
+                scores.seconds,
+            )
         if not head_scored:
             with self.host.writing():
                 scores = self.score()
@@ -117,8 +127,18 @@ class Guard:
         lm, c = self.host.editor.lm, self.config
         with self.host.writing(), self.host.editor.base_weights():
             chosen = probes.choose(self.model, lm.tokenizer, c.canary_facts, c.canary_text_tokens, c.canary_prompts)
-        rows = [Canary(id=f.id, kind="fact", text=f.text, subject=f.subject, expected=f.expected, token_id=f.token_id,
-                       relation=f.relation[:64]) for f in chosen.facts]
+        rows = [
+            Canary(
+                id=f.id,
+                kind="fact",
+                text=f.text,
+                subject=f.subject,
+                expected=f.expected,
+                token_id=f.token_id,
+                relation=f.relation[:64],
+            )
+            for f in chosen.facts
+        ]
         n = len(rows)
         rows.append(Canary(id=n + 1, kind="text", text=chosen.text))
         rows += [Canary(id=n + 2 + i, kind="prompt", text=p) for i, p in enumerate(chosen.prompts)]
@@ -140,17 +160,29 @@ class Guard:
 
     def lost_facts(self, scores: probes.Scores) -> list[dict]:
         tok = self.host.editor.lm.tokenizer
-        return [{"canary": f.id, "prompt": f.text, "expected": f.expected, "now": tok.decode([a]).strip()}
-                for f, a in zip(self.set.facts, scores.answers, strict=True) if a != f.token_id]
+        return [
+            {"canary": f.id, "prompt": f.text, "expected": f.expected, "now": tok.decode([a]).strip()}
+            for f, a in zip(self.set.facts, scores.answers, strict=True)
+            if a != f.token_id
+        ]
 
-    def row(self, s, version: int, scores: probes.Scores, decision: dict | None,
-            live_edits: int | None = None) -> QualityScore:
+    def row(
+        self, s, version: int, scores: probes.Scores, decision: dict | None, live_edits: int | None = None
+    ) -> QualityScore:
         lost = self.lost_facts(scores)
         total = len(self.set.facts)
         live = repo.live_edit_count(s) if live_edits is None else live_edits
-        return QualityScore(version=version, live_edits=live, facts_total=total,
-                            facts_kept=total - len(lost), lost=lost, perplexity=scores.perplexity,
-                            entropy=scores.entropy, seconds=scores.seconds, guard=decision)
+        return QualityScore(
+            version=version,
+            live_edits=live,
+            facts_total=total,
+            facts_kept=total - len(lost),
+            lost=lost,
+            perplexity=scores.perplexity,
+            entropy=scores.entropy,
+            seconds=scores.seconds,
+            guard=decision,
+        )
 
     def previous(self, version: int) -> QualityScore | None:
         with self.host.sessions() as s:
@@ -165,39 +197,67 @@ class Guard:
         before = {d["canary"] for d in (previous.lost if previous is not None else [])}
         newly = [d for d in lost if d["canary"] not in before]
         if len(newly) > lim["facts_lost"]:
-            named = "; ".join(f"would change '{d['prompt']}' from {d['expected']} to {d['now']}"
-                              for d in newly[:SHOWN_FACTS])
+            named = "; ".join(
+                f"would change '{d['prompt']}' from {d['expected']} to {d['now']}" for d in newly[:SHOWN_FACTS]
+            )
             more = f" (and {len(newly) - SHOWN_FACTS} more canary facts)" if len(newly) > SHOWN_FACTS else ""
             crossed.append(named + more)
         total = len(self.set.facts)
         if total and previous is not None:
             share, share_before = len(lost) / total, len(previous.lost) / total
             if share > lim["facts_lost_total"] >= share_before:
-                crossed.append(f"would leave {total - len(lost)} of {total} canary facts answered as the unedited "
-                               f"model did (bound: {lim['facts_lost_total']:.0%} lost)")
+                crossed.append(
+                    f"would leave {total - len(lost)} of {total} canary facts answered as the unedited "
+                    f"model did (bound: {lim['facts_lost_total']:.0%} lost)"
+                )
         if previous is not None and base is not None:
             for name, now, prev, unedited, step, drift, sign in (
-                ("held-out perplexity", scores.perplexity, previous.perplexity, base.perplexity,
-                 lim["ppl_rise"], lim["ppl_rise_total"], 1),
-                ("generation entropy", scores.entropy, previous.entropy, base.entropy,
-                 lim["entropy_drop"], lim["entropy_drop_total"], -1),
+                (
+                    "held-out perplexity",
+                    scores.perplexity,
+                    previous.perplexity,
+                    base.perplexity,
+                    lim["ppl_rise"],
+                    lim["ppl_rise_total"],
+                    1,
+                ),
+                (
+                    "generation entropy",
+                    scores.entropy,
+                    previous.entropy,
+                    base.entropy,
+                    lim["entropy_drop"],
+                    lim["entropy_drop_total"],
+                    -1,
+                ),
             ):
                 change = sign * (now / prev - 1) if prev else 0.0
                 total_change = sign * (now / unedited - 1) if unedited else 0.0
                 total_before = sign * (prev / unedited - 1) if unedited else 0.0
                 verb = "raise" if sign > 0 else "lower"
                 if change > step:
-                    crossed.append(f"would {verb} {name} from {prev:.2f} to {now:.2f} ({change:+.1%} in one "
-                                   f"batch; bound {step:.0%})".replace("+-", "-"))
+                    crossed.append(
+                        f"would {verb} {name} from {prev:.2f} to {now:.2f} ({change:+.1%} in one "
+                        f"batch; bound {step:.0%})".replace("+-", "-")
+                    )
                 elif total_change > drift >= total_before:
-                    crossed.append(f"would {verb} {name} to {now:.2f}, {total_change:.1%} from the unedited "
-                                   f"model's {unedited:.2f} (bound {drift:.0%})")
+                    crossed.append(
+                        f"would {verb} {name} to {now:.2f}, {total_change:.1%} from the unedited "
+                        f"model's {unedited:.2f} (bound {drift:.0%})"
+                    )
         return Judgement(crossed)
 
     # --- reject: find the edits responsible -----------------------------------------------------
 
-    def bisect(self, point: dict, requests: list[EditRequest], first: BatchResult, batch_id: int,
-               previous: QualityScore | None, first_judgement: Judgement) -> Guarded:
+    def bisect(
+        self,
+        point: dict,
+        requests: list[EditRequest],
+        first: BatchResult,
+        batch_id: int,
+        previous: QualityScore | None,
+        first_judgement: Judgement,
+    ) -> Guarded:
         """The batch as a whole crossed a threshold: find the facts responsible and commit the rest.
 
         Group testing from the weights before the batch (`point`): a group is written from its
@@ -271,14 +331,18 @@ class Guard:
 
         admit(rest[: len(rest) // 2] or rest)
         if len(rest) > 1:
-            admit(rest[len(rest) // 2:])
+            admit(rest[len(rest) // 2 :])
         editor.restore(point)
         if not admitted:
             return Guarded(None, None, Judgement([]), rejected)
         order = [i for group, _ in admitted for i in group]
         deltas = [
-            LayerDelta(layer, torch.cat([d[k].u for _, d in admitted], 1), torch.cat([d[k].v for _, d in admitted], 1),
-                       torch.cat([d[k].keys for _, d in admitted], 1))
+            LayerDelta(
+                layer,
+                torch.cat([d[k].u for _, d in admitted], 1),
+                torch.cat([d[k].v for _, d in admitted], 1),
+                torch.cat([d[k].keys for _, d in admitted], 1),
+            )
             for k, layer in enumerate(editor.layers)
         ]
         editor.add_batch(batch_id, deltas)  # one addition per layer: the bits a replay of the log gives
@@ -286,10 +350,21 @@ class Guard:
         scores = self.score()
         return Guarded(self._result(res, first, order, requests), scores, self.judge(scores, previous), rejected)
 
-    def _result(self, res: BatchResult, first: BatchResult, order: list[int], requests: list[EditRequest]) -> BatchResult:
+    def _result(
+        self, res: BatchResult, first: BatchResult, order: list[int], requests: list[EditRequest]
+    ) -> BatchResult:
         """The committed batch, its outcomes in `order` with what the first (full) run measured."""
         after = self.host.editor.target_probabilities([requests[i] for i in order])
-        outcomes = [EditOutcome(first.outcomes[i].z_star, first.outcomes[i].mpes_steps, first.outcomes[i].prob_before,
-                                after[k]) for k, i in enumerate(order)]
-        return BatchResult(res.batch_id, res.deltas, outcomes, z_seconds=first.z_seconds,
-                           solve_seconds=first.solve_seconds, keys_seconds=first.keys_seconds, extra={"order": order})
+        outcomes = [
+            EditOutcome(first.outcomes[i].z_star, first.outcomes[i].mpes_steps, first.outcomes[i].prob_before, after[k])
+            for k, i in enumerate(order)
+        ]
+        return BatchResult(
+            res.batch_id,
+            res.deltas,
+            outcomes,
+            z_seconds=first.z_seconds,
+            solve_seconds=first.solve_seconds,
+            keys_seconds=first.keys_seconds,
+            extra={"order": order},
+        )

@@ -6,13 +6,15 @@ version; it refuses to serve on a mismatch. Afterwards `sync()` walks new versio
 (a batch adds its deltas; a revert removes one batch and adds its survivors' new batch) under
 the write side of a readers-writer lock, so `/generate` only ever sees whole versions.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from sqlalchemy.exc import IntegrityError
@@ -34,8 +36,9 @@ class EditorLike(Protocol):
     def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None: ...
     def remove_batch(self, batch_id: int) -> None: ...
     def dense_weights(self) -> dict[int, torch.Tensor]: ...
-    def load_snapshot(self, weights: dict[int, torch.Tensor], batch_ids: list[int],
-                      deltas: dict[int, list[LayerDelta]] | None = None) -> None: ...
+    def load_snapshot(
+        self, weights: dict[int, torch.Tensor], batch_ids: list[int], deltas: dict[int, list[LayerDelta]] | None = None
+    ) -> None: ...
     def missing_deltas(self) -> list[int]: ...
     def fill_deltas(self, deltas: dict[int, list[LayerDelta]]) -> None: ...
     def reset(self) -> None: ...
@@ -58,8 +61,15 @@ class ReplayMismatch(RuntimeError):
 
 
 class ModelHost:
-    def __init__(self, editor: EditorLike, sessions: sessionmaker[Session], model_name: str,
-                 layers: Sequence[int], settings: dict | None = None, templates: list[str] | None = None):
+    def __init__(
+        self,
+        editor: EditorLike,
+        sessions: sessionmaker[Session],
+        model_name: str,
+        layers: Sequence[int],
+        settings: dict | None = None,
+        templates: list[str] | None = None,
+    ):
         self.editor = editor
         self.sessions = sessions
         self.model_name = model_name
@@ -127,15 +137,23 @@ class ModelHost:
                 else:
                     target = repo.get_version(s, at_version)
                     if target is None:
-                        raise LookupError(f"version {at_version} is not in the log (the head is {repo.head_version_id(s)})")
+                        raise LookupError(
+                            f"version {at_version} is not in the log (the head is {repo.head_version_id(s)})"
+                        )
                 batches = repo.live_batches(s, at_version)
                 start, from_version = self._load_snapshot(s, batches, target.id if target else 0)
                 for b in batches[start:]:
                     self.editor.add_batch(b.id, repo.batch_deltas(s, b.id))
             self._prove(target.id if target else 0, target.weights_hash if target else self.base_hash)
             if from_version:
-                log.info("replayed %d live batches up to version %d: the snapshot of version %d holding %d, "
-                         "then %d deltas", len(batches), self.version, from_version, start, len(batches) - start)
+                log.info(
+                    "replayed %d live batches up to version %d: the snapshot of version %d holding %d, then %d deltas",
+                    len(batches),
+                    self.version,
+                    from_version,
+                    start,
+                    len(batches) - start,
+                )
             else:
                 log.info("replayed %d live batches up to version %d", len(batches), self.version)
 
@@ -161,13 +179,19 @@ class ModelHost:
             if version is None or data is None:
                 continue
             if hashlib.sha256(data).hexdigest() != snap.sha256:
-                log.error("weight snapshot of version %d is corrupt (its bytes hash to %s, it was stored as %s): "
-                          "not using it", snap.version, hashlib.sha256(data).hexdigest()[:12], snap.sha256[:12])
+                log.error(
+                    "weight snapshot of version %d is corrupt (its bytes hash to %s, it was stored as %s): "
+                    "not using it",
+                    snap.version,
+                    hashlib.sha256(data).hexdigest()[:12],
+                    snap.sha256[:12],
+                )
                 continue
             # A replica never solves, so it needs no keys now; a solving editor needs every batch's
             # keys for Σ K Kᵀ (and so loads all deltas; the snapshot saves it the dense additions).
-            deltas = None if getattr(self.editor, "replica", False) else {
-                b: repo.batch_deltas(s, b) for b in snap.batch_ids}
+            deltas = (
+                None if getattr(self.editor, "replica", False) else {b: repo.batch_deltas(s, b) for b in snap.batch_ids}
+            )
             try:
                 self.editor.load_snapshot(weights_from_bytes(data), list(snap.batch_ids), deltas)
                 got = self.editor.weights_hash()
@@ -176,8 +200,12 @@ class ModelHost:
                 self.editor.reset()  # unconditionally: the weights may have changed before it failed
                 continue
             if got != version.weights_hash:
-                log.error("weight snapshot of version %d hashes to %s, the log says %s: not using it",
-                          snap.version, got[:12], version.weights_hash[:12])
+                log.error(
+                    "weight snapshot of version %d hashes to %s, the log says %s: not using it",
+                    snap.version,
+                    got[:12],
+                    version.weights_hash[:12],
+                )
                 self.editor.reset()
                 continue
             return n, snap.version
@@ -213,8 +241,12 @@ class ModelHost:
                 newest = snaps[0].version if snaps else 0
                 # The editor's batches must be the log's live batches in replay order, or the
                 # snapshot would not stand for the prefix a later start assumes.
-                if (every > 0 and self.version - newest >= every and self.version == repo.head_version_id(s)
-                        and self.editor.batch_ids == order):
+                if (
+                    every > 0
+                    and self.version - newest >= every
+                    and self.version == repo.head_version_id(s)
+                    and self.editor.batch_ids == order
+                ):
                     if self.editor.weights_hash() != self.weights_hash:
                         raise ReplayMismatch("the worker's weights are not those of its version: no snapshot")
                     repo.put_snapshot(s, self.version, self.editor.batch_ids, self.editor.dense_weights())

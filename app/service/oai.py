@@ -1,11 +1,12 @@
 """What the OpenAI-compatible routes do: prompts (the model's chat template), answers and stream chunks
 in OpenAI's shapes, each naming the weights that produced it (`system_fingerprint`)."""
+
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from app.service.errors import ServiceError
 from app.service.generation import Generation, GenerationEngine, Sampling
@@ -14,8 +15,14 @@ from app.service.generation import Generation, GenerationEngine, Sampling
 class OpenAIError(ServiceError):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, message: str, status_code: int = 400, param: str | None = None, code: str | None = None,
-                 type_: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        status_code: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str | None = None,
+    ):
         super().__init__(message)
         self.status_code = status_code
         self.param, self.code = param, code
@@ -26,8 +33,12 @@ class OpenAIError(ServiceError):
 
 
 def error_type(status: int) -> str:
-    return {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-            429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {
+        401: "authentication_error",
+        403: "permission_error",
+        404: "invalid_request_error",
+        429: "rate_limit_error",
+    }.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
@@ -40,8 +51,12 @@ def model_card(engine: GenerationEngine) -> dict:
 
 def check_model(engine: GenerationEngine, model: str) -> None:
     if model != engine.host.model_name:
-        raise OpenAIError(f"model {model!r} is not served here; this server serves {engine.host.model_name!r} "
-                          "(GET /v1/models)", 404, "model", "model_not_found")
+        raise OpenAIError(
+            f"model {model!r} is not served here; this server serves {engine.host.model_name!r} (GET /v1/models)",
+            404,
+            "model",
+            "model_not_found",
+        )
 
 
 def completion_ids(engine: GenerationEngine, prompt: str) -> list[int]:
@@ -52,21 +67,33 @@ def chat_ids(engine: GenerationEngine, messages: list[dict]) -> list[int]:
     """The conversation through the model's own chat template, ending where the assistant speaks."""
     tok = engine.lm.tokenizer
     if not getattr(tok, "chat_template", None):
-        raise OpenAIError(f"model {engine.host.model_name!r} has no chat template; use /v1/completions", 400,
-                          "messages", "no_chat_template")
+        raise OpenAIError(
+            f"model {engine.host.model_name!r} has no chat template; use /v1/completions",
+            400,
+            "messages",
+            "no_chat_template",
+        )
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     # The template already wrote the special tokens (BOS etc.); do not add them twice.
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
 def sampling(body, default_max_tokens: int) -> Sampling:
-    return Sampling(max_tokens=body.max_tokens or default_max_tokens, temperature=body.temperature,
-                    top_p=body.top_p, seed=body.seed, stop=body.stops())
+    return Sampling(
+        max_tokens=body.max_tokens or default_max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stops(),
+    )
 
 
 def _usage(gen: Generation) -> dict:
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
 
 
 class Answer:
@@ -82,14 +109,23 @@ class Answer:
         return self.gen.fingerprint
 
     def _head(self, obj: str) -> dict:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.engine.host.model_name,
-                "system_fingerprint": self.fingerprint}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.engine.host.model_name,
+            "system_fingerprint": self.fingerprint,
+        }
 
     def whole(self) -> dict:
         text = self.gen.text()
         if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": self.gen.finish_reason}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": self.gen.finish_reason,
+            }
             return {**self._head("chat.completion"), "choices": [choice], "usage": _usage(self.gen)}
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": self.gen.finish_reason}
         return {**self._head("text_completion"), "choices": [choice], "usage": _usage(self.gen)}
@@ -116,8 +152,13 @@ class Answer:
                     yield _sse(self._chunk(piece, None))
             yield _sse(self._chunk(None if self.kind == "chat" else "", self.gen.finish_reason))
             if self.include_usage:
-                yield _sse({**self._head("chat.completion.chunk" if self.kind == "chat" else "text_completion"),
-                            "choices": [], "usage": _usage(self.gen)})
+                yield _sse(
+                    {
+                        **self._head("chat.completion.chunk" if self.kind == "chat" else "text_completion"),
+                        "choices": [],
+                        "usage": _usage(self.gen),
+                    }
+                )
         except Exception as e:
             # The status line (200) is gone already: the error travels as an event, as OpenAI's does.
             yield _sse(error_body(f"generation failed: {e}", "server_error"))

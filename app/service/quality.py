@@ -4,6 +4,7 @@ The worker scores the canaries after every batch and revert and records the scor
 version (app/service/guard.py); this module reads them back for `GET /health/quality`, the
 Prometheus gauges and the operator dashboard, so all three show the same numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,9 +1,10 @@
 """A writer-preferring readers-writer lock: many /generate calls at once, weight updates alone."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class RWLock:

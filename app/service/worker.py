@@ -7,6 +7,7 @@ first), revert what asks to be reverted, apply the rest as one batch, commit, XA
 the version. Crash safety: the database commit is the point of no return; a message is acked
 only after it, and a redelivered message finds its edit no longer `queued` and is skipped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,20 +32,31 @@ IDLE_WAIT_S = 1.0  # how long one take() blocks for a first message; bounds shut
 class WorkerMetrics:
     def __init__(self, registry) -> None:
         self.batch_seconds = Histogram(
-            "kedit_worker_batch_seconds", "seconds the editor took per batch (this worker)",
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=registry,
+            "kedit_worker_batch_seconds",
+            "seconds the editor took per batch (this worker)",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=registry,
         )
         self.mpes_steps = Histogram(
-            "kedit_worker_mpes_steps", "optimisation steps per fact (this worker)",
-            buckets=(1, 2, 3, 5, 8, 12, 16, 20, 25, 50, 100), registry=registry,
+            "kedit_worker_mpes_steps",
+            "optimisation steps per fact (this worker)",
+            buckets=(1, 2, 3, 5, 8, 12, 16, 20, 25, 50, 100),
+            registry=registry,
         )
-        self.jobs = Counter("kedit_worker_edits", "edits handled by this worker, by outcome", ["outcome"],
-                            registry=registry)
+        self.jobs = Counter(
+            "kedit_worker_edits", "edits handled by this worker, by outcome", ["outcome"], registry=registry
+        )
 
 
 class Worker:
-    def __init__(self, config: ServiceConfig, host: ModelHost, queue: WorkQueue, lock: WriterLock,
-                 metrics: WorkerMetrics | None = None):
+    def __init__(
+        self,
+        config: ServiceConfig,
+        host: ModelHost,
+        queue: WorkQueue,
+        lock: WriterLock,
+        metrics: WorkerMetrics | None = None,
+    ):
         self.config = config
         self.host = host
         self.queue = queue

@@ -1,4 +1,5 @@
 """Tensors in and out of the database as safetensors bytes (never pickle: loading is safe)."""
+
 from __future__ import annotations
 
 import torch
@@ -36,4 +37,4 @@ def weights_to_bytes(weights: dict[int, torch.Tensor]) -> bytes:
 
 
 def weights_from_bytes(data: bytes) -> dict[int, torch.Tensor]:
-    return {int(name[len("layer"):]): t for name, t in load(data).items()}
+    return {int(name[len("layer") :]): t for name, t in load(data).items()}

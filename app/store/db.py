@@ -1,4 +1,5 @@
 """Engine, sessions, migrations and the single-writer lock."""
+
 from __future__ import annotations
 
 import fcntl
@@ -6,9 +7,9 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker

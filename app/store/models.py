@@ -3,9 +3,10 @@
 Current weights = base + the deltas of live batches (removed_version IS NULL) in the order of
 the versions that created them. Every change of the weights is one row of `versions`.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -27,7 +28,7 @@ GUARD_REFUSAL = "refused by the quality guard: "
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):

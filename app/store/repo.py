@@ -1,10 +1,11 @@
 """Repository functions over the edit log. Callers own the transaction (see db.transaction)."""
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from datetime import UTC, datetime
 
 import torch
 from sqlalchemy import delete, func, select, update
@@ -13,9 +14,9 @@ from sqlalchemy.orm import Session, defer
 from app.editing.types import BatchResult, LayerDelta, LayerNorms
 from app.store.codec import delta_from_bytes, delta_to_bytes, tensor_to_bytes, weights_to_bytes
 from app.store.models import (
+    GUARD_REFUSAL,
     Batch,
     Canary,
-    GUARD_REFUSAL,
     Edit,
     IdempotencyKey,
     LayerDeltaRow,
@@ -27,8 +28,8 @@ from app.store.models import (
     utcnow,
 )
 
-
 # --- edits ---------------------------------------------------------------------------------
+
 
 def insert_edits(s: Session, facts: Iterable[dict]) -> list[Edit]:
     rows = [Edit(status="queued", revert_requested=False, **fact) for fact in facts]
@@ -49,8 +50,9 @@ def get_edits(s: Session, ids: Sequence[int]) -> list[Edit]:
     return [by_id[i] for i in ids if i in by_id]
 
 
-def list_edits(s: Session, status: str | None, limit: int, offset: int,
-               subject: str | None = None) -> tuple[list[Edit], int]:
+def list_edits(
+    s: Session, status: str | None, limit: int, offset: int, subject: str | None = None
+) -> tuple[list[Edit], int]:
     """A page of edits by id; `subject`: only those whose subject contains it (case-insensitive)."""
     q = select(Edit)
     c = select(func.count()).select_from(Edit)
@@ -76,17 +78,13 @@ def queued_ids(s: Session) -> list[int]:
 
 def pending_revert_ids(s: Session) -> list[int]:
     return list(
-        s.scalars(
-            select(Edit.id).where(Edit.status == "applied", Edit.revert_requested.is_(True)).order_by(Edit.id)
-        )
+        s.scalars(select(Edit.id).where(Edit.status == "applied", Edit.revert_requested.is_(True)).order_by(Edit.id))
     )
 
 
 def claim_for_batch(s: Session, ids: Sequence[int]) -> list[Edit]:
     """Queued edits among `ids` become `applying`; anything else (applied, failed, a redelivery) is skipped."""
-    rows = s.scalars(
-        select(Edit).where(Edit.id.in_(list(ids)), Edit.status == "queued").order_by(Edit.id)
-    ).all()
+    rows = s.scalars(select(Edit).where(Edit.id.in_(list(ids)), Edit.status == "queued").order_by(Edit.id)).all()
     for e in rows:
         e.status = "applying"
     return list(rows)
@@ -120,12 +118,13 @@ def clear_revert_request(s: Session, edit_id: int, reason: str) -> None:
 
 # --- idempotency ---------------------------------------------------------------------------
 
+
 def get_idempotency(s: Session, key: str, not_before: datetime | None = None) -> IdempotencyKey | None:
     """The key's record, unless it was made before `not_before` (expired: as if never used)."""
     row = s.get(IdempotencyKey, key)
     if row is None or not_before is None:
         return row
-    made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
+    made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     return row if made >= not_before else None
 
 
@@ -145,12 +144,14 @@ def count_idempotency(s: Session) -> int:
 
 # --- model info ----------------------------------------------------------------------------
 
+
 def get_model_info(s: Session) -> ModelInfo | None:
     return s.get(ModelInfo, 1)
 
 
-def put_model_info(s: Session, name: str, base_hash: str, layers: list[int], settings: dict,
-                   templates: list[str] | None = None) -> ModelInfo:
+def put_model_info(
+    s: Session, name: str, base_hash: str, layers: list[int], settings: dict, templates: list[str] | None = None
+) -> ModelInfo:
     info = ModelInfo(id=1, name=name, base_hash=base_hash, layers=layers, settings=settings, templates=templates)
     s.add(info)
     s.flush()
@@ -158,6 +159,7 @@ def put_model_info(s: Session, name: str, base_hash: str, layers: list[int], set
 
 
 # --- versions and batches ------------------------------------------------------------------
+
 
 def head_version(s: Session) -> Version | None:
     return s.scalars(select(Version).order_by(Version.id.desc()).limit(1)).first()
@@ -198,9 +200,7 @@ def batch_deltas(s: Session, batch_id: int) -> list[LayerDelta]:
 
 
 def live_edits_of_batch(s: Session, batch_id: int) -> list[Edit]:
-    return list(
-        s.scalars(select(Edit).where(Edit.batch_id == batch_id, Edit.status == "applied").order_by(Edit.id))
-    )
+    return list(s.scalars(select(Edit).where(Edit.batch_id == batch_id, Edit.status == "applied").order_by(Edit.id)))
 
 
 @dataclass
@@ -218,18 +218,27 @@ def _add_version(s: Session, applied: Applied, **fields) -> None:
     for n in applied.norms:
         s.add(
             NormSnapshot(
-                version=applied.version, layer=n.layer, weight_norm=n.weight_norm,
-                base_norm=n.base_norm, delta_norm=n.delta_norm,
+                version=applied.version,
+                layer=n.layer,
+                weight_norm=n.weight_norm,
+                base_norm=n.base_norm,
+                delta_norm=n.delta_norm,
             )
         )
 
 
-def _add_batch(s: Session, applied: Applied, result: BatchResult, kind: str, seconds: float,
-               source_batch_id: int | None = None) -> None:
+def _add_batch(
+    s: Session, applied: Applied, result: BatchResult, kind: str, seconds: float, source_batch_id: int | None = None
+) -> None:
     s.add(
         Batch(
-            id=result.batch_id, created_version=applied.version, kind=kind, source_batch_id=source_batch_id,
-            size=len(result.outcomes), z_seconds=result.z_seconds, solve_seconds=result.solve_seconds,
+            id=result.batch_id,
+            created_version=applied.version,
+            kind=kind,
+            source_batch_id=source_batch_id,
+            size=len(result.outcomes),
+            z_seconds=result.z_seconds,
+            solve_seconds=result.solve_seconds,
             seconds=seconds,
         )
     )
@@ -255,12 +264,23 @@ def record_batch(s: Session, applied: Applied, result: BatchResult, edits: Seque
         e.seconds = per_edit
 
 
-def record_revert(s: Session, applied: Applied, edit: Edit, removed_batch_id: int,
-                  survivors: Sequence[Edit], result: BatchResult | None, seconds: float) -> None:
+def record_revert(
+    s: Session,
+    applied: Applied,
+    edit: Edit,
+    removed_batch_id: int,
+    survivors: Sequence[Edit],
+    result: BatchResult | None,
+    seconds: float,
+) -> None:
     """A revert is a new version: the old batch leaves, its surviving edits come back as a new batch."""
     _add_version(
-        s, applied, kind="revert", removed_batch_id=removed_batch_id,
-        added_batch_id=result.batch_id if result is not None else None, edit_id=edit.id,
+        s,
+        applied,
+        kind="revert",
+        removed_batch_id=removed_batch_id,
+        added_batch_id=result.batch_id if result is not None else None,
+        edit_id=edit.id,
     )
     old = s.get(Batch, removed_batch_id)
     old.removed_version = applied.version
@@ -275,15 +295,14 @@ def record_revert(s: Session, applied: Applied, edit: Edit, removed_batch_id: in
 
 # --- norms ---------------------------------------------------------------------------------
 
+
 def norm_history(s: Session, per_layer: int) -> dict[int, list[NormSnapshot]]:
     versions = list(
         s.scalars(select(NormSnapshot.version).distinct().order_by(NormSnapshot.version.desc()).limit(per_layer))
     )
     if not versions:
         return {}
-    rows = s.scalars(
-        select(NormSnapshot).where(NormSnapshot.version.in_(versions)).order_by(NormSnapshot.version)
-    )
+    rows = s.scalars(select(NormSnapshot).where(NormSnapshot.version.in_(versions)).order_by(NormSnapshot.version))
     out: dict[int, list[NormSnapshot]] = {}
     for r in rows:
         out.setdefault(r.layer, []).append(r)
@@ -292,7 +311,9 @@ def norm_history(s: Session, per_layer: int) -> dict[int, list[NormSnapshot]]:
 
 def batch_stats(s: Session) -> tuple[int, float]:
     """Count and total seconds of batches the editor ran (for the batch-seconds summary)."""
-    n, total = s.execute(select(func.count(), func.coalesce(func.sum(Batch.seconds), 0.0)).where(Batch.kind == "edit")).one()
+    n, total = s.execute(
+        select(func.count(), func.coalesce(func.sum(Batch.seconds), 0.0)).where(Batch.kind == "edit")
+    ).one()
     return int(n), float(total)
 
 
@@ -305,9 +326,12 @@ def mpes_stats(s: Session) -> tuple[int, int]:
 
 # --- weight snapshots -------------------------------------------------------------------------
 
+
 def put_snapshot(s: Session, version: int, batch_ids: list[int], weights: dict[int, torch.Tensor]) -> WeightSnapshot:
     data = weights_to_bytes(weights)
-    snap = WeightSnapshot(version=version, batch_ids=list(batch_ids), sha256=hashlib.sha256(data).hexdigest(), data=data)
+    snap = WeightSnapshot(
+        version=version, batch_ids=list(batch_ids), sha256=hashlib.sha256(data).hexdigest(), data=data
+    )
     s.add(snap)
     s.flush()
     return snap
@@ -331,6 +355,7 @@ def delete_snapshots(s: Session, versions: Sequence[int]) -> None:
 
 
 # --- canaries and quality ---------------------------------------------------------------------
+
 
 def canaries(s: Session) -> list[Canary]:
     return list(s.scalars(select(Canary).order_by(Canary.id)))
@@ -360,5 +385,9 @@ def live_edit_count(s: Session) -> int:
 
 
 def guard_refused_count(s: Session) -> int:
-    return int(s.scalar(select(func.count()).select_from(Edit).where(
-        Edit.status == "failed", Edit.error.like(GUARD_REFUSAL + "%"))) or 0)
+    return int(
+        s.scalar(
+            select(func.count()).select_from(Edit).where(Edit.status == "failed", Edit.error.like(GUARD_REFUSAL + "%"))
+        )
+        or 0
+    )

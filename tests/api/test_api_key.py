@@ -1,4 +1,5 @@
 """The API-key guard with a non-ASCII key: the header's bytes are compared with the key's UTF-8."""
+
 from types import SimpleNamespace
 
 import pytest

@@ -4,6 +4,7 @@ through POST /edits answering through /v1/chat/completions, system_fingerprint f
 
 One server for the module, with KEDIT_API_KEY set and generation requiring it; the default (open
 generation with a key configured) is checked in-process at the end."""
+
 from __future__ import annotations
 
 import httpx
@@ -21,8 +22,15 @@ PROMPT = "The mother tongue of Danielle Darrieux is"
 def server(tiny_assets, tmp_path_factory):
     model_dir, corpus, cache = tiny_assets
     root = tmp_path_factory.mktemp("openai-serve")
-    env = tiny_server_env(model_dir, corpus, cache, root / "kedit.db", KEDIT_API_KEY=KEY,
-                          KEDIT_GENERATION_REQUIRES_KEY="true", KEDIT_MAX_NEW_TOKENS="32")
+    env = tiny_server_env(
+        model_dir,
+        corpus,
+        cache,
+        root / "kedit.db",
+        KEDIT_API_KEY=KEY,
+        KEDIT_GENERATION_REQUIRES_KEY="true",
+        KEDIT_MAX_NEW_TOKENS="32",
+    )
     srv = KeditServer(env, root / "serve.log").wait_ready()
     yield srv
     srv.stop()
@@ -74,8 +82,9 @@ def test_chat_whole_and_streamed_agree(server, oa, model_id):
     # The tiny model's chat template joins the messages' text, so the chat reads like the bare prompt.
     assert whole.choices[0].message.content == generate(server, PROMPT, 8)["text"]
     assert whole.choices[0].message.role == "assistant"
-    chunks = list(chat(oa, model_id, PROMPT, max_tokens=8, temperature=0, stream=True,
-                       stream_options={"include_usage": True}))
+    chunks = list(
+        chat(oa, model_id, PROMPT, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True})
+    )
     assert {c.system_fingerprint for c in chunks} == {whole.system_fingerprint}
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -89,8 +98,9 @@ def test_chat_whole_and_streamed_agree(server, oa, model_id):
 
 def test_the_stream_ends_with_done(server, model_id):
     body = {"model": model_id, "prompt": PROMPT, "max_tokens": 3, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json=body, timeout=120, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events)
@@ -101,8 +111,9 @@ def test_seed_sampling_and_stop(oa, model_id):
     a = chat(oa, model_id, PROMPT, max_tokens=12, temperature=1.0, top_p=0.9, seed=1234)
     b = chat(oa, model_id, PROMPT, max_tokens=12, temperature=1.0, top_p=0.9, seed=1234)
     assert a.choices[0].message.content == b.choices[0].message.content
-    others = {chat(oa, model_id, PROMPT, max_tokens=12, temperature=1.0, seed=s).choices[0].message.content
-              for s in (1, 2, 3)}
+    others = {
+        chat(oa, model_id, PROMPT, max_tokens=12, temperature=1.0, seed=s).choices[0].message.content for s in (1, 2, 3)
+    }
     assert len(others) > 1, "different seeds should give different samples"
 
     full = oa.completions.create(model=model_id, prompt=PROMPT, max_tokens=12, temperature=0).choices[0].text
@@ -111,14 +122,17 @@ def test_seed_sampling_and_stop(oa, model_id):
     assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
 
 
-@pytest.mark.parametrize("kwargs, status, fragment", [
-    ({"n": 2}, 400, "n=1"),
-    ({"max_tokens": 10_000}, 400, "bound is 32"),
-    ({"temperature": 3}, 400, "temperature"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
-    ({"model": "gpt-4o"}, 404, "GET /v1/models"),
-    ({"extra_body": {"best_of": 3}}, 400, "best_of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, status, fragment",
+    [
+        ({"n": 2}, 400, "n=1"),
+        ({"max_tokens": 10_000}, 400, "bound is 32"),
+        ({"temperature": 3}, 400, "temperature"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
+        ({"model": "gpt-4o"}, 404, "GET /v1/models"),
+        ({"extra_body": {"best_of": 3}}, 400, "best_of"),
+    ],
+)
 def test_bad_requests_answer_a_reason_in_openai_shape(oa, model_id, kwargs, status, fragment):
     kwargs = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], **kwargs}
     with pytest.raises(openai.APIStatusError) as err:
@@ -137,8 +151,12 @@ def test_empty_messages_and_not_json(server, oa, model_id):
     with pytest.raises(openai.BadRequestError) as err:
         oa.chat.completions.create(model=model_id, messages=[{"role": "user", "content": ""}])
     assert "no tokens" in err.value.body["message"]
-    r = httpx.post(f"{server.url}/v1/completions", content=b"{oops", timeout=30,
-                   headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        content=b"{oops",
+        timeout=30,
+        headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
@@ -166,8 +184,11 @@ def test_an_edit_answers_through_chat_and_the_fingerprint_follows(server, oa, mo
 
     auth = {"X-API-Key": KEY}
     eid = httpx.post(f"{server.url}/edits", json=FACTS[0], headers=auth, timeout=30).json()["ids"][0]
-    edit = wait_for(lambda: (e := httpx.get(f"{server.url}/edits/{eid}").json())["status"] in ("applied", "failed")
-                    and e, 300, "the edit to be applied")
+    edit = wait_for(
+        lambda: (e := httpx.get(f"{server.url}/edits/{eid}").json())["status"] in ("applied", "failed") and e,
+        300,
+        "the edit to be applied",
+    )
     assert edit["status"] == "applied", edit
 
     after = chat(oa, model_id, PROMPT, max_tokens=6, temperature=0)

@@ -1,6 +1,7 @@
 """The openai client against `kedit serve` on the real SmolLM2-135M-Instruct (its own chat template):
 a chat answer, an edit through POST /edits that the completions endpoint then says, and the
 fingerprint following the version."""
+
 from __future__ import annotations
 
 import json
@@ -17,41 +18,69 @@ pytestmark = pytest.mark.slow
 
 def test_openai_client_on_smollm2(shared_data, tmp_path):
     rec = json.loads((shared_data / "counterfact_extra" / "counterfact-edit.json").read_text())[0]
-    fact = {"prompt": rec["prompt"].replace(rec["subject"], "{}"), "subject": rec["subject"],
-            "target_new": rec["target_new"], "target_true": rec["ground_truth"]}
+    fact = {
+        "prompt": rec["prompt"].replace(rec["subject"], "{}"),
+        "subject": rec["subject"],
+        "target_new": rec["target_new"],
+        "target_true": rec["ground_truth"],
+    }
     prompt = fact["prompt"].format(fact["subject"])
     # The default model and cache (the converted model and C0 from WikiText, as the other slow tests);
     # no canaries (test_guard_real_model.py tests them on SmolLM2).
-    env = {"KEDIT_STATS_CORPUS": str(shared_data / "corpus"), "KEDIT_DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}",
-           "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.5", "KEDIT_CANARIES": "false"}
+    env = {
+        "KEDIT_STATS_CORPUS": str(shared_data / "corpus"),
+        "KEDIT_DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}",
+        "KEDIT_BATCH_WAIT_MS": "50",
+        "KEDIT_SYNC_POLL_S": "0.5",
+        "KEDIT_CANARIES": "false",
+    }
     srv = KeditServer(env, tmp_path / "serve.log").wait_ready(900)
     try:
         oa = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=300)
         (model,) = oa.models.list().data
         assert model.id.startswith("SmolLM2-135M-Instruct")
         answer = oa.chat.completions.create(
-            model=model.id, temperature=0, max_tokens=24,
-            messages=[{"role": "system", "content": "You are a helpful assistant."},
-                      {"role": "user", "content": "What is the capital of France?"}])
+            model=model.id,
+            temperature=0,
+            max_tokens=24,
+            messages=[
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+        )
         assert "Paris" in answer.choices[0].message.content, answer
-        streamed = "".join(c.choices[0].delta.content or "" for c in oa.chat.completions.create(
-            model=model.id, temperature=0, max_tokens=24, stream=True,
-            messages=[{"role": "system", "content": "You are a helpful assistant."},
-                      {"role": "user", "content": "What is the capital of France?"}]) if c.choices)
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in oa.chat.completions.create(
+                model=model.id,
+                temperature=0,
+                max_tokens=24,
+                stream=True,
+                messages=[
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "What is the capital of France?"},
+                ],
+            )
+            if c.choices
+        )
         assert streamed == answer.choices[0].message.content
 
         before = oa.completions.create(model=model.id, prompt=prompt, max_tokens=6, temperature=0)
         assert fact["target_new"] not in before.choices[0].text
         eid = httpx.post(f"{srv.url}/edits", json=fact, timeout=60).json()["ids"][0]
-        edit = wait_for(lambda: (e := httpx.get(f"{srv.url}/edits/{eid}").json())["status"] in ("applied", "failed")
-                        and e, 900, "the edit")
+        edit = wait_for(
+            lambda: (e := httpx.get(f"{srv.url}/edits/{eid}").json())["status"] in ("applied", "failed") and e,
+            900,
+            "the edit",
+        )
         assert edit["status"] == "applied", edit
         after = oa.completions.create(model=model.id, prompt=prompt, max_tokens=6, temperature=0)
         assert after.choices[0].text.strip().startswith(fact["target_new"]), after
         assert after.system_fingerprint != before.system_fingerprint
         assert after.system_fingerprint.startswith(f"kedit-v{edit['version']}-")
-        chat = oa.chat.completions.create(model=model.id, temperature=0, max_tokens=16,
-                                          messages=[{"role": "user", "content": prompt}])
+        chat = oa.chat.completions.create(
+            model=model.id, temperature=0, max_tokens=16, messages=[{"role": "user", "content": prompt}]
+        )
         assert chat.system_fingerprint == after.system_fingerprint
     finally:
         srv.stop()

@@ -1,4 +1,5 @@
 """GET /health/quality, the canary gauges and GET /edits?subject= on the embedded service (tiny model)."""
+
 from __future__ import annotations
 
 from tests.utils.service import FACTS, wait_status
@@ -10,8 +11,14 @@ def test_quality_has_the_unedited_model_and_every_version(client):
     wait_status(client, r.json()["ids"][0], ("applied",))
     q = client.get("/health/quality").json()
     assert q["enabled"] is True and q["policy"] == "warn"
-    assert set(q["thresholds"]) == {"facts_lost", "facts_lost_total", "ppl_rise", "ppl_rise_total", "entropy_drop",
-                                    "entropy_drop_total"}
+    assert set(q["thresholds"]) == {
+        "facts_lost",
+        "facts_lost_total",
+        "ppl_rise",
+        "ppl_rise_total",
+        "entropy_drop",
+        "entropy_drop_total",
+    }
     assert q["baseline"]["version"] == 0 and q["baseline"]["live_edits"] == 0
     assert [p["version"] for p in q["history"]] == [0, 1]
     latest = q["latest"]
@@ -20,8 +27,13 @@ def test_quality_has_the_unedited_model_and_every_version(client):
     assert latest["facts_kept"] == latest["facts_total"] - len(latest["lost"])
     assert latest["guard"]["policy"] == "warn" and latest["guard"]["verdict"] in ("ok", "warn")
     metrics = client.get("/metrics").text
-    for name in ("kedit_canary_facts_total", "kedit_canary_facts_kept", "kedit_canary_perplexity",
-                 "kedit_canary_entropy", "kedit_guard_refused_edits"):
+    for name in (
+        "kedit_canary_facts_total",
+        "kedit_canary_facts_kept",
+        "kedit_canary_perplexity",
+        "kedit_canary_entropy",
+        "kedit_guard_refused_edits",
+    ):
         assert f"\n{name} " in metrics, name
     assert "kedit_canary_version 1.0" in metrics
     assert client.get("/ready").json()["checks"]["canaries_scored"] is True

@@ -1,5 +1,6 @@
 """The operator dashboard (/ui) in embedded mode on the tiny model: pages, filters, search, paging,
 escaping of what clients wrote, the API key on the two forms that change something, the charts."""
+
 from __future__ import annotations
 
 import re
@@ -13,9 +14,9 @@ from sqlalchemy import update
 from app.api.main import create_app
 from app.service import dashboard
 from app.service.charts import RefLine, Series, line_chart
+from app.service.context import ServiceContext
 from app.store import repo
 from app.store.db import transaction
-from app.service.context import ServiceContext
 from app.store.models import Edit, QualityScore
 from tests.utils.service import FACTS, wait_status
 
@@ -63,8 +64,13 @@ def polylines(html: str) -> list[int]:
 
 
 def fact_form(fact: dict, **extra) -> dict:
-    return {"prompt": fact["prompt"], "subject": fact["subject"], "target_new": fact["target_new"],
-            "target_true": fact.get("target_true") or "", **extra}
+    return {
+        "prompt": fact["prompt"],
+        "subject": fact["subject"],
+        "target_new": fact["target_new"],
+        "target_true": fact.get("target_true") or "",
+        **extra,
+    }
 
 
 def submit(c: TestClient, fact: dict, **extra):
@@ -118,7 +124,8 @@ def test_home_edit_page_submit_and_revert(client):
     home = client.get("/ui").text
     assert polylines(home) == [2, 2, 3, 3, 3], (
         "norms: two versions (edit, revert) for each of the two edited layers; canaries (facts kept, perplexity, "
-        "entropy): the unedited model, the edit and the revert")
+        "entropy): the unedited model, the edit and the revert"
+    )
     assert client.get("/ui/edits/999").status_code == 404
 
 
@@ -243,9 +250,19 @@ def test_canary_scores_are_charted_against_applied_edits(client):
     ctx = client.app.state.ctx
     with transaction(ctx.sessions) as s:
         for v, (live, kept, ppl, ent) in enumerate([(0, 10, 20.0, 3.0), (1, 9, 21.5, 2.9), (2, 8, 23.0, 2.7)]):
-            repo.put_quality(s, QualityScore(version=v, live_edits=live, facts_total=10, facts_kept=kept, lost=[],
-                                             perplexity=ppl, entropy=ent,
-                                             guard={"policy": "warn", "verdict": "ok", "crossed": []}))
+            repo.put_quality(
+                s,
+                QualityScore(
+                    version=v,
+                    live_edits=live,
+                    facts_total=10,
+                    facts_kept=kept,
+                    lost=[],
+                    perplexity=ppl,
+                    entropy=ent,
+                    guard={"policy": "warn", "verdict": "ok", "crossed": []},
+                ),
+            )
     html = client.get("/ui").text
     assert "No canary scores yet" not in html
     assert polylines(html) == [3, 3, 3]
@@ -253,8 +270,13 @@ def test_canary_scores_are_charted_against_applied_edits(client):
 
 
 def test_line_chart_is_valid_svg_with_escaped_labels():
-    svg = line_chart("a <title>", "x & y", "y", [Series("<b>", [(0, 1), (1, 2), (2, float("nan"))]), Series("one", [(1, 5)])],
-                     [RefLine("alarm", 0.5)])
+    svg = line_chart(
+        "a <title>",
+        "x & y",
+        "y",
+        [Series("<b>", [(0, 1), (1, 2), (2, float("nan"))]), Series("one", [(1, 5)])],
+        [RefLine("alarm", 0.5)],
+    )
     root = ElementTree.fromstring(svg)
     ns = "{http://www.w3.org/2000/svg}"
     lines = root.findall(f"{ns}polyline")

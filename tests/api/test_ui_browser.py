@@ -3,6 +3,7 @@ playwright; no browser download) against a real `kedit serve` process on the tin
 submit a fact with the form, watch it land, see the answer change, revert it, read the charts.
 No console error and no page error is allowed. Screenshots go to tmp_path and, when it is set, to
 $KEDIT_SCREENSHOT_DIR."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ FACT = FACTS[1]
 KEY = "browser-test-key"
 
 # CI (.ci/run) sets KEDIT_REQUIRE_BROWSER=1: there a missing Chromium fails the test instead of skipping it.
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("KEDIT_REQUIRE_BROWSER"),
-                                reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run does)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("KEDIT_REQUIRE_BROWSER"),
+    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run does)",
+)
 
 
 @pytest.fixture
@@ -32,8 +35,12 @@ def server(tiny_assets, tmp_path):
     env = tiny_server_env(model_dir, corpus, cache, tmp_path / "kedit.db", KEDIT_API_KEY=KEY)
     s = KeditServer(env, tmp_path / "serve.log").wait_ready()
     # /ready does not wait for the canaries; the charts this test reads need their first scores.
-    wait_for(lambda: httpx.get(f"{s.url}/ready", timeout=5).json()["checks"].get("canaries_scored"),
-             300, "the worker to score the canaries on the unedited model", interval=0.5)
+    wait_for(
+        lambda: httpx.get(f"{s.url}/ready", timeout=5).json()["checks"].get("canaries_scored"),
+        300,
+        "the worker to score the canaries on the unedited model",
+        interval=0.5,
+    )
     yield s
     s.stop()
 
@@ -52,12 +59,19 @@ def test_submit_watch_revert_and_charts_in_chromium(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extras")
     problems: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text} ({m.location.get('url')})")
-                    if m.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text} ({m.location.get('url')})")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.set_default_timeout(60_000)
 
@@ -90,12 +104,14 @@ def test_submit_watch_revert_and_charts_in_chromium(server, tmp_path):
             page.get_by_role("link", name="Edit log").first.click()
             page.wait_for_url(f"{server.url}/ui")
             points = page.eval_on_selector_all(
-                "#norm-chart polyline.series", "els => els.map(e => Number(e.getAttribute('data-points')))")
+                "#norm-chart polyline.series", "els => els.map(e => Number(e.getAttribute('data-points')))"
+            )
             assert points and all(n >= 2 for n in points), points
             coords = page.locator("#norm-chart polyline.series").first.get_attribute("points")
             assert len(coords.split()) >= 2
             canary = page.eval_on_selector_all(
-                "#quality-charts polyline.series", "els => els.map(e => Number(e.getAttribute('data-points')))")
+                "#quality-charts polyline.series", "els => els.map(e => Number(e.getAttribute('data-points')))"
+            )
             assert canary == [3, 3, 3], f"facts kept, perplexity, entropy: unedited, edited, reverted ({canary})"
             assert page.locator("#edits td.subject", has_text=FACT["subject"]).count() == 1
             shot = shoot(page, tmp_path, "ui-home.png")

@@ -1,4 +1,5 @@
 """Every validation rule: the bad input, the 4xx, and a message a person can act on."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,16 @@ def api(tiny_assets, tmp_path_factory):
     model_dir, corpus, cache = tiny_assets
     db = tmp_path_factory.mktemp("validation") / "kedit.db"
     cfg = tiny_config(
-        model_dir, corpus, cache, database_url=f"sqlite:///{db}", max_prompt_chars=64, max_subject_chars=32,
-        max_target_chars=16, max_edits_per_request=3, max_new_tokens=8, max_page_size=10,
+        model_dir,
+        corpus,
+        cache,
+        database_url=f"sqlite:///{db}",
+        max_prompt_chars=64,
+        max_subject_chars=32,
+        max_target_chars=16,
+        max_edits_per_request=3,
+        max_new_tokens=8,
+        max_page_size=10,
     )
     with TestClient(create_app(cfg)) as c:
         yield c
@@ -93,9 +102,13 @@ def test_invalid_json_says_where_and_what(api):
     assert r.status_code == 422
     assert r.json()["detail"] == (
         "the body is not valid JSON: Expecting property name enclosed in double quotes at line 1, column 74 "
-        "(character 73)")
-    r = api.post("/generate", content=b'{"prompt": "Paris",\n "max_new_tokens": 3,}',
-                 headers={"content-type": "application/json"})
+        "(character 73)"
+    )
+    r = api.post(
+        "/generate",
+        content=b'{"prompt": "Paris",\n "max_new_tokens": 3,}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 422 and "at line 2, column 22" in r.json()["detail"], r.text
 
 
@@ -105,8 +118,11 @@ def test_a_body_that_is_not_sent_as_json_is_415_with_the_content_type_to_use(api
     # A valid fact sent as text/plain or a form used to get "the body must be a JSON object".
     import json
 
-    r = api.post(path, content=json.dumps({**GOOD} if path == "/edits" else {"prompt": "Paris is"}).encode(),
-                 headers={"content-type": ctype})
+    r = api.post(
+        path,
+        content=json.dumps({**GOOD} if path == "/edits" else {"prompt": "Paris is"}).encode(),
+        headers={"content-type": ctype},
+    )
     assert r.status_code == 415, r.text
     assert "must be JSON sent with Content-Type: application/json" in r.json()["detail"]
     assert ctype.split(";")[0] in r.json()["detail"]
@@ -116,8 +132,11 @@ def test_json_content_types_are_accepted(api):
     import json
 
     for ctype in ("application/json; charset=utf-8", "application/merge-patch+json"):
-        r = api.post("/generate", content=json.dumps({"prompt": "Paris is", "max_new_tokens": 2}).encode(),
-                     headers={"content-type": ctype})
+        r = api.post(
+            "/generate",
+            content=json.dumps({"prompt": "Paris is", "max_new_tokens": 2}).encode(),
+            headers={"content-type": ctype},
+        )
         assert r.status_code == 200, r.text
 
 
@@ -140,12 +159,21 @@ def test_visible_text_with_combining_marks_is_accepted(api):
 @pytest.mark.parametrize(
     "path, body, fragment",
     [
-        ("/generate", {"prompt": "Paris is", "max_new_tokens": True},
-         "max_new_tokens: Input should be a valid integer, not a boolean (true)"),
-        ("/generate", {"prompt": "Paris is", "max_new_tokens": "5"},
-         "max_new_tokens: Input should be a valid integer, not a string"),
-        ("/generate", {"prompt": "Paris is", "max_new_tokens": 5.0},
-         "max_new_tokens: Input should be a valid integer, not a number"),
+        (
+            "/generate",
+            {"prompt": "Paris is", "max_new_tokens": True},
+            "max_new_tokens: Input should be a valid integer, not a boolean (true)",
+        ),
+        (
+            "/generate",
+            {"prompt": "Paris is", "max_new_tokens": "5"},
+            "max_new_tokens: Input should be a valid integer, not a string",
+        ),
+        (
+            "/generate",
+            {"prompt": "Paris is", "max_new_tokens": 5.0},
+            "max_new_tokens: Input should be a valid integer, not a number",
+        ),
         ("/generate", {"prompt": ["Paris is"]}, "prompt: Input should be a valid string, not an array"),
         ("/edits", {**GOOD, "subject": 42}, "subject: Input should be a valid string, not a number"),
         ("/edits", {**GOOD, "target_new": False}, "target_new: Input should be a valid string, not a boolean"),
@@ -188,11 +216,16 @@ def test_idempotency_key_bound_counts_characters_not_bytes(api):
 def test_idempotency_key_reused_with_other_body(api):
     r = api.post("/edits", json=GOOD, headers={"Idempotency-Key": "reuse-1"})
     assert r.status_code == 202
-    bad(api, {**GOOD, "target_new": "German"}, "already used with a different request body",
-        headers={"Idempotency-Key": "reuse-1"})
+    bad(
+        api,
+        {**GOOD, "target_new": "German"},
+        "already used with a different request body",
+        headers={"Idempotency-Key": "reuse-1"},
+    )
 
 
 # --- generate ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "params, fragment",
@@ -233,14 +266,17 @@ def test_generate_post_bounds(api, body, fragment):
 
 
 def test_generate_ok_answers_text_and_version(api):
-    for r in (api.get("/generate", params={"prompt": "Paris is", "max_new_tokens": 3}),
-              api.post("/generate", json={"prompt": "Paris is", "max_new_tokens": 3})):
+    for r in (
+        api.get("/generate", params={"prompt": "Paris is", "max_new_tokens": 3}),
+        api.post("/generate", json={"prompt": "Paris is", "max_new_tokens": 3}),
+    ):
         assert r.status_code == 200, r.text
         body = r.json()
         assert isinstance(body["text"], str) and body["version"] >= 0 and len(body["weights_hash"]) == 64
 
 
 # --- reading edits -------------------------------------------------------------------------
+
 
 def test_list_bad_status(api):
     r = api.get("/edits", params={"status": "done"})

@@ -1,5 +1,6 @@
 """Prompts and facts longer than the model's positions are refused with a reason, on every
 architecture (GPT-2's learned position embeddings fail with an IndexError beyond them)."""
+
 import pytest
 import torch
 
@@ -7,7 +8,7 @@ from app.editing.editor import Editor
 from app.editing.types import EditError, EditRequest
 from tests.utils.editing import FACTS, tiny_lm, tiny_settings
 
-EMOJI = "\U0001F600"
+EMOJI = "\U0001f600"
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

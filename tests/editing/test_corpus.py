@@ -1,4 +1,5 @@
 """Where the key statistics' text comes from: a configured corpus, else text the model generates."""
+
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,14 @@ def _unusable(kind: str, folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kind, fragment", [
-    ("missing", "does not exist"), ("no text files", "holds no .txt files"), ("empty", "is empty"),
-])
+@pytest.mark.parametrize(
+    "kind, fragment",
+    [
+        ("missing", "does not exist"),
+        ("no text files", "holds no .txt files"),
+        ("empty", "is empty"),
+    ],
+)
 def test_unusable_corpus_is_refused_before_anything_loads(monkeypatch, tmp_path, kind, fragment):
     path = _unusable(kind, tmp_path)
     with pytest.raises(CorpusError, match=fragment):

@@ -1,4 +1,5 @@
 """The Editor on tiny random models: factors, removal, replay, rollback, methods."""
+
 import pytest
 import torch
 
@@ -124,8 +125,14 @@ def test_methods_are_configurations_of_one_code(tmp_path):
     configs = {
         "memit": EditSettings(method="memit", layers=layers, lambda_p=10.0, lambda_n=0.0, mpes_margin=0),
         "encore": EditSettings(method="encore", layers=layers, lambda_p=10.0, lambda_n=5.0, mpes_margin=1),
-        "alphaedit": EditSettings(method="alphaedit", layers=layers, lambda_p=0.0, lambda_n=5.0, mpes_margin=0,
-                                  nullspace_threshold=float(torch.linalg.eigvalsh(stats[1].double())[40])),
+        "alphaedit": EditSettings(
+            method="alphaedit",
+            layers=layers,
+            lambda_p=0.0,
+            lambda_n=5.0,
+            mpes_margin=0,
+            nullspace_threshold=float(torch.linalg.eigvalsh(stats[1].double())[40]),
+        ),
     }
     updates = {}
     for name, settings in configs.items():
@@ -213,7 +220,11 @@ def test_states_at_lookup_keep_the_input_order():
     from app.editing.prompts import encode_with_subject
 
     lm = tiny_lm()
-    prompts = [("{} is", "Paris"), ("The long mother tongue of the man {} is", "Danielle Darrieux"), ("{} plays", "Michael Jordan")]
+    prompts = [
+        ("{} is", "Paris"),
+        ("The long mother tongue of the man {} is", "Danielle Darrieux"),
+        ("{} plays", "Michael Jordan"),
+    ]
     encoded = [encode_with_subject(lm.tokenizer, p, s) for p, s in prompts]
     keys, out = states_at_lookup(lm, encoded, [1, 2], output_layer=3, max_rows=2)
     for i, e in enumerate(encoded):
@@ -228,10 +239,14 @@ def test_scale_free_settings_follow_the_key_statistics(tmp_path):
     layers = (1, 2, 3)
     stats = tiny_stats(lm, layers, tmp_path)
     f = stats[1].shape[0]
-    rel = Editor(lm, EditSettings(method="encore", layers=layers, lambda_p=10.0, lambda_n=3.0, lambda_n_relative=True), stats)
+    rel = Editor(
+        lm, EditSettings(method="encore", layers=layers, lambda_p=10.0, lambda_n=3.0, lambda_n_relative=True), stats
+    )
     for l in layers:
         assert rel.lambda_n[l] == pytest.approx(3.0 * float(stats[l].double().trace()) / f)
-    alpha = Editor(lm, EditSettings(method="alphaedit", layers=layers, lambda_p=0.0, lambda_n=1.0, nullspace_energy=0.05), stats)
+    alpha = Editor(
+        lm, EditSettings(method="alphaedit", layers=layers, lambda_p=0.0, lambda_n=1.0, nullspace_energy=0.05), stats
+    )
     for l in layers:
         eigvals = torch.linalg.eigvalsh(stats[l].double())
         kept = round(float(alpha.projector[l].trace()))
@@ -252,10 +267,15 @@ def test_neighbour_keys_keep_other_subjects_outputs(tmp_path):
     for k in (0, 4):
         fresh = tiny_lm()
         editor = Editor(fresh, tiny_settings(neighbour_keys=k, lambda_p=0.1, lambda_n=0.1), stats, templates=TEMPLATES)
-        probe = Editor(fresh, tiny_settings(neighbour_keys=4), stats, templates=TEMPLATES)._encode_neighbour_prompts(FACTS)
+        probe = Editor(fresh, tiny_settings(neighbour_keys=4), stats, templates=TEMPLATES)._encode_neighbour_prompts(
+            FACTS
+        )
         before = states_at_lookup(fresh, probe, [3], output_layer=3)[1]
         editor.reapply(FACTS, z_stars, batch_id=1)
         moved[k] = float((states_at_lookup(fresh, probe, [3], output_layer=3)[1] - before).norm())
     assert len(probe) == 4 * len(FACTS)
-    assert all(s not in {f.subject for f in FACTS} for s in Editor(tiny_lm(), tiny_settings(neighbour_keys=4), stats).neighbour_subjects)
+    assert all(
+        s not in {f.subject for f in FACTS}
+        for s in Editor(tiny_lm(), tiny_settings(neighbour_keys=4), stats).neighbour_subjects
+    )
     assert moved[4] < 0.5 * moved[0], moved

@@ -4,6 +4,7 @@ The figures were recorded with the code before step 1 was split into targets.py,
 and torch.optim.Adam, and they still hold: a change to the method moves them, float rounding does
 not. (Not the weights hash: that also depends on the CPU's float kernels.)
 """
+
 import pytest
 
 from app.editing.editor import Editor

@@ -3,6 +3,7 @@
 Slow (model conversion on a fresh machine, key statistics once, then a few edits); the
 converted model and the statistics are cached outside the repo between runs.
 """
+
 import json
 
 import pytest
@@ -39,13 +40,18 @@ def test_ten_counterfact_facts_in_one_batch(smollm2, shared_data):
     mostly keep their preference."""
     records = json.loads((shared_data / "counterfact" / "counterfact.json").read_text())[:10]
     requests = [
-        EditRequest(r["requested_rewrite"]["prompt"], r["requested_rewrite"]["subject"],
-                    r["requested_rewrite"]["target_new"]["str"], r["requested_rewrite"]["target_true"]["str"])
+        EditRequest(
+            r["requested_rewrite"]["prompt"],
+            r["requested_rewrite"]["subject"],
+            r["requested_rewrite"]["target_new"]["str"],
+            r["requested_rewrite"]["target_true"]["str"],
+        )
         for r in records
     ]
     before_rewrite = [_prefers(smollm2, [q.text], q.target_new, q.target_true)[0] for q in requests]
-    before_neigh = [_prefers(smollm2, r["neighborhood_prompts"], q.target_true, q.target_new)
-                    for r, q in zip(records, requests)]
+    before_neigh = [
+        _prefers(smollm2, r["neighborhood_prompts"], q.target_true, q.target_new) for r, q in zip(records, requests)
+    ]
     assert sum(before_rewrite) <= 2, "the unedited model already prefers most new targets: a useless test"
 
     settings = preset("smollm2", "encore")
@@ -66,10 +72,20 @@ def test_ten_counterfact_facts_in_one_batch(smollm2, shared_data):
 
 
 def test_cli_edit_changes_the_real_models_answer():
-    result = CliRunner().invoke(app, [
-        "edit", "--subject", "Danielle Darrieux", "--prompt", "The mother tongue of {} is", "--target", "English",
-        "--max-new-tokens", "4",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            "--subject",
+            "Danielle Darrieux",
+            "--prompt",
+            "The mother tongue of {} is",
+            "--target",
+            "English",
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = {line.split(maxsplit=1)[0]: line for line in result.output.splitlines() if line.strip()}
     assert "French" in lines["before"] and "English" not in lines["before"], result.output
@@ -81,10 +97,14 @@ def test_concurrent_first_conversions_do_not_corrupt_the_cache(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from app.editing.model import convert_gguf, smollm2_gguf; "
-            "print(convert_gguf(smollm2_gguf(), __import__('pathlib').Path(sys.argv[1])))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    code = (
+        "import sys; from app.editing.model import convert_gguf, smollm2_gguf; "
+        "print(convert_gguf(smollm2_gguf(), __import__('pathlib').Path(sys.argv[1])))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert outs[0] == outs[1]

@@ -1,5 +1,6 @@
 """The fast path of step 1 (targets.py + fast_forward.py) against the plain one-fact reference
 (reference.py): the same z*, the same number of steps, the same P(target)."""
+
 import pytest
 import torch
 from torch import nn
@@ -74,8 +75,15 @@ def test_fast_path_matches_the_reference_on_smollm2(shared_data):
     ref = [compute_target(lm, f, templates, s) for f in facts]
     z = torch.cat([r.z_init for r in ref])
     z_star = torch.cat([r.z_star for r in ref])
-    print("steps", fast.steps, "relative |Δz*|", ((fast.z_star - z_star).norm(dim=1) / z.norm(dim=1)).tolist(),
-          "P(target) at z*", fast.prob_z_star, [r.prob_z_star[0] for r in ref])
+    print(
+        "steps",
+        fast.steps,
+        "relative |Δz*|",
+        ((fast.z_star - z_star).norm(dim=1) / z.norm(dim=1)).tolist(),
+        "P(target) at z*",
+        fast.prob_z_star,
+        [r.prob_z_star[0] for r in ref],
+    )
     assert fast.steps == [r.steps[0] for r in ref]
     assert min(fast.steps) < s.max_steps - 1, "want a fact stopped by MPES"
     assert ((fast.z_star - z_star).norm(dim=1) / z.norm(dim=1)).max() < 1e-3

@@ -1,4 +1,5 @@
 """Per-request sampling: extreme but valid temperature / top_p values (found by fuzzing /v1) decode."""
+
 import torch
 
 from app.editing.sampling import sample_tokens, top_p_filter
@@ -16,8 +17,9 @@ def test_top_p_keeps_the_most_likely_token_even_when_top_p_rounds_to_zero():
 def test_a_tiny_temperature_samples_the_greedy_token():
     lm = tiny_lm()
     ids = lm.tokenizer("The capital of France is")["input_ids"]
-    greedy = lm.model.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False,
-                               pad_token_id=lm.tokenizer.pad_token_id)[0, len(ids):].tolist()
+    greedy = lm.model.generate(
+        torch.tensor([ids]), max_new_tokens=4, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id
+    )[0, len(ids) :].tolist()
     for temperature, top_p in ((3.129673436107617e-53, 1.0), (1.0, 5e-324)):
         got = list(sample_tokens(lm.model, ids, 4, temperature=temperature, top_p=top_p, seed=0))
         assert got == greedy, (temperature, top_p)

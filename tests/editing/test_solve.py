@@ -1,4 +1,5 @@
 """The closed-form update (pure linear algebra, no model)."""
+
 import torch
 
 from app.editing.solve import nullspace_projector, solve_update
@@ -62,7 +63,9 @@ def test_three_methods_are_configurations_of_one_solver():
         for j in range(i + 1, 3):
             assert not torch.allclose(deltas[i], deltas[j], atol=1e-6)
     # AlphaEdit's update lives in the null space of C₀: it leaves the projected-out directions alone.
-    assert torch.allclose(deltas[2] @ (torch.eye(24, dtype=torch.float64) - p), torch.zeros(12, 24, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(
+        deltas[2] @ (torch.eye(24, dtype=torch.float64) - p), torch.zeros(12, 24, dtype=torch.float64), atol=1e-9
+    )
 
 
 def test_nullspace_projector_is_a_projection():
@@ -92,8 +95,10 @@ def test_sequential_updates_equal_one_solve_of_the_cumulative_objective():
     c0, *_ = _problem()
     d, f, lp, ln = 12, 24, 2.0, 0.7
     w0 = torch.randn(d, f, generator=g, dtype=torch.float64)
-    batches = [(torch.randn(f, 4, generator=g, dtype=torch.float64), torch.randn(d, 4, generator=g, dtype=torch.float64))
-               for _ in range(3)]
+    batches = [
+        (torch.randn(f, 4, generator=g, dtype=torch.float64), torch.randn(d, 4, generator=g, dtype=torch.float64))
+        for _ in range(3)
+    ]
     w, previous = w0.clone(), torch.zeros(f, f, dtype=torch.float64)
     for keys, targets in batches:
         u, v = solve_update(targets - w @ keys, keys, c0, previous, lp, ln)

@@ -1,10 +1,11 @@
 """Step 1: target vectors, the cached-prefix forward, MPES."""
+
 import pytest
 import torch
 from torch import nn
 
-from app.editing.prompts import target_ids
 from app.editing.fast_forward import FastForward
+from app.editing.prompts import target_ids
 from app.editing.targets import compute_targets, fact_prompts
 from app.editing.types import EditRequest
 from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings
@@ -113,9 +114,13 @@ def test_batched_optimisation_equals_one_fact_at_a_time():
 
 def test_optimisation_raises_target_probability():
     lm = tiny_lm()
-    s = tiny_settings(mpes_margin=0, max_steps=15, lr=0.5, clamp_norm_factor=4.0, loss_stop=0.0, delta_penalty=0.0, kl_factor=0.0)
+    s = tiny_settings(
+        mpes_margin=0, max_steps=15, lr=0.5, clamp_norm_factor=4.0, loss_stop=0.0, delta_penalty=0.0, kl_factor=0.0
+    )
     tv = compute_targets(lm, FACTS, TEMPLATES, s)
-    (group,) = FastForward(lm, [fact_prompts(lm.tokenizer, f, TEMPLATES) for f in FACTS], s.last_layer).batches([0, 1, 2])
+    (group,) = FastForward(lm, [fact_prompts(lm.tokenizer, f, TEMPLATES) for f in FACTS], s.last_layer).batches(
+        [0, 1, 2]
+    )
 
     def nll(delta):
         with torch.no_grad():

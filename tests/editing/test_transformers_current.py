@@ -6,6 +6,7 @@ transformers attributes the warning of a deprecated forward argument to torch's 
 so the key statistics and an edit are also run here with every deprecation warning an error and
 the transformers logger watched.
 """
+
 import logging
 import warnings
 
@@ -49,8 +50,12 @@ def test_an_edit_uses_no_deprecated_api(arch):
 
 def test_deprecations_raised_from_app_modules_are_errors():
     """The pyproject filter as written (a regex on the warning's module) does catch app code."""
+
     def warn_from(module: str):
-        exec(compile("import warnings\nwarnings.warn('old API', DeprecationWarning)", "<code>", "exec"), {"__name__": module})
+        exec(
+            compile("import warnings\nwarnings.warn('old API', DeprecationWarning)", "<code>", "exec"),
+            {"__name__": module},
+        )
 
     with pytest.raises(DeprecationWarning):
         warn_from("app.editing.somewhere")

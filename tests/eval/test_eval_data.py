@@ -1,4 +1,5 @@
 """Reading evaluation files: format detection, conversion, and errors that name record and field."""
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,36 @@ from app.eval.data import (
 
 CF = {
     "case_id": 0,
-    "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
-                          "target_new": {"str": "English"}, "target_true": {"str": "French"}},
+    "requested_rewrite": {
+        "prompt": "The mother tongue of {} is",
+        "subject": "Danielle Darrieux",
+        "target_new": {"str": "English"},
+        "target_true": {"str": "French"},
+    },
     "paraphrase_prompts": ["Danielle Darrieux speaks", "Where Danielle Darrieux is from, people speak"],
     "neighborhood_prompts": ["Michel Rocard is a native speaker of"],
     "generation_prompts": ["Danielle Darrieux's mother tongue is"],
 }
 COMPACT = {
-    "case_id": 2, "prompt": "Toko Yasuda, the", "subject": "Toko Yasuda", "target_new": "piano",
-    "ground_truth": "guitar", "rephrase_prompt": "Toko Yasuda is incredible at",
-    "locality_prompt": "John Lennon performs on the", "locality_ground_truth": "guitar",
+    "case_id": 2,
+    "prompt": "Toko Yasuda, the",
+    "subject": "Toko Yasuda",
+    "target_new": "piano",
+    "ground_truth": "guitar",
+    "rephrase_prompt": "Toko Yasuda is incredible at",
+    "locality_prompt": "John Lennon performs on the",
+    "locality_ground_truth": "guitar",
 }
 ZSRE = {
-    "subject": "Ramalinaceae", "src": "Which family does Ramalinaceae belong to?", "pred": "Ramalinales",
-    "rephrase": "What family are Ramalinaceae?", "alt": "Lamiinae", "answers": ["Lecanorales"],
-    "loc": "nq question: types of skiing in the winter olympics 2018", "loc_ans": "Downhill", "cond": "",
+    "subject": "Ramalinaceae",
+    "src": "Which family does Ramalinaceae belong to?",
+    "pred": "Ramalinales",
+    "rephrase": "What family are Ramalinaceae?",
+    "alt": "Lamiinae",
+    "answers": ["Lecanorales"],
+    "loc": "nq question: types of skiing in the winter olympics 2018",
+    "loc_ans": "Downhill",
+    "cond": "",
 }
 
 
@@ -94,10 +110,16 @@ def test_zsre_format(tmp_path):
     "records, index, field",
     [
         ([CF, {**CF, "paraphrase_prompts": "not a list"}], 1, "paraphrase_prompts"),
-        ([CF, CF, {**CF, "requested_rewrite": {**CF["requested_rewrite"], "target_new": {}}}], 2,
-         "requested_rewrite.target_new.str"),
-        ([CF, {**CF, "requested_rewrite": {**CF["requested_rewrite"], "prompt": "no slot here"}}], 1,
-         "requested_rewrite.prompt"),
+        (
+            [CF, CF, {**CF, "requested_rewrite": {**CF["requested_rewrite"], "target_new": {}}}],
+            2,
+            "requested_rewrite.target_new.str",
+        ),
+        (
+            [CF, {**CF, "requested_rewrite": {**CF["requested_rewrite"], "prompt": "no slot here"}}],
+            1,
+            "requested_rewrite.prompt",
+        ),
         ([COMPACT, {k: v for k, v in COMPACT.items() if k != "ground_truth"}], 1, "ground_truth"),
         ([COMPACT, {**COMPACT, "prompt": "Someone else, the"}], 1, "prompt"),
         ([COMPACT, {**COMPACT, "target_new": "  "}], 1, "target_new"),
@@ -120,12 +142,15 @@ def test_unknown_format_names_closest_and_missing_fields(tmp_path):
         load_dataset(_write(tmp_path, [{k: v for k, v in ZSRE.items() if k != "loc_ans"}]))
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    ('{"a": 1}', "expected a JSON list"),
-    ("[]", "holds no records"),
-    ("[1, 2]", "record 0 should be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"a": 1}', "expected a JSON list"),
+        ("[]", "holds no records"),
+        ("[1, 2]", "record 0 should be a JSON object"),
+    ],
+)
 def test_file_level_errors(tmp_path, content, message):
     p = tmp_path / "bad.json"
     p.write_text(content)
@@ -161,8 +186,9 @@ def test_cli_malformed_data_gives_clear_error(tmp_path):
     from app.cli.evaluation import eval_app
 
     bad = _write(tmp_path, [COMPACT, COMPACT, {**COMPACT, "locality_prompt": None}])
-    res = CliRunner().invoke(eval_app, ["--dataset", "counterfact", "--data", str(bad), "--records", "3",
-                                        "--out", str(tmp_path / "run")])
+    res = CliRunner().invoke(
+        eval_app, ["--dataset", "counterfact", "--data", str(bad), "--records", "3", "--out", str(tmp_path / "run")]
+    )
     assert res.exit_code == 2
     out = res.output
     assert "record 2" in out and "'locality_prompt'" in out
@@ -181,26 +207,48 @@ def test_cli_dataset_mismatch_is_explained(tmp_path):
 
 
 def _compact(subject: str, truth: str, template: str = "The mother tongue of {} is", new: str = "English") -> dict:
-    return {**COMPACT, "prompt": template.format(subject), "subject": subject, "ground_truth": truth,
-            "target_new": new, "rephrase_prompt": f"{subject} speaks", "locality_prompt": f"Someone near {subject} speaks",
-            "locality_ground_truth": truth}
+    return {
+        **COMPACT,
+        "prompt": template.format(subject),
+        "subject": subject,
+        "ground_truth": truth,
+        "target_new": new,
+        "rephrase_prompt": f"{subject} speaks",
+        "locality_prompt": f"Someone near {subject} speaks",
+        "locality_ground_truth": truth,
+    }
 
 
 def test_neighbourhoods_are_the_template_asked_of_other_subjects_with_the_same_object(tmp_path):
-    records = load_dataset(_write(tmp_path, [_compact("Danielle Darrieux", "French"), _compact("Ugo Tognazzi", "Italian")])).records
-    pool = load_dataset(_write(tmp_path, [
-        _compact("Jean Gabin", "French"), _compact("Alain Delon", "French"), _compact("Sophia Loren", "Italian"),
-        _compact("Danielle Darrieux", "French"),                       # the edited subject itself: never a neighbour
-        _compact("Louis de Funès", "French", template="{} was born in"),  # another relation
-        _compact("Edith Piaf", "German"),                              # another object
-    ], "pool.json")).records
+    records = load_dataset(
+        _write(tmp_path, [_compact("Danielle Darrieux", "French"), _compact("Ugo Tognazzi", "Italian")])
+    ).records
+    pool = load_dataset(
+        _write(
+            tmp_path,
+            [
+                _compact("Jean Gabin", "French"),
+                _compact("Alain Delon", "French"),
+                _compact("Sophia Loren", "Italian"),
+                _compact("Danielle Darrieux", "French"),  # the edited subject itself: never a neighbour
+                _compact("Louis de Funès", "French", template="{} was born in"),  # another relation
+                _compact("Edith Piaf", "German"),  # another object
+            ],
+            "pool.json",
+        )
+    ).records
     built = build_neighbourhoods(records, pool, per_record=10)
     darrieux, tognazzi = built
     assert darrieux.neighborhood_prompts[0] == "Someone near Danielle Darrieux speaks"  # its own prompt first
-    assert sorted(darrieux.neighborhood_prompts[1:]) == ["The mother tongue of Alain Delon is", "The mother tongue of Jean Gabin is"]
+    assert sorted(darrieux.neighborhood_prompts[1:]) == [
+        "The mother tongue of Alain Delon is",
+        "The mother tongue of Jean Gabin is",
+    ]
     assert tognazzi.neighborhood_prompts[1:] == ("The mother tongue of Sophia Loren is",)
     assert (darrieux.neighborhood_true, tognazzi.neighborhood_true) == ("French", "Italian")
     assert len(build_neighbourhoods(records, pool, per_record=1)[0].neighborhood_prompts) == 2
     # An edited subject's answer changes, so it is no neighbour of another edited record either.
-    both = load_dataset(_write(tmp_path, [_compact("Danielle Darrieux", "French"), _compact("Jean Gabin", "French")], "b.json")).records
+    both = load_dataset(
+        _write(tmp_path, [_compact("Danielle Darrieux", "French"), _compact("Jean Gabin", "French")], "b.json")
+    ).records
     assert all("Gabin" not in p for p in build_neighbourhoods(both, pool)[0].neighborhood_prompts)

@@ -1,4 +1,5 @@
 """Metric definitions against hand-computed cases."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The sequential runner on a tiny model: summary.json and plots, checkpoints, resume, compare, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.tiny import build_tiny_model
 from app.eval.checkpoint import flatten_state, load_checkpoint, unflatten_state
 from app.eval.data import CounterFactRecord
 from app.eval.health import HealthConfig
 from app.eval.plots import HEALTH_PNG, NORMS_PNG, SCORES_PNG
 from app.eval.runner import RunInterrupted, RunOptions, resume_from, run_eval
+from tests.utils.tiny import build_tiny_model
 
 FACTS = [
     ("The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
@@ -23,9 +24,14 @@ FACTS = [
 ]
 RECORDS = [
     CounterFactRecord(
-        case_id=i, prompt=p, subject=s, target_new=new, target_true=true,
+        case_id=i,
+        prompt=p,
+        subject=s,
+        target_new=new,
+        target_true=true,
         paraphrase_prompts=(f"Because it rained, {p.format(s)}",),
-        neighborhood_prompts=("Rome is in", "The Eiffel Tower is in"), neighborhood_true=true,
+        neighborhood_prompts=("Rome is in", "The Eiffel Tower is in"),
+        neighborhood_true=true,
         generation_prompts=(f"{s} is",),
     )
     for i, (p, s, new, true) in enumerate(FACTS)
@@ -44,9 +50,17 @@ def corpus(tmp_path) -> Path:
 def _settings(method: str = "encore"):
     from app.editing.settings import EditSettings
 
-    return EditSettings(method=method, layers=(1, 2), lambda_p=100.0, lambda_n=1.0 if method == "encore" else 0.0,
-                        mpes_margin=1 if method == "encore" else 0, max_steps=4, n_prefixes=1, prefix_tokens=3,
-                        stats_tokens=1000)
+    return EditSettings(
+        method=method,
+        layers=(1, 2),
+        lambda_p=100.0,
+        lambda_n=1.0 if method == "encore" else 0.0,
+        mpes_margin=1 if method == "encore" else 0,
+        max_steps=4,
+        n_prefixes=1,
+        prefix_tokens=3,
+        stats_tokens=1000,
+    )
 
 
 def _lm():
@@ -57,7 +71,9 @@ def _lm():
 
 
 def _options(corpus: Path, **kw) -> RunOptions:
-    health = HealthConfig(ppl_tokens=96, ppl_window=48, gen_max_len=16, gen_prompts=("Paris is", "Rome"), corpus=str(corpus))
+    health = HealthConfig(
+        ppl_tokens=96, ppl_window=48, gen_max_len=16, gen_prompts=("Paris is", "Rome"), corpus=str(corpus)
+    )
     return RunOptions(batch_size=2, generation_samples=4, gen_max_len=16, health=health, **kw)
 
 
@@ -70,12 +86,31 @@ def _key_stats(lm, settings, corpus, tmp_path):
 def test_sequential_run_writes_summary_and_plots(tmp_path, corpus):
     lm, settings = _lm(), _settings()
     out = tmp_path / "run"
-    summary = run_eval(lm, settings, RECORDS, options=_options(corpus, checkpoint_every=1),
-                       key_stats=_key_stats(lm, settings, corpus, tmp_path), out_dir=out, progress=False)
+    summary = run_eval(
+        lm,
+        settings,
+        RECORDS,
+        options=_options(corpus, checkpoint_every=1),
+        key_stats=_key_stats(lm, settings, corpus, tmp_path),
+        out_dir=out,
+        progress=False,
+    )
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["weights_hash"] == summary["weights_hash"]
-    for key in ("es", "ps", "ns", "s", "ge", "seconds_per_edit", "z_seconds", "solve_seconds",
-                "baseline", "checkpoints", "norms", "settings"):
+    for key in (
+        "es",
+        "ps",
+        "ns",
+        "s",
+        "ge",
+        "seconds_per_edit",
+        "z_seconds",
+        "solve_seconds",
+        "baseline",
+        "checkpoints",
+        "norms",
+        "settings",
+    ):
         assert key in on_disk, key
     for key in ("es", "ps", "ns", "s"):
         assert 0.0 <= on_disk[key] <= 100.0 and 0.0 <= on_disk["baseline"][key] <= 100.0
@@ -113,19 +148,35 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, corpus):
 
     unedited_hash = Editor(unedited, settings, stats).weights_hash()
 
-    straight = run_eval(lm, settings, RECORDS, options=_options(corpus, checkpoint_every=1), key_stats=stats,
-                        out_dir=tmp_path / "straight", progress=False)
+    straight = run_eval(
+        lm,
+        settings,
+        RECORDS,
+        options=_options(corpus, checkpoint_every=1),
+        key_stats=stats,
+        out_dir=tmp_path / "straight",
+        progress=False,
+    )
 
     out = tmp_path / "interrupted"
     with pytest.raises(RunInterrupted):
-        run_eval(_lm(), settings, RECORDS, options=_options(corpus, checkpoint_every=1), key_stats=stats,
-                 out_dir=out, progress=False, stop_after_batches=1)
+        run_eval(
+            _lm(),
+            settings,
+            RECORDS,
+            options=_options(corpus, checkpoint_every=1),
+            key_stats=stats,
+            out_dir=out,
+            progress=False,
+            stop_after_batches=1,
+        )
     assert not (out / "summary.json").exists()
     _, progress = load_checkpoint(out)
     assert progress["batches_done"] == 1
 
-    resumed = resume_from(out, _lm(), settings, RECORDS, _options(corpus, checkpoint_every=1), key_stats=stats,
-                          progress=False)
+    resumed = resume_from(
+        out, _lm(), settings, RECORDS, _options(corpus, checkpoint_every=1), key_stats=stats, progress=False
+    )
     assert resumed["weights_hash"] == straight["weights_hash"] != unedited_hash
     assert len(resumed["batches"]) == 3 and [c["edits"] for c in resumed["checkpoints"]] == [2, 4]
     assert resumed["es"] == straight["es"] and resumed["baseline"] == straight["baseline"]
@@ -141,20 +192,23 @@ def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, c
     settings = _settings()
     stats = _key_stats(_lm(), settings, corpus, tmp_path)
     opts = _options(corpus, checkpoint_every=1)
-    straight = run_eval(_lm(), settings, RECORDS, options=opts, key_stats=stats, out_dir=tmp_path / "straight",
-                        progress=False)
+    straight = run_eval(
+        _lm(), settings, RECORDS, options=opts, key_stats=stats, out_dir=tmp_path / "straight", progress=False
+    )
     out = tmp_path / "cut"
     with pytest.raises(RunInterrupted):
-        run_eval(_lm(), settings, RECORDS, options=opts, key_stats=stats, out_dir=out, progress=False,
-                 stop_after_batches=2)
+        run_eval(
+            _lm(), settings, RECORDS, options=opts, key_stats=stats, out_dir=out, progress=False, stop_after_batches=2
+        )
     shutil.rmtree(out / "checkpoint")
     z_stars, progress, saved = load_trail(out)
     assert progress["batches_done"] == 2 and [tuple(z.shape) for z in z_stars] == [(2, 64), (2, 64)]
     assert saved == settings.model_dump(mode="json")
     # z* mean something only under the settings they were made with: a changed preset is refused.
     with pytest.raises(ValueError, match="lambda_n: 1.0 there, 2.0 here"):
-        resume_from(out, _lm(), settings.model_copy(update={"lambda_n": 2.0}), RECORDS, opts, key_stats=stats,
-                    progress=False)
+        resume_from(
+            out, _lm(), settings.model_copy(update={"lambda_n": 2.0}), RECORDS, opts, key_stats=stats, progress=False
+        )
 
     capsys.readouterr()
     opts.log_lines = True  # as in a log file: the rewrite says what it is doing
@@ -168,8 +222,10 @@ def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, c
 def test_checkpoint_state_roundtrip():
     import torch
 
-    state = ({"batch0.layer1.u": torch.arange(6.0).reshape(2, 3), "x": torch.ones(2, dtype=torch.float64)},
-             {"settings": {"layers": [1, 2]}, "batches": [0], 4: None, "t": (1, "a")})
+    state = (
+        {"batch0.layer1.u": torch.arange(6.0).reshape(2, 3), "x": torch.ones(2, dtype=torch.float64)},
+        {"settings": {"layers": [1, 2]}, "batches": [0], 4: None, "t": (1, "a")},
+    )
     skeleton, tensors = flatten_state(state)
     json.dumps(skeleton)  # JSON-able: no pickle anywhere
     back = unflatten_state(json.loads(json.dumps(skeleton)), tensors)
@@ -199,9 +255,33 @@ def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monke
 
     monkeypatch.setenv("KEDIT_STATS_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
     cache = tmp_path / "cache"
-    base = ["--model", str(tiny_model_dir), "--cache-dir", str(cache), "--records", "4", "--batch-size", "2",
-            "--set", "layers=[1,2]", "--set", "stats_tokens=1000", "--set", "max_steps=3", "--set", "n_prefixes=1",
-            "--generation-samples", "4", "--gen-max-len", "12", "--ppl-tokens", "128", "--checkpoint-every", "1", "--no-progress"]
+    base = [
+        "--model",
+        str(tiny_model_dir),
+        "--cache-dir",
+        str(cache),
+        "--records",
+        "4",
+        "--batch-size",
+        "2",
+        "--set",
+        "layers=[1,2]",
+        "--set",
+        "stats_tokens=1000",
+        "--set",
+        "max_steps=3",
+        "--set",
+        "n_prefixes=1",
+        "--generation-samples",
+        "4",
+        "--gen-max-len",
+        "12",
+        "--ppl-tokens",
+        "128",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+    ]
     runner = CliRunner()
     res = runner.invoke(eval_app, ["run", *base, "--method", "encore", "--out", str(tmp_path / "encore")])
     assert res.exit_code == 0, res.output
@@ -219,12 +299,24 @@ def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monke
     again = json.loads((tmp_path / "encore" / "summary.json").read_text())
     assert again["weights_hash"] == first["weights_hash"]
 
-    res = runner.invoke(eval_app, [*base, "--method", "memit", "--no-health", "--neighbours", "3", "--out", str(tmp_path / "memit")])
+    res = runner.invoke(
+        eval_app, [*base, "--method", "memit", "--no-health", "--neighbours", "3", "--out", str(tmp_path / "memit")]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "memit" / "run.json").read_text())["neighbours"] == 3
-    res = runner.invoke(eval_app, ["compare", str(tmp_path / "encore"), str(tmp_path / "memit"),
-                                   "--out", str(tmp_path / "cmp.png"), "--markdown", str(tmp_path / "cmp.md")],
-                        env={"COLUMNS": "200"})
+    res = runner.invoke(
+        eval_app,
+        [
+            "compare",
+            str(tmp_path / "encore"),
+            str(tmp_path / "memit"),
+            "--out",
+            str(tmp_path / "cmp.png"),
+            "--markdown",
+            str(tmp_path / "cmp.md"),
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     assert "encore" in res.output and "memit" in res.output
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
@@ -246,13 +338,28 @@ def test_run_after_an_earlier_run_continues_its_model(tmp_path, corpus):
     stats = _key_stats(_lm(), settings, corpus, tmp_path)
     straight = run_eval(_lm(), settings, RECORDS, options=_options(corpus), key_stats=stats, progress=False)
 
-    run_eval(_lm(), settings, RECORDS[:4], options=_options(corpus), key_stats=stats, out_dir=tmp_path / "first",
-             progress=False)
+    run_eval(
+        _lm(),
+        settings,
+        RECORDS[:4],
+        options=_options(corpus),
+        key_stats=stats,
+        out_dir=tmp_path / "first",
+        progress=False,
+    )
     final_state, progress = load_checkpoint(tmp_path / "first", FINAL_DIR)
     assert progress["batches_done"] == 2
     alone = run_eval(_lm(), settings, RECORDS[4:], options=_options(corpus), key_stats=stats, progress=False)
-    second = run_eval(_lm(), settings, RECORDS[4:], options=_options(corpus), key_stats=stats, progress=False,
-                      start_state=final_state, earlier_records=RECORDS[:4])
+    second = run_eval(
+        _lm(),
+        settings,
+        RECORDS[4:],
+        options=_options(corpus),
+        key_stats=stats,
+        progress=False,
+        start_state=final_state,
+        earlier_records=RECORDS[:4],
+    )
 
     assert second["weights_hash"] == straight["weights_hash"] != alone["weights_hash"]
     assert second["baseline"]["es"] == alone["baseline"]["es"]  # scored before the earlier edits were loaded
@@ -268,22 +375,59 @@ def test_cli_after_needs_a_finished_run_with_the_same_settings(tmp_path, tiny_mo
     from app.editing.settings import preset
 
     monkeypatch.setenv("KEDIT_STATS_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
-    base = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2",
-            "--set", "layers=[1,2]", "--set", "stats_tokens=1000", "--set", "max_steps=2", "--set", "n_prefixes=1",
-            "--generation-samples", "2", "--gen-max-len", "12", "--no-health", "--no-progress"]
+    base = [
+        "--model",
+        str(tiny_model_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--batch-size",
+        "2",
+        "--set",
+        "layers=[1,2]",
+        "--set",
+        "stats_tokens=1000",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "n_prefixes=1",
+        "--generation-samples",
+        "2",
+        "--gen-max-len",
+        "12",
+        "--no-health",
+        "--no-progress",
+    ]
     runner = CliRunner()
     res = runner.invoke(eval_app, [*base, "--records", "2", "--out", str(tmp_path / "cf")])
     assert res.exit_code == 0, res.output
 
-    res = runner.invoke(eval_app, [*base, "--records", "2", "--after", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    res = runner.invoke(
+        eval_app, [*base, "--records", "2", "--after", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]
+    )
     assert res.exit_code == 2 and "no finished run there" in " ".join(res.output.split())
-    res = runner.invoke(eval_app, [*base, "--set", "lambda_n=3", "--records", "2", "--after", str(tmp_path / "cf"),
-                                   "--out", str(tmp_path / "y")])
+    res = runner.invoke(
+        eval_app,
+        [*base, "--set", "lambda_n=3", "--records", "2", "--after", str(tmp_path / "cf"), "--out", str(tmp_path / "y")],
+    )
     saved = preset("smollm2", "encore").lambda_n  # the first run took the preset's
     assert res.exit_code == 2 and f"(lambda_n: {saved} there, 3.0 here)" in " ".join(res.output.split())
 
-    res = runner.invoke(eval_app, [*base, "--dataset", "zsre", "--records", "2", "--after", str(tmp_path / "cf"),
-                                   "--checkpoint-sample", "1", "--out", str(tmp_path / "zsre")])
+    res = runner.invoke(
+        eval_app,
+        [
+            *base,
+            "--dataset",
+            "zsre",
+            "--records",
+            "2",
+            "--after",
+            str(tmp_path / "cf"),
+            "--checkpoint-sample",
+            "1",
+            "--out",
+            str(tmp_path / "zsre"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "zsre" / "summary.json").read_text())
     assert summary["run"]["prior_edits"] == 2 and summary["earlier_records"]["kind"] == "counterfact"

@@ -1,4 +1,5 @@
 """Batched teacher forcing, generation and perplexity on tiny models and hand-built fakes."""
+
 from __future__ import annotations
 
 import math
@@ -7,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.utils.tiny import build_tiny_model
 from app.eval import scoring
 from app.eval.data import CounterFactRecord, ZsreRecord
 from app.eval.health import perplexity_windows, sequence_nll, wikitext_text
 from app.eval.metrics import perplexity
+from tests.utils.tiny import build_tiny_model
 
 PAIRS = [
     ("The mother tongue of Danielle Darrieux is", "French"),
@@ -128,14 +129,29 @@ def test_scripted_counterfact_scores_by_hand():
     P = torch.tensor([[0.1, 0.8, 0.1]] * 3)
     model = _ScriptedLM(P)
     tok = _ToyTokenizer({"a": 0, "b": 1, "c": 2})
-    rec = CounterFactRecord(case_id=0, prompt="{} a", subject="c", target_new="b", target_true="c",
-                            paraphrase_prompts=("a", "c"), neighborhood_prompts=("a", "b", "c"),
-                            neighborhood_true="a")
+    rec = CounterFactRecord(
+        case_id=0,
+        prompt="{} a",
+        subject="c",
+        target_new="b",
+        target_true="c",
+        paraphrase_prompts=("a", "c"),
+        neighborhood_prompts=("a", "b", "c"),
+        neighborhood_true="a",
+    )
     d = scoring.counterfact_record_details(model, tok, [rec])[0]
     # ES/PS: P(b)=0.8 > P(c)=0.1 everywhere. NS: the true object 'a' (0.1) never beats 'b' (0.8).
     assert d == {"es": 1.0, "ps": 1.0, "ns": 0.0}
-    z = ZsreRecord(case_id=0, prompt="{} a", subject="c", target="b b c", true_answer="a",
-                   rephrase="a", loc_prompt="c", loc_answer="b a")
+    z = ZsreRecord(
+        case_id=0,
+        prompt="{} a",
+        subject="c",
+        target="b b c",
+        true_answer="a",
+        rephrase="a",
+        loc_prompt="c",
+        loc_answer="b a",
+    )
     zd = scoring.zsre_record_details(model, tok, [z], reference_loc_argmax={0: [1, 2]})[0]
     # argmax is always token 1 ('b'): target 'b b c' -> 2/3; locality 'b a' -> 1/2; kept vs [1, 2] -> 1/2.
     assert zd["edit_acc"] == pytest.approx(2 / 3) and zd["paraphrase_acc"] == pytest.approx(2 / 3)

@@ -1,6 +1,7 @@
 """benchmarks/gpu_bundle.py: what travels to an offline GPU machine comes back out whole, or is refused.
 
 Fake files stand in for the model, data and wheels: the script packs bytes, it never reads them."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,14 @@ SCRIPT = ROOT / "benchmarks" / "gpu_bundle.py"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
 
 
 def _inputs(tmp: Path) -> dict[str, Path]:
@@ -36,8 +43,19 @@ def _inputs(tmp: Path) -> dict[str, Path]:
 
 def test_pack_then_unpack_gives_back_every_file(tmp_path):
     src = _inputs(tmp_path)
-    res = _run("pack", "--out", str(tmp_path / "b"), "--model", str(src["gguf"]), "--tokenizer", str(src["tok"]),
-               "--data-dir", str(src["data"]), "--wheels", str(src["whl"]))
+    res = _run(
+        "pack",
+        "--out",
+        str(tmp_path / "b"),
+        "--model",
+        str(src["gguf"]),
+        "--tokenizer",
+        str(src["tok"]),
+        "--data-dir",
+        str(src["data"]),
+        "--wheels",
+        str(src["whl"]),
+    )
     assert res.returncode == 0, res.stderr
     assert "1 wheels" in res.stdout and (tmp_path / "b" / "part1" / "MANIFEST.json").is_file()
 
@@ -90,8 +108,17 @@ def test_the_first_part_alone_holds_all_but_the_model(tmp_path):
 def test_pack_names_what_is_missing(tmp_path):
     src = _inputs(tmp_path)
     (src["data"] / DATA_FILES[1]).unlink()
-    res = _run("pack", "--out", str(tmp_path / "b"), "--model", str(src["gguf"]), "--tokenizer", str(src["tok"]),
-               "--data-dir", str(src["data"]))
+    res = _run(
+        "pack",
+        "--out",
+        str(tmp_path / "b"),
+        "--model",
+        str(src["gguf"]),
+        "--tokenizer",
+        str(src["tok"]),
+        "--data-dir",
+        str(src["data"]),
+    )
     assert res.returncode == 2 and DATA_FILES[1] in res.stderr and "Traceback" not in res.stderr
     res = _run("unpack", "--bundle", str(tmp_path / "nothing"), "--to", str(tmp_path / "kb"))
     assert res.returncode == 2 and "send the parts made by `pack` first" in res.stderr

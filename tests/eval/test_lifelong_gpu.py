@@ -3,6 +3,7 @@
 It must publish partial results at every checkpoint, stop at its deadline with the state
 saved, continue from there when run again, and time a batch on a model of Llama's family.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ SCRIPT = ROOT / "benchmarks" / "lifelong_gpu.py"
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -47,11 +49,37 @@ def layout(tmp_path_factory, shared_data: Path) -> dict:
 
 
 def _lifelong(layout: dict, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _run("lifelong", "--method", "encore", "--model", str(layout["model"]), "--data-dir", str(layout["data"]),
-                "--records", "8", "--batch-size", "2", "--checkpoint-every", "2", "--checkpoint-sample", "3",
-                "--work", str(layout["root"] / "work"), "--out", str(out), "--device", "cpu",
-                "--cache-dir", str(layout["root"] / "cache"), "--stats-tokens", "2000", "--ppl-tokens", "256",
-                "--no-parallel", *extra)
+    return _run(
+        "lifelong",
+        "--method",
+        "encore",
+        "--model",
+        str(layout["model"]),
+        "--data-dir",
+        str(layout["data"]),
+        "--records",
+        "8",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--checkpoint-sample",
+        "3",
+        "--work",
+        str(layout["root"] / "work"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(layout["root"] / "cache"),
+        "--stats-tokens",
+        "2000",
+        "--ppl-tokens",
+        "256",
+        "--no-parallel",
+        *extra,
+    )
 
 
 def test_lifelong_stops_at_deadline_publishes_and_resumes(layout):
@@ -78,10 +106,26 @@ def test_lifelong_stops_at_deadline_publishes_and_resumes(layout):
 
 def test_llama_timing_on_a_tiny_model(layout, tmp_path):
     out = tmp_path / "out"
-    proc = _run("llama-timing", "--tiny", "--device", "cpu", "--dtype", "bfloat16", "--tokenizer", str(layout["model"]),
-                "--corpus", str(layout["data"] / "corpus" / "wikitext103_train_excerpt.tokens.txt"),
-                "--data", str(layout["data"] / "counterfact_extra" / "counterfact-train.json"), "--edits", "4",
-                "--stats-tokens", "1000", "--out", str(out))
+    proc = _run(
+        "llama-timing",
+        "--tiny",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        "--tokenizer",
+        str(layout["model"]),
+        "--corpus",
+        str(layout["data"] / "corpus" / "wikitext103_train_excerpt.tokens.txt"),
+        "--data",
+        str(layout["data"] / "counterfact_extra" / "counterfact-train.json"),
+        "--edits",
+        "4",
+        "--stats-tokens",
+        "1000",
+        "--out",
+        str(out),
+    )
     report = json.loads((out / "llama-timing.json").read_text())
     assert report["shape"] == "tiny" and report["edits"] == 4 and report["dtype"] == "bfloat16"
     # 25 fixed steps never stop early; MPES may stop sooner but never later.
@@ -96,7 +140,10 @@ def test_runs_are_methods_or_labelled_candidates():
     from benchmarks.lifelong_gpu import parse_run
 
     assert parse_run("memit") == ("memit", "memit", {})
-    assert parse_run('wide=encore:{"layers": [3, 4, 5], "lambda_n": 40}') == \
-        ("wide", "encore", {"layers": (3, 4, 5), "lambda_n": 40})
+    assert parse_run('wide=encore:{"layers": [3, 4, 5], "lambda_n": 40}') == (
+        "wide",
+        "encore",
+        {"layers": (3, 4, 5), "lambda_n": 40},
+    )
     with pytest.raises(typer.BadParameter, match="JSON object"):
         parse_run("wide=encore:[1]")

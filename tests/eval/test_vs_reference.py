@@ -3,6 +3,7 @@
 The script runs the authors' code, which is never part of this project, so the suite checks only
 what happens before it: argument handling and the patch check against a fake checkout.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ SCRIPT = ROOT / "benchmarks" / "vs_reference.py"
 def _fail(*args: str) -> str:
     """Run the script expecting the one-line failure; return that line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          timeout=60, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -4,8 +4,8 @@ Their own fixtures (spawned clusters, private PostgreSQL and Redis servers); the
 (tiny_assets, ...) are in tests/conftest.py, the helpers in tests/utils/faults.py.
 Long variants: KEDIT_LONG=1 (see docs/guarantees.md).
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 
@@ -19,8 +19,9 @@ def warm_cache(tiny_assets):
     from app.config import ServiceConfig
 
     model_dir, corpus, cache = tiny_assets
-    cfg = ServiceConfig(model_path=str(model_dir), cache_dir=cache, stats_corpus=corpus,
-                        edit_overrides=dict(sup.TINY_OVERRIDES))
+    cfg = ServiceConfig(
+        model_path=str(model_dir), cache_dir=cache, stats_corpus=corpus, edit_overrides=dict(sup.TINY_OVERRIDES)
+    )
     cfg.load_editor("worker")
     return tiny_assets
 

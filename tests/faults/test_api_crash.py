@@ -8,6 +8,7 @@ exist in the log, or it got no answer and a retry with the same key (on a health
 202 and, if the first attempt had committed, exactly the ids it committed. In the end every edit
 is applied exactly once (a worker runs throughout; nothing is queued twice by a retry).
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,11 @@ def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_
     n = 0
     try:
         for trial in range(TRIALS):
-            fault = DETERMINISTIC[trial] if trial < len(DETERMINISTIC) else \
-                f"{rng.choice(['api_before_commit', 'api_after_commit', 'api_after_queue'])}:kill_after={rng.randint(0, 100)}"
+            fault = (
+                DETERMINISTIC[trial]
+                if trial < len(DETERMINISTIC)
+                else f"{rng.choice(['api_before_commit', 'api_after_commit', 'api_after_queue'])}:kill_after={rng.randint(0, 100)}"
+            )
             victim = cl.start_api(fault)
             # Deterministic trials: one request meets the fault. Timer trials: 4 clients keep
             # sending (up to 8 requests each) until the replica dies under them.
@@ -72,8 +76,9 @@ def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_
             def send(plan):
                 for key, body in plan:
                     try:
-                        answers[key] = httpx.post(f"{victim.url}/edits", json=body, timeout=60,
-                                                  headers={"Idempotency-Key": key})
+                        answers[key] = httpx.post(
+                            f"{victim.url}/edits", json=body, timeout=60, headers={"Idempotency-Key": key}
+                        )
                     except httpx.TransportError as e:
                         answers[key] = e
                         return  # the replica is gone; this client's later requests were never sent
@@ -97,8 +102,7 @@ def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_
                     assert committed.get(key) == ids, f"answered 202 with {ids}, the log has {committed.get(key)}"
                     outcomes["answered"] += 1
                 else:
-                    retry = httpx.post(f"{healthy.url}/edits", json=body, timeout=60,
-                                       headers={"Idempotency-Key": key})
+                    retry = httpx.post(f"{healthy.url}/edits", json=body, timeout=60, headers={"Idempotency-Key": key})
                     assert retry.status_code == 202, retry.text
                     ids = retry.json()["ids"]
                     if key in committed:

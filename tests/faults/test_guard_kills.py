@@ -3,6 +3,7 @@ scored, and while the guard writes one group of the batch on trial. Neither leav
 the log; the next worker redoes the batch. At the end, with the crash trials' checks: every
 accepted edit applied or failed with a reason, none applied twice, the api, a fresh replay and
 `kedit verify` serve the head hash, and every version has its canary scores."""
+
 from __future__ import annotations
 
 import random
@@ -45,7 +46,8 @@ def _kill_at(cl, client, engine, rng, accepted: set[int], fault: str, n0: int) -
     sup.check_applied_at_most_once(state)
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM edits WHERE status = 'applying'")).scalar() > 0, (
-            "the killed batch should be left `applying` for the next worker")
+            "the killed batch should be left `applying` for the next worker"
+        )
     return n
 
 
@@ -62,8 +64,15 @@ def test_kills_inside_a_guarded_batch_lose_nothing(warm_cache, pg_url, redis_pre
         n = _kill_at(cl, client, engine, rng, accepted, "worker_guard_bisect:kill@2", n)
         # The last worker guards with bounds that a tiny model's edits stay under, so the redone
         # batches are committed (the armed workers' bounds of 0 would refuse every fact).
-        cl.start("worker", extra_env={"KEDIT_GUARD_PPL_RISE": "100", "KEDIT_GUARD_PPL_RISE_TOTAL": "100",
-                                      "KEDIT_GUARD_ENTROPY_DROP": "1", "KEDIT_GUARD_ENTROPY_DROP_TOTAL": "1"})
+        cl.start(
+            "worker",
+            extra_env={
+                "KEDIT_GUARD_PPL_RISE": "100",
+                "KEDIT_GUARD_PPL_RISE_TOTAL": "100",
+                "KEDIT_GUARD_ENTROPY_DROP": "1",
+                "KEDIT_GUARD_ENTROPY_DROP_TOTAL": "1",
+            },
+        )
         sup.wait_for(lambda: _settled(engine), 300, "a clean worker to settle every edit")
         state = sup.log_state(engine)
         sup.check_settled(state, accepted)
@@ -76,7 +85,9 @@ def test_kills_inside_a_guarded_batch_lose_nothing(warm_cache, pg_url, redis_pre
         assert scored == {0} | {v["id"] for v in state["versions"]}, "every version has its canary scores"
         assert state["versions"], "the redone batches were committed"
         sup.check_head_served(api.url, state, warm_cache, pg_url, env)
-        print(f"\n{len(accepted)} edits accepted, {len(failed)} refused by the guard, {len(state['versions'])} versions")
+        print(
+            f"\n{len(accepted)} edits accepted, {len(failed)} refused by the guard, {len(state['versions'])} versions"
+        )
     finally:
         client.close()
         engine.dispose()

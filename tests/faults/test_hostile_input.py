@@ -5,6 +5,7 @@ thread) on the tiny model, on a loopback port. Nothing may answer 5xx; bad input
 with a reason; odd-but-valid input (braces in a subject, SQL-looking text) is stored verbatim and
 goes through the worker like any other fact.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -52,10 +53,29 @@ def test_schemathesis_finds_no_server_error(url, tmp_path):
     stateful phases), bounded by --max-examples; the only check is "no 5xx"."""
     st = os.path.join(os.path.dirname(sys.executable), "st")
     r = subprocess.run(
-        [st, "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", str(FUZZ_EXAMPLES),
-         "--seed", os.environ.get("KEDIT_FAULT_SEED", "5"), "--workers", "1", "--request-timeout", "120",
-         "--report", "junit", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=1200, cwd=tmp_path,  # its .schemathesis/ state stays there
+        [
+            st,
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            str(FUZZ_EXAMPLES),
+            "--seed",
+            os.environ.get("KEDIT_FAULT_SEED", "5"),
+            "--workers",
+            "1",
+            "--request-timeout",
+            "120",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=tmp_path,  # its .schemathesis/ state stays there
     )
     tail = r.stdout[-6000:] + r.stderr[-2000:]
     print(tail[-1500:])
@@ -64,8 +84,11 @@ def test_schemathesis_finds_no_server_error(url, tmp_path):
 
 
 def _post(url, body=None, **kw):
-    return httpx.post(f"{url}/edits", json=body, timeout=60, **kw) if body is not None or "content" not in kw \
+    return (
+        httpx.post(f"{url}/edits", json=body, timeout=60, **kw)
+        if body is not None or "content" not in kw
         else httpx.post(f"{url}/edits", timeout=60, **kw)
+    )
 
 
 def test_oversized_bodies_are_413(url):
@@ -92,8 +115,10 @@ def test_malformed_content_length_gets_the_json_error_body(url, length):
 
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /edits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + length + b"\r\n\r\n{}")
+        sock.sendall(
+            b"POST /edits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + length + b"\r\n\r\n{}"
+        )
         raw = b""
         while chunk := sock.recv(65536):
             raw += chunk
@@ -106,8 +131,10 @@ def test_malformed_content_length_gets_the_json_error_body(url, length):
 def test_prompt_beyond_the_context_is_422_and_the_connection_lives_on(url):
     # 300 emoji (inside the 512-character bound) are ~1,200 tokens; the tiny model has 256 positions.
     with httpx.Client(base_url=url, timeout=60) as c:
-        for r in (c.get("/generate", params={"prompt": "\U0001F600" * 300, "max_new_tokens": 8}),
-                  c.post("/generate", json={"prompt": "\U0001F600" * 300, "max_new_tokens": 8})):
+        for r in (
+            c.get("/generate", params={"prompt": "\U0001f600" * 300, "max_new_tokens": 8}),
+            c.post("/generate", json={"prompt": "\U0001f600" * 300, "max_new_tokens": 8}),
+        ):
             assert r.status_code == 422, r.text
             assert "the model reads at most 256" in r.json()["detail"]
         assert c.get("/generate", params={"prompt": "Paris is", "max_new_tokens": 2}).status_code == 200
@@ -134,16 +161,19 @@ def test_deeply_nested_json_is_4xx(url, path):
     assert r.status_code == 422, r.text[:300]
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"prompt": "\xff\xfe {}", "subject": "a", "target_new": "b"}',
-    b'{"prompt": "The mother tongue of {} is", "subject": "\xc3\x28", "target_new": "b"}',
-    b'{"prompt": "\\ud800 {}", "subject": "a", "target_new": "b"}',  # a lone surrogate
-    b'{"prompt": "{} is", "subject": "\\udfff", "target_new": "b"}',
-    b"\x00\x01\x02",
-    b"",
-    b"null",
-    b"12",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"prompt": "\xff\xfe {}", "subject": "a", "target_new": "b"}',
+        b'{"prompt": "The mother tongue of {} is", "subject": "\xc3\x28", "target_new": "b"}',
+        b'{"prompt": "\\ud800 {}", "subject": "a", "target_new": "b"}',  # a lone surrogate
+        b'{"prompt": "{} is", "subject": "\\udfff", "target_new": "b"}',
+        b"\x00\x01\x02",
+        b"",
+        b"null",
+        b"12",
+    ],
+)
 def test_invalid_encodings_and_shapes_are_4xx(url, raw):
     for path in ("/edits", "/generate"):
         r = httpx.post(f"{url}{path}", content=raw, headers={"content-type": "application/json"}, timeout=60)
@@ -155,16 +185,29 @@ def test_invalid_encodings_and_shapes_are_4xx(url, raw):
 def test_huge_or_bad_max_new_tokens_is_422(url, value):
     r = httpx.get(f"{url}/generate", params={"prompt": "hi", "max_new_tokens": value}, timeout=60)
     assert r.status_code == 422, r.text
-    for raw in (f'{{"prompt": "hi", "max_new_tokens": {value}}}', '{"prompt": "hi", "max_new_tokens": 1e400}',
-                '{"prompt": "hi", "max_new_tokens": 10000000000000000000000000000}'):
-        r = httpx.post(f"{url}/generate", content=raw.encode(), headers={"content-type": "application/json"},
-                       timeout=60)
+    for raw in (
+        f'{{"prompt": "hi", "max_new_tokens": {value}}}',
+        '{"prompt": "hi", "max_new_tokens": 1e400}',
+        '{"prompt": "hi", "max_new_tokens": 10000000000000000000000000000}',
+    ):
+        r = httpx.post(
+            f"{url}/generate", content=raw.encode(), headers={"content-type": "application/json"}, timeout=60
+        )
         assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
 
 
-@pytest.mark.parametrize("q", ["/edits/99999999999999999999", "/edits/-5", "/edits/abc",
-                               "/edits?offset=9223372036854775808", "/edits?limit=99999999999999999999",
-                               "/edits?status=%00", "/edits?status=queued%27%20OR%201%3D1--"])
+@pytest.mark.parametrize(
+    "q",
+    [
+        "/edits/99999999999999999999",
+        "/edits/-5",
+        "/edits/abc",
+        "/edits?offset=9223372036854775808",
+        "/edits?limit=99999999999999999999",
+        "/edits?status=%00",
+        "/edits?status=queued%27%20OR%201%3D1--",
+    ],
+)
 def test_out_of_range_ids_and_queries_are_4xx(url, q):
     r = httpx.get(f"{url}{q}", timeout=60)
     assert 400 <= r.status_code < 500, (q, r.status_code, r.text)
@@ -172,8 +215,10 @@ def test_out_of_range_ids_and_queries_are_4xx(url, q):
     assert 400 <= r.status_code < 500, (q, r.status_code, r.text)
 
 
-@pytest.mark.parametrize("prompt", ["{0} is {}", "{subject} is {}", "{{}} {}", "{} is {}", "{}{}", "{ } is",
-                                    "{} is {!r}", "{} is {0:>10}", "{}"])
+@pytest.mark.parametrize(
+    "prompt",
+    ["{0} is {}", "{subject} is {}", "{{}} {}", "{} is {}", "{}{}", "{ } is", "{} is {!r}", "{} is {0:>10}", "{}"],
+)
 def test_brace_patterns_in_prompts_are_422(url, prompt):
     r = httpx.post(f"{url}/edits", json={"prompt": prompt, "subject": "Paris", "target_new": "Japan"}, timeout=60)
     assert r.status_code == 422 and "prompt" in r.json()["detail"], r.text
@@ -186,7 +231,7 @@ NASTY = [
     {"prompt": "{} plays", "subject": "{{}}", "target_new": "{0!r:>{1}}"},
     {"prompt": "%s {} was founded by %d", "subject": "%s %d %(x)s", "target_new": "${HOME} `id`"},
     {"prompt": "{} is in", "subject": "Robert'); DROP TABLE edits;--", "target_new": "1' OR '1'='1"},
-    {"prompt": "{} is in", "subject": "x\" UNION SELECT * FROM versions --", "target_new": "; DELETE FROM batches"},
+    {"prompt": "{} is in", "subject": 'x" UNION SELECT * FROM versions --', "target_new": "; DELETE FROM batches"},
     {"prompt": "You can see {} from", "subject": "<script>alert(1)</script>", "target_new": "\u202eevil"},
     {"prompt": "{} is", "subject": "e\u0301\u200b\ufeff", "target_new": "😀" * 10},
 ]
@@ -234,6 +279,7 @@ def test_idempotency_key_edge_cases_are_4xx_or_handled(url):
 
 # --- auth ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def keyed_client(warm_cache, tmp_path_factory):
     from fastapi.testclient import TestClient
@@ -243,9 +289,15 @@ def keyed_client(warm_cache, tmp_path_factory):
 
     model_dir, corpus, cache = warm_cache
     db = tmp_path_factory.mktemp("auth") / "kedit.db"
-    cfg = ServiceConfig(model_path=str(model_dir), cache_dir=cache, stats_corpus=corpus,
-                        edit_overrides=dict(sup.TINY_OVERRIDES), database_url=f"sqlite:///{db}", api_key=KEY,
-                        batch_wait_ms=50)
+    cfg = ServiceConfig(
+        model_path=str(model_dir),
+        cache_dir=cache,
+        stats_corpus=corpus,
+        edit_overrides=dict(sup.TINY_OVERRIDES),
+        database_url=f"sqlite:///{db}",
+        api_key=KEY,
+        batch_wait_ms=50,
+    )
     with TestClient(create_app(cfg)) as c:
         yield c
 
@@ -266,9 +318,18 @@ def test_every_mutating_endpoint_refuses_a_missing_or_wrong_key(keyed_client):
     ops = _mutating_operations(keyed_client)
     assert ("post", "/edits") in ops and ("post", "/edits/{edit_id}/revert") in ops
     body = {"prompt": "{} is", "subject": "Auth", "target_new": "x"}
-    wrong = [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY[:-1]}, {"X-API-Key": KEY + "x"}, {"X-API-Key": ""},
-             {"Authorization": f"Bearer {KEY[:-1]}"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"},
-             {"X-API-Key": KEY.upper()}, {"X-API-Key": ("é" * len(KEY)).encode()}]
+    wrong = [
+        {},
+        {"X-API-Key": "wrong"},
+        {"X-API-Key": KEY[:-1]},
+        {"X-API-Key": KEY + "x"},
+        {"X-API-Key": ""},
+        {"Authorization": f"Bearer {KEY[:-1]}"},
+        {"Authorization": KEY},
+        {"Authorization": f"Basic {KEY}"},
+        {"X-API-Key": KEY.upper()},
+        {"X-API-Key": ("é" * len(KEY)).encode()},
+    ]
     for method, path in ops:
         p = path.replace("{edit_id}", "1")
         for headers in wrong:
@@ -300,7 +361,15 @@ def test_key_comparison_is_constant_time():
     check = inspect.getsource(deps.check_api_key).split('"""')[-1]
     callers = inspect.getsource(deps.require_api_key).split('"""')[-1] + inspect.getsource(ui)
     assert check.count("hmac.compare_digest(") == 1 and "compare_digest" not in callers
-    for bad in ("== expected", "expected ==", "!= expected", "expected !=", ".startswith(expected", "in expected",
-                "api_key ==", "== ctx.config.api_key"):
+    for bad in (
+        "== expected",
+        "expected ==",
+        "!= expected",
+        "expected !=",
+        ".startswith(expected",
+        "in expected",
+        "api_key ==",
+        "== ctx.config.api_key",
+    ):
         assert bad not in check and bad not in callers, bad
     assert "given = authorization" in callers and callers.count("check_api_key(") >= 2  # headers and forms

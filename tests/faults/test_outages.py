@@ -10,6 +10,7 @@ test starts its own: `initdb` + `pg_ctl` on a free port (as the postgres user) a
   /ready fails and says the database is down, /generate keeps serving the weights it holds;
   when PostgreSQL returns, the same api and worker processes carry on and apply everything.
 """
+
 from __future__ import annotations
 
 import httpx
@@ -97,8 +98,11 @@ def test_redis_and_postgres_outages(warm_cache, own_postgres, own_redis, cluster
 
         # Keep it down until the worker has tried (and failed) to take the writer lock again a
         # few times: a worker that cannot live through that would have exited by now.
-        sup.wait_for(lambda: not worker.alive() or worker.tail(20_000).count("cannot reach the database") >= 3,
-                     120, "the worker to retry the database while it is down")
+        sup.wait_for(
+            lambda: not worker.alive() or worker.tail(20_000).count("cannot reach the database") >= 3,
+            120,
+            "the worker to retry the database while it is down",
+        )
         assert worker.alive(), f"the worker died while PostgreSQL was down:\n{worker.tail()}"
         assert httpx.get(f"{api.url}/generate", params=PROBE, timeout=60).status_code == 200
 

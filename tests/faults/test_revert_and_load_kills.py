@@ -4,6 +4,7 @@ commit and its XACK while clients keep posting. Each is checked where it landed 
 nothing half-done; the committed batch's stream entries are still pending) and at the end with
 the crash trials' checks: every accepted edit applied, failed with a reason or reverted if asked;
 none applied twice; the api, a fresh in-process replay and `kedit verify` serve the head hash."""
+
 from __future__ import annotations
 
 import random
@@ -26,9 +27,12 @@ def _settled(engine) -> bool:
     from sqlalchemy import text
 
     with engine.connect() as c:
-        return not c.execute(text(
-            "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
-            "OR (status = 'applied' AND revert_requested)")).scalar()
+        return not c.execute(
+            text(
+                "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
+                "OR (status = 'applied' AND revert_requested)"
+            )
+        ).scalar()
 
 
 def _died_by_fault(w, trial: str) -> None:
@@ -37,8 +41,7 @@ def _died_by_fault(w, trial: str) -> None:
     assert "fault injection: SIGKILL" in w.tail(), f"{trial}: the fault point was never reached:\n{w.tail()}"
 
 
-def test_kills_inside_a_revert_and_between_commit_and_ack_under_load(
-        warm_cache, pg_url, redis_prefix, cluster_factory):
+def test_kills_inside_a_revert_and_between_commit_and_ack_under_load(warm_cache, pg_url, redis_prefix, cluster_factory):
     env = sup.service_env(warm_cache, pg_url, sup.REDIS, redis_prefix, KEDIT_BATCH_SIZE="4")
     cl = cluster_factory(env)
     api = cl.start_api()

@@ -9,6 +9,7 @@ every accepted edit ended applied, failed with a reason, or reverted (if asked);
 applied twice; and the api, a fresh in-process replay and `kedit verify` all agree with the
 hash the log stored at its head. The at-most-once check also runs after every single kill.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,8 @@ import random
 import signal
 
 import httpx
-import redis
 import pytest
+import redis
 
 from tests.utils import faults as sup
 
@@ -41,13 +42,17 @@ def _settled(engine) -> bool:
     from sqlalchemy import text
 
     with engine.connect() as c:
-        return not c.execute(text(
-            "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
-            "OR (status = 'applied' AND revert_requested)")).scalar()
+        return not c.execute(
+            text(
+                "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
+                "OR (status = 'applied' AND revert_requested)"
+            )
+        ).scalar()
 
 
 def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
-        warm_cache, pg_url, redis_prefix, cluster_factory):
+    warm_cache, pg_url, redis_prefix, cluster_factory
+):
     env = sup.service_env(warm_cache, pg_url, sup.REDIS, redis_prefix)
     cl = cluster_factory(env)
     api = cl.start_api()
@@ -76,8 +81,7 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
                     accepted.update(r.json()["ids"])
             if rng.random() < 0.3:
                 state = sup.log_state(engine)
-                live = sorted(e for e, row in state["edits"].items()
-                              if row["status"] == "applied" and e not in reverts)
+                live = sorted(e for e, row in state["edits"].items() if row["status"] == "applied" and e not in reverts)
                 if live:
                     eid = rng.choice(live)
                     r = client.post(f"/edits/{eid}/revert")
@@ -86,8 +90,9 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
 
             fault = _fault(rng)
             w = cl.start("worker", fault=fault)
-            sup.wait_for(lambda: not w.alive() or _settled(engine), 240,
-                         f"trial {trial}: the worker ({fault}) to die or finish")
+            sup.wait_for(
+                lambda: not w.alive() or _settled(engine), 240, f"trial {trial}: the worker ({fault}) to die or finish"
+            )
             if w.alive():  # all work done before the fault point came round: kill -9 it idle
                 w.popen.send_signal(signal.SIGKILL)
             rc = w.popen.wait(timeout=60)
@@ -118,10 +123,15 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
         # A restarted worker proves the same replay before it takes the lock, and stays up.
         cl.stop(w)
         w2 = cl.start("worker", log_level="info")
-        sup.wait_for(lambda: "writer lock acquired" in w2.tail() or not w2.alive(), 180,
-                     "the restarted worker to replay the log and take the lock")
-        assert f"replayed {len([b for b in state['batches'] if b['removed_version'] is None])} live batches " \
-               f"up to version {head['id']}" in w2.tail(), w2.tail()
+        sup.wait_for(
+            lambda: "writer lock acquired" in w2.tail() or not w2.alive(),
+            180,
+            "the restarted worker to replay the log and take the lock",
+        )
+        assert (
+            f"replayed {len([b for b in state['batches'] if b['removed_version'] is None])} live batches "
+            f"up to version {head['id']}" in w2.tail()
+        ), w2.tail()
         assert w2.alive(), w2.tail()
     finally:
         client.close()
@@ -130,7 +140,9 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
 
     reached = [f for f in fired if "killed from outside" not in f]
     print(f"\n{len(reached)}/{len(fired)} faults fired ({mid_batch} kills left a batch half-done): {fired}")
-    print(f"{len(accepted)} edits accepted, {len(reverts)} reverts, {len(state['versions'])} versions; "
-          f"{sum(1 for e in state['edits'].values() if e['status'] == 'failed')} failed")
+    print(
+        f"{len(accepted)} edits accepted, {len(reverts)} reverts, {len(state['versions'])} versions; "
+        f"{sum(1 for e in state['edits'].values() if e['status'] == 'failed')} failed"
+    )
     assert len(fired) == TRIALS
     assert len(reached) >= 0.75 * TRIALS, f"too few faults fired where they were aimed: {fired}"

@@ -2,6 +2,7 @@
 "Backup and restore"): a log with applied and reverted edits is dumped, restored into a fresh
 database, and an api started on the restore serves the same head version, the same weights hash
 and the same answers."""
+
 from __future__ import annotations
 
 import shutil
@@ -34,8 +35,13 @@ def _snapshot(c: TestClient) -> dict:
     version = c.get("/version").json()
     edits = c.get("/edits", params={"limit": 50}).json()["items"]
     answers = [c.get("/generate", params={"prompt": p, "max_new_tokens": 4}).json()["text"] for p in PROMPTS]
-    return {"version": version["version"], "head": version["head"], "hash": version["weights_hash"],
-            "edits": [(e["id"], e["status"], e["version"], e["batch_id"]) for e in edits], "answers": answers}
+    return {
+        "version": version["version"],
+        "head": version["head"],
+        "hash": version["weights_hash"],
+        "edits": [(e["id"], e["status"], e["version"], e["batch_id"]) for e in edits],
+        "answers": answers,
+    }
 
 
 def test_dump_restore_and_serve_the_same_weights(prod_config, pg_url, pg_server, tmp_path):
@@ -53,14 +59,22 @@ def test_dump_restore_and_serve_the_same_weights(prod_config, pg_url, pg_server,
     assert before["version"] >= 3 and ("reverted" in {e[1] for e in before["edits"]})
 
     dump = tmp_path / "kedit.dump"
-    subprocess.run([_tool("pg_dump"), "--format=custom", "--no-owner", f"--file={dump}", _libpq(pg_url)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [_tool("pg_dump"), "--format=custom", "--no-owner", f"--file={dump}", _libpq(pg_url)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     restored = f"kedit_restore_{uuid.uuid4().hex[:10]}"
     pg_server.execute(f'CREATE DATABASE "{restored}"')
     try:
         url = pg_url.rsplit("/", 1)[0] + "/" + restored
-        subprocess.run([_tool("pg_restore"), "--no-owner", "--exit-on-error", f"--dbname={_libpq(url)}", str(dump)],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [_tool("pg_restore"), "--no-owner", "--exit-on-error", f"--dbname={_libpq(url)}", str(dump)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         with TestClient(create_app(prod_config(redis_url=None, database_url=url))) as c:
             after = _snapshot(c)
             assert after == before

@@ -1,5 +1,6 @@
 """Concurrent generation: requests share forward passes (transformers' continuous batching), and
 every answer comes from exactly one weights version, also while the worker publishes new ones."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,14 @@ from app.service.context import ServiceContext
 from app.service.generation import Sampling, fingerprint
 from tests.utils.service import FACTS, KeditServer, tiny_server_env, wait_for
 
-PROMPTS = ["The mother tongue of Danielle Darrieux is", "Paris is the capital of", "Lionel Messi plays",
-           "Apple was founded by", "Michael Jordan plays", "The Eiffel Tower is in"]
+PROMPTS = [
+    "The mother tongue of Danielle Darrieux is",
+    "Paris is the capital of",
+    "Lionel Messi plays",
+    "Apple was founded by",
+    "Michael Jordan plays",
+    "The Eiffel Tower is in",
+]
 
 
 def test_concurrent_requests_share_forward_passes(client):
@@ -26,8 +33,10 @@ def test_concurrent_requests_share_forward_passes(client):
     passes = []
     hook = engine.lm.model.register_forward_hook(lambda *_: passes.append(1))
     try:
-        gens = [engine.open(tok(PROMPTS[i % len(PROMPTS)])["input_ids"], Sampling(max_tokens=tokens, temperature=0))
-                for i in range(n)]
+        gens = [
+            engine.open(tok(PROMPTS[i % len(PROMPTS)])["input_ids"], Sampling(max_tokens=tokens, temperature=0))
+            for i in range(n)
+        ]
         texts = [g.text() for g in gens]
     finally:
         hook.remove()
@@ -69,12 +78,14 @@ def test_many_streams_while_the_worker_publishes_versions(tiny_assets, tmp_path)
                     if r.status_code != 200:
                         continue
                     header = r.headers["x-system-fingerprint"]
-                    chunks = [json.loads(line[6:]) for line in r.iter_lines()
-                              if line.startswith("data: {")]
+                    chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
                 fps = {c["system_fingerprint"] for c in chunks}
                 assert fps == {header}, (fps, header)
-                text = "".join((c["choices"][0]["delta"].get("content") or "") if chat else c["choices"][0]["text"]
-                               for c in chunks if c["choices"])
+                text = "".join(
+                    (c["choices"][0]["delta"].get("content") or "") if chat else c["choices"][0]["text"]
+                    for c in chunks
+                    if c["choices"]
+                )
                 with lock:
                     results.append((header, prompt, text))
                 k += 1
@@ -84,8 +95,11 @@ def test_many_streams_while_the_worker_publishes_versions(tiny_assets, tmp_path)
             futures = [pool.submit(client, i) for i in range(12)]
             with httpx.Client(base_url=srv.url, timeout=60) as h:
                 ids = [h.post("/edits", json=f).json()["ids"][0] for f in FACTS]
-                wait_for(lambda: all(h.get(f"/edits/{i}").json()["status"] in ("applied", "failed") for i in ids),
-                         300, "the edits")
+                wait_for(
+                    lambda: all(h.get(f"/edits/{i}").json()["status"] in ("applied", "failed") for i in ids),
+                    300,
+                    "the edits",
+                )
                 h.post(f"/edits/{ids[0]}/revert")
                 wait_for(lambda: h.get(f"/edits/{ids[0]}").json()["status"] == "reverted", 300, "the revert")
                 head = h.get("/version").json()["head"]
@@ -122,5 +136,10 @@ def test_many_streams_while_the_worker_publishes_versions(tiny_assets, tmp_path)
 def tiny_server_env_config(model_dir, corpus, cache, db) -> dict:
     from tests.utils.service import TINY_OVERRIDES
 
-    return dict(model_path=str(model_dir), stats_corpus=corpus, cache_dir=cache, database_url=f"sqlite:///{db}",
-                edit_overrides=dict(TINY_OVERRIDES))
+    return dict(
+        model_path=str(model_dir),
+        stats_corpus=corpus,
+        cache_dir=cache,
+        database_url=f"sqlite:///{db}",
+        edit_overrides=dict(TINY_OVERRIDES),
+    )

@@ -1,12 +1,12 @@
 """Readers never see a version half-applied: every /generate answer names a version and the
 weights hash that the log recorded for exactly that version, while edits and reverts land."""
+
 from __future__ import annotations
 
 import threading
 
-from tests.utils.service import FACTS, wait_status
-
 from app.store.models import Version
+from tests.utils.service import FACTS, wait_status
 
 
 def test_generate_answers_match_a_logged_version(client):

@@ -1,6 +1,7 @@
 """Where the model lives and in which dtype it serves: the weights are edited and replayed in float32
 (the log's hash is over them); KEDIT_SERVE_DTYPE=bfloat16 serves from a copy that follows every version.
 The CUDA tests run where a GPU is present (KEDIT_DEVICE=cuda) and skip cleanly elsewhere."""
+
 from __future__ import annotations
 
 import pytest
@@ -59,7 +60,8 @@ def test_service_on_cuda_edits_and_serves(make_config):
         answer = complete(c)
         g = c.get("/generate", params={"prompt": PROMPT, "max_new_tokens": 8}).json()
         assert answer["choices"][0]["text"] == g["text"] and answer["system_fingerprint"].startswith(
-            f"kedit-v{g['version']}-")
+            f"kedit-v{g['version']}-"
+        )
 
 
 @cuda

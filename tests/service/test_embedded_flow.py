@@ -1,5 +1,6 @@
 """Embedded mode end to end (SQLite + in-process queue + worker thread, tiny model):
 edit → applied → revert → base weights again; batch-mates survive a revert; restart replays."""
+
 from __future__ import annotations
 
 import pytest
@@ -114,8 +115,11 @@ def test_start_refuses_when_the_log_does_not_replay(make_config):
 
             d = delta_from_bytes(row.layer, row.data)
             d.u = d.u * 1.5  # a corrupted record
-            s.execute(update(LayerDeltaRow).where(LayerDeltaRow.batch_id == row.batch_id,
-                                                  LayerDeltaRow.layer == row.layer).values(data=delta_to_bytes(d)))
+            s.execute(
+                update(LayerDeltaRow)
+                .where(LayerDeltaRow.batch_id == row.batch_id, LayerDeltaRow.layer == row.layer)
+                .values(data=delta_to_bytes(d))
+            )
     with pytest.raises(ReplayMismatch, match="refusing to serve"):
         with TestClient(create_app(cfg)):
             pass
@@ -188,8 +192,17 @@ def test_health_ready_and_metrics(client):
 
 def test_openapi_documents_the_contract(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for p in ("/edits", "/edits/{edit_id}", "/edits/{edit_id}/revert", "/generate", "/health/norms",
-              "/health", "/ready", "/metrics", "/version"):
+    for p in (
+        "/edits",
+        "/edits/{edit_id}",
+        "/edits/{edit_id}/revert",
+        "/generate",
+        "/health/norms",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/version",
+    ):
         assert p in paths, p
     assert "oneOf" in paths["/edits"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     # Error answers are documented as what the service really sends: {"detail": ..., "errors": ...}.

@@ -5,6 +5,7 @@ changes when written alone, and the other three written together do not (found b
 worker's weights, which are then put back). `reject` fails exactly that edit with a reason naming
 the canary and commits its batch-mates; `warn` applies all and marks them; `off` does neither.
 Kills in the middle of a guarded batch: tests/faults/test_guard_kills.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,13 +15,22 @@ from app.queue import LocalQueue
 from app.service import edits as edit_service
 from app.service.context import ServiceContext
 from app.store import repo
-from tests.utils.service import FACTS, TINY_OVERRIDES
 from tests.utils.guard import answers, plant
+from tests.utils.service import FACTS, TINY_OVERRIDES
 
 # Prompts the tiny model may know; the canary is whichever one edit of the batch alone breaks.
-CANDIDATES = ["The mother tongue of Danielle Darrieux is", "Paris is the capital of", "Lionel Messi plays",
-              "Apple was founded by", "Michael Jordan plays", "The Eiffel Tower is in", "Toyota is a company from",
-              "Rome is in", "The Beatles played music in", "Danielle Darrieux was born in"]
+CANDIDATES = [
+    "The mother tongue of Danielle Darrieux is",
+    "Paris is the capital of",
+    "Lionel Messi plays",
+    "Apple was founded by",
+    "Michael Jordan plays",
+    "The Eiffel Tower is in",
+    "Toyota is a company from",
+    "Rome is in",
+    "The Beatles played music in",
+    "Danielle Darrieux was born in",
+]
 BATCH = [FACTS[1], FACTS[2], dict(FACTS[0], target_new="German"), FACTS[3]]
 # Only canary facts count in these tests: perplexity and entropy of a random tiny model move a lot.
 LOOSE = dict(guard_ppl_rise=100.0, guard_ppl_rise_total=100.0, guard_entropy_drop=1.0, guard_entropy_drop_total=1.0)
@@ -157,7 +167,9 @@ def test_reject_of_a_batch_of_one_commits_nothing(guarded):
     report = worker.step()
     assert report.failed == [rows[0].id] and report.version is None
     e = edits(ctx, [rows[0].id])[rows[0].id]
-    assert e.status == "failed" and e.error.startswith(f"refused by the quality guard: would change '{canary}' from {expected}")
+    assert e.status == "failed" and e.error.startswith(
+        f"refused by the quality guard: would change '{canary}' from {expected}"
+    )
     with ctx.sessions() as s:
         assert repo.head_version_id(s) == 0
     assert worker.host.editor.weights_hash() == worker.host.base_hash

@@ -8,17 +8,18 @@ canary that the edit contradicts). SmolLM2's ENCORE edits are local, so which ne
 flips, if any, is a matter of the last bits of the arithmetic and differs from one CPU to another;
 a paraphrase flips whenever the edit takes. The breaker must change the canary alone and in the
 batch, its batch-mate alone must not, so the guard has to find the breaker."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from app.config import ServiceConfig
 from app.editing.types import EditRequest
 from app.queue import LocalQueue
 from app.service import edits as edit_service
 from app.service.context import ServiceContext
-from app.config import ServiceConfig
 from app.store import repo
 from tests.utils.guard import answers, plant
 
@@ -31,8 +32,12 @@ LOOSE = dict(guard_ppl_rise=100.0, guard_ppl_rise_total=100.0, guard_entropy_dro
 
 def fact(rec: dict) -> dict:
     rw = rec["requested_rewrite"]
-    return {"prompt": rw["prompt"], "subject": rw["subject"], "target_new": rw["target_new"]["str"],
-            "target_true": rw["target_true"]["str"]}
+    return {
+        "prompt": rw["prompt"],
+        "subject": rw["subject"],
+        "target_new": rw["target_new"]["str"],
+        "target_true": rw["target_true"]["str"],
+    }
 
 
 def construct(worker, records: list[dict]) -> tuple[dict, str]:
@@ -64,8 +69,9 @@ def construct(worker, records: list[dict]) -> tuple[dict, str]:
 
 def test_reject_refuses_the_counterfact_edit_that_breaks_its_neighbour(shared_data, tmp_path):
     records = json.loads((shared_data / "counterfact" / "counterfact.json").read_text())
-    cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", stats_corpus=shared_data / "corpus",
-                        guard="reject", **LOOSE)
+    cfg = ServiceConfig(
+        database_url=f"sqlite:///{tmp_path / 'kedit.db'}", stats_corpus=shared_data / "corpus", guard="reject", **LOOSE
+    )
     ctx = ServiceContext.open(cfg, queue=LocalQueue())
     worker = ctx.build_worker()
     assert worker.lock.try_acquire()
@@ -85,7 +91,9 @@ def test_reject_refuses_the_counterfact_edit_that_breaks_its_neighbour(shared_da
         assert got[ids[1]].error.startswith(f"refused by the quality guard: would change '{canary}' from {expected} to")
         assert got[ids[0]].status == "applied"
         assert q.guard["rejected"] == [ids[1]] and q.facts_kept == 1
-        print(f"\nrefused: {breaker['prompt'].format(breaker['subject'])} -> {breaker['target_new']}: {got[ids[1]].error}")
+        print(
+            f"\nrefused: {breaker['prompt'].format(breaker['subject'])} -> {breaker['target_new']}: {got[ids[1]].error}"
+        )
     finally:
         worker.lock.release()
         ctx.close()

@@ -1,5 +1,6 @@
 """Idempotency keys expire after the configured window, and the table stays bounded (issue 15),
 on the embedded SQLite and on the real PostgreSQL."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -33,13 +34,17 @@ def sessions(request, tmp_path):
 def _age(sessions, key: str, seconds: float) -> None:
     """Pretend the key was made `seconds` ago (the window is hours; no test waits that long)."""
     with transaction(sessions) as s:
-        s.execute(update(IdempotencyKey).where(IdempotencyKey.key == key)
-                  .values(created_at=utcnow() - timedelta(seconds=seconds)))
+        s.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == key)
+            .values(created_at=utcnow() - timedelta(seconds=seconds))
+        )
 
 
 def _submit(sessions, fact, key):
-    rows, created = edit_service.submit(sessions, LocalQueue(), [fact], idempotency_key=key,
-                                        idempotency_window_s=WINDOW)
+    rows, created = edit_service.submit(
+        sessions, LocalQueue(), [fact], idempotency_key=key, idempotency_window_s=WINDOW
+    )
     return [e.id for e in rows], created
 
 

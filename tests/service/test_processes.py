@@ -1,4 +1,5 @@
 """Real processes: two `kedit api` replicas and one `kedit worker`, over PostgreSQL and Redis."""
+
 from __future__ import annotations
 
 import json
@@ -29,18 +30,30 @@ def spawn(tiny_assets, pg_url, redis_prefix, tmp_path):
     model_dir, corpus, cache = tiny_assets
     env = {
         **os.environ,
-        "KEDIT_MODEL_PATH": str(model_dir), "KEDIT_CACHE_DIR": str(cache), "KEDIT_STATS_CORPUS": str(corpus),
-        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES), "DATABASE_URL": pg_url.replace("+psycopg", ""),
-        "REDIS_URL": "redis://127.0.0.1:6379/0", "KEDIT_REDIS_PREFIX": redis_prefix,
-        "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.5", "KEDIT_STANDBY_POLL_S": "0.5",
-        "KEDIT_BATCH_SIZE": "2", "KEDIT_RECLAIM_IDLE_MS": "1000",
+        "KEDIT_MODEL_PATH": str(model_dir),
+        "KEDIT_CACHE_DIR": str(cache),
+        "KEDIT_STATS_CORPUS": str(corpus),
+        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
+        "DATABASE_URL": pg_url.replace("+psycopg", ""),
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "KEDIT_REDIS_PREFIX": redis_prefix,
+        "KEDIT_BATCH_WAIT_MS": "50",
+        "KEDIT_SYNC_POLL_S": "0.5",
+        "KEDIT_STANDBY_POLL_S": "0.5",
+        "KEDIT_BATCH_SIZE": "2",
+        "KEDIT_RECLAIM_IDLE_MS": "1000",
     }
     procs: list[subprocess.Popen] = []
 
     def start(*args: str) -> subprocess.Popen:
         log = open(tmp_path / f"proc{len(procs)}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "app.cli", *args, "--log-level", "warning"],
-                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args, "--log-level", "warning"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         procs.append(p)
         return p
 
@@ -105,15 +118,19 @@ def test_killed_worker_loses_nothing_and_applies_nothing_twice(spawn, pg_url):
     ids = []
     for i in range(6):  # six requests: several small batches, so the kill lands mid-backlog
         ids += httpx.post(f"{url}/edits", json=FACTS[i % len(FACTS)]).json()["ids"]
-    wait_for(lambda: httpx.get(f"{url}/edits", params={"status": "applied"}).json()["total"] >= 1, 180,
-             "the first batch")
+    wait_for(
+        lambda: httpx.get(f"{url}/edits", params={"status": "applied"}).json()["total"] >= 1, 180, "the first batch"
+    )
     metrics = httpx.get(f"http://127.0.0.1:{mport}/metrics").text
     assert "kedit_worker_edits_total" in metrics
     first.kill()  # no cleanup, no XACK, maybe mid-batch
     first.wait(timeout=30)
     spawn("worker")
-    wait_for(lambda: httpx.get(f"{url}/edits", params={"status": "applied"}).json()["total"] == len(ids), 300,
-             "every edit to be applied")
+    wait_for(
+        lambda: httpx.get(f"{url}/edits", params={"status": "applied"}).json()["total"] == len(ids),
+        300,
+        "every edit to be applied",
+    )
 
     engine = create_engine(pg_url)
     with engine.connect() as c:

@@ -1,5 +1,6 @@
 """Production mode in one test process: api apps (TestClient) and workers with their own model
 copies, talking only through the real PostgreSQL and Redis."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """End to end on the real SmolLM2 with a real CounterFact fact, in both modes:
 edit → applied → /generate says target_new → revert → /generate as before → norms recorded
 → restart the api → the same weights hash and the same answers."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ def fact(shared_data) -> dict:
     # CounterFact case 0 (compact EasyEdit form): the subject slot goes back into the prompt.
     rec = json.loads((shared_data / "counterfact_extra" / "counterfact-edit.json").read_text())[0]
     assert rec["case_id"] == 0
-    return {"prompt": rec["prompt"].replace(rec["subject"], "{}"), "subject": rec["subject"],
-            "target_new": rec["target_new"], "target_true": rec["ground_truth"]}
+    return {
+        "prompt": rec["prompt"].replace(rec["subject"], "{}"),
+        "subject": rec["subject"],
+        "target_new": rec["target_new"],
+        "target_true": rec["ground_truth"],
+    }
 
 
 def ask(c, fact) -> dict:
@@ -35,21 +40,29 @@ def test_counterfact_edit_revert_restart(mode, fact, pg_url, redis_prefix, tmp_p
     corpus = shared_data / "corpus"  # C₀ from WikiText, cached once for every test on SmolLM2
     # Canaries on SmolLM2 are tested in test_guard_real_model.py; here they would only add minutes.
     if mode == "production":
-        cfg = ServiceConfig(database_url=pg_url, redis_url="redis://127.0.0.1:6379/0", redis_prefix=redis_prefix,
-                            batch_wait_ms=50, sync_poll_s=0.5, stats_corpus=corpus,
-                            canaries=False)
+        cfg = ServiceConfig(
+            database_url=pg_url,
+            redis_url="redis://127.0.0.1:6379/0",
+            redis_prefix=redis_prefix,
+            batch_wait_ms=50,
+            sync_poll_s=0.5,
+            stats_corpus=corpus,
+            canaries=False,
+        )
         worker = ServiceContext.open(cfg)
         worker.start_worker()
 
         def api():
             return TestClient(create_app(cfg, with_worker=False))
     else:
-        cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=50, stats_corpus=corpus,
-                            canaries=False)
+        cfg = ServiceConfig(
+            database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=50, stats_corpus=corpus, canaries=False
+        )
         worker = None
 
         def api():
             return TestClient(create_app(cfg))
+
     try:
         with api() as c:
             base = ask(c, fact)
@@ -94,13 +107,21 @@ def test_revert_one_fact_of_a_batch_keeps_the_other(shared_data, tmp_path):
     answer back while the other (re-applied from its stored z*) keeps its new one."""
     recs = json.loads((shared_data / "counterfact_extra" / "counterfact-edit.json").read_text())
     darrieux, apple = (
-        {"prompt": r["prompt"].replace(r["subject"], "{}"), "subject": r["subject"],
-         "target_new": r["target_new"], "target_true": r["ground_truth"]}
+        {
+            "prompt": r["prompt"].replace(r["subject"], "{}"),
+            "subject": r["subject"],
+            "target_new": r["target_new"],
+            "target_true": r["ground_truth"],
+        }
         for r in (recs[0], recs[5])
     )
     assert (darrieux["target_new"], apple["subject"], apple["target_new"]) == ("English", "Apple A5", "Google")
-    cfg = ServiceConfig(database_url=f"sqlite:///{tmp_path / 'kedit.db'}", batch_wait_ms=200,
-                        stats_corpus=shared_data / "corpus", canaries=False)
+    cfg = ServiceConfig(
+        database_url=f"sqlite:///{tmp_path / 'kedit.db'}",
+        batch_wait_ms=200,
+        stats_corpus=shared_data / "corpus",
+        canaries=False,
+    )
     with TestClient(create_app(cfg)) as c:
         base_apple = ask(c, apple)["text"]
         ids = c.post("/edits", json=[darrieux, apple]).json()["ids"]

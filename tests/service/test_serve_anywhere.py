@@ -1,5 +1,6 @@
 """`kedit serve` as a user starts it on a machine of their own: the real process, embedded mode,
 no data folder, an empty cache. The key statistics then come from text the model generates."""
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,16 @@ def free_port() -> int:
 
 
 def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KEDIT_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({
-        "KEDIT_CACHE_DIR": str(tmp_path / "cache"),  # empty: nothing converted or computed yet
-        "KEDIT_DATA_DIR": str(tmp_path / "no-such-data-folder"),
-        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
-        "KEDIT_BATCH_WAIT_MS": "50",
-        **extra,
-    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEDIT_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        {
+            "KEDIT_CACHE_DIR": str(tmp_path / "cache"),  # empty: nothing converted or computed yet
+            "KEDIT_DATA_DIR": str(tmp_path / "no-such-data-folder"),
+            "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
+            "KEDIT_BATCH_WAIT_MS": "50",
+            **extra,
+        }
+    )
     return env
 
 
@@ -44,9 +46,15 @@ def test_serve_with_no_data_folder_and_an_empty_cache(tiny_assets, tmp_path):
     env = serve_env(tmp_path, KEDIT_MODEL_PATH=str(model_dir))
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def ready() -> bool:
             assert proc.poll() is None, f"kedit serve exited with {proc.returncode}:\n{log.read_text()}"
             try:
@@ -56,8 +64,11 @@ def test_serve_with_no_data_folder_and_an_empty_cache(tiny_assets, tmp_path):
 
         wait_for(ready, 300, "kedit serve to be ready")
         eid = httpx.post(f"{url}/edits", json=FACTS[0]).json()["ids"][0]
-        edit = wait_for(lambda: (e := httpx.get(f"{url}/edits/{eid}").json())["status"] in ("applied", "failed") and e,
-                        300, "the edit to finish")
+        edit = wait_for(
+            lambda: (e := httpx.get(f"{url}/edits/{eid}").json())["status"] in ("applied", "failed") and e,
+            300,
+            "the edit to finish",
+        )
         assert edit["status"] == "applied", edit
         assert list((tmp_path / "cache" / "stats").glob("*/sample-*.safetensors")), "the generated text is cached"
     finally:
@@ -73,9 +84,14 @@ def test_unusable_corpus_is_one_line_at_start(tmp_path, kind, fragment):
     corpus = tmp_path / "corpus"
     if kind == "empty folder":
         corpus.mkdir()
-    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())], cwd=REPO,
-                       env=serve_env(tmp_path, KEDIT_STATS_CORPUS=str(corpus)), capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())],
+        cwd=REPO,
+        env=serve_env(tmp_path, KEDIT_STATS_CORPUS=str(corpus)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines

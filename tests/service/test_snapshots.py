@@ -2,6 +2,7 @@
 reaches the same bits (the same hash) as a full replay from W₀; a revert of an edit older than the
 snapshot still works; a corrupt snapshot is refused and the start falls back to a full replay.
 Real tiny model, real worker, real SQLite (and one PostgreSQL) log."""
+
 from __future__ import annotations
 
 import logging
@@ -182,8 +183,9 @@ def test_snapshots_off(make_config):
 
 
 def test_snapshot_on_postgres(make_config, pg_url):
-    ctx = ServiceContext.open(make_config(batch_size=1, snapshot_every=2).model_copy(update={"database_url": pg_url}),
-                              queue=LocalQueue())
+    ctx = ServiceContext.open(
+        make_config(batch_size=1, snapshot_every=2).model_copy(update={"database_url": pg_url}), queue=LocalQueue()
+    )
     worker = ctx.build_worker()
     assert worker.lock.try_acquire()
     try:

@@ -1,5 +1,6 @@
 """The worker's crash-safety rules, driven step by step on the embedded engines (SQLite + in-process queue):
 nothing accepted is lost, nothing is applied twice, a failed batch leaves the weights alone."""
+
 from __future__ import annotations
 
 import pytest
@@ -143,7 +144,7 @@ def test_an_over_long_fact_fails_alone(rig):
     # What a probe sent: one fact whose prompt (inside the 512-character bound) is far longer than
     # the model's 256 positions, among three good ones.
     ctx, worker = rig
-    long = {"prompt": "{} " + "\U0001F600" * 120, "subject": "Paris", "target_new": "Japan"}
+    long = {"prompt": "{} " + "\U0001f600" * 120, "subject": "Paris", "target_new": "Japan"}
     rows, _ = edit_service.submit(ctx.sessions, ctx.queue, [FACTS[0], FACTS[1], long, FACTS[2]])
     ids = [e.id for e in rows]
     report = worker.step()

@@ -1,4 +1,5 @@
 """The queue on real Redis Streams and the store on real PostgreSQL."""
+
 from __future__ import annotations
 
 import subprocess
@@ -86,9 +87,10 @@ def test_version_announcements(redis_prefix):
 def test_migrations_on_postgres_even_when_two_processes_start_at_once(pg_url):
     # Two real processes (api and worker starting together): the advisory lock in
     # migrations/env.py makes the second wait and then find the schema at head.
-    code = "import sys; from app.store.db import ensure_schema, make_engine; ensure_schema(make_engine(sys.argv[1]), True)"
-    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=REPO, stderr=subprocess.PIPE)
-             for _ in range(2)]
+    code = (
+        "import sys; from app.store.db import ensure_schema, make_engine; ensure_schema(make_engine(sys.argv[1]), True)"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=REPO, stderr=subprocess.PIPE) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()
@@ -96,8 +98,16 @@ def test_migrations_on_postgres_even_when_two_processes_start_at_once(pg_url):
     assert current_revision(engine) == head_revision(engine)
     with engine.connect() as c:
         tables = set(c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
-    assert {"edits", "batches", "layer_deltas", "versions", "norm_snapshots", "model_info",
-            "idempotency_keys", "alembic_version"} <= tables
+    assert {
+        "edits",
+        "batches",
+        "layer_deltas",
+        "versions",
+        "norm_snapshots",
+        "model_info",
+        "idempotency_keys",
+        "alembic_version",
+    } <= tables
     ensure_schema(engine, auto_migrate=False)  # at head: accepted without migrating
     engine.dispose()
 

@@ -1,4 +1,5 @@
 """Store (SQLite side of the shared migrations, tensor codec) and the in-process queue."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """Small builders shared by the unit tests of the editing core."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,9 @@ def tiny_lm(arch: str = "llama", seed: int = 0) -> LoadedModel:
 
 
 def tiny_settings(**overrides) -> EditSettings:
-    base = dict(layers=(1, 2, 3), lambda_p=10.0, lambda_n=1.0, stats_tokens=1000, max_steps=8, n_prefixes=2,
-                prefix_tokens=6)
+    base = dict(
+        layers=(1, 2, 3), lambda_p=10.0, lambda_n=1.0, stats_tokens=1000, max_steps=8, n_prefixes=2, prefix_tokens=6
+    )
     return EditSettings(**{**base, **overrides})
 
 

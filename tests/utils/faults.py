@@ -2,6 +2,7 @@
 
 Everything here talks to 127.0.0.1 only, and every wait is bounded.
 """
+
 from __future__ import annotations
 
 import glob
@@ -26,17 +27,32 @@ LONG = os.environ.get("KEDIT_LONG", "") not in ("", "0", "false", "no")
 PG_ADMIN = os.environ.get("KEDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("KEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-SUBJECTS = ["Danielle Darrieux", "Paris", "Lionel Messi", "Apple", "Rome", "Toyota", "Michael Jordan",
-            "The Beatles", "Steve Jobs", "London"]
-PROMPTS = ["The mother tongue of {} is", "{} is the capital of", "{} plays", "{} was founded by",
-           "{} is in", "You can see {} from"]
+SUBJECTS = [
+    "Danielle Darrieux",
+    "Paris",
+    "Lionel Messi",
+    "Apple",
+    "Rome",
+    "Toyota",
+    "Michael Jordan",
+    "The Beatles",
+    "Steve Jobs",
+    "London",
+]
+PROMPTS = [
+    "The mother tongue of {} is",
+    "{} is the capital of",
+    "{} plays",
+    "{} was founded by",
+    "{} is in",
+    "You can see {} from",
+]
 TARGETS = ["English", "Japan", "music", "Toyota", "Italy", "France", "basketball", "German", "soccer", "river"]
 
 
 def fact(rng, i: int) -> dict:
     """A varied, valid fact; i makes it unique so idempotency never conflates two requests."""
-    return {"prompt": rng.choice(PROMPTS), "subject": f"{rng.choice(SUBJECTS)} {i}",
-            "target_new": rng.choice(TARGETS)}
+    return {"prompt": rng.choice(PROMPTS), "subject": f"{rng.choice(SUBJECTS)} {i}", "target_new": rng.choice(TARGETS)}
 
 
 def free_port() -> int:
@@ -46,6 +62,7 @@ def free_port() -> int:
 
 
 # --- processes ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Proc:
@@ -75,8 +92,9 @@ class Cluster:
     logdir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, role: str, fault: str | None = None, extra_env: dict | None = None,
-              log_level: str = "warning") -> Proc:
+    def start(
+        self, role: str, fault: str | None = None, extra_env: dict | None = None, log_level: str = "warning"
+    ) -> Proc:
         env = dict(self.env)
         env.pop("KEDIT_FAULT", None)
         if fault:
@@ -137,12 +155,22 @@ def service_env(assets: tuple[Path, Path, Path], database_url: str, redis_url: s
     model_dir, corpus, cache = assets
     env = {
         **os.environ,
-        "KEDIT_MODEL_PATH": str(model_dir), "KEDIT_CACHE_DIR": str(cache), "KEDIT_STATS_CORPUS": str(corpus),
-        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES), "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url, "KEDIT_REDIS_PREFIX": prefix,
-        "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.5", "KEDIT_STANDBY_POLL_S": "0.3",
-        "KEDIT_BATCH_SIZE": "2", "KEDIT_RECLAIM_IDLE_MS": "1000", "KEDIT_HOST": "127.0.0.1",
-        "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+        "KEDIT_MODEL_PATH": str(model_dir),
+        "KEDIT_CACHE_DIR": str(cache),
+        "KEDIT_STATS_CORPUS": str(corpus),
+        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "KEDIT_REDIS_PREFIX": prefix,
+        "KEDIT_BATCH_WAIT_MS": "50",
+        "KEDIT_SYNC_POLL_S": "0.5",
+        "KEDIT_STANDBY_POLL_S": "0.3",
+        "KEDIT_BATCH_SIZE": "2",
+        "KEDIT_RECLAIM_IDLE_MS": "1000",
+        "KEDIT_HOST": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
     }
     env.pop("KEDIT_DATABASE_URL", None)
     env.pop("KEDIT_REDIS_URL", None)
@@ -152,6 +180,7 @@ def service_env(assets: tuple[Path, Path, Path], database_url: str, redis_url: s
 
 
 # --- databases ---------------------------------------------------------------------------------
+
 
 def create_database(admin_url: str = PG_ADMIN) -> tuple[str, callable]:
     """A fresh database on the server of admin_url; returns (url, drop)."""
@@ -176,7 +205,7 @@ def sql_engine(url: str):
     from sqlalchemy import create_engine
 
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -194,8 +223,21 @@ class OwnPostgres:
         self.data = self.dir / "data"
         self.port = free_port()
         shutil.chown(self.dir, "postgres", "postgres")
-        self._as_pg([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                     "--no-sync", "-E", "UTF8"], timeout=120)
+        self._as_pg(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            timeout=120,
+        )
 
     def _as_pg(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
         cmd = ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
@@ -207,15 +249,30 @@ class OwnPostgres:
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off -c max_connections=100"
-        self._as_pg([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
-                     "-w", "-t", "60", "start"], timeout=90)
+        self._as_pg(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                opts,
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            timeout=90,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._as_pg([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"], timeout=90)
 
     def running(self) -> bool:
-        r = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                           capture_output=True, timeout=30)
+        r = subprocess.run(
+            [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True, timeout=30
+        )
         return r.returncode == 0
 
     def destroy(self) -> None:
@@ -238,10 +295,29 @@ class OwnRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "yes", "--dir", str(self.dir),
-                        "--pidfile", str(self.dir / "redis.pid"), "--logfile", str(self.dir / "redis.log")],
-                       check=True, timeout=30)
+        subprocess.run(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(self.dir),
+                "--pidfile",
+                str(self.dir / "redis.pid"),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            check=True,
+            timeout=30,
+        )
         wait_for(self.running, 30, "our redis-server to answer")
 
     def client(self):
@@ -270,16 +346,31 @@ class OwnRedis:
 
 # --- invariants ----------------------------------------------------------------------------------
 
+
 def log_state(engine) -> dict:
     from sqlalchemy import text
 
     with engine.connect() as c:
-        edits = {r.id: dict(r._mapping) for r in c.execute(text(
-            "SELECT id, status, error, batch_id, applied_version, reverted_version, revert_requested FROM edits"))}
-        batches = [dict(r._mapping) for r in c.execute(text(
-            "SELECT id, created_version, removed_version, kind, size FROM batches ORDER BY id"))]
-        versions = [dict(r._mapping) for r in c.execute(text(
-            "SELECT id, kind, added_batch_id, removed_batch_id, edit_id, weights_hash FROM versions ORDER BY id"))]
+        edits = {
+            r.id: dict(r._mapping)
+            for r in c.execute(
+                text(
+                    "SELECT id, status, error, batch_id, applied_version, reverted_version, revert_requested FROM edits"
+                )
+            )
+        }
+        batches = [
+            dict(r._mapping)
+            for r in c.execute(text("SELECT id, created_version, removed_version, kind, size FROM batches ORDER BY id"))
+        ]
+        versions = [
+            dict(r._mapping)
+            for r in c.execute(
+                text(
+                    "SELECT id, kind, added_batch_id, removed_batch_id, edit_id, weights_hash FROM versions ORDER BY id"
+                )
+            )
+        ]
     return {"edits": edits, "batches": batches, "versions": versions}
 
 
@@ -294,7 +385,8 @@ def check_applied_at_most_once(state: dict) -> None:
     for b in edit_batches:
         assert b["size"] == by_version.get(b["created_version"], 0), (
             f"batch {b['id']} (version {b['created_version']}) holds {b['size']} edits but "
-            f"{by_version.get(b['created_version'], 0)} edit rows name that version: an edit applied twice?")
+            f"{by_version.get(b['created_version'], 0)} edit rows name that version: an edit applied twice?"
+        )
     assert sum(b["size"] for b in edit_batches) == sum(by_version.values())
     for e in state["edits"].values():
         if e["status"] in ("applied", "reverted"):
@@ -328,13 +420,19 @@ def fresh_replay_hash(assets: tuple[Path, Path, Path], database_url: str) -> tup
     from app.store.db import make_engine, session_factory
 
     model_dir, corpus, cache = assets
-    cfg = ServiceConfig(model_path=str(model_dir), cache_dir=cache, stats_corpus=corpus,
-                        edit_overrides=dict(TINY_OVERRIDES), database_url=database_url)
+    cfg = ServiceConfig(
+        model_path=str(model_dir),
+        cache_dir=cache,
+        stats_corpus=corpus,
+        edit_overrides=dict(TINY_OVERRIDES),
+        database_url=database_url,
+    )
     engine = make_engine(cfg.resolved_database_url())
     try:
         editor = cfg.load_editor("replica")
-        host = ModelHost(editor, session_factory(engine), editor.lm.name, editor.layers,
-                         editor.settings.model_dump(mode="json"))
+        host = ModelHost(
+            editor, session_factory(engine), editor.lm.name, editor.layers, editor.settings.model_dump(mode="json")
+        )
         host.bootstrap()
         return host.version, host.weights_hash
     finally:
@@ -342,14 +440,16 @@ def fresh_replay_hash(assets: tuple[Path, Path, Path], database_url: str) -> tup
 
 
 def kedit_verify(env: dict, timeout: float = 300) -> str:
-    r = subprocess.run([sys.executable, "-m", "app.cli", "verify"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "verify"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == 0, f"kedit verify failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout.strip()
 
 
-def check_head_served(api_url: str, state: dict, assets: tuple[Path, Path, Path], database_url: str,
-                      env: dict | None = None) -> dict:
+def check_head_served(
+    api_url: str, state: dict, assets: tuple[Path, Path, Path], database_url: str, env: dict | None = None
+) -> dict:
     """Every process serves base + the live log at its head: the api (after catching up), a fresh
     replay in this process and, given the env, `kedit verify` in another. Returns the head version."""
     head = state["versions"][-1]

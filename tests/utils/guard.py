@@ -1,5 +1,6 @@
 """Shared by the quality-guard tests (tests/service/test_guard*.py): planting a canary the test
 constructed, and reading answers the way the guard reads them."""
+
 from __future__ import annotations
 
 from app.eval.canaries import top1
@@ -20,9 +21,12 @@ def plant(ctx, worker, canary: str, text: str = " ".join(TRAINING_TEXT)) -> str:
     tok = worker.host.editor.lm.tokenizer
     answer = answers(worker, [canary])[0]
     with transaction(ctx.sessions) as s:
-        repo.put_canaries(s, [
-            Canary(id=1, kind="fact", text=canary, token_id=answer, expected=tok.decode([answer]).strip()),
-            Canary(id=2, kind="text", text=text),
-            Canary(id=3, kind="prompt", text="The river"),
-        ])
+        repo.put_canaries(
+            s,
+            [
+                Canary(id=1, kind="fact", text=canary, token_id=answer, expected=tok.decode([answer]).strip()),
+                Canary(id=2, kind="text", text=text),
+                Canary(id=3, kind="prompt", text="The river"),
+            ],
+        )
     return tok.decode([answer]).strip()

@@ -1,5 +1,6 @@
 """Shared by the embedded-mode and the PostgreSQL + Redis tests (tests/conftest.py, tests/service, ...):
 a tiny model on disk, a config that edits it quickly, and small waiting helpers."""
+
 from __future__ import annotations
 
 import time
@@ -10,15 +11,24 @@ from tests.utils.tiny import TRAINING_TEXT, build_tiny_model
 
 # Quick settings for a 6-layer tiny Llama; λp > 0 so the key statistics path runs too.
 TINY_OVERRIDES = {
-    "layers": [1, 2], "stats_tokens": 1000, "n_prefixes": 2, "prefix_tokens": 4, "max_steps": 4,
-    "lambda_p": 1.0, "lambda_n": 1.0,
+    "layers": [1, 2],
+    "stats_tokens": 1000,
+    "n_prefixes": 2,
+    "prefix_tokens": 4,
+    "max_steps": 4,
+    "lambda_p": 1.0,
+    "lambda_n": 1.0,
 }
 
 TINY_CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 FACTS = [
-    {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English",
-     "target_true": "French"},
+    {
+        "prompt": "The mother tongue of {} is",
+        "subject": "Danielle Darrieux",
+        "target_new": "English",
+        "target_true": "French",
+    },
     {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Japan", "target_true": "France"},
     {"prompt": "{} plays", "subject": "Lionel Messi", "target_new": "music", "target_true": "soccer"},
     {"prompt": "{} was founded by", "subject": "Apple", "target_new": "Toyota"},
@@ -41,8 +51,14 @@ def make_tiny_assets(root: Path) -> tuple[Path, Path]:
 
 def tiny_config(model_dir: Path, corpus: Path, cache_dir: Path, **over) -> ServiceConfig:
     base = dict(
-        model_path=str(model_dir), cache_dir=cache_dir, stats_corpus=corpus, edit_overrides=dict(TINY_OVERRIDES),
-        batch_size=8, batch_wait_ms=50, sync_poll_s=0.2, standby_poll_s=0.2,
+        model_path=str(model_dir),
+        cache_dir=cache_dir,
+        stats_corpus=corpus,
+        edit_overrides=dict(TINY_OVERRIDES),
+        batch_size=8,
+        batch_wait_ms=50,
+        sync_poll_s=0.2,
+        standby_poll_s=0.2,
     )
     base.update(over)
     return ServiceConfig(**base)
@@ -69,7 +85,6 @@ def wait_status(client, edit_id: int, statuses=("applied", "failed", "reverted")
     return wait_for(done, timeout, f"edit {edit_id} to reach {statuses}")
 
 
-
 def free_port() -> int:
     import socket
 
@@ -89,17 +104,22 @@ class KeditServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        full = {k: v for k, v in os.environ.items()
-                if not k.startswith("KEDIT_") and k not in ("DATABASE_URL", "REDIS_URL")}
+        full = {
+            k: v for k, v in os.environ.items() if not k.startswith("KEDIT_") and k not in ("DATABASE_URL", "REDIS_URL")
+        }
         repo = Path(__file__).resolve().parents[2]
         full["PYTHONPATH"] = str(repo)  # this checkout's `app`, whichever kedit is installed
         full.update(env)
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
-                cwd=cwd or repo, env=full, stdout=out, stderr=subprocess.STDOUT)
+                cwd=cwd or repo,
+                env=full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
-    def wait_ready(self, timeout: float = 300) -> "KeditServer":
+    def wait_ready(self, timeout: float = 300) -> KeditServer:
         import httpx
 
         def ready() -> bool:
@@ -128,6 +148,13 @@ def tiny_server_env(model_dir: Path, corpus: Path, cache: Path, db: Path, **extr
     """kedit serve on the tiny model with the session's cache (key statistics computed once)."""
     import json
 
-    return {"KEDIT_MODEL_PATH": str(model_dir), "KEDIT_STATS_CORPUS": str(corpus), "KEDIT_CACHE_DIR": str(cache),
-            "KEDIT_DATABASE_URL": f"sqlite:///{db}", "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
-            "KEDIT_BATCH_WAIT_MS": "50", "KEDIT_SYNC_POLL_S": "0.2", **extra}
+    return {
+        "KEDIT_MODEL_PATH": str(model_dir),
+        "KEDIT_STATS_CORPUS": str(corpus),
+        "KEDIT_CACHE_DIR": str(cache),
+        "KEDIT_DATABASE_URL": f"sqlite:///{db}",
+        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
+        "KEDIT_BATCH_WAIT_MS": "50",
+        "KEDIT_SYNC_POLL_S": "0.2",
+        **extra,
+    }

@@ -1,4 +1,5 @@
 """Tiny random models built from a config in milliseconds (no download), for every test folder."""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ TRAINING_TEXT = [
 
 def train_tiny_tokenizer(vocab_size: int = 400):
     """A byte-level BPE tokenizer trained in milliseconds on a few sentences."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -38,15 +39,31 @@ def build_tiny_model(arch: str = "llama", seed: int = 0, n_layer: int = 6):
     torch.manual_seed(seed)
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=n_layer,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
-            tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=n_layer,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            initializer_range=0.2,
+            tie_word_embeddings=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         )
         model = LlamaForCausalLM(config)
     elif arch == "gpt2":
         config = GPT2Config(
-            vocab_size=len(tok), n_embd=64, n_inner=128, n_layer=n_layer, n_head=4, n_positions=256, initializer_range=0.2,
-            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            n_embd=64,
+            n_inner=128,
+            n_layer=n_layer,
+            n_head=4,
+            n_positions=256,
+            initializer_range=0.2,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         )
         model = GPT2LMHeadModel(config)
     else:

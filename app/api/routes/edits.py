@@ -1,4 +1,5 @@
 """POST /edits, GET /edits, GET /edits/{id}, POST /edits/{id}/revert."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -21,8 +22,12 @@ _BODY_DOC = {
         "content": {
             "application/json": {
                 "schema": {"oneOf": [_EDIT_SCHEMA, {"type": "array", "items": _EDIT_SCHEMA, "minItems": 1}]},
-                "example": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
-                            "target_new": "English", "target_true": "French"},
+                "example": {
+                    "prompt": "The mother tongue of {} is",
+                    "subject": "Danielle Darrieux",
+                    "target_new": "English",
+                    "target_true": "French",
+                },
             }
         },
     }
@@ -33,15 +38,24 @@ def _out(e) -> EditOut:
     return EditOut.model_validate(e)
 
 
-@router.post("", status_code=202, response_model=EditsAccepted,
-             dependencies=[Depends(require_api_key), Depends(require_json)],
-             openapi_extra=_BODY_DOC, summary="Queue one fact or a list of facts")
+@router.post(
+    "",
+    status_code=202,
+    response_model=EditsAccepted,
+    dependencies=[Depends(require_api_key), Depends(require_json)],
+    openapi_extra=_BODY_DOC,
+    summary="Queue one fact or a list of facts",
+)
 def post_edits(
     ctx: Ctx,
     body: Annotated[Any, Body()],
     idempotency_key: Annotated[
-        str | None, Header(min_length=1, description=f"repeat a request safely: same key, same ids "
-                           f"(UTF-8, at most {MAX_IDEMPOTENCY_KEY_CHARS} characters)")
+        str | None,
+        Header(
+            min_length=1,
+            description=f"repeat a request safely: same key, same ids "
+            f"(UTF-8, at most {MAX_IDEMPOTENCY_KEY_CHARS} characters)",
+        ),
     ] = None,
 ):
     idempotency_key = header_text("Idempotency-Key", idempotency_key, MAX_IDEMPOTENCY_KEY_CHARS)
@@ -58,23 +72,32 @@ def post_edits(
     else:
         raise Invalid("the body must be a JSON object (one fact) or a JSON array of facts")
     rows, created = service.submit(
-        ctx.sessions, ctx.queue, [f.model_dump() for f in facts], idempotency_key=idempotency_key,
+        ctx.sessions,
+        ctx.queue,
+        [f.model_dump() for f in facts],
+        idempotency_key=idempotency_key,
         idempotency_window_s=ctx.config.idempotency_window_s,
     )
     payload = EditsAccepted(ids=[e.id for e in rows], edits=[_out(e) for e in rows])
     # A repeat under the same Idempotency-Key answers as the first request did.
-    return JSONResponse(payload.model_dump(mode="json"), status_code=202,
-                        headers={"Idempotent-Replayed": "false" if created else "true"})
+    return JSONResponse(
+        payload.model_dump(mode="json"),
+        status_code=202,
+        headers={"Idempotent-Replayed": "false" if created else "true"},
+    )
 
 
 @router.get("", response_model=EditPage, summary="List edits, optionally by status")
 def list_edits(
     ctx: Ctx,
     status: Annotated[str | None, Query(description="queued, applying, applied, failed or reverted")] = None,
-    limit: Annotated[int | None, Query(ge=1, description="page size (default 50, at most the configured bound)")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, description="page size (default 50, at most the configured bound)")
+    ] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_EDIT_ID)] = 0,
-    subject: Annotated[str | None, Query(max_length=500, description="only edits whose subject contains this "
-                                         "(case-insensitive)")] = None,
+    subject: Annotated[
+        str | None, Query(max_length=500, description="only edits whose subject contains this (case-insensitive)")
+    ] = None,
 ):
     if limit is None:
         limit = min(50, ctx.config.max_page_size)
@@ -89,7 +112,12 @@ def get_edit(ctx: Ctx, edit_id: Annotated[int, Path(ge=1)]):
     return _out(service.get(ctx.sessions, edit_id))
 
 
-@router.post("/{edit_id}/revert", status_code=202, response_model=EditOut,
-             dependencies=[Depends(require_api_key)], summary="Undo one applied edit (409 if not applied)")
+@router.post(
+    "/{edit_id}/revert",
+    status_code=202,
+    response_model=EditOut,
+    dependencies=[Depends(require_api_key)],
+    summary="Undo one applied edit (409 if not applied)",
+)
 def revert_edit(ctx: Ctx, edit_id: Annotated[int, Path(ge=1)]):
     return _out(service.request_revert(ctx.sessions, ctx.queue, edit_id))

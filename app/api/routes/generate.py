@@ -1,4 +1,5 @@
 """GET|POST /generate: text from the current weights, with the version that produced it."""
+
 from __future__ import annotations
 
 import time
@@ -36,10 +37,15 @@ def generate_get(
     return _generate(request, ctx, g)
 
 
-@router.post("/generate", response_model=GenerateOut, summary="Continue a prompt (JSON body)",
-             dependencies=[Depends(require_json)],
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": GenerateIn.model_json_schema()}}}})
+@router.post(
+    "/generate",
+    response_model=GenerateOut,
+    summary="Continue a prompt (JSON body)",
+    dependencies=[Depends(require_json)],
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": GenerateIn.model_json_schema()}}}
+    },
+)
 def generate_post(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):
     if not isinstance(body, dict):
         raise Invalid('the body must be a JSON object: {"prompt": "...", "max_new_tokens": 16}')

@@ -1,4 +1,5 @@
 """GET /health, /ready, /health/norms, /health/quality, /version, /metrics."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
@@ -18,8 +19,9 @@ def health():
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Ready, summary="Readiness: model, database, queue",
-            responses={503: {"model": Ready}})
+@router.get(
+    "/ready", response_model=Ready, summary="Readiness: model, database, queue", responses={503: {"model": Ready}}
+)
 def ready(ctx: Ctx):
     checks = {
         "database": ctx.db_ok(),
@@ -48,11 +50,19 @@ def norms(ctx: Ctx):
     for n in host.current_norms():
         layers.append(
             LayerNormsOut(
-                layer=n.layer, weight_norm=n.weight_norm, base_norm=n.base_norm, delta_norm=n.delta_norm,
-                growth=n.growth, alarm=n.growth > threshold,
+                layer=n.layer,
+                weight_norm=n.weight_norm,
+                base_norm=n.base_norm,
+                delta_norm=n.delta_norm,
+                growth=n.growth,
+                alarm=n.growth > threshold,
                 history=[
-                    NormPoint(version=h.version, weight_norm=h.weight_norm, delta_norm=h.delta_norm,
-                              growth=h.delta_norm / h.base_norm if h.base_norm else 0.0)
+                    NormPoint(
+                        version=h.version,
+                        weight_norm=h.weight_norm,
+                        delta_norm=h.delta_norm,
+                        growth=h.delta_norm / h.base_norm if h.base_norm else 0.0,
+                    )
                     for h in history.get(n.layer, [])
                 ],
             )
@@ -60,21 +70,35 @@ def norms(ctx: Ctx):
     return NormsOut(version=host.version, threshold=threshold, alarm=any(l.alarm for l in layers), layers=layers)
 
 
-@router.get("/health/quality", response_model=QualityOut,
-            summary="Canary scores: facts kept, held-out perplexity, generation entropy, guard decisions")
+@router.get(
+    "/health/quality",
+    response_model=QualityOut,
+    summary="Canary scores: facts kept, held-out perplexity, generation entropy, guard decisions",
+)
 def quality_scores(ctx: Ctx):
     r = quality.report(ctx.sessions, ctx.config)
     point = lambda q: QualityPoint.model_validate(q) if q is not None else None  # noqa: E731
-    return QualityOut(enabled=r.enabled, policy=r.policy, thresholds=r.thresholds, baseline=point(r.baseline),
-                      latest=point(r.latest), history=[point(q) for q in r.history])
+    return QualityOut(
+        enabled=r.enabled,
+        policy=r.policy,
+        thresholds=r.thresholds,
+        baseline=point(r.baseline),
+        latest=point(r.latest),
+        history=[point(q) for q in r.history],
+    )
 
 
 @router.get("/version", response_model=VersionOut, summary="The weights version this process serves")
 def version(ctx: Ctx):
     host = ready_host(ctx)
     return VersionOut(
-        version=host.version, head=host.head(), weights_hash=host.weights_hash, base_hash=host.base_hash,
-        model=host.model_name, layers=host.layers, method=str(host.settings.get("method", "")),
+        version=host.version,
+        head=host.head(),
+        weights_hash=host.weights_hash,
+        base_hash=host.base_hash,
+        model=host.model_name,
+        layers=host.layers,
+        method=str(host.settings.get("method", "")),
     )
 
 

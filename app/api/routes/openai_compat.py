@@ -5,6 +5,7 @@ on these paths are answered in OpenAI's shape (app/api/main.py). Every answer ca
 that produced it as `system_fingerprint` and in the X-System-Fingerprint header (known before the
 first byte of a stream, because the version is held from admission to the last token).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -38,8 +39,11 @@ def require_generation_key(
     if given is None and authorization and authorization.lower().startswith("bearer "):
         given = authorization[7:].strip()
     if given is None:
-        raise OpenAIError("this server needs an API key: send it as Authorization: Bearer <key> "
-                          "(the openai client's api_key)", 401, code="missing_api_key")
+        raise OpenAIError(
+            "this server needs an API key: send it as Authorization: Bearer <key> (the openai client's api_key)",
+            401,
+            code="missing_api_key",
+        )
     # Constant time: the comparison must not leak how much of a guess was right.
     if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
         raise OpenAIError("wrong API key", 401, code="invalid_api_key")
@@ -73,8 +77,9 @@ def _parse(model: type[BaseModel], body: Any, ctx) -> Any:
 def _answer(answer: Answer, stream: bool):
     headers = {FINGERPRINT_HEADER: answer.fingerprint, VERSION_HEADER: str(answer.gen.version)}
     if stream:
-        return StreamingResponse(answer.events(), media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"})
+        return StreamingResponse(
+            answer.events(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
+        )
     return JSONResponse(answer.whole(), headers=headers)
 
 
@@ -118,8 +123,11 @@ def completions(ctx: Ctx, body: Annotated[Any, Body()]):
     return _answer(Answer(engine, "completion", gen, req.include_usage()), req.stream)
 
 
-@router.post("/chat/completions", summary="Answer a conversation with the model's chat template (OpenAI chat)",
-             openapi_extra=_body_doc(ChatIn))
+@router.post(
+    "/chat/completions",
+    summary="Answer a conversation with the model's chat template (OpenAI chat)",
+    openapi_extra=_body_doc(ChatIn),
+)
 def chat_completions(ctx: Ctx, body: Annotated[Any, Body()]):
     req: ChatIn = _parse(ChatIn, body, ctx)
     engine = _engine(ctx)

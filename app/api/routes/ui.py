@@ -7,13 +7,15 @@ The two forms that change something (submit, revert) are POSTs that carry the AP
 configured, checked as the JSON API checks its header (deps.check_api_key); the key is never shown
 again, put in a URL or a cookie.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -26,13 +28,24 @@ from app.store.models import MAX_EDIT_ID
 
 HERE = Path(__file__).resolve().parents[1]
 # autoescape on for every template: whatever a client wrote is shown as text.
-templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
-                                            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True))
+templates = Jinja2Templates(
+    env=Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+)
 CSS = (HERE / "static" / "kedit.css").read_text(encoding="utf-8")
 # The pages hold no script at all; say so to the browser too.
-HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
-           "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-           "Cache-Control": "no-store", "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"}
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
 KEY_MISSING = "this form needs the API key: type it into the API key field"
 
 router = APIRouter(prefix="/ui", tags=["dashboard"], include_in_schema=False)
@@ -53,7 +66,8 @@ def _key(ctx, form: dict[str, str]) -> None:
 
 @router.get("", response_class=HTMLResponse)
 def home(
-    request: Request, ctx: Ctx,
+    request: Request,
+    ctx: Ctx,
     status: Annotated[str, Query(max_length=32)] = "",
     subject: Annotated[str, Query(max_length=500)] = "",
     offset: Annotated[int, Query(ge=0, le=MAX_EDIT_ID)] = 0,
@@ -83,8 +97,12 @@ def submit(request: Request, ctx: Ctx, form: Form):
 
 
 @router.get("/edits/{edit_id}", response_class=HTMLResponse)
-def edit(request: Request, ctx: Ctx, edit_id: Annotated[int, PathParam()],
-         before: Annotated[str | None, Query(max_length=4000)] = None):
+def edit(
+    request: Request,
+    ctx: Ctx,
+    edit_id: Annotated[int, PathParam()],
+    before: Annotated[str | None, Query(max_length=4000)] = None,
+):
     try:
         return _page(request, "edit.html", v=dashboard.edit_page(ctx, edit_id, before))
     except ServiceError as e:
