@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             host = ctx.host_replica(use_snapshots=False)
         except ReplayMismatch as e:
             typer.echo(f"MISMATCH: {e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         finally:
             ctx.close()
         typer.echo(f"ok: version {host.version}, {len(host.editor.batch_ids)} live batches, hash {host.weights_hash}")
@@ -181,7 +181,7 @@ def register(app: typer.Typer) -> None:
             info = export_folder(host, out) if out is not None else export_deltas(host, deltas)
         except (ReplayMismatch, ExportError, LookupError) as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         finally:
             ctx.close()
         typer.echo(
@@ -222,7 +222,7 @@ def register(app: typer.Typer) -> None:
                 )
         except ExportError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         typer.echo(
             f"ok: {len(editor.batch_ids)} batches from version {meta['version']}, hash {meta['weights_hash']}"
             + (f"; saved to {out}" if out is not None else "")

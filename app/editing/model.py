@@ -59,7 +59,7 @@ class LoadedModel:
         return None
 
     def check_layers(self, layers) -> None:
-        bad = [l for l in layers if not 0 <= l < self.num_layers]
+        bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
         if bad:
             raise EditError(
                 f"settings edit layer(s) {bad} but the model has {self.num_layers} layers (0–{self.num_layers - 1}); "

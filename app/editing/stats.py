@@ -136,7 +136,7 @@ def key_second_moments(
     lm: LoadedModel, layers: list[int], windows: list[list[int]], batch_size: int = 8, progress: bool = True
 ) -> dict[int, torch.Tensor]:
     """E[k kᵀ] (f×f, float32) for each layer, from one pass over the token windows."""
-    sums = {l: None for l in layers}
+    sums = {layer: None for layer in layers}
     count = 0
     stop_layer = max(layers)
 
@@ -147,7 +147,7 @@ def key_second_moments(
 
         return hook
 
-    hooks = [lm.adapter.edited_module(lm.model, l).register_forward_pre_hook(key_hook(l)) for l in layers]
+    hooks = [lm.adapter.edited_module(lm.model, layer).register_forward_pre_hook(key_hook(layer)) for layer in layers]
     bar = tqdm(total=sum(len(w) for w in windows), unit="tok", desc="key statistics", disable=not progress)
     try:
         # Equal-length windows need no padding (only the last one may be shorter: it runs alone).
@@ -156,7 +156,8 @@ def key_second_moments(
             for group in [batch] if len({len(w) for w in batch}) == 1 else [[w] for w in batch]:
                 ids = torch.tensor(group, device=lm.device)
                 forward_until(
-                    lm.adapter.block(lm.model, stop_layer), lambda: lm.model.base_model(input_ids=ids, use_cache=False)
+                    lm.adapter.block(lm.model, stop_layer),
+                    lambda ids=ids: lm.model.base_model(input_ids=ids, use_cache=False),
                 )
                 count += ids.numel()
                 bar.update(ids.numel())
@@ -166,7 +167,7 @@ def key_second_moments(
         bar.close()
     if count == 0:
         raise CorpusError("the corpus produced no tokens")
-    return {l: (s / count).float() for l, s in sums.items()}
+    return {layer: (total / count).float() for layer, total in sums.items()}
 
 
 def collect_key_stats(
@@ -229,16 +230,16 @@ def load_key_stats(
         for f in files:
             h.update(f"{f.name}:{f.stat().st_size}".encode())
         text_key = h.hexdigest()[:12]
-    paths = {l: folder / f"layer{l}-{text_key}-{tokens}tok.safetensors" for l in layers}
-    stats = {l: load_file(p)["c0"] for l, p in paths.items() if p.exists()}
-    missing = [l for l in layers if l not in stats]
+    paths = {layer: folder / f"layer{layer}-{text_key}-{tokens}tok.safetensors" for layer in layers}
+    stats = {layer: load_file(p)["c0"] for layer, p in paths.items() if p.exists()}
+    missing = [layer for layer in layers if layer not in stats]
     if missing:
         if corpus is None:
             windows = _cached_sample(lm, tokens, folder, progress)
         else:
             windows = token_windows(lm.tokenizer, files, tokens)
         fresh = key_second_moments(lm, missing, windows, progress=progress)
-        for l, c0 in fresh.items():
-            _save(paths[l], {"c0": c0.contiguous()}, {"layer": str(l), "tokens": str(tokens)})
+        for layer, c0 in fresh.items():
+            _save(paths[layer], {"c0": c0.contiguous()}, {"layer": str(layer), "tokens": str(tokens)})
         stats.update(fresh)
-    return {l: stats[l].to(lm.device) for l in layers}
+    return {layer: stats[layer].to(lm.device) for layer in layers}

@@ -149,7 +149,7 @@ class RunState:
 def _ref_loc(state: RunState, records: Sequence[Record]) -> dict | None:
     if _kind(records) != "zsre":
         return None
-    return {r.case_id: d["loc_argmax"] for r, d in zip(records, state.baseline_details)}
+    return {r.case_id: d["loc_argmax"] for r, d in zip(records, state.baseline_details, strict=True)}
 
 
 def _public(details_scores: dict) -> dict:
@@ -427,7 +427,7 @@ def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunSt
             "settings": settings.model_dump(mode="json"),
             "weights_hash": editor.weights_hash(),
             "by_batch": _by_batch(kind, details, state.baseline_details, opts.batch_size),
-            "per_record": [{"case_id": r.case_id, **_public(d)} for r, d in zip(records, details)],
+            "per_record": [{"case_id": r.case_id, **_public(d)} for r, d in zip(records, details, strict=True)],
         }
     )
     return summary

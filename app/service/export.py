@@ -98,12 +98,12 @@ def read_deltas(path: Path) -> tuple[dict, list[tuple[int, list[LayerDelta]]]]:
                     b,
                     [
                         LayerDelta(
-                            l,
-                            f.get_tensor(f"batch{b}.layer{l}.u"),
-                            f.get_tensor(f"batch{b}.layer{l}.v"),
-                            f.get_tensor(f"batch{b}.layer{l}.keys"),
+                            layer,
+                            f.get_tensor(f"batch{b}.layer{layer}.u"),
+                            f.get_tensor(f"batch{b}.layer{layer}.v"),
+                            f.get_tensor(f"batch{b}.layer{layer}.keys"),
                         )
-                        for l in layers
+                        for layer in layers
                     ],
                 )
                 for b in order

@@ -303,11 +303,13 @@ class GenerationEngine:
         return gen
 
     def _sample(self, gen: Generation, input_ids: list[int], seed: int) -> None:
-        s = gen.sampling
+        sampling = gen.sampling
         tokens: list[int] = []
         error = None
         try:
-            for t in sample_tokens(self.model, input_ids, s.max_tokens, s.temperature, s.top_p, seed, self.eos_ids):
+            for t in sample_tokens(
+                self.model, input_ids, sampling.max_tokens, sampling.temperature, sampling.top_p, seed, self.eos_ids
+            ):
                 tokens.append(t)
                 gen._put(tokens)
         except Exception as e:  # reported to the client; the version must be freed either way

@@ -67,7 +67,9 @@ def norms(ctx: Ctx):
                 ],
             )
         )
-    return NormsOut(version=host.version, threshold=threshold, alarm=any(l.alarm for l in layers), layers=layers)
+    return NormsOut(
+        version=host.version, threshold=threshold, alarm=any(layer.alarm for layer in layers), layers=layers
+    )
 
 
 @router.get(
