@@ -79,6 +79,7 @@ def create_app(
             ctx.start_api()
             if run_worker:
                 ctx.start_worker()
+            assert ctx.host is not None  # start_api() set it
             log.info(
                 "kedit api ready at version %d (%s)", ctx.host.version, "with worker" if run_worker else "api only"
             )

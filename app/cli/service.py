@@ -178,7 +178,11 @@ def register(app: typer.Typer) -> None:
             host = ctx.host_replica()
             if version is not None:
                 host.replay(at_version=version)
-            info = export_folder(host, out) if out is not None else export_deltas(host, deltas)
+            if out is not None:
+                info = export_folder(host, out)
+            else:
+                assert deltas is not None  # one of the two, checked above
+                info = export_deltas(host, deltas)
         except (ReplayMismatch, ExportError, LookupError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None

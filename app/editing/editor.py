@@ -20,7 +20,14 @@ import torch
 from app.editing.batching import pad_right
 from app.editing.keys import states_at_lookup
 from app.editing.model import LoadedModel
-from app.editing.prompts import encode_with_subject, fill, generate_context_templates, generate_subjects, target_ids
+from app.editing.prompts import (
+    decode_text,
+    encode_with_subject,
+    fill,
+    generate_context_templates,
+    generate_subjects,
+    target_ids,
+)
 from app.editing.settings import EditSettings
 from app.editing.solve import nullspace_projector, solve_update
 from app.editing.targets import compute_targets
@@ -48,7 +55,9 @@ class Editor:
         self.settings = settings
         self.max_rows = max_rows
         self.layers = list(settings.layers)
-        self.c0 = {layer: key_stats[layer].double() for layer in self.layers} if needs_stats else {}
+        self.c0 = (
+            {layer: key_stats[layer].double() for layer in self.layers} if needs_stats and key_stats is not None else {}
+        )
         self.projector = (
             {
                 layer: nullspace_projector(self.c0[layer], settings.nullspace_threshold, settings.nullspace_energy)
@@ -261,6 +270,7 @@ class Editor:
                 if layer in self.preserved:
                     self.preserved[layer].zero_()
             for deltas in self.live.values():
+                assert deltas is not None  # missing_deltas() was checked above
                 for d in deltas:
                     self._w(d.layer).add_(d.matrix().to(self.lm.device))
                     if d.layer in self.preserved:
@@ -357,6 +367,7 @@ class Editor:
                 _, z_now = states_at_lookup(
                     self.lm, bare, [layer], output_layer=settings.last_layer, max_rows=self.max_rows
                 )
+                assert z_now is not None  # asked for with output_layer
                 keys_seconds += time.perf_counter() - t0
                 residual = (z_star - z_now).T / (len(self.layers) - i)  # d×B
                 k32 = k.float()
@@ -418,7 +429,7 @@ class Editor:
         out = self.lm.model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
         )
-        return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return decode_text(tok, out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
     # ----- persistence (safetensors tensors + JSON metadata; never pickle) -----
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -426,6 +437,7 @@ class Editor:
             raise EditError("this editor's batches came from a snapshot without their factors: nothing to save")
         tensors = {}
         for b, deltas in self.live.items():
+            assert deltas is not None  # missing_deltas() was checked above
             for d in deltas:
                 for name in ("u", "v", "keys"):
                     tensors[f"batch{b}.layer{d.layer}.{name}"] = getattr(d, name).contiguous()

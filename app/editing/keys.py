@@ -6,6 +6,8 @@ The forward pass stops at the highest block it needs: nothing above it matters h
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from app.editing.batching import chunks_by_length, forward_until, hidden_of, pad_right
@@ -45,8 +47,8 @@ def states_at_lookup(
         try:
             out = forward_until(
                 lm.adapter.block(lm.model, stop_layer),
-                lambda ids=ids, mask=mask: lm.model.base_model(
-                    input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
+                partial(
+                    lm.model.base_model, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
                 ),
             )
         finally:

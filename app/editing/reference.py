@@ -49,6 +49,7 @@ def compute_target(
     try:
         for step in range(settings.max_steps):
             logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+            assert z is not None  # add_delta set it in this forward pass
 
             nll_each = []  # per rewrite prompt: mean NLL over the target tokens
             top1 = []  # per rewrite prompt: the target is the argmax at each of its positions
@@ -83,6 +84,7 @@ def compute_target(
                     delta.mul_(max_norm / delta.norm())
     finally:
         hook.remove()
+    assert z is not None
     return TargetVectors(
         z_star=(z + delta.detach())[None],
         z_init=z[None],

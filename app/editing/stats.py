@@ -18,6 +18,7 @@ import math
 import os
 import re
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -136,14 +137,14 @@ def key_second_moments(
     lm: LoadedModel, layers: list[int], windows: list[list[int]], batch_size: int = 8, progress: bool = True
 ) -> dict[int, torch.Tensor]:
     """E[k kᵀ] (f×f, float32) for each layer, from one pass over the token windows."""
-    sums = {layer: None for layer in layers}
+    sums: dict[int, torch.Tensor] = {}  # a layer's entry appears with its first keys
     count = 0
     stop_layer = max(layers)
 
     def key_hook(layer):
         def hook(module, args):
             k = args[0].reshape(-1, args[0].shape[-1]).float()
-            sums[layer] = (k.T @ k).double() if sums[layer] is None else sums[layer] + (k.T @ k).double()
+            sums[layer] = (k.T @ k).double() if layer not in sums else sums[layer] + (k.T @ k).double()
 
         return hook
 
@@ -157,7 +158,7 @@ def key_second_moments(
                 ids = torch.tensor(group, device=lm.device)
                 forward_until(
                     lm.adapter.block(lm.model, stop_layer),
-                    lambda ids=ids: lm.model.base_model(input_ids=ids, use_cache=False),
+                    partial(lm.model.base_model, input_ids=ids, use_cache=False),
                 )
                 count += ids.numel()
                 bar.update(ids.numel())
@@ -167,7 +168,7 @@ def key_second_moments(
         bar.close()
     if count == 0:
         raise CorpusError("the corpus produced no tokens")
-    return {layer: (total / count).float() for layer, total in sums.items()}
+    return {layer: (sums[layer] / count).float() for layer in layers}
 
 
 def collect_key_stats(

@@ -122,7 +122,9 @@ def teacher_force(
         seqs = [encoded[i][0] + encoded[i][1] for i in idx]
         ids, mask = pad_right(seqs, pad)
         ids, mask = ids.to(device), mask.to(device)
-        rows, cols, spans = [], [], []
+        rows: list[int] = []
+        cols: list[int] = []
+        spans: list[tuple[int, int]] = []
         for r, i in enumerate(idx):
             n_prompt, n_target = len(encoded[i][0]), len(encoded[i][1])
             spans.append((len(rows), n_target))

@@ -104,6 +104,7 @@ class ServiceContext:
                 sub.wait(self.config.sync_poll_s)
                 if self._stop.is_set():
                     break
+                assert self.host is not None  # start_api() set it before starting this thread
                 self.host.sync()
             except ReplayMismatch:
                 log.exception("refusing to serve: the weights do not match the log")

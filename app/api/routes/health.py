@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,7 +25,7 @@ def health():
     "/ready", response_model=Ready, summary="Readiness: model, database, queue", responses={503: {"model": Ready}}
 )
 def ready(ctx: Ctx):
-    checks = {
+    checks: dict[str, Any] = {
         "database": ctx.db_ok(),
         "queue": ctx.queue.ping(),
         "model": bool(ctx.host and ctx.host.healthy),
