@@ -70,8 +70,8 @@ class ServiceContext:
     def build_worker(self) -> Worker:
         """A worker with its own copy of the model, not started: it solves with the context
         templates the log recorded (the first worker's are generated and recorded)."""
-        with self.sessions() as s:
-            info = repo.get_model_info(s)
+        with self.sessions() as session:
+            info = repo.get_model_info(session)
             logged = list(info.templates) if info is not None and info.templates else None
         editor = self.config.load_editor(Role.WORKER, templates=logged)
         host = self._host(editor, list(editor.templates))
