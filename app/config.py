@@ -123,6 +123,13 @@ class ServiceConfig(KeditConfig):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, description="when set, mutating endpoints need it (X-API-Key or Bearer)")
+    http_idle_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="a connection that has not sent a complete request head this long after it opened or "
+        "after its last answer is closed (idle keep-alive, or never a request)",
+    )
     generation_requires_key: bool = Field(
         False, description="with api_key set: the /v1 (OpenAI) endpoints need it too (default: open, like /generate)"
     )
@@ -140,6 +147,19 @@ class ServiceConfig(KeditConfig):
     )
     cb_batch_tokens: int = Field(
         512, ge=16, le=1_000_000, description="tokens per forward pass of the batching manager"
+    )
+    generation_concurrency: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="generations in flight at once (/v1, /generate and the dashboard's answers together); "
+        "more wait in the queue",
+    )
+    generation_queue: int = Field(
+        32, ge=0, le=100_000, description="requests that may wait for a generation turn; more get 429 at once"
+    )
+    generation_queue_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request that waited this long for a generation turn gets 429"
     )
     idempotency_window_s: float = Field(
         24 * 3600,

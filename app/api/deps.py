@@ -21,7 +21,8 @@ class Forbidden(ServiceError):
     status_code = 403
 
 
-def get_ctx(request: Request) -> ServiceContext:
+async def get_ctx(request: Request) -> ServiceContext:
+    # async: resolved on the event loop, so that no route waits for a thread just to read it.
     return request.app.state.ctx
 
 

@@ -20,12 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
+from app.api.pools import Pools
 from app.api.routes import edits, generate, health, openai_compat, ui
 from app.config import ServiceConfig
 from app.editing.types import EditError
 from app.queue import WorkQueue
 from app.service.context import ServiceContext
-from app.service.errors import ServiceError
+from app.service.errors import Busy, ServiceError
 from app.service.host import ReplayMismatch
 from app.service.oai import OpenAIError, error_body, error_type
 
@@ -76,6 +77,7 @@ def create_app(
         try:
             app.state.ctx = ctx
             app.state.metrics = ApiMetrics(ctx.registry, ctx)
+            app.state.pools = Pools(config.generation_concurrency, config.generation_queue)
             ctx.start_api()
             if run_worker:
                 ctx.start_worker()
@@ -113,7 +115,8 @@ def create_app(
         if isinstance(exc, OpenAIError):
             return JSONResponse(exc.body(), status_code=exc.status_code)
         extra = {"errors": exc.errors} if isinstance(exc, BodyInvalid) else None
-        return _error(request, exc.status_code, exc.message, extra)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return _error(request, exc.status_code, exc.message, extra, headers)
 
     @app.exception_handler(sqlalchemy_exc.OperationalError)
     @app.exception_handler(sqlalchemy_exc.InterfaceError)

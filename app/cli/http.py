@@ -5,6 +5,10 @@
 - A request with both Content-Length and Transfer-Encoding frames its body two ways; a proxy in
   front may have read the other framing, so the bytes after the body could run as a second request
   (request smuggling). RFC 9112 §6.1: it is refused (400) and the connection closed.
+- A connection must deliver a complete request head within the idle timeout of being opened or
+  of its previous answer, else it is closed: uvicorn times out only keep-alive connections that
+  have been answered once, so a connection that never sends a request (or sends its head a byte
+  at a time) would be held open for ever.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ TWO_FRAMINGS = (
 
 
 class _Connection(h11.Connection):
-    """h11's server side, refusing a request whose body is framed two ways."""
+    """h11's server side, refusing a request whose body is framed two ways, and telling the
+    protocol when a request head has arrived (so that its head timeout stops)."""
 
-    def __init__(self, max_incomplete_event_size: int) -> None:
+    def __init__(self, max_incomplete_event_size: int, on_request) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size)
         self.refusal: str | None = None
+        self._on_request = on_request
 
     def next_event(self):
         event = super().next_event()
@@ -38,6 +44,7 @@ class _Connection(h11.Connection):
             if b"content-length" in names and b"transfer-encoding" in names:
                 self.refusal = TWO_FRAMINGS
                 raise h11.RemoteProtocolError(TWO_FRAMINGS, 400)
+            self._on_request()
         return event
 
 
@@ -45,7 +52,37 @@ class KeditH11Protocol(H11Protocol):
     def __init__(self, config, server_state, app_state, _loop=None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         size = config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
-        self.conn = _Connection(size)
+        self.conn = _Connection(size, self._head_arrived)
+        self._head_timer = None
+
+    # --- the request-head timeout -------------------------------------------------------------
+    def _arm_head_timer(self) -> None:
+        self._head_arrived()
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timed_out)
+
+    def _head_arrived(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        # Armed before uvicorn starts the next cycle, which may read a pipelined request at once.
+        if not self.transport.is_closing():
+            self._arm_head_timer()
+        super().on_response_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._head_arrived()
+        super().connection_lost(exc)
 
     # --- refusals -----------------------------------------------------------------------------
     def send_400_response(self, msg: str) -> None:

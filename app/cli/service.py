@@ -47,6 +47,9 @@ def _run_http(cfg, with_worker: bool, log_level: str) -> None:
         port=cfg.port,
         log_level=log_level.lower(),
         http=KeditH11Protocol,
+        # Also the head timeout of KeditH11Protocol: a connection that sends no complete request
+        # head this long after opening or after its last answer is closed.
+        timeout_keep_alive=cfg.http_idle_timeout_s,
     )
 
 

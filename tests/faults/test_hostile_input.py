@@ -194,6 +194,49 @@ def test_content_length_beside_transfer_encoding_is_400_and_the_connection_close
     assert httpx.get(f"{url}/health", timeout=30).status_code == 200
 
 
+IDLE_TIMEOUT_S = 1
+
+
+@pytest.fixture(scope="module")
+def short_idle_url(warm_cache, tmp_path_factory):
+    """kedit serve (embedded) with a short idle timeout, so that waiting for it is cheap."""
+    tmp = tmp_path_factory.mktemp("idle")
+    env = sup.service_env(warm_cache, "", "", "unused", KEDIT_HTTP_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S))
+    env.pop("DATABASE_URL")
+    env.pop("REDIS_URL")
+    env["KEDIT_DATABASE_URL"] = f"sqlite:///{tmp / 'kedit.db'}"
+    cl = sup.Cluster(env, tmp)
+    try:
+        p = cl.start("serve")
+        sup.wait_ready(p)
+        yield p.url
+    finally:
+        cl.close()
+
+
+def test_idle_connections_are_closed_after_the_idle_timeout(short_idle_url):
+    """A connection that never sends a request, one that sends half a request head and stops,
+    and one idle after its answer are all closed by the server (KEDIT_HTTP_IDLE_TIMEOUT_S); the
+    30 s socket timeout of _exchange is the bound against one held open."""
+    url = short_idle_url
+    host = url.removeprefix("http://").encode()
+    cases = {
+        "no request at all": b"",
+        "half a request head": b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n",
+        "an answered request": b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n\r\n",
+    }
+    for what, raw in cases.items():
+        try:
+            got = _exchange(url, raw)
+        except TimeoutError:
+            raise AssertionError(f"a connection with {what} was held open") from None
+        if what == "an answered request":
+            assert got.startswith(b"HTTP/1.1 200") and got.count(b"HTTP/1.1 ") == 1, got
+        else:
+            assert got == b"", got  # closed without an answer: there was no request to answer
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+
+
 def test_prompt_beyond_the_context_is_422_and_the_connection_lives_on(url):
     # 300 emoji (inside the 512-character bound) are ~1,200 tokens; the tiny model has 256 positions.
     with httpx.Client(base_url=url, timeout=60) as c:

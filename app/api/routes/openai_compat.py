@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from app.api.deps import Ctx, describe, ready_host
+from app.api.pools import iterate_in, run_in
 from app.api.schemas_openai import ChatIn, CompletionIn
 from app.service.generation import GenerationEngine
 from app.service.oai import Answer, OpenAIError, chat_ids, check_model, completion_ids, model_card, sampling
@@ -25,7 +26,7 @@ VERSION_HEADER = "X-Kedit-Version"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
-def require_generation_key(
+async def require_generation_key(
     request: Request,
     authorization: Annotated[str | None, Header(description="Bearer <key>, when generation needs the key")] = None,
     x_api_key: Annotated[str | None, Header()] = None,
@@ -74,13 +75,17 @@ def _parse(model: type[BaseModel], body: Any, ctx) -> Any:
         raise OpenAIError("; ".join(describe(err) for err in errors), 400, param, "invalid_value") from None
 
 
-def _answer(answer: Answer, stream: bool):
+async def _answer(request: Request, answer: Answer, stream: bool):
+    """The answer, generated in the generation pool (app/api/pools.py): whole, or as a stream."""
+    pool = request.app.state.pools.generation
     headers = {FINGERPRINT_HEADER: answer.fingerprint, VERSION_HEADER: str(answer.gen.version)}
     if stream:
         return StreamingResponse(
-            answer.events(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
+            iterate_in(pool, answer.events()),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache"},
         )
-    return JSONResponse(answer.whole(), headers=headers)
+    return JSONResponse(await run_in(pool, answer.whole), headers=headers)
 
 
 @router.get("/models", summary="The model this server serves (OpenAI shape)")
@@ -114,13 +119,26 @@ def _body_doc(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-@router.post("/completions", summary="Continue a prompt (OpenAI completions)", openapi_extra=_body_doc(CompletionIn))
-def completions(ctx: Ctx, body: Annotated[Any, Body()]):
-    req: CompletionIn = _parse(CompletionIn, body, ctx)
+def _open_completion(ctx, req: CompletionIn) -> Answer:
     engine = _engine(ctx)
     check_model(engine, req.model)
     gen = engine.open(completion_ids(engine, req.prompt), sampling(req, COMPLETIONS_DEFAULT_MAX_TOKENS))
-    return _answer(Answer(engine, "completion", gen, req.include_usage()), req.stream)
+    return Answer(engine, "completion", gen, req.include_usage())
+
+
+def _open_chat(ctx, req: ChatIn) -> Answer:
+    engine = _engine(ctx)
+    check_model(engine, req.model)
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    gen = engine.open(chat_ids(engine, messages), sampling(req, ctx.config.max_new_tokens))
+    return Answer(engine, "chat", gen, req.include_usage())
+
+
+@router.post("/completions", summary="Continue a prompt (OpenAI completions)", openapi_extra=_body_doc(CompletionIn))
+async def completions(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):
+    req: CompletionIn = _parse(CompletionIn, body, ctx)
+    answer = await run_in(request.app.state.pools.generation, _open_completion, ctx, req)
+    return await _answer(request, answer, req.stream)
 
 
 @router.post(
@@ -128,10 +146,7 @@ def completions(ctx: Ctx, body: Annotated[Any, Body()]):
     summary="Answer a conversation with the model's chat template (OpenAI chat)",
     openapi_extra=_body_doc(ChatIn),
 )
-def chat_completions(ctx: Ctx, body: Annotated[Any, Body()]):
+async def chat_completions(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):
     req: ChatIn = _parse(ChatIn, body, ctx)
-    engine = _engine(ctx)
-    check_model(engine, req.model)
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    gen = engine.open(chat_ids(engine, messages), sampling(req, ctx.config.max_new_tokens))
-    return _answer(Answer(engine, "chat", gen, req.include_usage()), req.stream)
+    answer = await run_in(request.app.state.pools.generation, _open_chat, ctx, req)
+    return await _answer(request, answer, req.stream)
