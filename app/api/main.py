@@ -20,8 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
+from app.api.origin import cross_site_problem
 from app.api.pools import Pools
 from app.api.routes import edits, generate, health, openai_compat, ui
+from app.api.routes.ui import refusal_page as ui_refusal
 from app.config import ServiceConfig
 from app.editing.types import EditError
 from app.queue import WorkQueue
@@ -102,6 +104,16 @@ def create_app(
     app.include_router(health.router, max_body_size=MAX_BODY_BYTES)
     app.include_router(openai_compat.router, max_body_size=MAX_BODY_BYTES)
     app.include_router(ui.router, max_body_size=MAX_BODY_BYTES)  # the operator dashboard (/ui)
+
+    @app.middleware("http")
+    async def same_site_only(request: Request, call_next):
+        # Refused before anything else runs: no body is read, no key checked (app/api/origin.py).
+        problem = cross_site_problem(request.method, request.url.path, request.headers, config.allowed_origins)
+        if problem:
+            if request.url.path.startswith("/ui/"):
+                return ui_refusal(request, problem)
+            return _error(request, 403, problem)
+        return await call_next(request)
 
     @app.middleware("http")
     async def bound_body(request: Request, call_next):

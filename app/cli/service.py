@@ -37,12 +37,13 @@ def _run_http(cfg, with_worker: bool, log_level: str) -> None:
     import uvicorn
 
     from app.api.main import create_app
+    from app.api.origin import HostGuard
     from app.cli.http import KeditH11Protocol
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("listening on %s without an API key: anyone who can reach it can change the model", cfg.host)
     uvicorn.run(
-        create_app(cfg, with_worker=with_worker),
+        HostGuard(create_app(cfg, with_worker=with_worker), cfg.host_names()),
         host=cfg.host,
         port=cfg.port,
         log_level=log_level.lower(),

@@ -26,7 +26,7 @@ FUZZ_EXAMPLES = int(os.environ.get("KEDIT_FUZZ_EXAMPLES", 1000 if sup.LONG else 
 # The PostgreSQL run repeats the fuzzer for what only that database refuses, over the operations
 # whose text reaches the log (not /generate and /v1, which read the weights alone), with fewer
 # examples to keep the suite within its time bound (KEDIT_LONG=1: as many as on SQLite).
-FUZZ_EXAMPLES_PG = int(os.environ.get("KEDIT_FUZZ_EXAMPLES_PG", FUZZ_EXAMPLES if sup.LONG else 50))
+FUZZ_EXAMPLES_PG = int(os.environ.get("KEDIT_FUZZ_EXAMPLES_PG", FUZZ_EXAMPLES if sup.LONG else 30))
 KEY = "s3cret-key-for-tests"
 
 
