@@ -29,27 +29,33 @@ async def get_ctx(request: Request) -> ServiceContext:
 Ctx = Annotated[ServiceContext, Depends(get_ctx)]
 
 
+def sent_key(x_api_key: str | None, authorization: str | None) -> bytes | None:
+    """The key a request carries, as the bytes the client sent (X-API-Key, else Authorization:
+    Bearer), or None. An empty header counts as absent, so that an empty X-API-Key beside a right
+    Bearer passes. The header arrived as bytes that Starlette handed over as Latin-1: those bytes
+    are what is compared with the key's UTF-8, so that a non-ASCII key sent as UTF-8 matches."""
+    given = x_api_key.strip() if x_api_key else None
+    if not given and authorization and authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip() or None
+    return None if not given else given.encode("latin-1", "replace")
+
+
 def require_api_key(
     request: Request,
     x_api_key: Annotated[str | None, Header(description="the API key, when one is configured")] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
     """Mutating endpoints need the configured key (X-API-Key: … or Authorization: Bearer …)."""
-    given = x_api_key
-    if given is None and authorization and authorization.lower().startswith("bearer "):
-        given = authorization[7:].strip()
-    # The header arrived as bytes (Starlette hands them over as Latin-1): compare those bytes with
-    # the key's UTF-8, so that a non-ASCII key sent as UTF-8 matches.
     check_api_key(
         request.app.state.ctx.config.api_key,
-        None if given is None else given.encode("latin-1", "replace"),
+        sent_key(x_api_key, authorization),
         "this endpoint needs the API key: send it as X-API-Key or Authorization: Bearer",
     )
 
 
 def check_api_key(expected: str | None, given: bytes | None, missing: str) -> None:
-    """The one key check (headers of the JSON API, the dashboard's forms): nothing to do without a
-    configured key; else `given` (the bytes the client sent) must be the key's UTF-8.
+    """The one key check (headers of the JSON API and of /v1, the dashboard's forms): nothing to do
+    without a configured key; else `given` (the bytes the client sent) must be the key's UTF-8.
     `missing`: what to tell a client that sent no key."""
     if not expected:
         return
@@ -132,14 +138,19 @@ def validate(model: type[BaseModel], data: Any, ctx: ServiceContext, loc: tuple 
     try:
         return model.model_validate(data, context={"config": ctx.config})
     except ValidationError as e:
-        errors = []
-        for err in e.errors(include_url=False, include_context=False):
-            given = err.pop("input", None)
-            if err.get("type", "").endswith("_type") and err.get("loc"):
-                # Strict types: say what came instead, as its JSON type (the value itself is not echoed).
-                err["msg"] = f"{err['msg']}, not {json_type(given)}"
-            errors.append(err)
-        raise BodyInvalid(errors, loc) from None
+        raise BodyInvalid(validation_errors(e), loc) from None
+
+
+def validation_errors(e: ValidationError) -> list[dict]:
+    """pydantic's errors without the input; a wrong type says what came instead, as its JSON type
+    (the value itself is not echoed)."""
+    errors = []
+    for err in e.errors(include_url=False, include_context=False):
+        given = err.pop("input", None)
+        if err.get("type", "").endswith("_type") and err.get("loc"):
+            err["msg"] = f"{err['msg']}, not {json_type(given)}"
+        errors.append(err)
+    return errors
 
 
 def json_type(value: Any) -> str:

@@ -50,15 +50,44 @@ def _error(request: Request, status: int, message: str, extra: dict | None = Non
     return JSONResponse({"detail": message, **(extra or {})}, status_code=status, headers=headers)
 
 
+# FastAPI's whole answer when reading the JSON body fails with anything but a JSONDecodeError (the
+# body is not UTF-8, or nests deeper than the parser's recursion): no reason, no position.
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
 def json_error(body: bytes) -> str:
     """Where a body stops being JSON, and why, in words (line, column, character offset)."""
     try:
         json.loads(body)
     except json.JSONDecodeError as e:
         return f"{e.msg} at line {e.lineno}, column {e.colno} (character {e.pos})"
-    except (UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
+        return f"it is not UTF-8 text: byte {e.start} (0x{body[e.start]:02x}) starts no UTF-8 character"
+    except ValueError as e:
         return f"it is not UTF-8 text ({e})"
+    except RecursionError:
+        depth, at = _nesting(body)
+        return f"it nests deeper than this server reads: {depth} levels of arrays and objects by character {at}"
     return "it could not be decoded"
+
+
+def _nesting(body: bytes, bound: int = 512) -> tuple[int, int]:
+    """How deep the body's arrays and objects nest (up to `bound`), and the offset where that depth
+    is reached; brackets inside strings do not count."""
+    depth = 0
+    in_string = escaped = False
+    for i, b in enumerate(body):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (b == 0x5C, b != 0x22)
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth >= bound:
+                return depth, i
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return depth, len(body)
 
 
 def create_app(
@@ -166,6 +195,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == FASTAPI_PARSE_ERROR:
+            where = json_error(await request.body())
+            return _error(request, 422, f"the body is not valid JSON: {where}")
         if exc.status_code == 413:
             # A body sent without Content-Length (chunked) is cut off while it streams in.
             return _error(

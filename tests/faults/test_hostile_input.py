@@ -478,10 +478,15 @@ def test_key_comparison_is_constant_time():
     == or startswith, in the one check that both header paths (X-API-Key, Bearer) and the
     dashboard's forms go through."""
     from app.api import deps
-    from app.api.routes import ui
+    from app.api.routes import openai_compat, ui
 
     check = inspect.getsource(deps.check_api_key).split('"""')[-1]
-    callers = inspect.getsource(deps.require_api_key).split('"""')[-1] + inspect.getsource(ui)
+    callers = (
+        inspect.getsource(deps.require_api_key).split('"""')[-1]
+        + inspect.getsource(deps.sent_key).split('"""')[-1]
+        + inspect.getsource(openai_compat.require_generation_key).split('"""')[-1]
+        + inspect.getsource(ui)
+    )
     assert check.count("hmac.compare_digest(") == 1 and "compare_digest" not in callers
     for bad in (
         "== expected",
@@ -494,4 +499,4 @@ def test_key_comparison_is_constant_time():
         "== ctx.config.api_key",
     ):
         assert bad not in check and bad not in callers, bad
-    assert "given = authorization" in callers and callers.count("check_api_key(") >= 2  # headers and forms
+    assert "given = authorization" in callers and callers.count("check_api_key(") >= 3  # headers, /v1, forms

@@ -8,14 +8,13 @@ first byte of a stream, because the version is held from admission to the last t
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from app.api.deps import Ctx, describe, ready_host
+from app.api.deps import Ctx, Unauthorized, check_api_key, describe, ready_host, sent_key, validation_errors
 from app.api.pools import iterate_in, run_in
 from app.api.schemas_openai import ChatIn, CompletionIn
 from app.service.generation import GenerationEngine
@@ -32,22 +31,20 @@ async def require_generation_key(
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> None:
     """With KEDIT_API_KEY set and KEDIT_GENERATION_REQUIRES_KEY=true these endpoints need it; by
-    default they are open, as /generate is (the openai client then sends any key; it is not read)."""
+    default they are open, as /generate is (the openai client then sends any key; it is not read).
+    The same check as /edits (deps.check_api_key), answered in OpenAI's shape."""
     cfg = request.app.state.ctx.config
     if not (cfg.api_key and cfg.generation_requires_key):
         return
-    given = x_api_key
-    if given is None and authorization and authorization.lower().startswith("bearer "):
-        given = authorization[7:].strip()
-    if given is None:
-        raise OpenAIError(
+    given = sent_key(x_api_key, authorization)
+    try:
+        check_api_key(
+            cfg.api_key,
+            given,
             "this server needs an API key: send it as Authorization: Bearer <key> (the openai client's api_key)",
-            401,
-            code="missing_api_key",
         )
-    # Constant time: the comparison must not leak how much of a guess was right.
-    if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
-        raise OpenAIError("wrong API key", 401, code="invalid_api_key")
+    except Unauthorized as e:
+        raise OpenAIError(e.message, 401, code="missing_api_key" if given is None else "invalid_api_key") from None
 
 
 Auth = Depends(require_generation_key)
@@ -67,7 +64,7 @@ def _parse(model: type[BaseModel], body: Any, ctx) -> Any:
     try:
         return model.model_validate(body, context={"config": ctx.config})
     except ValidationError as e:
-        errors = e.errors(include_url=False, include_context=False, include_input=False)
+        errors = validation_errors(e)
         first = errors[0]
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         if first.get("type") == "extra_forbidden":
