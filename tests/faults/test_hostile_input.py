@@ -208,7 +208,7 @@ def short_idle_url(warm_cache, tmp_path_factory):
     cl = sup.Cluster(env, tmp)
     try:
         p = cl.start("serve")
-        sup.wait_ready(p)
+        sup.wait_ready(p, 600)
         yield p.url
     finally:
         cl.close()
@@ -235,6 +235,18 @@ def test_idle_connections_are_closed_after_the_idle_timeout(short_idle_url):
         else:
             assert got == b"", got  # closed without an answer: there was no request to answer
     assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+
+
+def test_the_served_process_answers_only_its_host_names(short_idle_url):
+    """DNS rebinding: bound to loopback, `kedit serve` answers localhost, 127.0.0.1 and [::1] at
+    its port (KEDIT_ALLOWED_HOSTS unset), and refuses any other Host with the reason."""
+    url = short_idle_url
+    port = url.rsplit(":", 1)[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert httpx.get(f"{url}/health", headers={"Host": host}, timeout=30).status_code == 200, host
+    for host in (f"rebound.evil.example:{port}", "localhost:1", "evil.example"):
+        r = httpx.get(f"{url}/edits", headers={"Host": host}, timeout=30)
+        assert r.status_code == 400 and "KEDIT_ALLOWED_HOSTS" in r.json()["detail"], (host, r.text)
 
 
 def test_prompt_beyond_the_context_is_422_and_the_connection_lives_on(url):
