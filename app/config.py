@@ -26,6 +26,7 @@ from app.editing.types import MAX_PROMPT_CHARS, MAX_SUBJECT_CHARS, MAX_TARGET_CH
 
 REPO = Path(__file__).resolve().parents[1]
 STATS_CORPUS_ENV = "KEDIT_STATS_CORPUS"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ConfigError(ValueError):
@@ -123,6 +124,23 @@ class ServiceConfig(KeditConfig):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, description="when set, mutating endpoints need it (X-API-Key or Bearer)")
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host names the served process answers (name, or name:port; '*' = any). Unset: when "
+        "bound to loopback, localhost, 127.0.0.1 and [::1] at the bound port (DNS rebinding); else any",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (scheme://host:port) besides the server's own whose pages may send requests "
+        "that change state (a browser front-end elsewhere); cross-site requests are refused otherwise",
+    )
+    http_idle_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="a connection that has not sent a complete request head this long after it opened or "
+        "after its last answer is closed (idle keep-alive, or never a request)",
+    )
     generation_requires_key: bool = Field(
         False, description="with api_key set: the /v1 (OpenAI) endpoints need it too (default: open, like /generate)"
     )
@@ -140,6 +158,19 @@ class ServiceConfig(KeditConfig):
     )
     cb_batch_tokens: int = Field(
         512, ge=16, le=1_000_000, description="tokens per forward pass of the batching manager"
+    )
+    generation_concurrency: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="generations in flight at once (/v1, /generate and the dashboard's answers together); "
+        "more wait in the queue",
+    )
+    generation_queue: int = Field(
+        32, ge=0, le=100_000, description="requests that may wait for a generation turn; more get 429 at once"
+    )
+    generation_queue_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request that waited this long for a generation turn gets 429"
     )
     idempotency_window_s: float = Field(
         24 * 3600,
@@ -218,6 +249,15 @@ class ServiceConfig(KeditConfig):
     guard_entropy_drop_total: float = Field(
         0.1, ge=0, le=1, description="generation-entropy drop vs the unedited model"
     )
+
+    def host_names(self) -> list[str]:
+        """The Host names the served process answers ('*': any); see `allowed_hosts`."""
+        if self.allowed_hosts is not None:
+            return [h.strip().lower() for h in self.allowed_hosts if h.strip()]
+        if self.host in LOOPBACK_HOSTS:
+            names = ["localhost", "127.0.0.1", "[::1]"]
+            return [f"{n}:{self.port}" for n in names] + (names if self.port == 80 else [])
+        return ["*"]
 
     @property
     def embedded(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -102,17 +103,32 @@ def pg_server():
     conn.close()
 
 
+@contextmanager
+def _fresh_database(admin):
+    name = f"kedit_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def pg_url(pg_server):
     """A fresh, empty database for one test; dropped afterwards."""
-    name = f"kedit_test_{uuid.uuid4().hex[:10]}"
-    pg_server.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    pg_server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _fresh_database(pg_server) as url:
+        yield url
 
 
-@pytest.fixture
-def redis_prefix():
+@pytest.fixture(scope="module")
+def module_pg_url(pg_server):
+    """A fresh, empty database shared by one module's tests (a server spawned once per module)."""
+    with _fresh_database(pg_server) as url:
+        yield url
+
+
+@contextmanager
+def _fresh_redis_prefix():
     import redis
 
     client = redis.Redis.from_url(REDIS)
@@ -121,10 +137,24 @@ def redis_prefix():
     except Exception as e:
         pytest.fail(f"Redis on 127.0.0.1:6379 is not reachable ({e}); start it (see docs/service.md)")
     prefix = f"kedit-test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-    client.close()
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()
+
+
+@pytest.fixture
+def redis_prefix():
+    with _fresh_redis_prefix() as prefix:
+        yield prefix
+
+
+@pytest.fixture(scope="module")
+def module_redis_prefix():
+    with _fresh_redis_prefix() as prefix:
+        yield prefix
 
 
 @pytest.fixture

@@ -22,11 +22,23 @@ class Forbidden(ServiceError):
     status_code = 403
 
 
-def get_ctx(request: Request) -> ServiceContext:
+async def get_ctx(request: Request) -> ServiceContext:
+    # async: resolved on the event loop, so that no route waits for a thread just to read it.
     return request.app.state.ctx
 
 
 Ctx = Annotated[ServiceContext, Depends(get_ctx)]
+
+
+def sent_key(x_api_key: str | None, authorization: str | None) -> bytes | None:
+    """The key a request carries, as the bytes the client sent (X-API-Key, else Authorization:
+    Bearer), or None. An empty header counts as absent, so that an empty X-API-Key beside a right
+    Bearer passes. The header arrived as bytes that Starlette handed over as Latin-1: those bytes
+    are what is compared with the key's UTF-8, so that a non-ASCII key sent as UTF-8 matches."""
+    given = x_api_key.strip() if x_api_key else None
+    if not given and authorization and authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip() or None
+    return None if not given else given.encode("latin-1", "replace")
 
 
 def require_api_key(
@@ -35,21 +47,16 @@ def require_api_key(
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
     """Mutating endpoints need the configured key (X-API-Key: … or Authorization: Bearer …)."""
-    given = x_api_key
-    if given is None and authorization and authorization.lower().startswith("bearer "):
-        given = authorization[7:].strip()
-    # The header arrived as bytes (Starlette hands them over as Latin-1): compare those bytes with
-    # the key's UTF-8, so that a non-ASCII key sent as UTF-8 matches.
     check_api_key(
         request.app.state.ctx.config.api_key,
-        None if given is None else given.encode("latin-1", "replace"),
+        sent_key(x_api_key, authorization),
         "this endpoint needs the API key: send it as X-API-Key or Authorization: Bearer",
     )
 
 
 def check_api_key(expected: str | None, given: bytes | None, missing: str) -> None:
-    """The one key check (headers of the JSON API, the dashboard's forms): nothing to do without a
-    configured key; else `given` (the bytes the client sent) must be the key's UTF-8.
+    """The one key check (headers of the JSON API and of /v1, the dashboard's forms): nothing to do
+    without a configured key; else `given` (the bytes the client sent) must be the key's UTF-8.
     `missing`: what to tell a client that sent no key."""
     if not expected:
         return
@@ -83,9 +90,7 @@ MAX_FORM_FIELDS = 16
 
 async def form_fields(request: Request) -> dict[str, str]:
     """An HTML form's fields (application/x-www-form-urlencoded, UTF-8; the first value of each name).
-    A form posted from another site (the browser says Sec-Fetch-Site: cross-site) is refused."""
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-        raise Forbidden("this form may only be posted from kedit's own pages")
+    A form posted from anywhere but kedit's own pages never gets here (app/api/origin.py)."""
     ctype = request.headers.get("content-type", "")
     body = await request.body()
     if not ctype and not body:
@@ -137,15 +142,20 @@ def validate(model: type[M], data: Any, ctx: ServiceContext, loc: tuple = ("body
     try:
         return model.model_validate(data, context={"config": ctx.config})
     except ValidationError as e:
-        errors = []
-        for details in e.errors(include_url=False, include_context=False):
-            err: dict[str, Any] = dict(details)
-            given = err.pop("input", None)
-            if err.get("type", "").endswith("_type") and err.get("loc"):
-                # Strict types: say what came instead, as its JSON type (the value itself is not echoed).
-                err["msg"] = f"{err['msg']}, not {json_type(given)}"
-            errors.append(err)
-        raise BodyInvalid(errors, loc) from None
+        raise BodyInvalid(validation_errors(e), loc) from None
+
+
+def validation_errors(e: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors without the input; a wrong type says what came instead, as its JSON type
+    (the value itself is not echoed)."""
+    errors = []
+    for details in e.errors(include_url=False, include_context=False):
+        err: dict[str, Any] = dict(details)
+        given = err.pop("input", None)
+        if err.get("type", "").endswith("_type") and err.get("loc"):
+            err["msg"] = f"{err['msg']}, not {json_type(given)}"
+        errors.append(err)
+    return errors
 
 
 def json_type(value: Any) -> str:

@@ -20,12 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
+from app.api.origin import cross_site_problem
+from app.api.pools import Pools
 from app.api.routes import edits, generate, health, openai_compat, ui
+from app.api.routes.ui import refusal_page as ui_refusal
 from app.config import ServiceConfig
 from app.editing.types import EditError
 from app.queue import WorkQueue
 from app.service.context import ServiceContext
-from app.service.errors import ServiceError
+from app.service.errors import Busy, ServiceError
 from app.service.host import ReplayMismatch
 from app.service.oai import OpenAIError, error_body, error_type
 
@@ -47,15 +50,44 @@ def _error(request: Request, status: int, message: str, extra: dict | None = Non
     return JSONResponse({"detail": message, **(extra or {})}, status_code=status, headers=headers)
 
 
+# FastAPI's whole answer when reading the JSON body fails with anything but a JSONDecodeError (the
+# body is not UTF-8, or nests deeper than the parser's recursion): no reason, no position.
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
 def json_error(body: bytes) -> str:
     """Where a body stops being JSON, and why, in words (line, column, character offset)."""
     try:
         json.loads(body)
     except json.JSONDecodeError as e:
         return f"{e.msg} at line {e.lineno}, column {e.colno} (character {e.pos})"
-    except (UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
+        return f"it is not UTF-8 text: byte {e.start} (0x{body[e.start]:02x}) starts no UTF-8 character"
+    except ValueError as e:
         return f"it is not UTF-8 text ({e})"
+    except RecursionError:
+        depth, at = _nesting(body)
+        return f"it nests deeper than this server reads: {depth} levels of arrays and objects by character {at}"
     return "it could not be decoded"
+
+
+def _nesting(body: bytes, bound: int = 512) -> tuple[int, int]:
+    """How deep the body's arrays and objects nest (up to `bound`), and the offset where that depth
+    is reached; brackets inside strings do not count."""
+    depth = 0
+    in_string = escaped = False
+    for i, b in enumerate(body):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (b == 0x5C, b != 0x22)
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth >= bound:
+                return depth, i
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return depth, len(body)
 
 
 def create_app(
@@ -76,6 +108,7 @@ def create_app(
         try:
             app.state.ctx = ctx
             app.state.metrics = ApiMetrics(ctx.registry, ctx)
+            app.state.pools = Pools(config.generation_concurrency, config.generation_queue)
             ctx.start_api()
             if run_worker:
                 ctx.start_worker()
@@ -103,6 +136,16 @@ def create_app(
     app.include_router(ui.router, max_body_size=MAX_BODY_BYTES)  # the operator dashboard (/ui)
 
     @app.middleware("http")
+    async def same_site_only(request: Request, call_next):
+        # Refused before anything else runs: no body is read, no key checked (app/api/origin.py).
+        problem = cross_site_problem(request.method, request.url.path, request.headers, config.allowed_origins)
+        if problem:
+            if request.url.path.startswith("/ui/"):
+                return ui_refusal(request, problem)
+            return _error(request, 403, problem)
+        return await call_next(request)
+
+    @app.middleware("http")
     async def bound_body(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -114,7 +157,8 @@ def create_app(
         if isinstance(exc, OpenAIError):
             return JSONResponse(exc.body(), status_code=exc.status_code)
         extra = {"errors": exc.errors} if isinstance(exc, BodyInvalid) else None
-        return _error(request, exc.status_code, exc.message, extra)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return _error(request, exc.status_code, exc.message, extra, headers)
 
     @app.exception_handler(sqlalchemy_exc.OperationalError)
     @app.exception_handler(sqlalchemy_exc.InterfaceError)
@@ -152,6 +196,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == FASTAPI_PARSE_ERROR:
+            where = json_error(await request.body())
+            return _error(request, 422, f"the body is not valid JSON: {where}")
         if exc.status_code == 413:
             # A body sent without Content-Length (chunked) is cut off while it streams in.
             return _error(

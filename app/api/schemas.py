@@ -20,6 +20,7 @@ from app.editing.types import (
     target_problem,
     targets_problem,
 )
+from app.store.models import text_problem
 
 
 def _limit(info: ValidationInfo, name: str, default: int) -> int:
@@ -47,17 +48,8 @@ class Strict(BaseModel):
     @classmethod
     def _no_nul(cls, v: Any, info: ValidationInfo) -> Any:
         # PostgreSQL text cannot hold NUL, and no fact needs one: say so (a 422), never fail in the database.
-        if isinstance(v, str) and "\x00" in v:
-            raise ValueError(f"{info.field_name} contains a NUL character (\\u0000); remove it")
-        if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                # JSON may spell a lone surrogate ("\\ud800"); no database can store it.
-                raise ValueError(
-                    f"{info.field_name} contains an unpaired UTF-16 surrogate (\\ud800-\\udfff); "
-                    "send valid Unicode text"
-                ) from None
+        if isinstance(v, str) and (problem := text_problem(info.field_name or "value", v)):
+            raise ValueError(problem)
         return v
 
 

@@ -30,7 +30,9 @@ def _clean_text(v: str, what: str) -> str:
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict, as the /edits bodies: "5" is not a number of tokens, "yes" not a boolean (an int
+    # is still a float: JSON does not tell 1 from 1.0).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(description="the id from GET /v1/models")
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate (bounded by KEDIT_MAX_NEW_TOKENS)")
@@ -144,13 +146,13 @@ class CompletionIn(_Common):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"]
     text: str
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None

@@ -37,47 +37,21 @@ def _run_http(cfg, with_worker: bool, log_level: str) -> None:
     import uvicorn
 
     from app.api.main import create_app
+    from app.api.origin import HostGuard
+    from app.cli.http import KeditH11Protocol
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("listening on %s without an API key: anyone who can reach it can change the model", cfg.host)
     uvicorn.run(
-        create_app(cfg, with_worker=with_worker),
+        HostGuard(create_app(cfg, with_worker=with_worker), cfg.host_names()),
         host=cfg.host,
         port=cfg.port,
         log_level=log_level.lower(),
-        http=_json_error_h11(),
+        http=KeditH11Protocol,
+        # Also the head timeout of KeditH11Protocol: a connection that sends no complete request
+        # head this long after opening or after its last answer is closed.
+        timeout_keep_alive=cfg.http_idle_timeout_s,
     )
-
-
-def _json_error_h11():
-    """uvicorn's h11 protocol, answering requests it cannot parse (a malformed Content-Length, a
-    broken request line) with the JSON error body every other 4xx has, not its plain text. The
-    app never sees such a request: h11 refuses it before there is one to hand over."""
-    import json
-
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class JsonErrorH11Protocol(H11Protocol):
-        def send_400_response(self, msg: str) -> None:
-            body = json.dumps(
-                {
-                    "detail": "the request is not valid HTTP/1.1 and could not be read (e.g. a "
-                    "Content-Length that is not one decimal number of bytes, or a malformed "
-                    "header line); fix the request and send it again"
-                }
-            ).encode()
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ]
-            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
-            self.transport.write(self.conn.send(h11.Data(data=body)))
-            self.transport.write(self.conn.send(h11.EndOfMessage()))
-            self.transport.close()
-
-    return JsonErrorH11Protocol
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from app.config import ServiceConfig
 from app.editing.build import Role
 from app.editing.editor import Editor
 from app.queue import WorkQueue, make_queue
-from app.service.generation import GenerationEngine
+from app.service.generation import GenerationEngine, Turns
 from app.service.host import ModelHost, ReplayMismatch
 from app.service.worker import Worker, WorkerMetrics
 from app.store import repo
@@ -63,7 +63,15 @@ class ServiceContext:
         """Load the model, replay the log, then follow new versions in the background."""
         self.host = self.host_replica()
         self.generation = GenerationEngine(
-            self.host, self.config.cb_cache_blocks, self.config.cb_batch_tokens, self.config.serve_dtype
+            self.host,
+            self.config.cb_cache_blocks,
+            self.config.cb_batch_tokens,
+            self.config.serve_dtype,
+            turns=Turns(
+                self.config.generation_concurrency,
+                self.config.generation_queue,
+                self.config.generation_queue_timeout_s,
+            ),
         )
         self._start("kedit-sync", self._follow_versions)
 

@@ -19,7 +19,7 @@ from app.service.context import ServiceContext
 from app.service.errors import Invalid
 from app.service.generation import Sampling
 from app.store import repo
-from app.store.models import EDIT_STATUSES, Edit
+from app.store.models import EDIT_STATUSES, Edit, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,8 @@ def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int =
     if wanted is not None and wanted not in EDIT_STATUSES:
         error = f"status must be all or one of {', '.join(EDIT_STATUSES)} (got {status!r})"
         wanted, status = None, ""
+    if subject and (problem := text_problem("subject", subject)):
+        error, subject = f"the search {problem}", ""
     limit = min(PAGE_SIZE, ctx.config.max_page_size)
     rows, total = edit_service.list_page(ctx.sessions, wanted, limit, offset, subject or None)
 

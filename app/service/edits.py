@@ -15,7 +15,7 @@ from app.service import faults
 from app.service.errors import Conflict, Invalid, NotFound
 from app.store import repo
 from app.store.db import transaction
-from app.store.models import EDIT_STATUSES, MAX_EDIT_ID, Edit, utcnow
+from app.store.models import EDIT_STATUSES, MAX_EDIT_ID, Edit, text_problem, utcnow
 
 DEFAULT_IDEMPOTENCY_WINDOW_S = 24 * 3600.0  # the service's own default is ServiceConfig.idempotency_window_s
 
@@ -102,6 +102,8 @@ def list_page(
 ) -> tuple[list[Edit], int]:
     if status is not None and status not in EDIT_STATUSES:
         raise Invalid(f"status must be one of {', '.join(EDIT_STATUSES)} (got {status!r})")
+    if subject and (problem := text_problem("subject", subject)):
+        raise Invalid(problem)
     with sessions() as s:
         return repo.list_edits(s, status, limit, offset, subject=subject or None)
 

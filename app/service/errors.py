@@ -25,3 +25,13 @@ class Invalid(ServiceError):
 
 class Unavailable(ServiceError):
     status_code = 503
+
+
+class Busy(ServiceError):
+    """Too much in flight: refused at once, to be retried after `retry_after` seconds (429)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -17,6 +17,10 @@ switch takes the write side, so it waits for the in-flight sequences to finish w
 requests wait behind it (the lock prefers writers). Every forward pass belongs to a request that
 holds the read side, so the weights never change under a forward pass and no sequence ever mixes
 two versions.
+
+Bounded: at most `generation_concurrency` requests generate at once (each holds a turn from
+admission to its last token) and at most `generation_queue` wait for a turn; a request beyond
+that, or one that waited `generation_queue_timeout_s`, is refused with 429 and Retry-After.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import torch
 from app.editing.model import LoweredCopy
 from app.editing.prompts import decode_text
 from app.editing.sampling import sample_tokens
-from app.service.errors import Invalid, Unavailable
+from app.service.errors import Busy, Invalid, Unavailable
 from app.service.host import ModelHost, ReplayMismatch
 
 if TYPE_CHECKING:
@@ -130,6 +134,53 @@ def _first_stop(text: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
+RETRY_AFTER_S = 2  # what a refused client is told to wait; one short generation's time
+
+
+class Turns:
+    """The bound on generations: `running` turns, `waiting` places in the queue for one, and how
+    long a place is kept (a freed turn wakes the longest waiter; a newcomer may still take it first)."""
+
+    def __init__(self, running: int, waiting: int, wait_s: float):
+        self.running_bound, self.waiting_bound, self.wait_s = running, waiting, wait_s
+        self.running = self.waiting = 0
+        self._cond = threading.Condition()
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) now."""
+        with self._cond:
+            return self.running, self.waiting
+
+    def take(self) -> None:
+        """Block until this request may generate (then `give_back` must follow), or raise Busy."""
+        with self._cond:
+            if self.running >= self.running_bound:
+                if self.waiting >= self.waiting_bound:
+                    raise Busy(
+                        f"the server is busy: {self.running} generations running and {self.waiting} waiting, "
+                        f"its bounds (KEDIT_GENERATION_CONCURRENCY, KEDIT_GENERATION_QUEUE); retry in "
+                        f"{RETRY_AFTER_S} s",
+                        RETRY_AFTER_S,
+                    )
+                self.waiting += 1
+                try:
+                    turn = self._cond.wait_for(lambda: self.running < self.running_bound, timeout=self.wait_s)
+                finally:
+                    self.waiting -= 1
+                if not turn:
+                    raise Busy(
+                        f"the server is busy: no generation turn came free within {self.wait_s:g} s "
+                        f"(KEDIT_GENERATION_QUEUE_TIMEOUT_S); retry in {RETRY_AFTER_S} s",
+                        RETRY_AFTER_S,
+                    )
+            self.running += 1
+
+    def give_back(self) -> None:
+        with self._cond:
+            self.running -= 1
+            self._cond.notify()
+
+
 def fingerprint(version: int, weights_hash: str) -> str:
     """OpenAI's `system_fingerprint`: which weights produced the answer (version and hash)."""
     return f"kedit-v{version}-{weights_hash[:16]}"
@@ -138,8 +189,16 @@ def fingerprint(version: int, weights_hash: str) -> str:
 class GenerationEngine:
     """Admits requests under the host's version lock and runs them (see the module docstring)."""
 
-    def __init__(self, host: ModelHost, cache_blocks: int = 32, batch_tokens: int = 512, serve_dtype: str = "float32"):
+    def __init__(
+        self,
+        host: ModelHost,
+        cache_blocks: int = 32,
+        batch_tokens: int = 512,
+        serve_dtype: str = "float32",
+        turns: Turns | None = None,
+    ):
         self.host = host
+        self.turns = turns or Turns(8, 32, 30.0)
         self.lm = host.editor.lm
         # The weights are edited and replayed in float32 (the log's hash is over float32 weights, and
         # the rank-one-ish updates are small next to W: bf16 would round many of them away). A
@@ -262,17 +321,23 @@ class GenerationEngine:
                 f"than this server's KV cache of {self.cache_tokens} tokens (KEDIT_CB_CACHE_BLOCKS); "
                 "shorten the prompt or lower max_tokens"
             )
-        self.catch_up()
-        # The manager starts before the version is held, so a failing start never leaves it held.
-        mgr = self._manager() if sampling.temperature <= 0 else None
-        holding = self.host.reading()
-        version = holding.__enter__()
+        self.turns.take()
+        try:
+            self.catch_up()
+            # The manager starts before the version is held, so a failing start never leaves it held.
+            mgr = self._manager() if sampling.temperature <= 0 else None
+            holding = self.host.reading()
+            version = holding.__enter__()
+        except BaseException:
+            self.turns.give_back()
+            raise
         released = threading.Event()
 
         def release() -> None:
             if not released.is_set():
                 released.set()
                 holding.__exit__(None, None, None)
+                self.turns.give_back()
 
         tok = self.lm.tokenizer
         gen = Generation(

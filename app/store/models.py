@@ -27,6 +27,19 @@ EDIT_STATUSES = ("queued", "applying", "applied", "failed", "reverted")
 GUARD_REFUSAL = "refused by the quality guard: "
 
 
+def text_problem(name: str, value: str) -> str | None:
+    """Why `value` cannot be stored or searched as text in the log, or None. PostgreSQL text holds
+    no NUL character and no database holds an unpaired UTF-16 surrogate (JSON can spell one), so
+    every piece of client text that reaches a query is checked here first: a 422, never a 500."""
+    if "\x00" in value:
+        return f"{name} contains a NUL character (\\u0000); remove it"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name} contains an unpaired UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode text"
+    return None
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

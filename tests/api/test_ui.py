@@ -73,8 +73,12 @@ def fact_form(fact: dict, **extra) -> dict:
     }
 
 
+# What a browser sends with a form posted from kedit's own page (app/api/origin.py).
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
+
+
 def submit(c: TestClient, fact: dict, **extra):
-    return c.post("/ui/submit", data=fact_form(fact, **extra), follow_redirects=False)
+    return c.post("/ui/submit", data=fact_form(fact, **extra), follow_redirects=False, headers=SAME_ORIGIN)
 
 
 def test_home_edit_page_submit_and_revert(client):
@@ -112,13 +116,13 @@ def test_home_edit_page_submit_and_revert(client):
     assert polylines(home) and all(n >= 1 for n in polylines(home))
     assert 'class="threshold"' in home
 
-    r = client.post("/ui/edits/1/revert", data={}, follow_redirects=False)
+    r = client.post("/ui/edits/1/revert", data={}, headers=SAME_ORIGIN, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/ui/edits/1"
     wait_status(client, 1, ("reverted",))
     page = client.get("/ui/edits/1").text
     assert "status-reverted" in page and 'action="/ui/edits/1/revert"' not in page
     # A second revert is refused with the service's reason, on the page.
-    r = client.post("/ui/edits/1/revert", data={})
+    r = client.post("/ui/edits/1/revert", data={}, headers=SAME_ORIGIN)
     assert r.status_code == 409 and "only applied edits can be reverted" in r.text
 
     home = client.get("/ui").text
@@ -223,12 +227,12 @@ def test_the_api_key_guards_both_forms_and_is_never_shown(make_config):
         page = c.get(r.headers["location"]).text
         assert '<label for="revert-api-key">API key</label>' in page and KEY not in page
 
-        r = c.post("/ui/edits/1/revert", data={"api_key": "nope"})
+        r = c.post("/ui/edits/1/revert", data={"api_key": "nope"}, headers=SAME_ORIGIN)
         assert r.status_code == 401 and "wrong API key" in r.text and "nope" not in r.text
-        r = c.post("/ui/edits/1/revert", data={})
+        r = c.post("/ui/edits/1/revert", data={}, headers=SAME_ORIGIN)
         assert r.status_code == 401 and "needs the API key" in r.text
         assert c.get("/edits/1").json()["status"] == "applied"
-        r = c.post("/ui/edits/1/revert", data={"api_key": KEY}, follow_redirects=False)
+        r = c.post("/ui/edits/1/revert", data={"api_key": KEY}, headers=SAME_ORIGIN, follow_redirects=False)
         assert r.status_code == 303 and KEY not in r.headers["location"] and "set-cookie" not in r.headers
         wait_status(c, 1, ("reverted",))
         for url in ("/ui", "/ui/edits/1", "/ui/submit"):
@@ -242,7 +246,7 @@ def test_the_api_key_guards_both_forms_and_is_never_shown(make_config):
 def test_cross_site_and_non_form_posts_are_refused(client):
     r = client.post("/ui/submit", data=fact_form(FACTS[1]), headers={"Sec-Fetch-Site": "cross-site"})
     assert r.status_code == 403
-    assert client.post("/ui/submit", json=fact_form(FACTS[1])).status_code == 415
+    assert client.post("/ui/submit", json=fact_form(FACTS[1]), headers=SAME_ORIGIN).status_code == 415
     assert client.get("/edits").json()["total"] == 0
 
 

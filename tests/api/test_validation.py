@@ -307,3 +307,50 @@ def test_get_edit_bad_and_unknown_id(api):
 def test_revert_unknown_edit(api):
     r = api.post("/edits/999999/revert")
     assert r.status_code == 404 and "no edit with id 999999" in r.json()["detail"]
+
+
+# --- /v1: strict types, and bodies that are not JSON, in OpenAI's shape ---------------------------
+
+
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": 5.0}, "max_tokens"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"temperature": "0"}, "temperature"),
+        ({"seed": "7"}, "seed"),
+    ],
+)
+def test_v1_types_are_strict_as_on_edits(api, change, param):
+    model = api.get("/v1/models").json()["data"][0]["id"]
+    r = api.post("/v1/completions", json={"model": model, "prompt": "Paris is", **change})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and ", not " in err["message"], err
+    # An int is still a float (JSON does not tell 1 from 1.0).
+    r = api.post("/v1/completions", json={"model": model, "prompt": "Paris is", "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b'{"prompt": "\xff\xfe {}", "subject": "a", "target_new": "b"}', "byte 12 (0xff) starts no UTF-8 character"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests deeper than this server reads"),
+    ],
+)
+def test_a_body_that_is_not_utf8_or_nests_too_deep_says_where(api, raw, fragment):
+    for path in ("/edits", "/generate", "/v1/completions", "/v1/chat/completions"):
+        r = api.post(path, content=raw, headers={"content-type": "application/json"})
+        body = r.json()
+        if path.startswith("/v1/"):
+            assert r.status_code == 400, (path, r.text)
+            assert set(body["error"]) == {"message", "type", "param", "code"}, body
+            message = body["error"]["message"]
+        else:
+            assert r.status_code == 422, (path, r.text)
+            message = body["detail"]
+        assert "the body is not valid JSON" in message and fragment in message, (path, message)

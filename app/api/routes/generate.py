@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from app.api.deps import Ctx, ready_host, require_json, validate
+from app.api.pools import run_in
 from app.api.schemas import GenerateIn, GenerateOut
 from app.service.errors import Invalid
 from app.service.generation import Sampling
@@ -26,15 +27,19 @@ def _generate(request: Request, ctx, g: GenerateIn) -> GenerateOut:
     return GenerateOut(prompt=g.prompt, text=text, version=gen.version, weights_hash=gen.weights_hash)
 
 
+async def _generate_off_loop(request: Request, ctx, g: GenerateIn) -> GenerateOut:
+    return await run_in(request.app.state.pools.generation, _generate, request, ctx, g)
+
+
 @router.get("/generate", response_model=GenerateOut, summary="Continue a prompt with the current weights")
-def generate_get(
+async def generate_get(
     request: Request,
     ctx: Ctx,
     prompt: Annotated[str, Query(description="text to continue")],
     max_new_tokens: Annotated[int, Query(description="tokens to add")] = 16,
 ):
     g = validate(GenerateIn, {"prompt": prompt, "max_new_tokens": max_new_tokens}, ctx, ("query",))
-    return _generate(request, ctx, g)
+    return await _generate_off_loop(request, ctx, g)
 
 
 @router.post(
@@ -46,7 +51,7 @@ def generate_get(
         "requestBody": {"required": True, "content": {"application/json": {"schema": GenerateIn.model_json_schema()}}}
     },
 )
-def generate_post(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):
+async def generate_post(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):
     if not isinstance(body, dict):
         raise Invalid('the body must be a JSON object: {"prompt": "...", "max_new_tokens": 16}')
-    return _generate(request, ctx, validate(GenerateIn, body, ctx))
+    return await _generate_off_loop(request, ctx, validate(GenerateIn, body, ctx))

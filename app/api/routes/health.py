@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import Ctx, ready_host
+from app.api.pools import run_in
 from app.api.schemas import Health, LayerNormsOut, NormPoint, NormsOut, QualityOut, QualityPoint, Ready, VersionOut
 from app.service import quality
 from app.store import repo
@@ -16,15 +17,23 @@ from app.store import repo
 router = APIRouter(tags=["health"])
 
 
+# /health, /ready and /metrics never wait behind other work: /health runs on the event loop, the
+# other two (which read the database and the queue) in the probes' own threads (app/api/pools.py).
+
+
 @router.get("/health", response_model=Health, summary="Liveness")
-def health():
+async def health():
     return Health(status="ok")
 
 
 @router.get(
     "/ready", response_model=Ready, summary="Readiness: model, database, queue", responses={503: {"model": Ready}}
 )
-def ready(ctx: Ctx):
+async def ready(request: Request, ctx: Ctx):
+    return await run_in(request.app.state.pools.probes, _ready, ctx)
+
+
+def _ready(ctx) -> JSONResponse:
     checks: dict[str, Any] = {
         "database": ctx.db_ok(),
         "queue": ctx.queue.ping(),
@@ -107,5 +116,6 @@ def version(ctx: Ctx):
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(ctx: Ctx):
-    return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request, ctx: Ctx):
+    text = await run_in(request.app.state.pools.probes, generate_latest, ctx.registry)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -8,14 +8,14 @@ first byte of a stream, because the version is held from admission to the last t
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from app.api.deps import Ctx, describe, ready_host
+from app.api.deps import Ctx, Unauthorized, check_api_key, describe, ready_host, sent_key, validation_errors
+from app.api.pools import iterate_in, run_in
 from app.api.schemas_openai import ChatIn, CompletionIn
 from app.service.generation import GenerationEngine
 from app.service.oai import Answer, OpenAIError, chat_ids, check_model, completion_ids, model_card, sampling
@@ -25,28 +25,26 @@ VERSION_HEADER = "X-Kedit-Version"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
-def require_generation_key(
+async def require_generation_key(
     request: Request,
     authorization: Annotated[str | None, Header(description="Bearer <key>, when generation needs the key")] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> None:
     """With KEDIT_API_KEY set and KEDIT_GENERATION_REQUIRES_KEY=true these endpoints need it; by
-    default they are open, as /generate is (the openai client then sends any key; it is not read)."""
+    default they are open, as /generate is (the openai client then sends any key; it is not read).
+    The same check as /edits (deps.check_api_key), answered in OpenAI's shape."""
     cfg = request.app.state.ctx.config
     if not (cfg.api_key and cfg.generation_requires_key):
         return
-    given = x_api_key
-    if given is None and authorization and authorization.lower().startswith("bearer "):
-        given = authorization[7:].strip()
-    if given is None:
-        raise OpenAIError(
+    given = sent_key(x_api_key, authorization)
+    try:
+        check_api_key(
+            cfg.api_key,
+            given,
             "this server needs an API key: send it as Authorization: Bearer <key> (the openai client's api_key)",
-            401,
-            code="missing_api_key",
         )
-    # Constant time: the comparison must not leak how much of a guess was right.
-    if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
-        raise OpenAIError("wrong API key", 401, code="invalid_api_key")
+    except Unauthorized as e:
+        raise OpenAIError(e.message, 401, code="missing_api_key" if given is None else "invalid_api_key") from None
 
 
 Auth = Depends(require_generation_key)
@@ -66,7 +64,7 @@ def _parse(model: type[BaseModel], body: Any, ctx) -> Any:
     try:
         return model.model_validate(body, context={"config": ctx.config})
     except ValidationError as e:
-        errors = e.errors(include_url=False, include_context=False, include_input=False)
+        errors = validation_errors(e)
         first = errors[0]
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         if first.get("type") == "extra_forbidden":
@@ -74,13 +72,17 @@ def _parse(model: type[BaseModel], body: Any, ctx) -> Any:
         raise OpenAIError("; ".join(describe(err) for err in errors), 400, param, "invalid_value") from None
 
 
-def _answer(answer: Answer, stream: bool):
+async def _answer(request: Request, answer: Answer, stream: bool):
+    """The answer, generated in the generation pool (app/api/pools.py): whole, or as a stream."""
+    pool = request.app.state.pools.generation
     headers = {FINGERPRINT_HEADER: answer.fingerprint, VERSION_HEADER: str(answer.gen.version)}
     if stream:
         return StreamingResponse(
-            answer.events(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
+            iterate_in(pool, answer.events()),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache"},
         )
-    return JSONResponse(answer.whole(), headers=headers)
+    return JSONResponse(await run_in(pool, answer.whole), headers=headers)
 
 
 @router.get("/models", summary="The model this server serves (OpenAI shape)")
@@ -114,13 +116,26 @@ def _body_doc(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-@router.post("/completions", summary="Continue a prompt (OpenAI completions)", openapi_extra=_body_doc(CompletionIn))
-def completions(ctx: Ctx, body: Annotated[Any, Body()]):
-    req: CompletionIn = _parse(CompletionIn, body, ctx)
+def _open_completion(ctx, req: CompletionIn) -> Answer:
     engine = _engine(ctx)
     check_model(engine, req.model)
     gen = engine.open(completion_ids(engine, req.prompt_text()), sampling(req, COMPLETIONS_DEFAULT_MAX_TOKENS))
-    return _answer(Answer(engine, "completion", gen, req.include_usage()), req.stream)
+    return Answer(engine, "completion", gen, req.include_usage())
+
+
+def _open_chat(ctx, req: ChatIn) -> Answer:
+    engine = _engine(ctx)
+    check_model(engine, req.model)
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    gen = engine.open(chat_ids(engine, messages), sampling(req, ctx.config.max_new_tokens))
+    return Answer(engine, "chat", gen, req.include_usage())
+
+
+@router.post("/completions", summary="Continue a prompt (OpenAI completions)", openapi_extra=_body_doc(CompletionIn))
+async def completions(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):
+    req: CompletionIn = _parse(CompletionIn, body, ctx)
+    answer = await run_in(request.app.state.pools.generation, _open_completion, ctx, req)
+    return await _answer(request, answer, req.stream)
 
 
 @router.post(
@@ -128,10 +143,7 @@ def completions(ctx: Ctx, body: Annotated[Any, Body()]):
     summary="Answer a conversation with the model's chat template (OpenAI chat)",
     openapi_extra=_body_doc(ChatIn),
 )
-def chat_completions(ctx: Ctx, body: Annotated[Any, Body()]):
+async def chat_completions(request: Request, ctx: Ctx, body: Annotated[Any, Body()]):
     req: ChatIn = _parse(ChatIn, body, ctx)
-    engine = _engine(ctx)
-    check_model(engine, req.model)
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    gen = engine.open(chat_ids(engine, messages), sampling(req, ctx.config.max_new_tokens))
-    return _answer(Answer(engine, "chat", gen, req.include_usage()), req.stream)
+    answer = await run_in(request.app.state.pools.generation, _open_chat, ctx, req)
+    return await _answer(request, answer, req.stream)

@@ -59,6 +59,11 @@ def _error(request: Request, exc: ServiceError) -> HTMLResponse:
     return _page(request, "error.html", exc.status_code, message=exc.message, code=exc.status_code)
 
 
+def refusal_page(request: Request, message: str) -> HTMLResponse:
+    """A form refused before it was read (posted from another site: app/api/origin.py)."""
+    return _page(request, "error.html", 403, message=message, code=403)
+
+
 def _key(ctx, form: dict[str, str]) -> None:
     given = form.get("api_key") or None
     check_api_key(ctx.config.api_key, None if given is None else given.encode("utf-8"), KEY_MISSING)
