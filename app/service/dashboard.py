@@ -18,6 +18,7 @@ from app.service.charts import RefLine, Series, line_chart
 from app.service.context import ServiceContext
 from app.service.errors import Invalid
 from app.service.generation import Sampling
+from app.service.startup import duration
 from app.store import repo
 from app.store.models import EDIT_STATUSES, Edit
 
@@ -34,6 +35,41 @@ def _num(v: float | None, digits: int = 4) -> str:
 
 def _opt(v: object) -> str:
     return "—" if v is None else str(v)
+
+
+# --- the start-up --------------------------------------------------------------------------------
+
+STARTING_REFRESH_S = 3  # the start-up page reloads itself this often
+
+
+@dataclass
+class StartupView:
+    """What /ui shows while the process starts (or why its start failed), in place of the dashboard."""
+
+    stage: str
+    part: str | None
+    percent: str | None  # "41 %"; None for a stage that is not counted
+    progress: float | None
+    detail: str
+    left: str | None  # "about 1 min 40 s left"
+    error: str | None
+    refresh_s: int = STARTING_REFRESH_S
+
+
+def startup_view(ctx: ServiceContext) -> StartupView | None:
+    """The start-up page's view while a start-up stage runs or after it failed; None once serving."""
+    if ctx.startup.serving:
+        return None
+    s = ctx.startup.snapshot()
+    return StartupView(
+        stage=s["stage"],
+        part=s["part"],
+        percent=None if s["progress"] is None else f"{100 * s['progress']:.0f} %",
+        progress=s["progress"],
+        detail=s["detail"],
+        left=None if s["seconds_left"] is None else f"about {duration(s['seconds_left'])} left",
+        error=s["error"],
+    )
 
 
 # --- the pieces ----------------------------------------------------------------------------------
