@@ -179,8 +179,11 @@ def describe(err: dict) -> str:
 
 
 def ready_host(ctx: ServiceContext):
-    if (ctx.host is None or not ctx.host.healthy) and ctx.startup.running:
-        raise starting(ctx)
+    if ctx.host is None or not ctx.host.healthy:
+        if ctx.startup.running:
+            raise starting(ctx)
+        if ctx.startup.error is not None:
+            raise Unavailable(f"the start-up failed: {ctx.startup.error}")
     if ctx.host is None:
         raise Unavailable("this process serves no model")
     if not ctx.host.healthy:

@@ -169,13 +169,18 @@ def key_second_moments(
 
     def key_hook(layer):
         def hook(module, args):
-            monitor.check()  # between layers: a chunk of a large model is seconds on a CPU
             k = args[0].reshape(-1, args[0].shape[-1]).float()
             sums[layer] = (k.T @ k).double() if sums[layer] is None else sums[layer] + (k.T @ k).double()
 
         return hook
 
     hooks = [lm.adapter.edited_module(lm.model, l).register_forward_pre_hook(key_hook(l)) for l in layers]
+    # A stop is honoured before every block, not only between chunks: a chunk of a large model
+    # takes seconds on a busy CPU.
+    hooks += [
+        lm.adapter.block(lm.model, i).register_forward_pre_hook(lambda *_: monitor.check())
+        for i in range(stop_layer + 1)
+    ]
     total = sum(len(w) for w in windows)
     bar = tqdm(total=total, unit="tok", desc="key statistics", disable=not progress)
     monitor.begin("building C0", f"layers {list(layers)} from {total:,} tokens", total=total, unit="tokens")

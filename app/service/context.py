@@ -163,7 +163,7 @@ class ServiceContext:
                 if self._stop.is_set():
                     # Stopped mid-way (Cancelled), or a step broke because close() pulled the
                     # database from under it: either way the process is ending as asked.
-                    log.info("start-up stopped at stage %r", self.startup.stage)
+                    log.info("start-up stopped at stage %r", self.startup.interrupted or self.startup.stage)
                     return
                 if isinstance(exc, Cancelled):
                     return
@@ -217,13 +217,14 @@ class ServiceContext:
             return False
 
     def close(self) -> None:
-        stage = self.startup.stage
         self.startup.stopping()
         self._stop.set()
         if self._starter is not None:
             self._starter.join(timeout=START_JOIN_S)
             if self._starter.is_alive():
-                log.warning("the start-up is in a step that cannot be interrupted (%s); leaving it", stage)
+                log.warning(
+                    "the start-up is in a step that cannot be interrupted (%s); leaving it", self.startup.interrupted
+                )
         if self.generation is not None:
             self.generation.close()
         self.queue.wake()

@@ -55,6 +55,7 @@ class Startup(Monitor):
         self.expected_s: float | None = None
         self.error: str | None = None
         self.serving = False  # the start-up's required part is over: /ready may answer 200
+        self.interrupted: str | None = None  # the stage a stop ended
         self._stage_t0 = self._t0
         self._last_line = self._t0
         self._estimated = False
@@ -118,9 +119,10 @@ class Startup(Monitor):
         log.error("start-up failed: %s", error)
 
     def stopping(self) -> None:
+        """The process is asked to stop: the stage under way ends at its next check."""
         with self._lock:
-            if self.stage not in (READY, FAILED):
-                self.stage = STOPPING
+            if self.stage not in (READY, FAILED, STOPPING):
+                self.interrupted, self.stage = self.stage, STOPPING
         self.stop.set()
 
     @property
