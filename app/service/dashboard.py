@@ -123,6 +123,7 @@ def norm_chart(ctx: ServiceContext) -> str | None:
         "growth",
         series,
         [RefLine("alarm threshold", ctx.config.norm_alarm_growth)],
+        x_integer=True,
         chart_id="norms",
     )
 
@@ -149,6 +150,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "applied edits",
                 "% kept",
                 [Series("facts kept", list(zip(x, kept)))],
+                x_integer=True,
                 chart_id="canary-facts",
             ),
             line_chart(
@@ -157,6 +159,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "perplexity",
                 [Series("perplexity", list(zip(x, [q.perplexity for q in hist])))],
                 y_from_zero=False,
+                x_integer=True,
                 chart_id="canary-ppl",
             ),
             line_chart(
@@ -165,6 +168,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "n-gram entropy (bits ×100)",
                 [Series("entropy", list(zip(x, [q.entropy for q in hist])))],
                 y_from_zero=False,
+                x_integer=True,
                 chart_id="canary-entropy",
             ),
         ]
