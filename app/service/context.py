@@ -98,27 +98,25 @@ class ServiceContext:
         host.bootstrap(monitor)
         return host
 
-    def start_api(self) -> None:
+    def start_api(self, monitor: Monitor = SILENT) -> None:
         """Load the model, replay the log, then follow new versions in the background."""
-        self.startup.for_part("api")
-        host = self.host_replica(monitor=self.startup)
-        self.startup.check()
+        host = self.host_replica(monitor=monitor)
+        monitor.check()
         self.generation = GenerationEngine(
             host, self.config.cb_cache_blocks, self.config.cb_batch_tokens, self.config.serve_dtype
         )
         self.host = host  # routes that need the model answer from here on
         self._start("kedit-sync", self._follow_versions)
 
-    def build_worker(self) -> Worker:
+    def build_worker(self, monitor: Monitor = SILENT) -> Worker:
         """A worker with its own copy of the model, not started: it solves with the context
         templates the log recorded (the first worker's are generated and recorded)."""
-        self.startup.for_part("worker")
         with self.sessions() as s:
             info = repo.get_model_info(s)
             logged = list(info.templates) if info is not None and info.templates else None
-        editor = self.config.load_editor(Role.WORKER, templates=logged, monitor=self.startup)
-        host = self._host(editor, list(editor.templates), monitor=self.startup)
-        self.startup.check()
+        editor = self.config.load_editor(Role.WORKER, templates=logged, monitor=monitor)
+        host = self._host(editor, list(editor.templates), monitor=monitor)
+        monitor.check()
         return Worker(
             self.config, host, self.queue, WriterLock(self.engine, host.model_name), WorkerMetrics(self.registry)
         )
@@ -134,10 +132,11 @@ class ServiceContext:
         worker's (C₀ too); `startup` says which stage it is in. The worker's first canary scoring
         is its last stage, after the process serves."""
         if api:
-            self.start_api()
+            self.startup.for_part("api")
+            self.start_api(self.startup)
         if worker:
-            w = self.build_worker()
-            self.startup.check()
+            self.startup.for_part("worker")
+            w = self.build_worker(self.startup)
             if w.guard is not None:
                 w.startup = self.startup  # it tells of its first canary scoring
             self.worker = w
@@ -145,8 +144,6 @@ class ServiceContext:
         mode = "api only" if not worker else "worker only" if not api else "api with worker"
         self.startup.ready(f"version {version} ({mode})")
         if worker:
-            if self.worker.guard is None:
-                self.startup.finish_stage()
             self._start("kedit-worker", self.worker.run, self._stop)
 
     def start_in_background(
