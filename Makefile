@@ -1,9 +1,10 @@
 # Two commands for a newcomer: `make run` and `make test`. Both set up .venv first.
+# `make lint`: the format, lint, type and layer checks that .ci/run runs before the tests.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test
+.PHONY: setup run test lint
 
 setup: $(VENV)/.installed
 
@@ -20,6 +21,13 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/kedit serve
+
+lint: setup
+	# Config in pyproject.toml ([tool.ruff], [tool.mypy], [tool.importlinter]).
+	$(BIN)/ruff format --check app tests benchmarks migrations
+	$(BIN)/ruff check app tests benchmarks
+	$(BIN)/mypy app
+	$(BIN)/lint-imports
 
 test: setup
 	# The layers of docs/architecture.md (contracts in pyproject.toml), then the suite.

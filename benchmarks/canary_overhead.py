@@ -141,7 +141,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
         lines = [
-            f"Canary overhead per batch on {lm.name} ({summary['threads']} torch threads, {summary['cpu']}; canaries in "
+            f"Canary overhead per batch on {lm.name} ({summary['threads']} torch threads, {summary['cpu']}; "
+            f"canaries in "
             f"{args.dtype}: {args.text_tokens} text tokens, {args.prompts} prompts × {args.gen_tokens} tokens), "
             f"batches of {args.batch_size} CounterFact facts; produced by `python benchmarks/canary_overhead.py`.",
             "",
@@ -151,7 +152,8 @@ def main() -> None:
             "| batch | editor s | canaries s | overhead | save point s | facts kept | perplexity | entropy |",
             "|---|---|---|---|---|---|---|---|",
             *[
-                f"| {r['batch']} | {r['edit_s']:.2f} | {r['canary_s']:.2f} | {100 * r['canary_s'] / r['edit_s']:.1f} % | "
+                f"| {r['batch']} | {r['edit_s']:.2f} | {r['canary_s']:.2f} | "
+                f"{100 * r['canary_s'] / r['edit_s']:.1f} % | "
                 f"{r['save_point_s']:.3f} | {r['facts_kept']} | {r['perplexity']:.2f} | {r['entropy']:.1f} |"
                 for r in rows
             ],

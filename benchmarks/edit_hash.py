@@ -64,7 +64,8 @@ def main(
         same = old["hashes"] == run["hashes"]
         z_diff = (torch.tensor(old["z_star"]) - torch.tensor(run["z_star"])).abs().max().item()
         p_diff = max(
-            abs(a - b) for a, b in zip(old["prob_after"] + old["prob_before"], run["prob_after"] + run["prob_before"])
+            abs(a - b)
+            for a, b in zip(old["prob_after"] + old["prob_before"], run["prob_after"] + run["prob_before"], strict=True)
         )
         print(
             f"against {against}: weights hash {'IDENTICAL' if same else 'DIFFERENT'}; steps "

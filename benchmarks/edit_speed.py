@@ -81,7 +81,8 @@ def main(
     stats = collect_key_stats(lm, list(settings.layers), corpus, settings.stats_tokens)
     stats_seconds = time.perf_counter() - t0
     print(
-        f"key statistics: {len(settings.layers)} layers × {settings.stats_tokens} tokens in one pass: {stats_seconds:.1f} s "
+        f"key statistics: {len(settings.layers)} layers × {settings.stats_tokens} tokens in one pass: "
+        f"{stats_seconds:.1f} s "
         f"(corpus {', '.join(f.name for f in corpus_files(corpus))})"
     )
 
@@ -107,7 +108,8 @@ def main(
     )
     print(f"‖W−W₀‖/‖W₀‖ per layer (%): {growth}")
     print(
-        f"seconds per edit: {spe:.2f} (reference {REFERENCE['seconds_per_edit']:.2f} → {REFERENCE['seconds_per_edit'] / spe:.1f}x); "
+        f"seconds per edit: {spe:.2f} (reference {REFERENCE['seconds_per_edit']:.2f} → "
+        f"{REFERENCE['seconds_per_edit'] / spe:.1f}x); "
         f"key statistics {stats_seconds:.0f} s (reference {REFERENCE['stats_seconds']:.0f} s)"
     )
     if out:

@@ -378,7 +378,11 @@ def main(
         print(f"{lv.label}: {lv.why}", flush=True)
         log = work / f"{lv.label}-{records}.log"
         rc = run_carried(
-            lambda: command(lv, run_dir, data_dir, work, records, batch_size, device=device), run_dir, log, repo, carry
+            lambda lv=lv, run_dir=run_dir: command(lv, run_dir, data_dir, work, records, batch_size, device=device),
+            run_dir,
+            log,
+            repo,
+            carry,
         )
         if rc != 0:
             print(f"{lv.label}: exited {rc}; see {log} (rerun to resume)", flush=True)
@@ -397,7 +401,8 @@ def main(
     for r in rows:
         print(
             f"{r['lever']:20s} ES {r['es']:.1f} PS {r['ps']:.1f} NS {r['ns']:.1f} ({r['ns_unedited']:.1f}) "
-            f"ppl {r['ppl']:.2f} ({r['ppl_unedited']:.2f}) entropy {r['entropy']:.0f} max growth {100 * r['max_growth']:.0f}% "
+            f"ppl {r['ppl']:.2f} ({r['ppl_unedited']:.2f}) entropy {r['entropy']:.0f} "
+            f"max growth {100 * r['max_growth']:.0f}% "
             f"{r['s_per_edit']:.2f} s/edit",
             flush=True,
         )

@@ -72,7 +72,7 @@ def main(
         log = work / f"{run.label}-{records}.log"
         print(f"{run.label}: {run.why} (log: {log})", flush=True)
         rc = run_carried(
-            lambda: command(
+            lambda run=run, run_dir=run_dir: command(
                 run,
                 run_dir,
                 data_dir,

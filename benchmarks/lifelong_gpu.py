@@ -283,7 +283,7 @@ def lifelong(
             procs.append(subprocess.Popen(cmd))
         codes = [p.wait() for p in procs]
         if any(codes):
-            raise SystemExit(f"a method's process failed: exit codes {dict(zip(methods, codes))}")
+            raise SystemExit(f"a method's process failed: exit codes {dict(zip(methods, codes, strict=True))}")
         return
     for m in methods:
         run_one(

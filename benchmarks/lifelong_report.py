@@ -76,7 +76,8 @@ def main(
         f"Unedited SmolLM2: perplexity {base['perplexity']:.2f}, generation entropy {base['gen_entropy']:.1f}. "
         "ES/PS/NS on a fixed sample of the facts edited so far; NS (unedited) on the same facts.",
         "",
-        "| method | edits | ES | PS | NS | NS unedited | NS kept | perplexity | entropy | ‖W−W₀‖/‖W₀‖ per layer (%) | s/edit |",
+        "| method | edits | ES | PS | NS | NS unedited | NS kept | perplexity | entropy "
+        "| ‖W−W₀‖/‖W₀‖ per layer (%) | s/edit |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     all_rows = {d["method"]: rows_of(d) for d in docs}
@@ -111,6 +112,7 @@ def main(
     for ax, title in zip(
         axes,
         ("scores (sampled edited facts)", "WikiText perplexity (log)", "generation entropy", "largest ‖W−W₀‖/‖W₀‖ (%)"),
+        strict=True,
     ):
         ax.set_title(title)
         ax.set_xlabel("sequential edits")

@@ -103,12 +103,12 @@ def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0, snapshot_e
         version += 1
         deltas = [
             LayerDelta(
-                l,
+                layer,
                 torch.randn(d, size, generator=g) * 1e-3,
                 torch.randn(f, size, generator=g) * 1e-3,
                 torch.randn(f, size, generator=g),
             )
-            for l in LAYERS
+            for layer in LAYERS
         ]
         # Exactly what Editor.add_batch does to the weights (the preservation sum is not needed to
         # hash them); the api's replay of the finished log proves it against the stored hashes.
@@ -439,7 +439,8 @@ def write(r: dict) -> None:
             f"| replica replay alone from the newest weight snapshot + its {r['replica_snapshot_deltas']} later deltas "
             f"(snapshots every {r['snapshot_every']} versions; same hash) | {r['replica_replay_snapshot_s']:.1f} s | "
             f"≤ {x['goal']:.0f} s for an api replica: {verdict(x)}, as the api's fixed start + the snapshot's load "
-            f"({x['snapshot_load_s']:.1f} s) + the worst case of {r['snapshot_every'] - 1} deltas, whatever the log's length |\n"
+            f"({x['snapshot_load_s']:.1f} s) + the worst case of {r['snapshot_every'] - 1} deltas, "
+            f"whatever the log's length |\n"
             f"| weight snapshots stored (2 kept) | {r.get('weight_snapshots_mb', 0):.0f} MB | |\n"
         )
     snap_arg = f" --snapshot-every {r['snapshot_every']}" if r.get("snapshot_every") else ""
@@ -457,6 +458,24 @@ def write(r: dict) -> None:
     )
     worker_how = " (from the newest snapshot; every live batch's keys still loaded)" if r.get("snapshot_every") else ""
     api_how = "from the newest weight snapshot" if r.get("snapshot_every") else "from W₀"
+    db_row = (
+        f"| database size | {r['database_mb']:.0f} MB (layer_deltas {r['layer_deltas_mb']:.0f} MB, of which factor "
+        f"bytes {r['delta_payload_mb']:.0f} MB; edits {r['edits_mb']:.0f} MB) | "
+        f"≤ {g['db_mb']['goal']:.0f} MB: {verdict(g['db_mb'])} |"
+    )
+    api_row = (
+        f"| `kedit api` start → /ready (process start, model load, replay {api_how}, hash proof) | "
+        f"{r['api_start_to_ready_s']:.1f} s | "
+        f"≤ {g['replica_ready_s']['goal']:.0f} s{no_snap}: {verdict(g['replica_ready_s'])} |"
+    )
+    api_part_row = (
+        f"| … of which model load + replay + proof in the api process (its log) | "
+        f"{r.get('api_load_and_replay_s', float('nan')):.1f} s | |"
+    )
+    rebuild_row = (
+        f"| … of which the rebuild (W₀ + every other live batch) | {r['revert_rebuild_s']:.1f} s | "
+        f"≤ {g['revert_rebuild_s']['goal']:.0f} s + re-apply: {verdict(g['revert_rebuild_s'])} |"
+    )
     md = f"""# The edit log at {r["edits"]:,} edits (benchmarks/log_scale.py)
 
 PostgreSQL on 127.0.0.1, {r["cpu"]} (other jobs running beside it), torch threads {r["torch_threads"]}.
@@ -467,14 +486,14 @@ Command: `nice .venv/bin/python benchmarks/log_scale.py --edits {r["edits"]}{sna
 
 | measure | value | goal |
 |---|---|---|
-| database size | {r["database_mb"]:.0f} MB (layer_deltas {r["layer_deltas_mb"]:.0f} MB, of which factor bytes {r["delta_payload_mb"]:.0f} MB; edits {r["edits_mb"]:.0f} MB) | ≤ {g["db_mb"]["goal"]:.0f} MB: {verdict(g["db_mb"])} |
-| `kedit api` start → /ready (process start, model load, replay {api_how}, hash proof) | {r["api_start_to_ready_s"]:.1f} s | ≤ {g["replica_ready_s"]["goal"]:.0f} s{no_snap}: {verdict(g["replica_ready_s"])} |
-| … of which model load + replay + proof in the api process (its log) | {r.get("api_load_and_replay_s", float("nan")):.1f} s | |
+{db_row}
+{api_row}
+{api_part_row}
 {base_row}| replica replay alone (in-process, from W₀ and every delta) | {r["replica_replay_s"]:.1f} s | |
 {snap_rows}| worker start-up replay incl. preservation sum Σ K Kᵀ{worker_how} | {r["worker_replay_s"]:.1f} s | |
 | `kedit verify` (process) | {r["verify_s"]:.1f} s | |
 | revert of the oldest edit, total | {r["revert_total_s"]:.1f} s | |
-| … of which the rebuild (W₀ + every other live batch) | {r["revert_rebuild_s"]:.1f} s | ≤ {g["revert_rebuild_s"]["goal"]:.0f} s + re-apply: {verdict(g["revert_rebuild_s"])} |
+{rebuild_row}
 | … of which the re-apply of its {r["batch_size"] - 1} batch-mates | {r["revert_reapply_s"]:.1f} s | |
 | GET /edits?offset={max(1, min(9000, r["edits"] - 50))}&limit=50 (median of 5) | {r["get_edits_offset_ms"]:.0f} ms | |
 | GET /edits/{{id}} (median of 5) | {r["get_edit_ms"]:.0f} ms | |

@@ -159,7 +159,7 @@ def one_stream(client: httpx.Client, model: str, prompt: str, tokens: int) -> di
                 stamps.append(time.perf_counter())
     end = time.perf_counter()
     n = usage["completion_tokens"] if usage else len(stamps)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return {
         "status": 200,
         "ttft": (stamps[0] - t0) if stamps else end - t0,
@@ -271,7 +271,7 @@ def main() -> None:
         "served": levels,
         "served_dtype_check": dtype,
         "single_client_overhead_vs_raw": 1 - single / raw["tokens_per_s"],
-        "speedup_vs_single_client": {str(l["clients"]): l["tokens_per_s"] / single for l in levels},
+        "speedup_vs_single_client": {str(level["clients"]): level["tokens_per_s"] / single for level in levels},
     }
     print(json.dumps(report, indent=2))
     if args.out:
@@ -279,16 +279,17 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
         rows = [
-            f"| raw model.generate, 1 at a time ({label}) | {r['requests']} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
+            f"| raw model.generate, 1 at a time ({label}) | {r['requests']} | {r['tokens']} | "
+            f"{r['tokens_per_s']:.1f} | "
             f"{r['ttft_p50_s'] * 1000:.0f} | {r['ttft_p95_s'] * 1000:.0f} | {r['per_token_p50_ms']:.0f} | "
             f"{r['per_token_p95_ms']:.0f} |"
-            for label, r in zip(("before", "after"), raws)
+            for label, r in zip(("before", "after"), raws, strict=True)
         ]
-        for l in levels:
+        for level in levels:
             rows.append(
-                f"| kedit /v1/completions, {l['clients']} client(s) | {l['requests']} | {l['tokens']} | "
-                f"{l['tokens_per_s']:.1f} | {l['ttft_p50_s'] * 1000:.0f} | {l['ttft_p95_s'] * 1000:.0f} | "
-                f"{l['per_token_p50_ms']:.0f} | {l['per_token_p95_ms']:.0f} |"
+                f"| kedit /v1/completions, {level['clients']} client(s) | {level['requests']} | {level['tokens']} | "
+                f"{level['tokens_per_s']:.1f} | {level['ttft_p50_s'] * 1000:.0f} | {level['ttft_p95_s'] * 1000:.0f} | "
+                f"{level['per_token_p50_ms']:.0f} | {level['per_token_p95_ms']:.0f} |"
             )
         out.with_suffix(".md").write_text(
             f"# serve_bench: {report['model']}, {args.tokens} tokens per request, {report['machine']}, "

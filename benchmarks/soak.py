@@ -245,7 +245,8 @@ def db_checks(db_url: str) -> tuple[list[str], dict]:
             per_version = dict(
                 c.execute(
                     text(
-                        "SELECT applied_version, count(*) FROM edits WHERE applied_version IS NOT NULL GROUP BY applied_version"
+                        "SELECT applied_version, count(*) FROM edits WHERE applied_version IS NOT NULL "
+                        "GROUP BY applied_version"
                     )
                 ).all()
             )
@@ -369,7 +370,8 @@ def main() -> int:
         for kind in sorted(stats.latency):
             xs = stats.latency[kind]
             print(
-                f"{kind:18} {len(xs):7d} {len(xs) / elapsed:7.1f} {pct(xs, 0.5) * 1000:8.1f} {pct(xs, 0.95) * 1000:8.1f}  "
+                f"{kind:18} {len(xs):7d} {len(xs) / elapsed:7.1f} "
+                f"{pct(xs, 0.5) * 1000:8.1f} {pct(xs, 0.95) * 1000:8.1f}  "
                 f"{dict(sorted(stats.codes[kind].items()))}"
             )
         print(

@@ -279,9 +279,9 @@ def run_reference(ref: Path, recs: list, corpus: Path, layers: list[int], n_text
                     steps.append(n[0])
 
             em.compute_z = counted_z
-            names = {l: f"{hp.rewrite_module_tmp.format(l)}.weight" for l in layers}
+            names = {layer: f"{hp.rewrite_module_tmp.format(layer)}.weight" for layer in layers}
             params = dict(model.named_parameters())
-            before = {l: params[n].detach().clone() for l, n in names.items()}
+            before = {layer: params[n].detach().clone() for layer, n in names.items()}
             requests = [
                 {
                     "case_id": r.case_id,

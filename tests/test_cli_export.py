@@ -125,7 +125,10 @@ def test_deltas_round_trip_onto_a_fresh_base(env, tmp_path):
     assert meta["base_hash"] == hashes[0] and meta["weights_hash"] == hashes[3]
     # Only the live batch (the revert's survivors), per layer: no full weight matrices.
     assert names == {
-        f"batch{b}.layer{l}.{t}" for b in json.loads(meta["batches"]) for l in (1, 2) for t in ("u", "v", "keys")
+        f"batch{b}.layer{layer}.{t}"
+        for b in json.loads(meta["batches"])
+        for layer in (1, 2)
+        for t in ("u", "v", "keys")
     }
     assert len(json.loads(meta["batches"])) == 1
 

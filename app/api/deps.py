@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, Header, Request
@@ -126,7 +127,10 @@ def header_text(name: str, value: str | None, bound: int) -> str | None:
     return text
 
 
-def validate(model: type[BaseModel], data: Any, ctx: ServiceContext, loc: tuple = ("body",)) -> BaseModel:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any, ctx: ServiceContext, loc: tuple = ("body",)) -> M:
     """Validate with the running config's bounds; errors carry their location for the 422 answer."""
     # The input is not echoed back: it may be huge, and a non-finite number (1e400 parses to inf)
     # cannot be written as JSON at all.
@@ -134,7 +138,8 @@ def validate(model: type[BaseModel], data: Any, ctx: ServiceContext, loc: tuple 
         return model.model_validate(data, context={"config": ctx.config})
     except ValidationError as e:
         errors = []
-        for err in e.errors(include_url=False, include_context=False):
+        for details in e.errors(include_url=False, include_context=False):
+            err: dict[str, Any] = dict(details)
             given = err.pop("input", None)
             if err.get("type", "").endswith("_type") and err.get("loc"):
                 # Strict types: say what came instead, as its JSON type (the value itself is not echoed).
@@ -165,7 +170,7 @@ class BodyInvalid(Invalid):
         super().__init__("; ".join(describe(err) for err in self.errors))
 
 
-def describe(err: dict) -> str:
+def describe(err: Mapping[str, Any]) -> str:
     """One validation error as a sentence: where, and what to change."""
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
     msg = str(err.get("msg", "invalid"))

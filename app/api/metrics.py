@@ -22,14 +22,14 @@ class LogCollector:
     def collect(self):
         ctx = self.ctx
         try:
-            with ctx.sessions() as s:
-                counts = repo.status_counts(s)
-                n_batches, batch_total = repo.batch_stats(s)
-                n_facts, steps_total = repo.mpes_stats(s)
-                history = repo.norm_history(s, 1)
-                head = repo.head_version_id(s)
-                quality = repo.quality_history(s, 1)
-                refused = repo.guard_refused_count(s)
+            with ctx.sessions() as session:
+                counts = repo.status_counts(session)
+                n_batches, batch_total = repo.batch_stats(session)
+                n_facts, steps_total = repo.mpes_stats(session)
+                history = repo.norm_history(session, 1)
+                head = repo.head_version_id(session)
+                quality = repo.quality_history(session, 1)
+                refused = repo.guard_refused_count(session)
         except Exception:
             log.exception("metrics: database unavailable")
             return

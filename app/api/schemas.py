@@ -87,6 +87,7 @@ class EditIn(Strict):
     @classmethod
     def _target(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
+            assert info.field_name is not None  # a field validator's info names its field
             _raise(target_problem(info.field_name, v, bound=_limit(info, "max_target_chars", MAX_TARGET_CHARS)))
         return v
 

@@ -101,7 +101,7 @@ class _Common(BaseModel):
         return v
 
     def stops(self) -> tuple[str, ...]:
-        return tuple(self.stop or ())  # type: ignore[arg-type]
+        return tuple(self.stop or ())
 
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
@@ -126,6 +126,11 @@ class CompletionIn(_Common):
         if len(v) > bound:
             raise ValueError(f"prompt is {len(v)} characters long; the bound is {bound} (KEDIT_MAX_INPUT_CHARS)")
         return _clean_text(v, "prompt")
+
+    def prompt_text(self) -> str:
+        """The prompt as validated: one string (a list of one is unwrapped)."""
+        assert isinstance(self.prompt, str)
+        return self.prompt
 
     @model_validator(mode="after")
     def _unsupported(self) -> CompletionIn:

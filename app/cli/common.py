@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, overload
 
 import typer
 from pydantic import ValidationError
@@ -22,7 +22,11 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def load_config(cls: type[C] = KeditConfig, builds_stats: bool = False, **given) -> C:
+@overload
+def load_config(cls: type[C], builds_stats: bool = False, **given: Any) -> C: ...
+@overload
+def load_config(*, builds_stats: bool = False, **given: Any) -> KeditConfig: ...
+def load_config(cls: type[KeditConfig] = KeditConfig, builds_stats: bool = False, **given: Any) -> KeditConfig:
     """The configuration from the environment, with the options given on the command line
     (those not None) taking precedence; a setting that cannot work stops the command here.
     `builds_stats`: the command computes key statistics, so its corpus must hold text."""

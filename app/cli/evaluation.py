@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -39,13 +39,13 @@ eval_app = typer.Typer(
 )
 
 
-class DatasetName(str, Enum):
+class DatasetName(StrEnum):
     counterfact = "counterfact"
     counterfact_extra = "counterfact-extra"
     zsre = "zsre"
 
 
-class ZsreTargetName(str, Enum):
+class ZsreTargetName(StrEnum):
     answers = "answers"
     alt = "alt"
 
@@ -69,17 +69,27 @@ def _run_main(
     ctx: typer.Context,
     dataset: DatasetName = typer.Option(
         DatasetName.counterfact,
-        help="which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, 20,790 edits), zsre",
+        help=(
+            "which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, 20,790 "
+            "edits), zsre"
+        ),
     ),
     data: Path | None = typer.Option(
         None,
-        help="evaluation file; default: the shared file for --dataset in the data folder (KEDIT_DATA_DIR, default ../shared/data). Its format is detected from its fields",
+        help=(
+            "evaluation file; default: the shared file for --dataset in the data folder (KEDIT_DATA_DIR, default "
+            "../shared/data). Its format is detected from its fields"
+        ),
     ),
     records: int | None = typer.Option(None, min=1, help="edit the first N records (default: all)"),
     neighbours: int = typer.Option(
         0,
         min=0,
-        help="CounterFact: add up to N neighbourhood prompts per record, built like CounterFact's (the record's template asked of other subjects with the same true object, from --neighbour-pool and the rest of the file; never an edited subject). The compact files hold one each",
+        help=(
+            "CounterFact: add up to N neighbourhood prompts per record, built like CounterFact's (the record's "
+            "template asked of other subjects with the same true object, from --neighbour-pool and the rest of the "
+            "file; never an edited subject). The compact files hold one each"
+        ),
     ),
     neighbour_pool: list[Path] = typer.Option(
         [], help="more CounterFact files whose subjects --neighbours may use (repeatable)"
@@ -90,7 +100,10 @@ def _run_main(
     set_: list[str] = typer.Option(
         [],
         "--set",
-        help="override one EditSettings field, NAME=VALUE (JSON value); repeatable, e.g. --set lambda_n=10 --set 'layers=[4,5,6]'",
+        help=(
+            "override one EditSettings field, NAME=VALUE (JSON value); repeatable, e.g. --set lambda_n=10 --set "
+            "'layers=[4,5,6]'"
+        ),
     ),
     model: str | None = typer.Option(None, help="Hugging Face model folder or .gguf (default: SmolLM2-135M-Instruct)"),
     checkpoint_every: int | None = typer.Option(
@@ -130,20 +143,32 @@ def _run_main(
     ),
     corpus: Path | None = typer.Option(
         None,
-        help="text file or folder of .txt for the key statistics C0 (KEDIT_STATS_CORPUS; default: text the model generates)",
+        help=(
+            "text file or folder of .txt for the key statistics C0 (KEDIT_STATS_CORPUS; default: text the model "
+            "generates)"
+        ),
     ),
     out: Path | None = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
     resume: Path | None = typer.Option(
         None,
-        help="continue the run in this folder from its last checkpoint, or from trail/ (every batch's z*, kept after each batch: run.json and trail/ carry a run to another machine); other options are taken from its run.json",
+        help=(
+            "continue the run in this folder from its last checkpoint, or from trail/ (every batch's z*, kept after "
+            "each batch: run.json and trail/ carry a run to another machine); other options are taken from its run.json"
+        ),
     ),
     after: Path | None = typer.Option(
         None,
-        help="start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end",
+        help=(
+            "start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE "
+            "after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end"
+        ),
     ),
     progress: bool = typer.Option(
         True,
-        help="show progress bars; --no-progress writes a plain line per stage, batch and checkpoint instead (for a log file)",
+        help=(
+            "show progress bars; --no-progress writes a plain line per stage, batch and checkpoint instead (for a log "
+            "file)"
+        ),
     ),
 ) -> None:
     """Run (or resume) a sequential editing evaluation."""

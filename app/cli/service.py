@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             while not stop.wait(1.0):
                 if ctx.startup.stage == "failed":
                     raise typer.Exit(1)
-                if ctx.startup.serving and waiting:
+                if ctx.startup.serving and waiting and ctx.worker is not None:
                     waiting = False
                     log.info("worker ready at version %d; waiting for the writer lock", ctx.worker.host.version)
                 if not waiting and not ctx.alive():
@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
             host = ctx.host_replica(use_snapshots=False)
         except ReplayMismatch as e:
             typer.echo(f"MISMATCH: {e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         finally:
             ctx.close()
         typer.echo(f"ok: version {host.version}, {len(host.editor.batch_ids)} live batches, hash {host.weights_hash}")
@@ -200,10 +200,14 @@ def register(app: typer.Typer) -> None:
             host = ctx.host_replica()
             if version is not None:
                 host.replay(at_version=version)
-            info = export_folder(host, out) if out is not None else export_deltas(host, deltas)
+            if out is not None:
+                info = export_folder(host, out)
+            else:
+                assert deltas is not None  # one of the two, checked above
+                info = export_deltas(host, deltas)
         except (ReplayMismatch, ExportError, LookupError) as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         finally:
             ctx.close()
         typer.echo(
@@ -244,7 +248,7 @@ def register(app: typer.Typer) -> None:
                 )
         except ExportError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         typer.echo(
             f"ok: {len(editor.batch_ids)} batches from version {meta['version']}, hash {meta['weights_hash']}"
             + (f"; saved to {out}" if out is not None else "")

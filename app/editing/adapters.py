@@ -37,6 +37,8 @@ class ArchAdapter:
     def weight(self, model: nn.Module, layer: int) -> torch.Tensor:
         """The edited weight as a d×f view: writes through it change the model."""
         w = self.edited_module(model, layer).weight
+        if not isinstance(w, torch.Tensor):  # adapter_for() checked it is one
+            raise EditError(f"layer {layer}'s {self.down_proj} has no weight matrix")
         return w.T if self.transposed else w
 
     def norm(self, model: nn.Module) -> nn.Module:
@@ -87,8 +89,8 @@ def adapter_for(model: nn.Module) -> ArchAdapter:
             and _has(adapter.block(model, 0), adapter.down_proj)
             and _has(model, adapter.final_norm)
         ):
-            module = adapter.edited_module(model, 0)
-            if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2:
+            weight = getattr(adapter.edited_module(model, 0), "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() == 2:
                 return adapter
     looked_for = ", ".join(f"{a.blocks}.<i>.{a.down_proj} + {a.final_norm}" for a in candidates)
     raise EditError(

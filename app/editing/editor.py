@@ -20,7 +20,14 @@ import torch
 from app.editing.batching import pad_right
 from app.editing.keys import states_at_lookup
 from app.editing.model import LoadedModel
-from app.editing.prompts import encode_with_subject, fill, generate_context_templates, generate_subjects, target_ids
+from app.editing.prompts import (
+    decode_text,
+    encode_with_subject,
+    fill,
+    generate_context_templates,
+    generate_subjects,
+    target_ids,
+)
 from app.editing.settings import EditSettings
 from app.editing.solve import nullspace_projector, solve_update
 from app.editing.targets import compute_targets
@@ -42,32 +49,36 @@ class Editor:
         lm.check_layers(settings.layers)
         self.replica = replica
         needs_stats = not replica and settings.needs_key_stats
-        if needs_stats and (key_stats is None or any(l not in key_stats for l in settings.layers)):
+        if needs_stats and (key_stats is None or any(layer not in key_stats for layer in settings.layers)):
             raise EditError("key statistics C₀ are needed for every edited layer: build them with load_key_stats()")
         self.lm = lm
         self.settings = settings
         self.max_rows = max_rows
         self.layers = list(settings.layers)
-        self.c0 = {l: key_stats[l].double() for l in self.layers} if needs_stats else {}
+        self.c0 = (
+            {layer: key_stats[layer].double() for layer in self.layers} if needs_stats and key_stats is not None else {}
+        )
         self.projector = (
             {
-                l: nullspace_projector(self.c0[l], settings.nullspace_threshold, settings.nullspace_energy)
-                for l in self.layers
+                layer: nullspace_projector(self.c0[layer], settings.nullspace_threshold, settings.nullspace_energy)
+                for layer in self.layers
             }
             if needs_stats and settings.method == "alphaedit"
             else {}
         )
-        self.base = {l: self._w(l).detach().clone() for l in self.layers}
+        self.base = {layer: self._w(layer).detach().clone() for layer in self.layers}
         f = self.base[self.layers[0]].shape[1]
         self.lambda_n = {
-            l: settings.lambda_n
-            * (float(self.c0[l].trace()) / f if needs_stats and settings.lambda_n_relative else 1.0)
-            for l in self.layers
+            layer: settings.lambda_n
+            * (float(self.c0[layer].trace()) / f if needs_stats and settings.lambda_n_relative else 1.0)
+            for layer in self.layers
         }
         # Σ K Kᵀ of the live batches enters only new solves: a replica never solves, so it keeps
         # none (at f = 1536 that is two thirds of the cost of replaying a batch).
         self.preserved = (
-            {} if replica else {l: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for l in self.layers}
+            {}
+            if replica
+            else {layer: torch.zeros(f, f, dtype=torch.float64, device=lm.device) for layer in self.layers}
         )
         # None: a batch whose ΔW is inside a loaded snapshot and whose factors were not loaded.
         self.live: dict[int, list[LayerDelta] | None] = {}
@@ -99,16 +110,16 @@ class Editor:
 
     def weights_hash(self) -> str:
         h = hashlib.sha256()
-        for l in self.layers:
-            h.update(self._w(l).detach().float().contiguous().cpu().numpy().tobytes())
+        for layer in self.layers:
+            h.update(self._w(layer).detach().float().contiguous().cpu().numpy().tobytes())
         return h.hexdigest()
 
     def norms(self) -> list[LayerNorms]:
         out = []
-        for l in self.layers:
-            w = self._w(l).detach().double()
-            w0 = self.base[l].double()
-            out.append(LayerNorms(l, float(w.norm()), float(w0.norm()), float((w - w0).norm())))
+        for layer in self.layers:
+            w = self._w(layer).detach().double()
+            w0 = self.base[layer].double()
+            out.append(LayerNorms(layer, float(w.norm()), float(w0.norm()), float((w - w0).norm())))
         return out
 
     # ----- editing -----
@@ -150,17 +161,17 @@ class Editor:
         if sorted(by_layer) != self.layers:
             raise EditError(f"batch {batch_id} edits layers {sorted(by_layer)}, this editor edits {self.layers}")
         with torch.no_grad():
-            for l in self.layers:
-                d = by_layer[l]
-                self._w(l).add_(d.matrix().to(self.lm.device))
-                if l in self.preserved:
+            for layer in self.layers:
+                d = by_layer[layer]
+                self._w(layer).add_(d.matrix().to(self.lm.device))
+                if layer in self.preserved:
                     k = d.keys.double().to(self.lm.device)
-                    self.preserved[l] += k @ k.T
-        self.live[batch_id] = [by_layer[l] for l in self.layers]
+                    self.preserved[layer] += k @ k.T
+        self.live[batch_id] = [by_layer[layer] for layer in self.layers]
 
     def dense_weights(self) -> dict[int, torch.Tensor]:
         """CPU copies of the edited layers, in their own dtype (what a snapshot stores)."""
-        return {l: self._w(l).detach().to("cpu", copy=True) for l in self.layers}
+        return {layer: self._w(layer).detach().to("cpu", copy=True) for layer in self.layers}
 
     def load_snapshot(
         self, weights: dict[int, torch.Tensor], batch_ids: list[int], deltas: dict[int, list[LayerDelta]] | None = None
@@ -176,54 +187,55 @@ class Editor:
             raise EditError("an editor that solves needs every live batch's keys (Σ K Kᵀ), not only a snapshot")
         if sorted(weights) != self.layers:
             raise EditError(f"the snapshot holds layers {sorted(weights)}, this editor edits {self.layers}")
-        for l in self.layers:  # all checked before any is copied: a refused snapshot leaves W₀ alone
-            w = self._w(l)
-            if weights[l].shape != w.shape or weights[l].dtype != w.dtype:
+        for layer in self.layers:  # all checked before any is copied: a refused snapshot leaves W₀ alone
+            w = self._w(layer)
+            if weights[layer].shape != w.shape or weights[layer].dtype != w.dtype:
                 raise EditError(
-                    f"the snapshot's layer {l} is {tuple(weights[l].shape)} {weights[l].dtype}, "
+                    f"the snapshot's layer {layer} is {tuple(weights[layer].shape)} {weights[layer].dtype}, "
                     f"the model's is {tuple(w.shape)} {w.dtype}"
                 )
         with torch.no_grad():
-            for l in self.layers:
-                self._w(l).copy_(weights[l])
+            for layer in self.layers:
+                self._w(layer).copy_(weights[layer])
             for b in batch_ids:
                 for d in deltas.get(b) or []:
                     if d.layer in self.preserved:
                         k = d.keys.double().to(self.lm.device)
                         self.preserved[d.layer] += k @ k.T
         self.live = {
-            b: ([x for l in self.layers for x in deltas[b] if x.layer == l] if b in deltas else None) for b in batch_ids
+            b: ([x for layer in self.layers for x in deltas[b] if x.layer == layer] if b in deltas else None)
+            for b in batch_ids
         }
 
     def save_point(self) -> dict:
         """The edited layers, the preservation sums and the live batches as they are now, for
         restore(): trying a change and taking it back gives the same bits, at any log length."""
         return {
-            "weights": {l: self._w(l).detach().clone() for l in self.layers},
-            "preserved": {l: p.clone() for l, p in self.preserved.items()},
+            "weights": {layer: self._w(layer).detach().clone() for layer in self.layers},
+            "preserved": {layer: p.clone() for layer, p in self.preserved.items()},
             "live": dict(self.live),
         }
 
     def restore(self, point: dict) -> None:
         with torch.no_grad():
-            for l in self.layers:
-                self._w(l).copy_(point["weights"][l])
-        self.preserved = {l: p.clone() for l, p in point["preserved"].items()}
+            for layer in self.layers:
+                self._w(layer).copy_(point["weights"][layer])
+        self.preserved = {layer: p.clone() for layer, p in point["preserved"].items()}
         self.live = dict(point["live"])
 
     @contextmanager
     def base_weights(self) -> Iterator[None]:
         """The unedited model for the duration of the block (the edited layers set to W₀), then back."""
-        point = {l: self._w(l).detach().clone() for l in self.layers}
+        point = {layer: self._w(layer).detach().clone() for layer in self.layers}
         try:
             with torch.no_grad():
-                for l in self.layers:
-                    self._w(l).copy_(self.base[l])
+                for layer in self.layers:
+                    self._w(layer).copy_(self.base[layer])
             yield
         finally:
             with torch.no_grad():
-                for l in self.layers:
-                    self._w(l).copy_(point[l])
+                for layer in self.layers:
+                    self._w(layer).copy_(point[layer])
 
     def missing_deltas(self) -> list[int]:
         """Live batches known only through a snapshot (their factors were never loaded)."""
@@ -252,12 +264,13 @@ class Editor:
 
     def _rebuild(self) -> None:
         with torch.no_grad():
-            for l in self.layers:
-                w = self._w(l)
-                w.copy_(self.base[l])
-                if l in self.preserved:
-                    self.preserved[l].zero_()
+            for layer in self.layers:
+                w = self._w(layer)
+                w.copy_(self.base[layer])
+                if layer in self.preserved:
+                    self.preserved[layer].zero_()
             for deltas in self.live.values():
+                assert deltas is not None  # missing_deltas() was checked above
                 for d in deltas:
                     self._w(d.layer).add_(d.matrix().to(self.lm.device))
                     if d.layer in self.preserved:
@@ -324,23 +337,25 @@ class Editor:
         k, pool = self.settings.neighbour_keys, self.neighbour_subjects
         out = []
         for r in requests:
-            others = [s for s in pool if s != r.subject]
+            others = [other for other in pool if other != r.subject]
             if not others:  # the model wrote no usable names: nothing to keep in place
                 continue
             start = zlib.crc32(r.subject.encode()) % len(others)
-            out += [encode_with_subject(self.lm.tokenizer, r.prompt, s) for s in (others * 2)[start : start + k]]
+            out += [
+                encode_with_subject(self.lm.tokenizer, r.prompt, other) for other in (others * 2)[start : start + k]
+            ]
         return out
 
     @torch.no_grad()
     def _insert(self, requests: list[EditRequest], z_star: torch.Tensor) -> tuple[list[LayerDelta], float]:
         """Spread z* − z over the edited layers, lowest first; undo everything if anything fails."""
-        s = self.settings
+        settings = self.settings
         n_t = len(self.templates)
         encoded = self._encode_key_prompts(requests)
         bare = encoded[::n_t]
-        neighbours = self._encode_neighbour_prompts(requests) if s.neighbour_keys else []
-        snapshot = {l: self._w(l).detach().clone() for l in self.layers}
-        preserved = {l: p.clone() for l, p in self.preserved.items()}
+        neighbours = self._encode_neighbour_prompts(requests) if settings.neighbour_keys else []
+        snapshot = {layer: self._w(layer).detach().clone() for layer in self.layers}
+        preserved = {layer: p.clone() for layer, p in self.preserved.items()}
         deltas = []
         keys_seconds = 0.0
         try:
@@ -349,11 +364,14 @@ class Editor:
                 keys, _ = states_at_lookup(self.lm, encoded, [layer], max_rows=self.max_rows)
                 # One key per fact: the mean over its context templates.
                 k = keys[layer].reshape(len(requests), n_t, -1).mean(1).T.contiguous()  # f×B
-                _, z_now = states_at_lookup(self.lm, bare, [layer], output_layer=s.last_layer, max_rows=self.max_rows)
+                _, z_now = states_at_lookup(
+                    self.lm, bare, [layer], output_layer=settings.last_layer, max_rows=self.max_rows
+                )
+                assert z_now is not None  # asked for with output_layer
                 keys_seconds += time.perf_counter() - t0
                 residual = (z_star - z_now).T / (len(self.layers) - i)  # d×B
                 k32 = k.float()
-                keep = self.preserved[layer] if s.preserve_previous else None
+                keep = self.preserved[layer] if settings.preserve_previous else None
                 if neighbours:
                     # Other subjects' outputs at this layer stay where they are: their keys join the
                     # preservation term for this batch's solve (docs/method.md §3).
@@ -366,7 +384,7 @@ class Editor:
                     k32,
                     self.c0.get(layer),
                     keep,
-                    s.lambda_p,
+                    settings.lambda_p,
                     self.lambda_n[layer],
                     self.projector.get(layer),
                 )
@@ -375,8 +393,8 @@ class Editor:
                 self.preserved[layer] += k32.double() @ k32.double().T
                 deltas.append(delta)
         except BaseException:
-            for l in self.layers:
-                self._w(l).copy_(snapshot[l])
+            for layer in self.layers:
+                self._w(layer).copy_(snapshot[layer])
             self.preserved = preserved
             raise
         return deltas, keys_seconds
@@ -411,7 +429,7 @@ class Editor:
         out = self.lm.model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
         )
-        return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return decode_text(tok, out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
     # ----- persistence (safetensors tensors + JSON metadata; never pickle) -----
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -419,6 +437,7 @@ class Editor:
             raise EditError("this editor's batches came from a snapshot without their factors: nothing to save")
         tensors = {}
         for b, deltas in self.live.items():
+            assert deltas is not None  # missing_deltas() was checked above
             for d in deltas:
                 for name in ("u", "v", "keys"):
                     tensors[f"batch{b}.layer{d.layer}.{name}"] = getattr(d, name).contiguous()
@@ -439,12 +458,12 @@ class Editor:
         self.live = {
             b: [
                 LayerDelta(
-                    l,
-                    tensors[f"batch{b}.layer{l}.u"],
-                    tensors[f"batch{b}.layer{l}.v"],
-                    tensors[f"batch{b}.layer{l}.keys"],
+                    layer,
+                    tensors[f"batch{b}.layer{layer}.u"],
+                    tensors[f"batch{b}.layer{layer}.v"],
+                    tensors[f"batch{b}.layer{layer}.keys"],
                 )
-                for l in self.layers
+                for layer in self.layers
             ]
             for b in meta["batches"]
         }

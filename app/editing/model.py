@@ -10,13 +10,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from app.editing.adapters import ArchAdapter, adapter_for
 from app.editing.progress import SILENT, Monitor
 from app.editing.types import EditError
+
+if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with this module
+    from transformers import PreTrainedTokenizerBase
+
+    # What AutoModelForCausalLM loads: a PreTrainedModel that also generates (GenerationMixin).
+    from transformers.models.auto.modeling_auto import _BaseModelWithGenerate as CausalLM
+
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,8 @@ class ModelLoadError(EditError):
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
-    tokenizer: object
+    model: CausalLM
+    tokenizer: PreTrainedTokenizerBase
     adapter: ArchAdapter
     name: str
     device: torch.device
@@ -65,7 +72,7 @@ class LoadedModel:
         return None
 
     def check_layers(self, layers) -> None:
-        bad = [l for l in layers if not 0 <= l < self.num_layers]
+        bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
         if bad:
             raise EditError(
                 f"settings edit layer(s) {bad} but the model has {self.num_layers} layers (0–{self.num_layers - 1}); "
@@ -188,12 +195,15 @@ def load_model(
     return wrap_model(model, tokenizer, name=folder.name, device=device)
 
 
-def wrap_model(model: nn.Module, tokenizer, name: str = "model", device: str | torch.device = "cpu") -> LoadedModel:
+def wrap_model(
+    model: CausalLM, tokenizer: PreTrainedTokenizerBase, name: str = "model", device: str | torch.device = "cpu"
+) -> LoadedModel:
     """Prepare an already-built model (tests build tiny ones from a config) for editing."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dev = torch.device(device)
-    model = model.to(dev).eval()
+    # transformers decorates .to with functools.wraps(nn.Module.to), whose type drops `self`.
+    model = model.to(dev).eval()  # type: ignore[arg-type]
     for p in model.parameters():
         p.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, device=dev)
@@ -209,7 +219,11 @@ class LoweredCopy:
         import copy
 
         self.lm, self.layers, self.dtype = lm, list(layers), dtype
-        self.model = copy.deepcopy(lm.model).to(dtype).eval() if dtype != torch.float32 else lm.model
+        self.model = (
+            copy.deepcopy(lm.model).to(dtype).eval()  # type: ignore[arg-type]  # .to's wrapped type, as above
+            if dtype != torch.float32
+            else lm.model
+        )
 
     def refresh(self) -> None:
         if self.model is self.lm.model:

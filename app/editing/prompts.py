@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from app.editing.types import EditError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -20,6 +24,14 @@ class Encoded:
 def fill(template: str, subject: str) -> str:
     # str.replace, not str.format: user prompts may hold other braces.
     return template.replace("{}", subject, 1)
+
+
+def decode_text(tok: PreTrainedTokenizerBase, ids, skip_special_tokens: bool = False) -> str:
+    """The text of one sequence of ids (decode's declared type also covers a batch of them)."""
+    text = tok.decode(ids, skip_special_tokens=skip_special_tokens)
+    if not isinstance(text, str):
+        raise TypeError(f"decoding one sequence gave a {type(text).__name__}")
+    return text
 
 
 def encode_with_subject(tok, template: str, subject: str) -> Encoded:

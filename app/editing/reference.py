@@ -23,7 +23,6 @@ def compute_target(
     lm: LoadedModel, request: EditRequest, templates: list[str], settings: EditSettings
 ) -> TargetVectors:
     """z* for one fact (a TargetVectors of one row)."""
-    s = settings
     fp = fact_prompts(lm.tokenizer, request, templates)
     prompts = [*fp.rewrite, fp.kl]
     ids, mask = pad_right([p.ids for p in prompts], lm.tokenizer.pad_token_id)
@@ -32,7 +31,7 @@ def compute_target(
     lookups = torch.tensor([p.lookup for p in prompts], device=lm.device)
 
     delta = torch.zeros(lm.hidden_size, device=lm.device, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=s.lr)
+    opt = torch.optim.Adam([delta], lr=settings.lr)
     z = None
 
     def add_delta(module, args, output):
@@ -44,12 +43,13 @@ def compute_target(
         at_subject[rows, lookups] = delta.to(h.dtype)
         return (h + at_subject, *output[1:]) if isinstance(output, tuple) else h + at_subject
 
-    hook = lm.adapter.block(lm.model, s.last_layer).register_forward_hook(add_delta)
+    hook = lm.adapter.block(lm.model, settings.last_layer).register_forward_hook(add_delta)
     kl_init = None
     passes = 0
     try:
-        for step in range(s.max_steps):
+        for step in range(settings.max_steps):
             logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+            assert z is not None  # add_delta set it in this forward pass
 
             nll_each = []  # per rewrite prompt: mean NLL over the target tokens
             top1 = []  # per rewrite prompt: the target is the argmax at each of its positions
@@ -65,25 +65,26 @@ def compute_target(
                 kl_init = kl_logp.detach()
                 prob_before = float(torch.exp(-nll_each[0].detach()))
             kl = (kl_logp.exp() * (kl_logp - kl_init)).sum()
-            loss = nll + s.kl_factor * kl + s.delta_penalty * delta.norm() / z.norm() ** 2
+            loss = nll + settings.kl_factor * kl + settings.delta_penalty * delta.norm() / z.norm() ** 2
 
             # MPES: top-1 in every prefixed prompt (in the bare prompt when there are none).
             passes += int(all(top1[1:] if len(top1) > 1 else top1))
             if (
-                (s.mpes_margin > 0 and passes >= 1 + s.mpes_margin)
-                or float(loss.detach()) < s.loss_stop
-                or step == s.max_steps - 1
+                (settings.mpes_margin > 0 and passes >= 1 + settings.mpes_margin)
+                or float(loss.detach()) < settings.loss_stop
+                or step == settings.max_steps - 1
             ):
                 break
             opt.zero_grad()
             loss.backward()
             opt.step()
             with torch.no_grad():
-                max_norm = s.clamp_norm_factor * z.norm()
+                max_norm = settings.clamp_norm_factor * z.norm()
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
     finally:
         hook.remove()
+    assert z is not None
     return TargetVectors(
         z_star=(z + delta.detach())[None],
         z_init=z[None],

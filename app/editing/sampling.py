@@ -9,11 +9,15 @@ weights, same text, whatever else the process does.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache
 
 from app.editing.fast_forward import _cache_keyword
+
+if TYPE_CHECKING:
+    from app.editing.model import CausalLM
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -31,7 +35,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_tokens(
-    model: torch.nn.Module,
+    model: CausalLM,
     input_ids: Sequence[int],
     max_new_tokens: int,
     temperature: float,

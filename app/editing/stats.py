@@ -18,6 +18,7 @@ import math
 import os
 import re
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -147,7 +148,8 @@ def _watch(monitor: Monitor, before: int):
         def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
             monitor.check()
             monitor.advance(before + input_ids.numel())
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            never = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            return never  # type: ignore[return-value]  # a bool tensor is what BoolTensor names
 
     return StoppingCriteriaList([Watch()])
 
@@ -163,18 +165,18 @@ def key_second_moments(
 ) -> dict[int, torch.Tensor]:
     """E[k kᵀ] (f×f, float32) for each layer, from one pass over the token windows. `monitor`
     hears of every finished chunk and can stop the pass at any edited layer of a chunk."""
-    sums = {l: None for l in layers}
+    sums: dict[int, torch.Tensor] = {}  # a layer's entry appears with its first keys
     count = 0
     stop_layer = max(layers)
 
     def key_hook(layer):
         def hook(module, args):
             k = args[0].reshape(-1, args[0].shape[-1]).float()
-            sums[layer] = (k.T @ k).double() if sums[layer] is None else sums[layer] + (k.T @ k).double()
+            sums[layer] = (k.T @ k).double() if layer not in sums else sums[layer] + (k.T @ k).double()
 
         return hook
 
-    hooks = [lm.adapter.edited_module(lm.model, l).register_forward_pre_hook(key_hook(l)) for l in layers]
+    hooks = [lm.adapter.edited_module(lm.model, layer).register_forward_pre_hook(key_hook(layer)) for layer in layers]
     # A stop is honoured before every block, not only between chunks: a chunk of a large model
     # takes seconds on a busy CPU.
     hooks += [
@@ -191,7 +193,8 @@ def key_second_moments(
             for group in [batch] if len({len(w) for w in batch}) == 1 else [[w] for w in batch]:
                 ids = torch.tensor(group, device=lm.device)
                 forward_until(
-                    lm.adapter.block(lm.model, stop_layer), lambda: lm.model.base_model(input_ids=ids, use_cache=False)
+                    lm.adapter.block(lm.model, stop_layer),
+                    partial(lm.model.base_model, input_ids=ids, use_cache=False),
                 )
                 count += ids.numel()
                 bar.update(ids.numel())
@@ -202,7 +205,7 @@ def key_second_moments(
         bar.close()
     if count == 0:
         raise CorpusError("the corpus produced no tokens")
-    return {l: (s / count).float() for l, s in sums.items()}
+    return {layer: (sums[layer] / count).float() for layer in layers}
 
 
 def collect_key_stats(
@@ -268,16 +271,16 @@ def load_key_stats(
         for f in files:
             h.update(f"{f.name}:{f.stat().st_size}".encode())
         text_key = h.hexdigest()[:12]
-    paths = {l: folder / f"layer{l}-{text_key}-{tokens}tok.safetensors" for l in layers}
-    stats = {l: load_file(p)["c0"] for l, p in paths.items() if p.exists()}
-    missing = [l for l in layers if l not in stats]
+    paths = {layer: folder / f"layer{layer}-{text_key}-{tokens}tok.safetensors" for layer in layers}
+    stats = {layer: load_file(p)["c0"] for layer, p in paths.items() if p.exists()}
+    missing = [layer for layer in layers if layer not in stats]
     if missing:
         if corpus is None:
             windows = _cached_sample(lm, tokens, folder, progress, monitor)
         else:
             windows = token_windows(lm.tokenizer, files, tokens)
         fresh = key_second_moments(lm, missing, windows, progress=progress, monitor=monitor)
-        for l, c0 in fresh.items():
-            _save(paths[l], {"c0": c0.contiguous()}, {"layer": str(l), "tokens": str(tokens)})
+        for layer, c0 in fresh.items():
+            _save(paths[layer], {"c0": c0.contiguous()}, {"layer": str(layer), "tokens": str(tokens)})
         stats.update(fresh)
-    return {l: stats[l].to(lm.device) for l in layers}
+    return {layer: stats[layer].to(lm.device) for layer in layers}

@@ -64,19 +64,18 @@ def compute_targets(
     max_rows: int = 384,
 ) -> TargetVectors:
     """Optimise δ for every fact of a batch at once; see the module docstring."""
-    s = settings
     n = len(requests)
-    ff = FastForward(lm, [fact_prompts(lm.tokenizer, r, templates) for r in requests], s.last_layer, max_rows)
+    ff = FastForward(lm, [fact_prompts(lm.tokenizer, r, templates) for r in requests], settings.last_layer, max_rows)
     z = ff.z  # (n, d)
-    max_norm = s.clamp_norm_factor * z.norm(dim=-1)
+    max_norm = settings.clamp_norm_factor * z.norm(dim=-1)
     delta = [torch.zeros_like(z[f], requires_grad=True) for f in range(n)]
-    opt = torch.optim.Adam(delta, lr=s.lr)
+    opt = torch.optim.Adam(delta, lr=settings.lr)
 
     kl_init: dict[int, torch.Tensor] = {}
     prob_before, prob_z_star = [0.0] * n, [0.0] * n
     steps, passes = [0] * n, [0] * n
     running = list(range(n))
-    for step in range(s.max_steps):
+    for step in range(settings.max_steps):
         stopped = set()
         for batch in ff.batches(running):  # at most max_rows prompts per forward pass
             facts = batch.facts
@@ -92,7 +91,7 @@ def compute_targets(
             kl_0 = torch.stack([kl_init[f] for f in facts])
             kl = (out.kl_logp.exp() * (out.kl_logp - kl_0)).sum(-1)
             penalty = d.norm(dim=-1) / z[facts].norm(dim=-1) ** 2
-            loss = nll + s.kl_factor * kl + s.delta_penalty * penalty
+            loss = nll + settings.kl_factor * kl + settings.delta_penalty * penalty
 
             # MPES: the target is top-1 at every target position of every prefixed prompt
             # (of the bare prompt when there are no prefixes).
@@ -106,9 +105,9 @@ def compute_targets(
                 if step == 0:
                     prob_before[f] = p_bare[i]
                 if (
-                    (s.mpes_margin > 0 and passes[f] >= 1 + s.mpes_margin)
-                    or float(loss[i].detach()) < s.loss_stop
-                    or step == s.max_steps - 1
+                    (settings.mpes_margin > 0 and passes[f] >= 1 + settings.mpes_margin)
+                    or float(loss[i].detach()) < settings.loss_stop
+                    or step == settings.max_steps - 1
                 ):
                     stopped.add(f)
             go = [f not in stopped for f in facts]

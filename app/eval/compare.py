@@ -43,7 +43,7 @@ def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list
         + ["s/edit", "max growth %", "ppl", "entropy"]
     )
     rows = []
-    for s, label in zip(summaries, labels):
+    for s, label in zip(summaries, labels, strict=True):
         growth = [rows_[-1]["growth"] for rows_ in s.get("norms", {}).values() if rows_]
         base_ppl = s.get("baseline", {}).get("perplexity")
         ppl = (s.get("health") or {}).get("perplexity")

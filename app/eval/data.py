@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from app.editing.types import EditRequest
 
@@ -77,7 +77,7 @@ class ZsreRecord:
         return EditRequest(prompt=self.prompt, subject=self.subject, target_new=self.target, target_true=true)
 
 
-Record = Union[CounterFactRecord, ZsreRecord]
+Record = CounterFactRecord | ZsreRecord
 
 
 @dataclass(frozen=True)

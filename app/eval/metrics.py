@@ -115,7 +115,7 @@ def token_accuracy(predicted: Sequence[int], target: Sequence[int]) -> float:
     """Share of positions where the predicted token equals the target token (0..1)."""
     if len(predicted) != len(target):
         raise ValueError(f"length mismatch: {len(predicted)} predictions for {len(target)} targets")
-    return share(p == t for p, t in zip(predicted, target))
+    return share(p == t for p, t in zip(predicted, target, strict=True))
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:

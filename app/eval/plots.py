@@ -139,8 +139,8 @@ def plot_compare(summaries: Sequence[dict], labels: Sequence[str], out_path: Pat
     cols = 4
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.2 * rows), squeeze=False)
-    for ax, (key, label) in zip(axes.flat, panels):
-        for i, (s, name) in enumerate(zip(summaries, labels)):
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
+        for i, (s, name) in enumerate(zip(summaries, labels, strict=True)):
             if isinstance(key, tuple):
                 curve = growth_curves(s).get(key[1])
                 if curve is None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from tqdm.auto import tqdm
@@ -59,10 +59,18 @@ class RunOptions:
 # --- scoring a set of records ------------------------------------------------------------
 
 
+def _all_counterfact(records: Sequence[Record]) -> TypeGuard[Sequence[CounterFactRecord]]:
+    return all(isinstance(r, CounterFactRecord) for r in records)
+
+
+def _all_zsre(records: Sequence[Record]) -> TypeGuard[Sequence[ZsreRecord]]:
+    return all(isinstance(r, ZsreRecord) for r in records)
+
+
 def _kind(records: Sequence[Record]) -> str:
-    if all(isinstance(r, CounterFactRecord) for r in records):
+    if _all_counterfact(records):
         return "counterfact"
-    if all(isinstance(r, ZsreRecord) for r in records):
+    if _all_zsre(records):
         return "zsre"
     raise TypeError("records must be all CounterFact or all zsRE")
 
@@ -71,11 +79,15 @@ def _details(
     lm, records: Sequence[Record], opts: RunOptions, ref_loc: dict | None = None, label: str | None = None
 ) -> list[dict]:
     label = label if opts.progress else None
-    if _kind(records) == "counterfact":
+    if _all_counterfact(records):
         return scoring.counterfact_record_details(
             lm.model, lm.tokenizer, records, opts.score_batch_size, progress=label
         )
-    return scoring.zsre_record_details(lm.model, lm.tokenizer, records, opts.score_batch_size, ref_loc, progress=label)
+    if _all_zsre(records):
+        return scoring.zsre_record_details(
+            lm.model, lm.tokenizer, records, opts.score_batch_size, ref_loc, progress=label
+        )
+    raise TypeError("records must be all CounterFact or all zsRE")
 
 
 def _aggregate(kind: str, details: Sequence[dict]) -> dict[str, float]:
@@ -86,17 +98,19 @@ def _aggregate(kind: str, details: Sequence[dict]) -> dict[str, float]:
     return scoring.aggregate_zsre(details)
 
 
-def _live_score(lm, kind: str, records: Sequence[Record], opts: RunOptions) -> float:
+def _live_score(lm, records: Sequence[Record], opts: RunOptions) -> float:
     """ES (CounterFact) or edit accuracy (zsRE) of the batch just written: cheap, for the progress bar."""
-    if kind == "counterfact":
+    if _all_counterfact(records):
         return scoring.rewrite_success(lm.model, lm.tokenizer, records, opts.score_batch_size)
+    if not _all_zsre(records):
+        raise TypeError("records must be all CounterFact or all zsRE")
     pairs = [(r.question, r.target) for r in records]
     res = scoring.teacher_force(lm.model, lm.tokenizer, pairs, opts.score_batch_size)
     return 100.0 * sum(t.accuracy for t in res) / len(res)
 
 
 def _generation_prompts(records: Sequence[Record], opts: RunOptions) -> list[str]:
-    if _kind(records) == "counterfact":
+    if _all_counterfact(records):
         return scoring.counterfact_generation_prompts(records, opts.generation_samples)
     return []
 
@@ -149,7 +163,7 @@ class RunState:
 def _ref_loc(state: RunState, records: Sequence[Record]) -> dict | None:
     if _kind(records) != "zsre":
         return None
-    return {r.case_id: d["loc_argmax"] for r, d in zip(records, state.baseline_details)}
+    return {r.case_id: d["loc_argmax"] for r, d in zip(records, state.baseline_details, strict=True)}
 
 
 def _public(details_scores: dict) -> dict:
@@ -194,7 +208,7 @@ def _baseline(lm, records: Sequence[Record], opts: RunOptions, state: RunState) 
     if kind == "zsre":  # the unedited model keeps its own locality predictions by definition
         for d in state.baseline_details:
             d["locality_kept"] = 1.0
-    base = _aggregate(kind, state.baseline_details)
+    base: dict[str, Any] = _aggregate(kind, state.baseline_details)
     _say(opts, "measuring the unedited model's health and generation entropy …")
     health = measure_health(lm.model, lm.tokenizer, opts.health) if opts.health else None
     base["ge"], _ = _ge(lm, _generation_prompts(records, opts), health, opts)
@@ -317,7 +331,7 @@ def run_eval(
             result = editor.apply([r.request() for r in batch], batch_id=state.first_batch_id + b)
             seconds = time.perf_counter() - t0
             steps = [o.mpes_steps for o in result.outcomes]
-            live = _live_score(lm, kind, batch, opts)
+            live = _live_score(lm, batch, opts)
             state.batches.append(
                 {
                     "batch": b,
@@ -337,7 +351,7 @@ def run_eval(
             _log_batch(opts, state, n_batches, live_name)
 
             last = state.batches_done == n_batches
-            scored = bool(opts.checkpoint_every) and state.batches_done % opts.checkpoint_every == 0 and not last
+            scored = bool(opts.checkpoint_every and state.batches_done % opts.checkpoint_every == 0 and not last)
             if scored:
                 state.checkpoints.append(_checkpoint_scores(lm, records, opts, state, n_edited))
                 _log_checkpoint(opts, state.checkpoints[-1])
@@ -427,7 +441,7 @@ def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunSt
             "settings": settings.model_dump(mode="json"),
             "weights_hash": editor.weights_hash(),
             "by_batch": _by_batch(kind, details, state.baseline_details, opts.batch_size),
-            "per_record": [{"case_id": r.case_id, **_public(d)} for r, d in zip(records, details)],
+            "per_record": [{"case_id": r.case_id, **_public(d)} for r, d in zip(records, details, strict=True)],
         }
     )
     return summary

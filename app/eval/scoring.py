@@ -122,7 +122,9 @@ def teacher_force(
         seqs = [encoded[i][0] + encoded[i][1] for i in idx]
         ids, mask = pad_right(seqs, pad)
         ids, mask = ids.to(device), mask.to(device)
-        rows, cols, spans = [], [], []
+        rows: list[int] = []
+        cols: list[int] = []
+        spans: list[tuple[int, int]] = []
         for r, i in enumerate(idx):
             n_prompt, n_target = len(encoded[i][0]), len(encoded[i][1])
             spans.append((len(rows), n_target))
@@ -131,7 +133,7 @@ def teacher_force(
                 cols.append(n_prompt + j - 1)  # the position that predicts target token j
         logits = selected_logits(model, ids, mask, torch.tensor(rows, device=device), torch.tensor(cols, device=device))
         logp = torch.log_softmax(logits, dim=-1)
-        for (offset, n), i in zip(spans, idx):
+        for (offset, _), i in zip(spans, idx, strict=True):
             for k in [i, *plan[i]]:  # the carrier, then the one-token targets on its first position
                 tgt = torch.tensor(encoded[k][1], device=device)
                 m = len(encoded[k][1])
@@ -145,7 +147,7 @@ def _score_unique(
     model, tokenizer, pairs: list[tuple[str, str]], batch_size: int, progress: str | None = None
 ) -> dict[tuple[str, str], TeacherForced]:
     unique = list(dict.fromkeys(pairs))
-    return dict(zip(unique, teacher_force(model, tokenizer, unique, batch_size, progress)))
+    return dict(zip(unique, teacher_force(model, tokenizer, unique, batch_size, progress), strict=True))
 
 
 # --- CounterFact ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from app.editing.types import EditError, EditRequest
+from app.editing.types import BatchResult, EditError, EditRequest
 from app.service import faults
 from app.service.guard import Guard, Guarded
 from app.service.host import ModelHost
@@ -41,6 +41,12 @@ def _request(e: Edit) -> EditRequest:
     return EditRequest(prompt=e.prompt, subject=e.subject, target_new=e.target_new, target_true=e.target_true)
 
 
+def _z_star(e: Edit) -> bytes:
+    if e.z_star is None:  # recorded with every applied edit
+        raise EditError(f"edit {e.id} is applied but its z* is not in the log")
+    return e.z_star
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, EditError):
         return str(exc)
@@ -62,22 +68,23 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
     with host.sessions() as s:
         batch_id = repo.next_batch_id(s)
         version = repo.head_version_id(s) + 1
-    guarding = guard is not None and guard.active
+    active = guard if guard is not None and guard.active else None  # the guard, when it scores this batch
     t0 = time.perf_counter()
     try:
         with host.writing():
-            point = host.editor.save_point() if guarding and guard.policy == "reject" else None
-            result = host.editor.apply(requests, batch_id)
+            point = host.editor.save_point() if active is not None and active.policy == "reject" else None
+            applied = host.editor.apply(requests, batch_id)
+            result: BatchResult | None = applied
             guarded = None
-            if guarding:
-                previous = guard.previous(version)
-                scores = guard.score()
-                judgement = guard.judge(scores, previous)
+            if active is not None:
+                previous = active.previous(version)
+                scores = active.score()
+                judgement = active.judge(scores, previous)
                 faults.point("worker_guard_scored")
-                if judgement and guard.policy == "reject":
-                    guarded = guard.bisect(point, requests, result, batch_id, previous, judgement)
+                if judgement and point is not None:  # a save point is taken when the policy is reject
+                    guarded = active.bisect(point, requests, applied, batch_id, previous, judgement)
                 else:
-                    guarded = Guarded(result, scores, judgement)
+                    guarded = Guarded(applied, scores, judgement)
                 result = guarded.result
             if result is not None:
                 weights_hash = host.editor.weights_hash()
@@ -112,7 +119,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
             _refuse(s, refused)
         report.failed = sorted(refused)
         return report
-    decision = _decision(guard, guarded, refused) if guarding else None
+    decision = _decision(active, guarded, refused) if active is not None and guarded is not None else None
 
     def record(s) -> None:
         fresh = repo.get_edits(s, kept)
@@ -121,9 +128,10 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
         if decision and decision["verdict"] == "warn":
             for e in fresh:
                 e.guard = "warned: this batch " + "; ".join(decision["crossed"])
-        if guarding:
+        if active is not None:
+            assert guarded is not None and guarded.scores is not None  # a guarded batch with a result has scores
             s.flush()
-            repo.put_quality(s, guard.row(s, version, guarded.scores, decision))
+            repo.put_quality(s, active.row(s, version, guarded.scores, decision))
 
     _commit(host, lock_ok, record, version, weights_hash, f"batch {batch_id}")
     report.version = version
@@ -171,7 +179,7 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guar
         old_batch = edit.batch_id
         survivors = [e for e in repo.live_edits_of_batch(s, old_batch) if e.id != edit_id]
         requests = [_request(e) for e in survivors]
-        z_stars = [tensor_from_bytes(e.z_star) for e in survivors]
+        z_stars = [tensor_from_bytes(_z_star(e)) for e in survivors]
         new_batch = repo.next_batch_id(s)
         version = repo.head_version_id(s) + 1
     t0 = time.perf_counter()
@@ -195,9 +203,10 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guar
 
     def record(s) -> None:
         e = repo.get_edit(s, edit_id)
+        assert e is not None  # read above; edits are never deleted
         fresh = repo.get_edits(s, [x.id for x in survivors])
         repo.record_revert(s, repo.Applied(version, weights_hash, norms), e, old_batch, fresh, result, seconds)
-        if scores is not None:  # a revert is never refused; its scores are recorded all the same
+        if scores is not None and guard is not None:  # a revert is never refused; its scores are recorded all the same
             s.flush()
             repo.put_quality(
                 s,

@@ -111,8 +111,8 @@ class ServiceContext:
     def build_worker(self, monitor: Monitor = SILENT) -> Worker:
         """A worker with its own copy of the model, not started: it solves with the context
         templates the log recorded (the first worker's are generated and recorded)."""
-        with self.sessions() as s:
-            info = repo.get_model_info(s)
+        with self.sessions() as session:
+            info = repo.get_model_info(session)
             logged = list(info.templates) if info is not None and info.templates else None
         editor = self.config.load_editor(Role.WORKER, templates=logged, monitor=monitor)
         host = self._host(editor, list(editor.templates), monitor=monitor)
@@ -134,17 +134,18 @@ class ServiceContext:
         if api:
             self.startup.for_part("api")
             self.start_api(self.startup)
+        w = None
         if worker:
             self.startup.for_part("worker")
             w = self.build_worker(self.startup)
             if w.guard is not None:
                 w.startup = self.startup  # it tells of its first canary scoring
             self.worker = w
-        version = self.host.version if self.host is not None else self.worker.host.version
+        host = self.host if self.host is not None else w.host if w is not None else None
         mode = "api only" if not worker else "worker only" if not api else "api with worker"
-        self.startup.ready(f"version {version} ({mode})")
-        if worker:
-            self._start("kedit-worker", self.worker.run, self._stop)
+        self.startup.ready(f"version {host.version if host else 0} ({mode})")
+        if w is not None:
+            self._start("kedit-worker", w.run, self._stop)
 
     def start_in_background(
         self, api: bool, worker: bool, on_failure: Callable[[BaseException], None] | None = None
@@ -192,6 +193,7 @@ class ServiceContext:
                 sub.wait(self.config.sync_poll_s)
                 if self._stop.is_set():
                     break
+                assert self.host is not None  # start_api() set it before starting this thread
                 self.host.sync()
             except ReplayMismatch:
                 log.exception("refusing to serve: the weights do not match the log")

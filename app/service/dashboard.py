@@ -103,8 +103,8 @@ def served_version(ctx: ServiceContext) -> str:
 def norm_growth(ctx: ServiceContext) -> dict[int, list[tuple[int, float]]]:
     """Per edited layer, (version, ‖W−W₀‖/‖W₀‖) for the latest `norm_history` versions (the same
     numbers as GET /health/norms' history)."""
-    with ctx.sessions() as s:
-        history = repo.norm_history(s, ctx.config.norm_history)
+    with ctx.sessions() as session:
+        history = repo.norm_history(session, ctx.config.norm_history)
     return {
         layer: [(h.version, h.delta_norm / h.base_norm if h.base_norm else 0.0) for h in rows]
         for layer, rows in sorted(history.items())
@@ -149,7 +149,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "Canary facts kept (%)",
                 "applied edits",
                 "% kept",
-                [Series("facts kept", list(zip(x, kept)))],
+                [Series("facts kept", list(zip(x, kept, strict=True)))],
                 x_integer=True,
                 chart_id="canary-facts",
             ),
@@ -157,7 +157,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "Held-out perplexity",
                 "applied edits",
                 "perplexity",
-                [Series("perplexity", list(zip(x, [q.perplexity for q in hist])))],
+                [Series("perplexity", list(zip(x, [q.perplexity for q in hist], strict=True)))],
                 y_from_zero=False,
                 x_integer=True,
                 chart_id="canary-ppl",
@@ -166,7 +166,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "Generation entropy",
                 "applied edits",
                 "n-gram entropy (bits ×100)",
-                [Series("entropy", list(zip(x, [q.entropy for q in hist])))],
+                [Series("entropy", list(zip(x, [q.entropy for q in hist], strict=True)))],
                 y_from_zero=False,
                 x_integer=True,
                 chart_id="canary-entropy",
@@ -297,7 +297,7 @@ def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int =
     return HomeView(
         status=wanted or "all",
         subject=subject,
-        statuses=[(s, s, s == (wanted or "all")) for s in ("all", *EDIT_STATUSES)],
+        statuses=[(status, status, status == (wanted or "all")) for status in ("all", *EDIT_STATUSES)],
         rows=[_row(e) for e in rows],
         total=total,
         shown=shown,

@@ -59,13 +59,16 @@ def save_folder(lm, out: Path, info: dict) -> None:
 
 def export_deltas(host: ModelHost, path: Path) -> dict:
     """Write the live batches of the host's version as one safetensors file."""
-    editor: Editor = host.editor  # type: ignore[assignment]
+    editor = host.editor
+    assert isinstance(editor, Editor)  # the factors below are the real editor's state
     tensors: dict[str, torch.Tensor] = {}
     host.fill_missing_deltas()  # a start from a weight snapshot loaded no factors of the batches in it
     with host.reading() as version:
         order = editor.batch_ids
         for b in order:
-            for d in editor.live[b]:
+            deltas = editor.live[b]
+            assert deltas is not None  # fill_missing_deltas() loaded every batch's factors
+            for d in deltas:
                 for name in ("u", "v", "keys"):
                     tensors[f"batch{b}.layer{d.layer}.{name}"] = (
                         getattr(d, name).detach().to("cpu", torch.float32).contiguous()
@@ -98,12 +101,12 @@ def read_deltas(path: Path) -> tuple[dict, list[tuple[int, list[LayerDelta]]]]:
                     b,
                     [
                         LayerDelta(
-                            l,
-                            f.get_tensor(f"batch{b}.layer{l}.u"),
-                            f.get_tensor(f"batch{b}.layer{l}.v"),
-                            f.get_tensor(f"batch{b}.layer{l}.keys"),
+                            layer,
+                            f.get_tensor(f"batch{b}.layer{layer}.u"),
+                            f.get_tensor(f"batch{b}.layer{layer}.v"),
+                            f.get_tensor(f"batch{b}.layer{layer}.keys"),
                         )
-                        for l in layers
+                        for layer in layers
                     ],
                 )
                 for b in order

@@ -26,15 +26,20 @@ import logging
 import queue
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from app.editing.model import LoweredCopy
+from app.editing.prompts import decode_text
 from app.editing.sampling import sample_tokens
 from app.service.errors import Invalid, Unavailable
 from app.service.host import ModelHost, ReplayMismatch
+
+if TYPE_CHECKING:
+    from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +63,9 @@ class Generation:
     weights_hash: str
     prompt_tokens: int
     sampling: Sampling
-    _decode: object = field(repr=False)
+    _decode: Callable[[list[int]], str] = field(repr=False)
+    _release: Callable[[], None] = field(repr=False)  # frees the version; called by the producer
     _eos: frozenset = field(repr=False, default=frozenset())
-    _release: object = field(repr=False, default=None)  # frees the version; called by the producer
     _q: queue.Queue = field(default_factory=queue.Queue, repr=False)
     completion_tokens: int = 0
     finish_reason: str | None = None
@@ -154,7 +159,7 @@ class GenerationEngine:
 
         # One sequence must fit the paged cache whole, or the manager would wait for room forever.
         self.cache_tokens = cache_blocks * ContinuousBatchingConfig().page_size
-        self._mgr = None
+        self._mgr: ContinuousBatchingManager | None = None
         self._routes: dict[str, Generation] = {}
         self._routes_lock = threading.Lock()
         self._ids = itertools.count()
@@ -183,13 +188,14 @@ class GenerationEngine:
                 )
                 mgr.start()
                 self._mgr = mgr
-                self._dispatcher = threading.Thread(target=self._dispatch, name="kedit-cb-dispatch", daemon=True)
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch, args=(mgr,), name="kedit-cb-dispatch", daemon=True
+                )
                 self._dispatcher.start()
             return self._mgr
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, mgr: ContinuousBatchingManager) -> None:
         """Route the manager's outputs to their requests; end a request (and free its version) when it finishes."""
-        mgr = self._mgr
         while not self._stop.is_set():
             out = mgr.get_result(timeout=0.2)
             if out is None:
@@ -274,7 +280,7 @@ class GenerationEngine:
             weights_hash=self.host.weights_hash,
             prompt_tokens=len(input_ids),
             sampling=sampling,
-            _decode=lambda t: tok.decode(t, skip_special_tokens=True),
+            _decode=lambda t: decode_text(tok, t, skip_special_tokens=True),
             _eos=frozenset(self.eos_ids),
             _release=release,
         )
@@ -303,11 +309,13 @@ class GenerationEngine:
         return gen
 
     def _sample(self, gen: Generation, input_ids: list[int], seed: int) -> None:
-        s = gen.sampling
+        sampling = gen.sampling
         tokens: list[int] = []
         error = None
         try:
-            for t in sample_tokens(self.model, input_ids, s.max_tokens, s.temperature, s.top_p, seed, self.eos_ids):
+            for t in sample_tokens(
+                self.model, input_ids, sampling.max_tokens, sampling.temperature, sampling.top_p, seed, self.eos_ids
+            ):
                 tokens.append(t)
                 gen._put(tokens)
         except Exception as e:  # reported to the client; the version must be freed either way

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.config import ServiceConfig
 from app.editing.model import LoweredCopy
+from app.editing.prompts import decode_text
 from app.editing.types import BatchResult, EditOutcome, EditRequest, LayerDelta
 from app.eval import canaries as probes
 from app.service import faults
@@ -154,15 +155,22 @@ class Guard:
     def active(self) -> bool:
         return self.set is not None
 
+    @property
+    def canaries(self) -> probes.CanarySet:
+        """The canary set of an active guard (scoring is only asked of one)."""
+        if self.set is None:
+            raise RuntimeError("the guard has no canaries: scoring needs an active guard")
+        return self.set
+
     def score(self) -> probes.Scores:
         """The canaries on the weights as they are now (the caller holds the write side)."""
-        return probes.score(self.model, self.host.editor.lm.tokenizer, self.set, self.config.canary_gen_tokens)
+        return probes.score(self.model, self.host.editor.lm.tokenizer, self.canaries, self.config.canary_gen_tokens)
 
     def lost_facts(self, scores: probes.Scores) -> list[dict]:
         tok = self.host.editor.lm.tokenizer
         return [
-            {"canary": f.id, "prompt": f.text, "expected": f.expected, "now": tok.decode([a]).strip()}
-            for f, a in zip(self.set.facts, scores.answers, strict=True)
+            {"canary": f.id, "prompt": f.text, "expected": f.expected, "now": decode_text(tok, [a]).strip()}
+            for f, a in zip(self.canaries.facts, scores.answers, strict=True)
             if a != f.token_id
         ]
 
@@ -170,7 +178,7 @@ class Guard:
         self, s, version: int, scores: probes.Scores, decision: dict | None, live_edits: int | None = None
     ) -> QualityScore:
         lost = self.lost_facts(scores)
-        total = len(self.set.facts)
+        total = len(self.canaries.facts)
         live = repo.live_edit_count(s) if live_edits is None else live_edits
         return QualityScore(
             version=version,
@@ -202,7 +210,7 @@ class Guard:
             )
             more = f" (and {len(newly) - SHOWN_FACTS} more canary facts)" if len(newly) > SHOWN_FACTS else ""
             crossed.append(named + more)
-        total = len(self.set.facts)
+        total = len(self.canaries.facts)
         if total and previous is not None:
             share, share_before = len(lost) / total, len(previous.lost) / total
             if share > lim["facts_lost_total"] >= share_before:

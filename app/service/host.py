@@ -13,13 +13,14 @@ import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 import torch
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.editing.model import LoadedModel
 from app.editing.progress import SILENT, Monitor
 from app.editing.types import BatchResult, EditRequest, LayerDelta, LayerNorms
 from app.service.rwlock import RWLock
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 class EditorLike(Protocol):
     """The part of app.editing.editor.Editor the service relies on."""
+
+    lm: LoadedModel
+    layers: list[int]
 
     def apply(self, requests: list[EditRequest], batch_id: int) -> BatchResult: ...
     def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None: ...
@@ -47,6 +51,11 @@ class EditorLike(Protocol):
     def weights_hash(self) -> str: ...
     def norms(self) -> list[LayerNorms]: ...
     def generate(self, prompt: str, max_new_tokens: int) -> str: ...
+    def save_point(self) -> dict: ...
+    def restore(self, point: dict) -> None: ...
+    def base_weights(self) -> AbstractContextManager[None]: ...
+    def target_probabilities(self, requests: list[EditRequest]) -> list[float]: ...
+    def length_problem(self, prompt_tokens: int, max_new_tokens: int, name: str = ...) -> str | None: ...
     @property
     def batch_ids(self) -> list[int]: ...
 
@@ -264,8 +273,9 @@ class ModelHost:
                         raise ReplayMismatch("the worker's weights are not those of its version: no snapshot")
                     repo.put_snapshot(s, self.version, self.editor.batch_ids, self.editor.dense_weights())
                     written = self.version
-                    snaps.insert(0, None)
-                repo.delete_snapshots(s, [x.version for x in snaps[keep:] if x is not None])
+                # The newest `keep` stay, the one just written counted among them.
+                old_kept = max(keep - 1, 0) if written is not None else keep
+                repo.delete_snapshots(s, [x.version for x in snaps[old_kept:]])
         if stale:
             log.info("deleted %d weight snapshots a revert made unusable", len(stale))
         if written:

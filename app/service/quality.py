@@ -37,9 +37,9 @@ class QualityReport:
 
 def report(sessions, config: ServiceConfig, limit: int | None = None) -> QualityReport:
     """The unedited model's scores, the newest, and up to `limit` (default: norm_history) of the latest."""
-    with sessions() as s:
-        history = repo.quality_history(s, limit or config.norm_history)
-        baseline = repo.quality_at(s, 0)
+    with sessions() as session:
+        history = repo.quality_history(session, limit or config.norm_history)
+        baseline = repo.quality_at(session, 0)
     return QualityReport(
         enabled=config.canaries,
         policy=config.guard if config.canaries else "off",

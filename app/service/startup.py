@@ -77,17 +77,17 @@ class Startup(Monitor):
 
     def advance(self, done: int) -> None:
         now = self._clock()
+        expected = rate = None
         with self._lock:
             self.done = done
-            first = not self._estimated and self.total and done > 0
-            if first:
+            if not self._estimated and self.total and done > 0:
                 # The first chunk measures the rate; the rest of the stage is expected to keep it.
                 self._estimated = True
                 rate = done / max(now - self._stage_t0, 1e-6)
-                self.expected_s = self.total / rate
+                expected = self.expected_s = self.total / rate
             due = now - self._last_line >= HEARTBEAT_S
-        if first:
-            self._log_line(f"about {duration(self.expected_s)} at {rate:,.0f} {self.unit}/s{self._on()}")
+        if expected is not None and rate is not None:
+            self._log_line(f"about {duration(expected)} at {rate:,.0f} {self.unit}/s{self._on()}")
         elif due:
             self._log_line()
 

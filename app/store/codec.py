@@ -33,7 +33,7 @@ def tensor_from_bytes(data: bytes) -> torch.Tensor:
 
 def weights_to_bytes(weights: dict[int, torch.Tensor]) -> bytes:
     """Dense layer weights in their own dtype: converting would change the bits the hash proves."""
-    return save({f"layer{l}": w.detach().to("cpu").contiguous() for l, w in weights.items()})
+    return save({f"layer{layer}": w.detach().to("cpu").contiguous() for layer, w in weights.items()})
 
 
 def weights_from_bytes(data: bytes) -> dict[int, torch.Tensor]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,10 @@ def _alembic_config(engine: Engine):
 def head_revision(engine: Engine) -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    if head is None:
+        raise RuntimeError("the migrations folder holds no revision")
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -106,7 +109,7 @@ class WriterLock:
     def __init__(self, engine: Engine, name: str):
         self.engine = engine
         self.key = lock_key(name)
-        self._conn = None
+        self._conn: Connection | None = None
         self._fd: int | None = None
         self._mutex = threading.Lock()
 

@@ -6,9 +6,10 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import torch
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from app.editing.types import BatchResult, LayerDelta, LayerNorms
@@ -92,7 +93,11 @@ def claim_for_batch(s: Session, ids: Sequence[int]) -> list[Edit]:
 
 def requeue_applying(s: Session) -> int:
     """Edits a dead worker left half-done go back to the queue (only the lock holder calls this)."""
-    res = s.execute(update(Edit).where(Edit.status == "applying").values(status="queued", updated_at=utcnow()))
+    # An UPDATE's result is a CursorResult; Session.execute is typed with the general Result.
+    res = cast(
+        CursorResult[Any],
+        s.execute(update(Edit).where(Edit.status == "applying").values(status="queued", updated_at=utcnow())),
+    )
     return int(res.rowcount or 0)
 
 
@@ -135,7 +140,8 @@ def put_idempotency(s: Session, key: str, body_hash: str, edit_ids: list[int]) -
 
 def purge_idempotency(s: Session, before: datetime) -> int:
     """Delete the keys made before `before`; returns how many."""
-    return s.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < before)).rowcount or 0
+    res = cast(CursorResult[Any], s.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < before)))
+    return res.rowcount or 0
 
 
 def count_idempotency(s: Session) -> int:
@@ -282,7 +288,7 @@ def record_revert(
         added_batch_id=result.batch_id if result is not None else None,
         edit_id=edit.id,
     )
-    old = s.get(Batch, removed_batch_id)
+    old = s.get_one(Batch, removed_batch_id)
     old.removed_version = applied.version
     if result is not None:
         _add_batch(s, applied, result, "reapply", seconds, source_batch_id=removed_batch_id)
@@ -321,7 +327,7 @@ def mpes_stats(s: Session) -> tuple[int, int]:
     n, total = s.execute(
         select(func.count(), func.coalesce(func.sum(Edit.mpes_steps), 0)).where(Edit.mpes_steps.is_not(None))
     ).one()
-    return int(n), int(total)
+    return int(n), int(total)  # type: ignore[arg-type]  # coalesce(…, 0) is never NULL; typed as the column's Optional
 
 
 # --- weight snapshots -------------------------------------------------------------------------

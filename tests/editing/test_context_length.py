@@ -32,7 +32,7 @@ def test_a_fact_beyond_the_context_is_refused_and_named(arch):
     s = tiny_settings(max_steps=2)
     # The refusal comes before any solve, so any C₀ of the right shape will do.
     f = Editor(lm, s, replica=True).base[s.layers[0]].shape[1]
-    editor = Editor(lm, s, {l: torch.eye(f) for l in s.layers})
+    editor = Editor(lm, s, {layer: torch.eye(f) for layer in s.layers})
     long = EditRequest("{} " + EMOJI * 120, "Paris", "Japan")
     with pytest.raises(EditError, match="fact 2 of the batch: the fact is \\d+ tokens long .* at most 256 tokens"):
         editor.apply([FACTS[0], long], batch_id=1)

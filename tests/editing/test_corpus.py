@@ -80,7 +80,7 @@ def test_default_statistics_come_from_generated_text_cached_once(tmp_path):
     folder = tmp_path / "stats" / lm.fingerprint()
     assert len(list(folder.glob("sample-*.safetensors"))) == 1
     assert len(list(folder.glob("layer*-sample0-1000tok.safetensors"))) == len(settings.layers)
-    for layer, c0 in stats.items():
+    for c0 in stats.values():
         assert c0.shape == (128, 128) and torch.allclose(c0, c0.T, atol=1e-5)
     # A layer asked for later comes from the same sample: the same numbers as one fresh pass.
     again = load_key_stats(lm, settings, cache_dir=tmp_path, progress=False, layers=[0, 2])

@@ -26,7 +26,7 @@ def setup(request, tmp_path):
 def test_factors_equal_the_applied_change(setup):
     lm, s, stats = setup
     editor = Editor(lm, s, stats)
-    before = {l: editor._w(l).detach().clone() for l in s.layers}
+    before = {layer: editor._w(layer).detach().clone() for layer in s.layers}
     result = editor.apply(FACTS, batch_id=1)
     assert [d.layer for d in result.deltas] == list(s.layers)
     for d in result.deltas:
@@ -52,19 +52,19 @@ def test_removing_the_last_batch_restores_the_weights_exactly(setup):
     lm, s, stats = setup
     editor = Editor(lm, s, stats)
     editor.apply(FACTS, batch_id=1)
-    weights = {l: editor._w(l).detach().clone() for l in s.layers}
-    preserved = {l: p.clone() for l, p in editor.preserved.items()}
+    weights = {layer: editor._w(layer).detach().clone() for layer in s.layers}
+    preserved = {layer: p.clone() for layer, p in editor.preserved.items()}
     h = editor.weights_hash()
     editor.apply(MORE, batch_id=2)
     assert editor.weights_hash() != h
     editor.remove_batch(2)
     assert editor.weights_hash() == h
-    for l in s.layers:
-        assert torch.equal(editor._w(l).detach(), weights[l])
-        assert torch.allclose(editor.preserved[l], preserved[l])
+    for layer in s.layers:
+        assert torch.equal(editor._w(layer).detach(), weights[layer])
+        assert torch.allclose(editor.preserved[layer], preserved[layer])
     editor.remove_batch(1)
-    for l in s.layers:
-        assert torch.equal(editor._w(l).detach(), editor.base[l])
+    for layer in s.layers:
+        assert torch.equal(editor._w(layer).detach(), editor.base[layer])
 
 
 def test_replay_of_the_live_log_gives_the_same_weights(setup):
@@ -193,9 +193,9 @@ def test_reset_drops_every_batch_in_one_rebuild(setup):
     editor.apply(MORE, batch_id=2)
     editor.reset()
     assert editor.batch_ids == []
-    for l in s.layers:
-        assert torch.equal(editor._w(l).detach(), editor.base[l])
-        assert not editor.preserved[l].any()
+    for layer in s.layers:
+        assert torch.equal(editor._w(layer).detach(), editor.base[layer])
+        assert not editor.preserved[layer].any()
 
 
 def test_a_replica_replays_without_statistics_and_never_solves(setup):
@@ -242,14 +242,14 @@ def test_scale_free_settings_follow_the_key_statistics(tmp_path):
     rel = Editor(
         lm, EditSettings(method="encore", layers=layers, lambda_p=10.0, lambda_n=3.0, lambda_n_relative=True), stats
     )
-    for l in layers:
-        assert rel.lambda_n[l] == pytest.approx(3.0 * float(stats[l].double().trace()) / f)
+    for layer in layers:
+        assert rel.lambda_n[layer] == pytest.approx(3.0 * float(stats[layer].double().trace()) / f)
     alpha = Editor(
         lm, EditSettings(method="alphaedit", layers=layers, lambda_p=0.0, lambda_n=1.0, nullspace_energy=0.05), stats
     )
-    for l in layers:
-        eigvals = torch.linalg.eigvalsh(stats[l].double())
-        kept = round(float(alpha.projector[l].trace()))
+    for layer in layers:
+        eigvals = torch.linalg.eigvalsh(stats[layer].double())
+        kept = round(float(alpha.projector[layer].trace()))
         assert 0 < kept < f and float(eigvals[:kept].sum()) <= 0.05 * float(eigvals.sum())
     with pytest.raises(ValueError, match="one of nullspace_threshold or nullspace_energy"):
         EditSettings(method="alphaedit", layers=layers, nullspace_threshold=0.02, nullspace_energy=0.05)

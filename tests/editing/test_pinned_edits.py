@@ -33,7 +33,9 @@ def test_a_fixed_sequence_of_edits_gives_the_recorded_figures(arch, tmp_path):
     lm = tiny_lm(arch)
     s = tiny_settings(max_steps=6)
     editor = Editor(lm, s, tiny_stats(lm, s.layers, tmp_path), templates=TEMPLATES)
-    for batch_id, (facts, (steps, prob_after, delta_norms)) in enumerate(zip([FACTS, MORE], PINNED[arch]), start=1):
+    for batch_id, (facts, (steps, prob_after, delta_norms)) in enumerate(
+        zip([FACTS, MORE], PINNED[arch], strict=True), start=1
+    ):
         result = editor.apply(facts, batch_id=batch_id)
         assert [o.mpes_steps for o in result.outcomes] == steps
         assert [o.prob_after for o in result.outcomes] == pytest.approx(prob_after, rel=1e-3, abs=2e-6)

@@ -50,7 +50,8 @@ def test_ten_counterfact_facts_in_one_batch(smollm2, shared_data):
     ]
     before_rewrite = [_prefers(smollm2, [q.text], q.target_new, q.target_true)[0] for q in requests]
     before_neigh = [
-        _prefers(smollm2, r["neighborhood_prompts"], q.target_true, q.target_new) for r, q in zip(records, requests)
+        _prefers(smollm2, r["neighborhood_prompts"], q.target_true, q.target_new)
+        for r, q in zip(records, requests, strict=True)
     ]
     assert sum(before_rewrite) <= 2, "the unedited model already prefers most new targets: a useless test"
 
@@ -61,11 +62,11 @@ def test_ten_counterfact_facts_in_one_batch(smollm2, shared_data):
     try:
         flipped = [_prefers(smollm2, [q.text], q.target_new, q.target_true)[0] for q in requests]
         assert all(o.prob_after > o.prob_before for o in result.outcomes)
-        assert sum(flipped) >= 7, [q.text for q, f in zip(requests, flipped) if not f]
+        assert sum(flipped) >= 7, [q.text for q, f in zip(requests, flipped, strict=True) if not f]
         kept = []
-        for r, q, before in zip(records, requests, before_neigh):
+        for r, q, before in zip(records, requests, before_neigh, strict=True):
             after = _prefers(smollm2, r["neighborhood_prompts"], q.target_true, q.target_new)
-            kept.append(sum(a == b for a, b in zip(after, before)))
+            kept.append(sum(a == b for a, b in zip(after, before, strict=True)))
         assert sum(kept) >= 85 and min(kept) >= 6, f"neighbourhood prompts kept per fact: {kept}"
     finally:
         editor.remove_batch(1)

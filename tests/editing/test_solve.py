@@ -37,7 +37,7 @@ def test_frobenius_constraint_shrinks_the_update_monotonically():
     for lam in [0.0, 1.0, 10.0, 100.0, 1e3, 1e4, 1e6]:
         u, v = solve_update(residual, keys, c0, None, lambda_p=1.0, lambda_n=lam)
         norms.append(float((u @ v.T).norm()))
-    assert all(a > b for a, b in zip(norms, norms[1:])), norms
+    assert all(a > b for a, b in zip(norms, norms[1:], strict=False)), norms
     assert norms[-1] < 1e-3 * norms[0]
 
 

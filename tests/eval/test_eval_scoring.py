@@ -40,14 +40,14 @@ def _manual(model, tok, prompt, target):
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
     rows = [len(p_ids) + j - 1 for j in range(len(t_ids))]
-    lps = [logp[r, t].item() for r, t in zip(rows, t_ids)]
+    lps = [logp[r, t].item() for r, t in zip(rows, t_ids, strict=True)]
     return t_ids, lps, [logp[r].argmax().item() for r in rows]
 
 
 def test_teacher_force_matches_unbatched_full_logits(tiny):
     model, tok = tiny
     got = scoring.teacher_force(model, tok, PAIRS, batch_size=3)  # mixed lengths: padding is exercised
-    for (prompt, target), res in zip(PAIRS, got):
+    for (prompt, target), res in zip(PAIRS, got, strict=True):
         t_ids, lps, argmax = _manual(model, tok, prompt, target)
         assert list(res.target_ids) == t_ids
         assert res.logprobs == pytest.approx(lps, abs=1e-4)
@@ -179,10 +179,10 @@ def test_generation_is_seeded_and_bounded(tiny):
     b = scoring.generate_texts(model, tok, prompts, max_len=12, seed=1)
     c = scoring.generate_texts(model, tok, prompts, max_len=12, seed=2)
     assert a == b and a != c
-    for p, t in zip(prompts, a):
+    for p, t in zip(prompts, a, strict=True):
         assert t.startswith(p)
     ids = scoring.generate_ids(model, tok, prompts, max_len=12, seed=1)
-    for p, seq in zip(prompts, ids):
+    for p, seq in zip(prompts, ids, strict=True):
         p_ids = tok(p)["input_ids"]
         assert seq[: len(p_ids)] == p_ids
         assert len(p_ids) < len(seq) <= 12  # prompt included in the bound

@@ -57,7 +57,8 @@ def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_
             fault = (
                 DETERMINISTIC[trial]
                 if trial < len(DETERMINISTIC)
-                else f"{rng.choice(['api_before_commit', 'api_after_commit', 'api_after_queue'])}:kill_after={rng.randint(0, 100)}"
+                else f"{rng.choice(['api_before_commit', 'api_after_commit', 'api_after_queue'])}"
+                f":kill_after={rng.randint(0, 100)}"
             )
             victim = cl.start_api(fault)
             # Deterministic trials: one request meets the fault. Timer trials: 4 clients keep
@@ -73,7 +74,7 @@ def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_
                 plans.append(plan)
             answers: dict[str, httpx.Response | Exception] = {}
 
-            def send(plan):
+            def send(plan, answers=answers, victim=victim):
                 for key, body in plan:
                     try:
                         answers[key] = httpx.post(
@@ -89,7 +90,7 @@ def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_
             for t in threads:
                 t.join(timeout=180)
             assert not any(t.is_alive() for t in threads)
-            sup.wait_for(lambda: not victim.alive(), 60, f"trial {trial}: the api ({fault}) to die")
+            sup.wait_for(lambda victim=victim: not victim.alive(), 60, f"trial {trial}: the api ({fault}) to die")
             assert victim.popen.returncode == -signal.SIGKILL, victim.tail()
             requests = [r for plan in plans for r in plan if r[0] in answers]
 

@@ -243,7 +243,7 @@ def test_brace_and_sql_injection_is_stored_verbatim_and_handled(url):
     r = httpx.post(f"{url}/edits", json=NASTY, timeout=60)
     assert r.status_code == 202, r.text
     ids = r.json()["ids"]
-    for eid, fact in zip(ids, NASTY):
+    for eid, fact in zip(ids, NASTY, strict=True):
         got = httpx.get(f"{url}/edits/{eid}", timeout=60).json()
         for k, v in fact.items():
             assert got[k] == v, (k, got[k], v)

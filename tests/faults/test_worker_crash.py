@@ -91,7 +91,9 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
             fault = _fault(rng)
             w = cl.start("worker", fault=fault)
             sup.wait_for(
-                lambda: not w.alive() or _settled(engine), 240, f"trial {trial}: the worker ({fault}) to die or finish"
+                lambda w=w: not w.alive() or _settled(engine),
+                240,
+                f"trial {trial}: the worker ({fault}) to die or finish",
             )
             if w.alive():  # all work done before the fault point came round: kill -9 it idle
                 w.popen.send_signal(signal.SIGKILL)

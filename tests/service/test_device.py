@@ -28,7 +28,7 @@ def check_served_copy(c, dtype: torch.dtype) -> None:
     adapter = engine.lm.adapter
     assert engine.model is not engine.lm.model and next(engine.model.parameters()).dtype == dtype
     assert next(engine.lm.model.parameters()).dtype == torch.float32  # edited and hashed in float32
-    before = {l: adapter.weight(engine.model, l).clone() for l in host.layers}
+    before = {layer: adapter.weight(engine.model, layer).clone() for layer in host.layers}
     untouched = adapter.weight(engine.model, 0).clone()
     first = complete(c)
 

@@ -41,7 +41,7 @@ def test_edit_then_revert_restores_the_base_weights(client):
     assert g["version"] == 1 and g["weights_hash"] == v1["weights_hash"]
 
     norms = client.get("/health/norms").json()
-    assert [l["layer"] for l in norms["layers"]] == [1, 2]
+    assert [layer["layer"] for layer in norms["layers"]] == [1, 2]
     for layer in norms["layers"]:
         assert layer["delta_norm"] > 0 and len(layer["history"]) == 1 and layer["history"][0]["version"] == 1
         assert layer["growth"] == pytest.approx(layer["delta_norm"] / layer["base_norm"])

@@ -56,7 +56,7 @@ def _construct(worker) -> tuple[str, int]:
     flips = []
     for i, fact in enumerate(BATCH):
         editor.apply([EditRequest(**fact)], -100 - i)
-        flips.append({p for p, a, b in zip(CANDIDATES, answers(worker, CANDIDATES), before) if a != b})
+        flips.append({p for p, a, b in zip(CANDIDATES, answers(worker, CANDIDATES), before, strict=True) if a != b})
         editor.restore(point)
     for i in range(len(BATCH)):
         for p in sorted(flips[i] - set().union(*(flips[j] for j in range(len(BATCH)) if j != i))):

@@ -49,7 +49,7 @@ def construct(worker, records: list[dict]) -> tuple[dict, str]:
 
     def changed(requests: list[EditRequest], prompts: list[str], before: list[int]) -> set[str]:
         editor.apply(requests, -1)
-        out = {p for p, a, b in zip(prompts, answers(worker, prompts), before) if a != b}
+        out = {p for p, a, b in zip(prompts, answers(worker, prompts), before, strict=True) if a != b}
         editor.restore(point)
         return out
 

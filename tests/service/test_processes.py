@@ -82,13 +82,13 @@ def test_two_api_processes_and_a_worker(spawn):
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     apis = [spawn("api", "--port", str(p)) for p in ports]
     spawn("worker")
-    for url, proc in zip(urls, apis):
-        wait_for(lambda: ready(url, proc), 180, f"{url} to be ready")
+    for url, proc in zip(urls, apis, strict=True):
+        wait_for(lambda url=url, proc=proc: ready(url, proc), 180, f"{url} to be ready")
 
     eid = httpx.post(f"{urls[0]}/edits", json=FACTS[0]).json()["ids"][0]
     wait_for(lambda: httpx.get(f"{urls[1]}/edits/{eid}").json()["status"] == "applied", 180, "the edit to apply")
     for url in urls:
-        wait_for(lambda: httpx.get(f"{url}/version").json()["version"] == 1, 60, f"{url} to reach version 1")
+        wait_for(lambda url=url: httpx.get(f"{url}/version").json()["version"] == 1, 60, f"{url} to reach version 1")
     versions = [httpx.get(f"{url}/version").json() for url in urls]
     assert versions[0]["weights_hash"] == versions[1]["weights_hash"] != versions[0]["base_hash"]
     params = {"prompt": "The mother tongue of Danielle Darrieux is", "max_new_tokens": 4}

@@ -59,7 +59,7 @@ def test_edit_revert_norms_and_restart(prod_config, start_worker):
         v = c.get("/version").json()
         assert v["version"] == 2 and v["weights_hash"] == base["base_hash"]
         norms = c.get("/health/norms").json()
-        assert all([h["version"] for h in l["history"]] == [1, 2] for l in norms["layers"])
+        assert all([h["version"] for h in layer["history"]] == [1, 2] for layer in norms["layers"])
 
         ids = c.post("/edits", json=FACTS[1:3]).json()["ids"]
         for i in ids:

@@ -83,7 +83,7 @@ def test_counterfact_edit_revert_restart(mode, fact, pg_url, redis_prefix, tmp_p
             assert back["text"] == base["text"] and back["weights_hash"] == base["weights_hash"]
 
             norms = c.get("/health/norms").json()
-            assert [l["layer"] for l in norms["layers"]] == [4, 5, 6, 7, 8]
+            assert [layer["layer"] for layer in norms["layers"]] == [4, 5, 6, 7, 8]
             for layer in norms["layers"]:
                 assert [h["version"] for h in layer["history"]] == [1, 2]
                 assert layer["history"][0]["growth"] > 0 and layer["delta_norm"] == 0.0

@@ -56,7 +56,7 @@ def full_replica(ctx):
 
 def same_bits(a, b) -> bool:
     wa, wb = a.editor.dense_weights(), b.editor.dense_weights()
-    return all(torch.equal(wa[l], wb[l]) for l in wa)
+    return all(torch.equal(wa[layer], wb[layer]) for layer in wa)
 
 
 def test_snapshot_plus_later_deltas_equals_full_replay(rig):
@@ -82,8 +82,8 @@ def test_snapshot_plus_later_deltas_equals_full_replay(rig):
         other = ctx2.build_worker()
         assert other.host.weights_hash == worker.host.weights_hash
         assert other.host.editor.missing_deltas() == []
-        for l, p in worker.host.editor.preserved.items():
-            assert torch.allclose(other.host.editor.preserved[l], p, rtol=1e-12, atol=0)
+        for layer, p in worker.host.editor.preserved.items():
+            assert torch.allclose(other.host.editor.preserved[layer], p, rtol=1e-12, atol=0)
     finally:
         ctx2.close()
 
@@ -234,4 +234,4 @@ def test_export_of_deltas_from_a_replica_that_started_from_a_snapshot(rig, tmp_p
     assert info["batches"] == replica.editor.batch_ids and len(info["batches"]) == 3
     with safe_open(str(tmp_path / "deltas.safetensors"), "pt") as f:
         names = set(f.keys())
-    assert all(f"batch{b}.layer{l}.u" in names for b in info["batches"] for l in replica.layers)
+    assert all(f"batch{b}.layer{layer}.u" in names for b in info["batches"] for layer in replica.layers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +29,7 @@ def health():
 )
 def ready(ctx: Ctx):
     startup = ctx.startup.snapshot()
-    checks = {
+    checks: dict[str, Any] = {
         "database": ctx.db_ok(),
         "queue": ctx.queue.ping(),
         "model": bool(ctx.host and ctx.host.healthy and ctx.startup.serving),
@@ -79,7 +81,9 @@ def norms(ctx: Ctx):
                 ],
             )
         )
-    return NormsOut(version=host.version, threshold=threshold, alarm=any(l.alarm for l in layers), layers=layers)
+    return NormsOut(
+        version=host.version, threshold=threshold, alarm=any(layer.alarm for layer in layers), layers=layers
+    )
 
 
 @router.get(

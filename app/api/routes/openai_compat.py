@@ -119,7 +119,7 @@ def completions(ctx: Ctx, body: Annotated[Any, Body()]):
     req: CompletionIn = _parse(CompletionIn, body, ctx)
     engine = _engine(ctx)
     check_model(engine, req.model)
-    gen = engine.open(completion_ids(engine, req.prompt), sampling(req, COMPLETIONS_DEFAULT_MAX_TOKENS))
+    gen = engine.open(completion_ids(engine, req.prompt_text()), sampling(req, COMPLETIONS_DEFAULT_MAX_TOKENS))
     return _answer(Answer(engine, "completion", gen, req.include_usage()), req.stream)
 
 
