@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.editing.build import Role, build_editor
 from app.editing.editor import Editor
 from app.editing.model import DEFAULT_CACHE_DIR, load_model
+from app.editing.progress import SILENT, Monitor
 from app.editing.settings import EditSettings, Method, Preset, preset
 from app.editing.stats import CorpusError, corpus_files
 from app.editing.types import MAX_PROMPT_CHARS, MAX_SUBJECT_CHARS, MAX_TARGET_CHARS
@@ -97,11 +98,18 @@ class KeditConfig(BaseSettings):
                 "or unset it to build the key statistics from text the model generates"
             ) from None
 
-    def load_editor(self, role: Role | str, templates: list[str] | None = None, progress: bool = False) -> Editor:
-        """The model this configuration names, loaded, in an Editor built for `role`."""
+    def load_editor(
+        self,
+        role: Role | str,
+        templates: list[str] | None = None,
+        progress: bool = False,
+        monitor: Monitor = SILENT,
+    ) -> Editor:
+        """The model this configuration names, loaded, in an Editor built for `role`; `monitor`
+        hears of each stage (converting, loading, C₀) and can stop it (app.editing.progress)."""
         if Role(role) is not Role.REPLICA:
             self.check_stats_corpus()
-        lm = load_model(self.model_path, cache_dir=self.cache_dir, device=self.device)
+        lm = load_model(self.model_path, cache_dir=self.cache_dir, device=self.device, monitor=monitor)
         return build_editor(
             lm,
             self.edit_settings(),
@@ -110,6 +118,7 @@ class KeditConfig(BaseSettings):
             cache_dir=self.cache_dir,
             templates=templates,
             progress=progress,
+            monitor=monitor,
         )
 
 

@@ -11,7 +11,7 @@ from fastapi import Depends, Header, Request
 from pydantic import BaseModel, ValidationError
 
 from app.service.context import ServiceContext
-from app.service.errors import Invalid, ServiceError, Unavailable
+from app.service.errors import Invalid, ServiceError, Starting, Unavailable
 
 
 class Unauthorized(ServiceError):
@@ -194,8 +194,25 @@ def describe(err: Mapping[str, Any]) -> str:
 
 
 def ready_host(ctx: ServiceContext):
+    if ctx.host is None or not ctx.host.healthy:
+        if ctx.startup.running:
+            raise starting(ctx)
+        if ctx.startup.error is not None:
+            raise Unavailable(f"the start-up failed: {ctx.startup.error}")
     if ctx.host is None:
         raise Unavailable("this process serves no model")
     if not ctx.host.healthy:
         raise Unavailable(ctx.host.problem or "the model is not ready yet")
     return ctx.host
+
+
+def starting(ctx: ServiceContext) -> Starting:
+    """503 for a route that needs the model while the process starts: the stage, and when to retry."""
+    state = ctx.startup.snapshot()
+    left = state["seconds_left"]
+    where = f" ({state['detail']})" if state["detail"] else ""
+    return Starting(
+        f"kedit is starting: {state['stage']}{where}; retry later (GET /ready says when it is ready)",
+        state,
+        retry_after=max(1, min(30, round(left))) if left is not None else 5,
+    )

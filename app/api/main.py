@@ -1,13 +1,17 @@
 """The FastAPI app. `create_app` wires config → service context → routes.
 
-Start-up order matters: the schema is migrated (or the start refused), the model loads and the
-log is replayed and proven against its stored hash before the first request is answered.
+Start-up order matters: the schema is migrated (or the start refused) before the app answers;
+the model loads and the log is replayed and proven against its stored hash before a request that
+needs the model is served. `start_in_background=True` (what `kedit serve` / `kedit api` use):
+that part runs in a thread while the app already answers, /ready and /ui saying the stage and
+routes that need the model answering 503 with Retry-After; otherwise it runs before the app answers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -28,7 +32,7 @@ from app.config import ServiceConfig
 from app.editing.types import EditError
 from app.queue import WorkQueue
 from app.service.context import ServiceContext
-from app.service.errors import Busy, ServiceError
+from app.service.errors import Busy, ServiceError, Starting
 from app.service.host import ReplayMismatch
 from app.service.oai import OpenAIError, error_body, error_type
 
@@ -95,8 +99,12 @@ def create_app(
     *,
     with_worker: bool | None = None,
     queue: WorkQueue | None = None,
+    start_in_background: bool = False,
+    on_start_failed: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
-    """with_worker: run the worker in a background thread (default: in embedded mode, i.e. no Redis)."""
+    """with_worker: run the worker in a background thread (default: in embedded mode, i.e. no Redis).
+    start_in_background: answer at once and start in a thread (a failure goes to `on_start_failed`,
+    e.g. to end the server); else the app answers once the start is over, and a failure raises."""
     config = config or ServiceConfig()
     run_worker = (not config.redis_url) if with_worker is None else with_worker
     if not run_worker and not config.redis_url:
@@ -109,13 +117,10 @@ def create_app(
             app.state.ctx = ctx
             app.state.metrics = ApiMetrics(ctx.registry, ctx)
             app.state.pools = Pools(config.generation_concurrency, config.generation_queue)
-            ctx.start_api()
-            if run_worker:
-                ctx.start_worker()
-            assert ctx.host is not None  # start_api() set it
-            log.info(
-                "kedit api ready at version %d (%s)", ctx.host.version, "with worker" if run_worker else "api only"
-            )
+            if start_in_background:
+                ctx.start_in_background(True, run_worker, on_start_failed)
+            else:
+                ctx.start(True, run_worker)
             yield
         finally:
             ctx.close()
@@ -134,6 +139,7 @@ def create_app(
     app.include_router(health.router, max_body_size=MAX_BODY_BYTES)
     app.include_router(openai_compat.router, max_body_size=MAX_BODY_BYTES)
     app.include_router(ui.router, max_body_size=MAX_BODY_BYTES)  # the operator dashboard (/ui)
+    app.include_router(ui.root, max_body_size=MAX_BODY_BYTES)  # / leads there
 
     @app.middleware("http")
     async def same_site_only(request: Request, call_next):
@@ -156,6 +162,9 @@ def create_app(
     async def service_error(request: Request, exc: ServiceError):
         if isinstance(exc, OpenAIError):
             return JSONResponse(exc.body(), status_code=exc.status_code)
+        if isinstance(exc, Starting):
+            headers = {"Retry-After": str(exc.retry_after)}
+            return _error(request, exc.status_code, exc.message, {"startup": exc.startup}, headers=headers)
         extra = {"errors": exc.errors} if isinstance(exc, BodyInvalid) else None
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
         return _error(request, exc.status_code, exc.message, extra, headers)

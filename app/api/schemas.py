@@ -202,6 +202,16 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     ready: bool
+    stage: str = Field(
+        description="what the process is doing: starting, converting the model, loading the model, replaying the "
+        "log, sampling text for C0, building C0, preparing the editor, scoring canaries, ready, failed, stopping"
+    )
+    progress: float | None = Field(description="share of the stage done (0 to 1); null for a stage not counted")
+    detail: str = Field(description="e.g. '61,440 of 150,000 tokens', '120 of 400 batches'")
+    startup: dict[str, Any] = Field(
+        description="the stage in full: part (whose copy of the model: api or worker), progress, detail, "
+        "stage_seconds, seconds_left (an estimate), started_seconds_ago, error (why the start-up failed)"
+    )
     checks: dict[str, Any]
 
 

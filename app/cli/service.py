@@ -21,6 +21,10 @@ import typer
 
 log = logging.getLogger("kedit.service")
 
+# After a failed start, the server keeps answering this long (/ready and /ui say why) before it exits.
+FAILED_LINGER_S = 2.0
+STARTUP_FAILURE = 3  # the exit status, as uvicorn's own for an app that cannot start
+
 
 def _config(builds_stats: bool = False, **given):
     from app.cli.common import load_config
@@ -34,6 +38,9 @@ def _logging(level: str) -> None:
 
 
 def _run_http(cfg, with_worker: bool, log_level: str) -> None:
+    """Listen at once; the model loads, C₀ is built and the log replayed in the background while
+    /ready, /health and /ui answer (app/service/startup.py). A failed start ends the process
+    with status 3, as a failure before listening does."""
     import uvicorn
 
     from app.api.main import create_app
@@ -42,16 +49,31 @@ def _run_http(cfg, with_worker: bool, log_level: str) -> None:
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("listening on %s without an API key: anyone who can reach it can change the model", cfg.host)
-    uvicorn.run(
-        HostGuard(create_app(cfg, with_worker=with_worker), cfg.host_names()),
-        host=cfg.host,
-        port=cfg.port,
-        log_level=log_level.lower(),
-        http=KeditH11Protocol,
-        # Also the head timeout of KeditH11Protocol: a connection that sends no complete request
-        # head this long after opening or after its last answer is closed.
-        timeout_keep_alive=cfg.http_idle_timeout_s,
+    failed = threading.Event()
+    server: uvicorn.Server | None = None
+
+    def start_failed(_exc: BaseException) -> None:
+        failed.set()
+        end = threading.Timer(FAILED_LINGER_S, lambda: setattr(server, "should_exit", True))
+        end.daemon = True
+        end.start()
+
+    app = create_app(cfg, with_worker=with_worker, start_in_background=True, on_start_failed=start_failed)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            HostGuard(app, cfg.host_names()),
+            host=cfg.host,
+            port=cfg.port,
+            log_level=log_level.lower(),
+            http=KeditH11Protocol,
+            # Also the head timeout of KeditH11Protocol: a connection that sends no complete request
+            # head this long after opening or after its last answer is closed.
+            timeout_keep_alive=cfg.http_idle_timeout_s,
+        )
     )
+    server.run()
+    if failed.is_set() or not server.started:
+        raise typer.Exit(STARTUP_FAILURE)
 
 
 def register(app: typer.Typer) -> None:
@@ -90,19 +112,25 @@ def register(app: typer.Typer) -> None:
         from app.service.context import ServiceContext
 
         cfg = _config(builds_stats=True, model_path=model)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         ctx = ServiceContext.open(cfg)
         try:
-            worker = ctx.start_worker()
-            stop = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-            if metrics_port:
+            if metrics_port:  # first: the port answers while the model loads and C₀ is built
                 from prometheus_client import start_http_server
 
                 start_http_server(metrics_port, addr=cfg.host, registry=ctx.registry)
-            log.info("worker ready at version %d; waiting for the writer lock", worker.host.version)
+            # In a thread, so that a SIGTERM during a start of minutes ends the process at once.
+            ctx.start_in_background(api=False, worker=True)
+            waiting = True
             while not stop.wait(1.0):
-                if not ctx.alive():
+                if ctx.startup.stage == "failed":
+                    raise typer.Exit(1)
+                if ctx.startup.serving and waiting and ctx.worker is not None:
+                    waiting = False
+                    log.info("worker ready at version %d; waiting for the writer lock", ctx.worker.host.version)
+                if not waiting and not ctx.alive():
                     log.error("the worker thread ended; exiting so that the process is restarted")
                     raise typer.Exit(1)
         finally:

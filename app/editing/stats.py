@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from app.editing.batching import forward_until
 from app.editing.model import DEFAULT_CACHE_DIR, LoadedModel
+from app.editing.progress import SILENT, Monitor
 from app.editing.settings import EditSettings
 from app.editing.types import EditError
 
@@ -94,12 +95,14 @@ def sample_windows(
     seed: int = SAMPLE_SEED,
     batch_size: int = SAMPLE_BATCH,
     progress: bool = False,
+    monitor: Monitor = SILENT,
 ) -> list[list[int]]:
     """Text the model writes itself, as windows of seq_len token ids (about `tokens` in all).
 
     Each window is sampled at temperature 1 (no top-k, no top-p) from the start token alone
     (BOS, else EOS), with end-of-sequence suppressed so that every window is full. Seeded:
-    the same model gives the same sample.
+    the same model gives the same sample. `monitor` hears of every generated token position
+    and can stop the sampling between two of them.
     """
     tok = lm.tokenizer
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -108,6 +111,9 @@ def sample_windows(
     n = math.ceil(tokens / seq_len)
     windows: list[list[int]] = []
     bar = tqdm(total=n * seq_len, unit="tok", desc="sampling text for C₀", disable=not progress)
+    monitor.begin(
+        "sampling text for C0", f"{n * seq_len:,} tokens the model writes itself", total=n * seq_len, unit="tokens"
+    )
     devices = [lm.device] if lm.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -124,6 +130,7 @@ def sample_windows(
                     min_new_tokens=seq_len - 1,
                     max_new_tokens=seq_len - 1,
                     pad_token_id=tok.pad_token_id,
+                    stopping_criteria=_watch(monitor, len(windows) * seq_len),
                 )
                 windows.extend(out.tolist())
                 bar.update(out.numel())
@@ -132,11 +139,32 @@ def sample_windows(
     return windows
 
 
+def _watch(monitor: Monitor, before: int):
+    """A stopping criterion that tells the monitor how many tokens the sample holds after every
+    generation step and stops the sampling (Cancelled) when asked to; it never ends a sequence."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Watch(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+            monitor.check()
+            monitor.advance(before + input_ids.numel())
+            never = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            return never  # type: ignore[return-value]  # a bool tensor is what BoolTensor names
+
+    return StoppingCriteriaList([Watch()])
+
+
 @torch.no_grad()
 def key_second_moments(
-    lm: LoadedModel, layers: list[int], windows: list[list[int]], batch_size: int = 8, progress: bool = True
+    lm: LoadedModel,
+    layers: list[int],
+    windows: list[list[int]],
+    batch_size: int = 8,
+    progress: bool = True,
+    monitor: Monitor = SILENT,
 ) -> dict[int, torch.Tensor]:
-    """E[k kᵀ] (f×f, float32) for each layer, from one pass over the token windows."""
+    """E[k kᵀ] (f×f, float32) for each layer, from one pass over the token windows. `monitor`
+    hears of every finished chunk and can stop the pass at any edited layer of a chunk."""
     sums: dict[int, torch.Tensor] = {}  # a layer's entry appears with its first keys
     count = 0
     stop_layer = max(layers)
@@ -149,7 +177,15 @@ def key_second_moments(
         return hook
 
     hooks = [lm.adapter.edited_module(lm.model, layer).register_forward_pre_hook(key_hook(layer)) for layer in layers]
-    bar = tqdm(total=sum(len(w) for w in windows), unit="tok", desc="key statistics", disable=not progress)
+    # A stop is honoured before every block, not only between chunks: a chunk of a large model
+    # takes seconds on a busy CPU.
+    hooks += [
+        lm.adapter.block(lm.model, i).register_forward_pre_hook(lambda *_: monitor.check())
+        for i in range(stop_layer + 1)
+    ]
+    total = sum(len(w) for w in windows)
+    bar = tqdm(total=total, unit="tok", desc="key statistics", disable=not progress)
+    monitor.begin("building C0", f"layers {list(layers)} from {total:,} tokens", total=total, unit="tokens")
     try:
         # Equal-length windows need no padding (only the last one may be shorter: it runs alone).
         for start in range(0, len(windows), batch_size):
@@ -162,6 +198,7 @@ def key_second_moments(
                 )
                 count += ids.numel()
                 bar.update(ids.numel())
+                monitor.advance(count)
     finally:
         for h in hooks:
             h.remove()
@@ -178,14 +215,15 @@ def collect_key_stats(
     tokens: int,
     batch_size: int = 8,
     progress: bool = True,
+    monitor: Monitor = SILENT,
 ) -> dict[int, torch.Tensor]:
     """E[k kᵀ] for each layer over `tokens` tokens of the corpus (None: of text the model
     generates, at most SAMPLE_TOKENS), computed afresh."""
     if corpus is None:
-        windows = sample_windows(lm, min(tokens, SAMPLE_TOKENS), progress=progress)
+        windows = sample_windows(lm, min(tokens, SAMPLE_TOKENS), progress=progress, monitor=monitor)
     else:
         windows = token_windows(lm.tokenizer, corpus_files(corpus), tokens)
-    return key_second_moments(lm, layers, windows, batch_size, progress)
+    return key_second_moments(lm, layers, windows, batch_size, progress, monitor)
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -197,13 +235,13 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     os.replace(tmp, path)
 
 
-def _cached_sample(lm: LoadedModel, tokens: int, folder: Path, progress: bool) -> list[list[int]]:
+def _cached_sample(lm: LoadedModel, tokens: int, folder: Path, progress: bool, monitor: Monitor) -> list[list[int]]:
     """The generated sample, drawn once per model and budget and kept beside its statistics, so
     that statistics of layers asked for later come from the same text."""
     path = folder / f"sample-seed{SAMPLE_SEED}-{tokens}tok.safetensors"
     if path.exists():
         return load_file(path)["ids"].tolist()
-    windows = sample_windows(lm, tokens, progress=progress)
+    windows = sample_windows(lm, tokens, progress=progress, monitor=monitor)
     _save(path, {"ids": torch.tensor(windows, dtype=torch.long)}, {"seed": str(SAMPLE_SEED), "tokens": str(tokens)})
     return windows
 
@@ -215,9 +253,11 @@ def load_key_stats(
     cache_dir: Path | str = DEFAULT_CACHE_DIR,
     progress: bool = True,
     layers: list[int] | None = None,
+    monitor: Monitor = SILENT,
 ) -> dict[int, torch.Tensor]:
     """C₀ for every edited layer, from the disk cache where present, else computed (one pass for
-    all missing). `corpus=None`: over text the model generates (sampled once, cached too)."""
+    all missing). `corpus=None`: over text the model generates (sampled once, cached too).
+    `monitor` hears how far sampling and the pass got, and can stop them (Cancelled)."""
     folder = Path(cache_dir or DEFAULT_CACHE_DIR) / "stats" / lm.fingerprint()
     layers = list(layers if layers is not None else settings.layers)
     lm.check_layers(layers)
@@ -236,10 +276,10 @@ def load_key_stats(
     missing = [layer for layer in layers if layer not in stats]
     if missing:
         if corpus is None:
-            windows = _cached_sample(lm, tokens, folder, progress)
+            windows = _cached_sample(lm, tokens, folder, progress, monitor)
         else:
             windows = token_windows(lm.tokenizer, files, tokens)
-        fresh = key_second_moments(lm, missing, windows, progress=progress)
+        fresh = key_second_moments(lm, missing, windows, progress=progress, monitor=monitor)
         for layer, c0 in fresh.items():
             _save(paths[layer], {"c0": c0.contiguous()}, {"layer": str(layer), "tokens": str(tokens)})
         stats.update(fresh)

@@ -1,7 +1,9 @@
 """Line charts as inline SVG, drawn on the server from numbers (the operator dashboard works offline:
 no JavaScript, no chart library, no CDN).
 
-`line_chart` returns one `<svg>` element: a <title>, two axes with their labels and end ticks, a
+`line_chart` returns one `<svg>` element: a <title>, two axes with their labels and ticks at round
+steps (1, 2 or 5 × a power of ten, whole numbers on an axis that counts something; labels with
+the decimals the step needs, so neighbouring ticks never read the same), a
 dashed line per reference value (e.g. the norm alarm threshold) and per series one
 `<polyline class="series" data-series="…" data-points="N" points="x,y …">` plus a dot per point
 (a series of one point is still visible). Every text in it (title, labels, series names) is
@@ -43,12 +45,43 @@ def fmt(v: float) -> str:
     return f"{v:.2e}"
 
 
-def _range(values: Sequence[float]) -> tuple[float, float]:
+def _range(values: Sequence[float], integer: bool = False) -> tuple[float, float]:
     lo, hi = min(values), max(values)
     if hi - lo < 1e-12:
-        pad = abs(hi) * 0.1 or 1.0
+        pad = 1.0 if integer else abs(hi) * 0.1 or 1.0
         return lo - pad, hi + pad
     return lo, hi
+
+
+@dataclass
+class Axis:
+    """The ticks of one axis: `lo`..`hi` is the drawn range (the outer ticks), labels as printed."""
+
+    lo: float
+    hi: float
+    ticks: list[float]
+    labels: list[str]
+
+
+def axis(lo: float, hi: float, integer: bool = False, target: int = 5) -> Axis:
+    """Round ticks covering [lo, hi], about `target` of them: a step of 1, 2 or 5 × 10^k (at least
+    1 when `integer`: an axis of versions or edits has no 1.5), the range widened to whole steps,
+    and labels with as many decimals as the step has, so that no two ticks read the same."""
+    if not hi > lo:
+        lo, hi = _range([lo, hi], integer)
+    raw = (hi - lo) / max(1, target - 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    if integer:
+        step = max(1.0, float(round(step)))
+    first, last = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    ticks = [first + i * step for i in range(round((last - first) / step) + 1)]
+    decimals = 0 if integer else max(0, -math.floor(math.log10(step) + 1e-9))
+    big = max(abs(first), abs(last)) >= 1e5
+    labels = [fmt(t) if big else f"{t:.{decimals}f}" for t in ticks]
+    # -0.0 reads as "-0.00": a zero is a zero.
+    labels = [lab.lstrip("-") if float(lab) == 0 else lab for lab in labels] if not big else labels
+    return Axis(first, last, ticks, labels)
 
 
 def line_chart(
@@ -61,9 +94,11 @@ def line_chart(
     width: int = 640,
     height: int = 260,
     y_from_zero: bool = True,
+    x_integer: bool = False,
     chart_id: str = "chart",
 ) -> str:
-    """One SVG line chart of `series` (x, y points) against shared axes; `refs` drawn dashed."""
+    """One SVG line chart of `series` (x, y points) against shared axes; `refs` drawn dashed.
+    `x_integer`: the x quantity is a count (versions, edits), so its ticks are whole numbers."""
     finite = [(x, y) for s in series for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
     left, right, top, bottom = 64, 16, 28, 44
     legend_h = 18 * (len(series) + len(refs))
@@ -74,9 +109,11 @@ def line_chart(
     ys = ys or [0.0, 1.0]
     if y_from_zero:
         ys = ys + [0.0]
-    x0, x1 = _range(xs)
-    y0, y1 = _range(ys)
-    y1 = y1 + (y1 - y0) * 0.05  # headroom for the top point
+    lo, hi = _range(xs, x_integer)
+    x_axis = axis(lo, hi, integer=x_integer)
+    lo, hi = _range(ys)
+    y_axis = axis(lo, hi + (hi - lo) * 0.05)  # headroom for the top point
+    x0, x1, y0, y1 = x_axis.lo, x_axis.hi, y_axis.lo, y_axis.hi
 
     def px(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * plot_w
@@ -94,11 +131,17 @@ def line_chart(
         f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#444"/>',
         f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#444"/>',
     ]
-    # end ticks and a middle tick on each axis
-    for v in (x0, (x0 + x1) / 2, x1):
-        out.append(f'<text class="tick" x="{px(v):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{fmt(v)}</text>')
-    for v in (y0, (y0 + y1) / 2, y1):
-        out.append(f'<text class="tick" x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{fmt(v)}</text>')
+    for v, label in zip(x_axis.ticks, x_axis.labels, strict=True):
+        out.append(
+            f'<line class="tick-mark" x1="{px(v):.1f}" y1="{top + plot_h}" x2="{px(v):.1f}" y2="{top + plot_h + 4}" '
+            f'stroke="#444"/><text class="tick" data-axis="x" x="{px(v):.1f}" y="{top + plot_h + 16}" '
+            f'text-anchor="middle">{label}</text>'
+        )
+    for v, label in zip(y_axis.ticks, y_axis.labels, strict=True):
+        out.append(
+            f'<line class="tick-mark" x1="{left - 4}" y1="{py(v):.1f}" x2="{left}" y2="{py(v):.1f}" stroke="#444"/>'
+            f'<text class="tick" data-axis="y" x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{label}</text>'
+        )
     out.append(
         f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 36}" '
         f'text-anchor="middle">{escape(x_label)}</text>'
@@ -133,7 +176,7 @@ def line_chart(
         for x, y in pts:
             out.append(
                 f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}">'
-                f"<title>{escape(s.name)}: {fmt(y)} at {fmt(x)}</title></circle>"
+                f"<title>{escape(s.name)}: {fmt(y)} at {f'{x:.0f}' if x_integer else fmt(x)}</title></circle>"
             )
         out.append(
             f'<rect x="{left}" y="{legend_y}" width="24" height="10" fill="{color}"/>'

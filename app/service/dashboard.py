@@ -18,6 +18,7 @@ from app.service.charts import RefLine, Series, line_chart
 from app.service.context import ServiceContext
 from app.service.errors import Invalid
 from app.service.generation import Sampling
+from app.service.startup import duration
 from app.store import repo
 from app.store.models import EDIT_STATUSES, Edit, text_problem
 
@@ -34,6 +35,41 @@ def _num(v: float | None, digits: int = 4) -> str:
 
 def _opt(v: object) -> str:
     return "—" if v is None else str(v)
+
+
+# --- the start-up --------------------------------------------------------------------------------
+
+STARTING_REFRESH_S = 3  # the start-up page reloads itself this often
+
+
+@dataclass
+class StartupView:
+    """What /ui shows while the process starts (or why its start failed), in place of the dashboard."""
+
+    stage: str
+    part: str | None
+    percent: str | None  # "41 %"; None for a stage that is not counted
+    progress: float | None
+    detail: str
+    left: str | None  # "about 1 min 40 s left"
+    error: str | None
+    refresh_s: int = STARTING_REFRESH_S
+
+
+def startup_view(ctx: ServiceContext) -> StartupView | None:
+    """The start-up page's view while a start-up stage runs or after it failed; None once serving."""
+    if ctx.startup.serving:
+        return None
+    s = ctx.startup.snapshot()
+    return StartupView(
+        stage=s["stage"],
+        part=s["part"],
+        percent=None if s["progress"] is None else f"{100 * s['progress']:.0f} %",
+        progress=s["progress"],
+        detail=s["detail"],
+        left=None if s["seconds_left"] is None else f"about {duration(s['seconds_left'])} left",
+        error=s["error"],
+    )
 
 
 # --- the pieces ----------------------------------------------------------------------------------
@@ -87,6 +123,7 @@ def norm_chart(ctx: ServiceContext) -> str | None:
         "growth",
         series,
         [RefLine("alarm threshold", ctx.config.norm_alarm_growth)],
+        x_integer=True,
         chart_id="norms",
     )
 
@@ -113,6 +150,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "applied edits",
                 "% kept",
                 [Series("facts kept", list(zip(x, kept, strict=True)))],
+                x_integer=True,
                 chart_id="canary-facts",
             ),
             line_chart(
@@ -121,6 +159,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "perplexity",
                 [Series("perplexity", list(zip(x, [q.perplexity for q in hist], strict=True)))],
                 y_from_zero=False,
+                x_integer=True,
                 chart_id="canary-ppl",
             ),
             line_chart(
@@ -129,6 +168,7 @@ def quality_view(ctx: ServiceContext) -> QualityView:
                 "n-gram entropy (bits ×100)",
                 [Series("entropy", list(zip(x, [q.entropy for q in hist], strict=True)))],
                 y_from_zero=False,
+                x_integer=True,
                 chart_id="canary-entropy",
             ),
         ]

@@ -35,3 +35,13 @@ class Busy(ServiceError):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Starting(Unavailable):
+    """The process is still starting (loading the model, building C₀, replaying the log): retry
+    after `retry_after` seconds; `startup` is the start-up's state, as /ready shows it."""
+
+    def __init__(self, message: str, startup: dict, retry_after: int = 5):
+        super().__init__(message)
+        self.startup = startup
+        self.retry_after = retry_after

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.editing.model import LoadedModel
+from app.editing.progress import SILENT, Monitor
 from app.editing.types import BatchResult, EditRequest, LayerDelta, LayerNorms
 from app.service.rwlock import RWLock
 from app.store import repo
@@ -100,7 +101,7 @@ class ModelHost:
 
     # --- start ----------------------------------------------------------------------------
 
-    def bootstrap(self) -> None:
+    def bootstrap(self, monitor: Monitor = SILENT) -> None:
         """Check the base weights against the log's model, then replay the log onto them."""
         if self.editor.batch_ids:
             raise RuntimeError("bootstrap needs an editor holding the base weights only")
@@ -111,7 +112,7 @@ class ModelHost:
             # An api and a worker started together on an empty log; the other one wrote it.
             self._check_model_info()
         self.weights_hash = self.base_hash
-        self.replay()
+        self.replay(monitor=monitor)
 
     def _check_model_info(self) -> None:
         with transaction(self.sessions) as s:
@@ -133,9 +134,10 @@ class ModelHost:
             if self.templates and not info.templates:
                 info.templates = list(self.templates)
 
-    def replay(self, at_version: int | None = None) -> None:
+    def replay(self, at_version: int | None = None, monitor: Monitor = SILENT) -> None:
         """Base + the deltas live at `at_version` (default: the head) in version order, proven against
-        that version's stored hash. An older version is for reading (export), not for following the log."""
+        that version's stored hash. An older version is for reading (export), not for following the log.
+        `monitor` hears of every batch added and can stop the replay between two (Cancelled)."""
         with self._rw.write(), self._sync_mutex:
             _reset(self.editor)
             with self.sessions() as s:
@@ -150,9 +152,20 @@ class ModelHost:
                             f"version {at_version} is not in the log (the head is {repo.head_version_id(s)})"
                         )
                 batches = repo.live_batches(s, at_version)
+                if batches and self.use_snapshots:
+                    monitor.begin("replaying the log", f"{len(batches):,} live batches: looking for a weight snapshot")
                 start, from_version = self._load_snapshot(s, batches, target.id if target else 0)
-                for b in batches[start:]:
+                rest = batches[start:]
+                monitor.begin(
+                    "replaying the log",
+                    f"{len(rest):,} live batches" + (f" after the snapshot of version {from_version}" if start else ""),
+                    total=len(rest),
+                    unit="batches",
+                )
+                for i, b in enumerate(rest, 1):
+                    monitor.check()
                     self.editor.add_batch(b.id, repo.batch_deltas(s, b.id))
+                    monitor.advance(i)
             self._prove(target.id if target else 0, target.weights_hash if target else self.base_hash)
             if from_version:
                 log.info(

@@ -21,12 +21,14 @@ from app.service import faults
 from app.service.applying import JobReport, LostWriterLock, apply_edits, revert_edit
 from app.service.guard import Guard
 from app.service.host import ModelHost
+from app.service.startup import Startup
 from app.store import repo
 from app.store.db import WriterLock, transaction
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 1.0  # how long one take() blocks for a first message; bounds shutdown latency
+CANARIES_S = 20.0  # about what choosing and scoring the canaries takes for SmolLM2 on 2 cores, once per log
 
 
 class WorkerMetrics:
@@ -65,6 +67,8 @@ class Worker:
         self.active = False
         self.last_error: str | None = None
         self.guard = Guard(config, host) if config.canaries else None
+        # The process's start-up, when this worker's first canary scoring is its last stage.
+        self.startup: Startup | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -106,12 +110,19 @@ class Worker:
         if n:
             log.warning("%d edits were left `applying` by a dead worker; they are queued again", n)
         if self.guard is not None:
+            startup, self.startup = self.startup, None
+            if startup is not None:
+                startup.for_part("worker")
+                startup.begin("scoring canaries", "the unedited model and the log's head", expected_s=CANARIES_S)
             try:
                 self.guard.ensure()
             except Exception as exc:  # edits go on unguarded rather than not at all; /ready says why
                 self.guard.set = None
                 self.last_error = f"canaries unavailable ({type(exc).__name__}: {exc}); edits are not guarded"
                 log.exception("could not choose or score the canaries; edits are applied without the guard")
+            finally:
+                if startup is not None:
+                    startup.finish_stage()
         self.queue.ensure()
         self.refill()
         self.active = True

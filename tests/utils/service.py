@@ -96,7 +96,7 @@ def free_port() -> int:
 class KeditServer:
     """A real `kedit serve` process (embedded mode) on a free loopback port; stop() ends it."""
 
-    def __init__(self, env: dict[str, str], log: Path, *, cwd: Path | None = None):
+    def __init__(self, env: dict[str, str], log: Path, *, cwd: Path | None = None, log_level: str = "warning"):
         import os
         import subprocess
         import sys
@@ -112,7 +112,7 @@ class KeditServer:
         full.update(env)
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", log_level],
                 cwd=cwd or repo,
                 env=full,
                 stdout=out,

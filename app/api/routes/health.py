@@ -27,17 +27,21 @@ async def health():
 
 
 @router.get(
-    "/ready", response_model=Ready, summary="Readiness: model, database, queue", responses={503: {"model": Ready}}
+    "/ready",
+    response_model=Ready,
+    summary="Readiness: model, database, queue; while starting, the stage and its progress",
+    responses={503: {"model": Ready}},
 )
 async def ready(request: Request, ctx: Ctx):
     return await run_in(request.app.state.pools.probes, _ready, ctx)
 
 
 def _ready(ctx) -> JSONResponse:
+    startup = ctx.startup.snapshot()
     checks: dict[str, Any] = {
         "database": ctx.db_ok(),
         "queue": ctx.queue.ping(),
-        "model": bool(ctx.host and ctx.host.healthy),
+        "model": bool(ctx.host and ctx.host.healthy and ctx.startup.serving),
     }
     if ctx.host is not None and ctx.host.problem:
         checks["model_problem"] = ctx.host.problem
@@ -46,8 +50,16 @@ def _ready(ctx) -> JSONResponse:
         # False while the worker stands by, with KEDIT_CANARIES=false, or if the canaries could not be scored.
         checks["canaries_scored"] = bool(ctx.worker.guard and ctx.worker.guard.active)
     ok = checks["database"] and checks["queue"] and checks["model"]
-    body = Ready(ready=ok, checks=checks).model_dump()
-    return JSONResponse(body, status_code=200 if ok else 503)
+    body = Ready(
+        ready=ok,
+        stage=startup["stage"],
+        progress=startup["progress"],
+        detail=startup["detail"],
+        startup=startup,
+        checks=checks,
+    ).model_dump()
+    headers = {"Retry-After": "5"} if ctx.startup.running else None
+    return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
 
 @router.get("/health/norms", response_model=NormsOut, summary="Norms of the edited matrices over time")

@@ -49,6 +49,13 @@ HEADERS = {
 KEY_MISSING = "this form needs the API key: type it into the API key field"
 
 router = APIRouter(prefix="/ui", tags=["dashboard"], include_in_schema=False)
+root = APIRouter(include_in_schema=False)
+
+
+@root.get("/")
+def front():
+    """A person who opens the server's address gets the dashboard (or the start-up page)."""
+    return RedirectResponse("/ui", status_code=307)
 
 
 def _page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
@@ -77,6 +84,13 @@ def home(
     subject: Annotated[str, Query(max_length=500)] = "",
     offset: Annotated[int, Query(ge=0, le=MAX_EDIT_ID)] = 0,
 ):
+    starting = dashboard.startup_view(ctx)
+    if starting is not None:
+        # 503 with Retry-After, as the JSON routes answer meanwhile; the page reloads itself.
+        page = _page(request, "starting.html", 503, v=starting)
+        if starting.error is None:
+            page.headers["Retry-After"] = str(starting.refresh_s)
+        return page
     view = dashboard.home(ctx, status, subject, offset)
     return _page(request, "home.html", 422 if view.error else 200, v=view)
 
