@@ -160,7 +160,14 @@ class ServiceConfig(KeditConfig):
         le=1_000_000,
         description="the worker writes a weight snapshot (the dense edited layers) every this many versions, so a "
         "start replays only the versions after it; 0 = never. 50 bounds a replica's replay at ~50 batches "
-        "(~5 s at SmolLM2 shapes) for one snapshot's storage (the edited layers in float32; 2 kept)",
+        "(~5 s at SmolLM2 shapes) for one snapshot's storage (the edited layers in float32); see snapshot_keep",
+    )
+    snapshot_keep: int = Field(
+        6,
+        ge=1,
+        le=1000,
+        description="weight snapshots kept at most: the newest 2, then one per span of ages every·2^k "
+        "(nearest first), so a revert of an old batch rebuilds from a snapshot not far before it",
     )
     sync_poll_s: float = Field(5.0, gt=0, description="API replicas re-check the log this often besides pub/sub")
 

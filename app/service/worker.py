@@ -114,6 +114,7 @@ class Worker:
                 log.exception("could not choose or score the canaries; edits are applied without the guard")
         self.queue.ensure()
         self.refill()
+        self.snapshot()  # a worker that died after a revert's commit left snapshots it made stale
         self.active = True
 
     def refill(self) -> int:
@@ -169,10 +170,11 @@ class Worker:
         return total
 
     def snapshot(self) -> None:
-        """After a commit: drop snapshots a revert made unusable, write one every `snapshot_every`
-        versions. A snapshot only saves start-up time, so failing to write one never stops the worker."""
+        """After a commit (and at start): drop snapshots a revert made unusable or the schedule
+        superseded, write one every `snapshot_every` versions. A snapshot only saves start-up time, so failing to write one never stops the worker."""
+        faults.point("worker_before_snapshots")
         try:
-            self.host.snapshot_housekeeping(self.config.snapshot_every)
+            self.host.snapshot_housekeeping(self.config.snapshot_every, self.config.snapshot_keep)
         except Exception:
             log.exception("could not write or prune weight snapshots; starts replay more deltas meanwhile")
 
