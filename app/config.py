@@ -169,6 +169,13 @@ class ServiceConfig(KeditConfig):
         description="weight snapshots kept at most: the newest 2, then one per span of ages every·2^k "
         "(nearest first), so a revert of an old batch rebuilds from a snapshot not far before it",
     )
+    factor_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16",
+        description="dtype the worker rounds each batch's factors (U, V, keys) to before applying them, and "
+        "the log stores them in: replay stays exact since the weights received the rounded factors; bfloat16 "
+        "halves the log (float16 has 3 more mantissa bits but underflows below 6e-5); a key in "
+        "KEDIT_EDIT_OVERRIDES wins",
+    )
     sync_poll_s: float = Field(5.0, gt=0, description="API replicas re-check the log this often besides pub/sub")
 
     # Bounds on input.
@@ -225,6 +232,9 @@ class ServiceConfig(KeditConfig):
     guard_entropy_drop_total: float = Field(
         0.1, ge=0, le=1, description="generation-entropy drop vs the unedited model"
     )
+
+    def edit_settings(self) -> EditSettings:
+        return preset(self.preset, self.method, **{"factor_dtype": self.factor_dtype, **self.edit_overrides})
 
     @property
     def embedded(self) -> bool:

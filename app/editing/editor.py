@@ -30,8 +30,8 @@ from app.editing.types import BatchResult, EditError, EditOutcome, EditRequest, 
 def hash_weights(weights: dict[int, torch.Tensor]) -> str:
     """sha256 of the edited layers' float32 bytes in layer order: the hash the log stores per version."""
     h = hashlib.sha256()
-    for l in sorted(weights):
-        h.update(weights[l].detach().float().contiguous().cpu().numpy().tobytes())
+    for layer in sorted(weights):
+        h.update(weights[layer].detach().float().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -403,9 +403,12 @@ class Editor:
                     self.lambda_n[layer],
                     self.projector.get(layer),
                 )
-                delta = LayerDelta(layer, u.float().cpu(), v.float().cpu(), k32.cpu())
+                # Rounded before they are applied: the weights receive exactly what the log stores.
+                dt = getattr(torch, s.factor_dtype)
+                delta = LayerDelta(layer, u.to(dt).cpu(), v.to(dt).cpu(), k32.to(dt).cpu())
                 self._w(layer).add_(delta.matrix().to(self.lm.device))
-                self.preserved[layer] += k32.double() @ k32.double().T
+                kept = delta.keys.double().to(self.lm.device)
+                self.preserved[layer] += kept @ kept.T
                 deltas.append(delta)
         except BaseException:
             for l in self.layers:

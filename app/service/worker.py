@@ -171,7 +171,8 @@ class Worker:
 
     def snapshot(self) -> None:
         """After a commit (and at start): drop snapshots a revert made unusable or the schedule
-        superseded, write one every `snapshot_every` versions. A snapshot only saves start-up time, so failing to write one never stops the worker."""
+        superseded, write one every `snapshot_every` versions. A snapshot only saves time (a start,
+        a revert), so failing to write one never stops the worker."""
         faults.point("worker_before_snapshots")
         try:
             self.host.snapshot_housekeeping(self.config.snapshot_every, self.config.snapshot_keep)
