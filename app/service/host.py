@@ -162,8 +162,8 @@ class ModelHost:
                         )
                 batches = repo.live_batches(s, at_version)
                 start, from_version = self._load_snapshot(s, batches, target.id if target else 0)
-                for b in batches[start:]:
-                    self.editor.add_batch(b.id, repo.batch_deltas(s, b.id))
+                for batch_id, deltas in repo.batches_deltas(s, [b.id for b in batches[start:]]):
+                    self.editor.add_batch(batch_id, deltas)
             self._prove(target.id if target else 0, target.weights_hash if target else self.base_hash)
             if from_version:
                 log.info(
@@ -209,9 +209,7 @@ class ModelHost:
                 continue
             # A replica never solves, so it needs no keys now; a solving editor needs every batch's
             # keys for Σ K Kᵀ (and so loads all deltas; the snapshot saves it the dense additions).
-            deltas = (
-                None if getattr(self.editor, "replica", False) else {b: repo.batch_deltas(s, b) for b in snap.batch_ids}
-            )
+            deltas = None if getattr(self.editor, "replica", False) else dict(repo.batches_deltas(s, snap.batch_ids))
             try:
                 self.editor.load_snapshot(weights_from_bytes(data), list(snap.batch_ids), deltas)
                 got = self.editor.weights_hash()
@@ -233,9 +231,10 @@ class ModelHost:
 
     def _fill_deltas(self, s: Session, batch_ids: Sequence[int] | None = None) -> None:
         """Load the factors of the batches a snapshot stood for (all of them, or those among `batch_ids`)."""
-        missing = [b for b in self.editor.missing_deltas() if batch_ids is None or b in batch_ids]
+        wanted = None if batch_ids is None else set(batch_ids)
+        missing = [b for b in self.editor.missing_deltas() if wanted is None or b in wanted]
         if missing:
-            self.editor.fill_deltas({b: repo.batch_deltas(s, b) for b in missing})
+            self.editor.fill_deltas(dict(repo.batches_deltas(s, missing)))
 
     def _snapshot_before(self, s: Session, batch_id: int) -> tuple[dict[int, torch.Tensor], int] | None:
         """The newest usable snapshot that does not hold `batch_id`: (its weights, the live batches it holds).
