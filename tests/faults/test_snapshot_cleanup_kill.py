@@ -45,7 +45,7 @@ def test_kill_between_a_revert_commit_and_the_snapshot_cleanup(warm_cache, pg_ur
         warm_cache, pg_url, sup.REDIS, redis_prefix, KEDIT_BATCH_SIZE="1", KEDIT_SNAPSHOT_EVERY="1", KEDIT_CANARIES="0"
     )
     cl = cluster_factory(env)
-    api = cl.start_api()
+    api = cl.start_api(timeout=600)  # a bound for a loaded machine, not a timing
     engine = sup.sql_engine(pg_url)
     rng = random.Random(27)
     client = httpx.Client(base_url=api.url, timeout=60)
