@@ -148,7 +148,9 @@ def test_corrupt_snapshot_is_refused_and_replay_falls_back(rig, caplog):
     with transaction(ctx.sessions) as s:
         snap = s.scalar(select(WeightSnapshot))
         data = bytearray(snap.data)
-        data[-5] ^= 0xFF  # one flipped byte inside the last tensor
+        # One flipped mantissa bit among the bytes stored as they are (the top bytes are zlib's: a flip
+        # there would not decompress): still a snapshot that loads, of other weights.
+        data[len(data) // 3] ^= 0x01
         snap.data = bytes(data)
     with caplog.at_level(logging.ERROR, logger="app.service.host"):
         replica = ctx.host_replica()
