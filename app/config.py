@@ -200,7 +200,21 @@ class ServiceConfig(KeditConfig):
         le=1_000_000,
         description="the worker writes a weight snapshot (the dense edited layers) every this many versions, so a "
         "start replays only the versions after it; 0 = never. 50 bounds a replica's replay at ~50 batches "
-        "(~5 s at SmolLM2 shapes) for one snapshot's storage (the edited layers in float32; 2 kept)",
+        "(~5 s at SmolLM2 shapes) for one snapshot's storage (the edited layers in float32); see snapshot_keep",
+    )
+    snapshot_keep: int = Field(
+        6,
+        ge=1,
+        le=1000,
+        description="weight snapshots kept at most: the newest 2, then one per span of ages every·2^k "
+        "(nearest first), so a revert of an old batch rebuilds from a snapshot not far before it",
+    )
+    factor_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16",
+        description="dtype the worker rounds each batch's factors (U, V, keys) to before applying them, and "
+        "the log stores them in: replay stays exact since the weights received the rounded factors; bfloat16 "
+        "halves the log (float16 has 3 more mantissa bits but underflows below 6e-5); a key in "
+        "KEDIT_EDIT_OVERRIDES wins",
     )
     sync_poll_s: float = Field(5.0, gt=0, description="API replicas re-check the log this often besides pub/sub")
 
@@ -267,6 +281,9 @@ class ServiceConfig(KeditConfig):
             names = ["localhost", "127.0.0.1", "[::1]"]
             return [f"{n}:{self.port}" for n in names] + (names if self.port == 80 else [])
         return ["*"]
+
+    def edit_settings(self) -> EditSettings:
+        return preset(self.preset, self.method, **{"factor_dtype": self.factor_dtype, **self.edit_overrides})
 
     @property
     def embedded(self) -> bool:

@@ -108,6 +108,19 @@ LEVERS = [
         "the preset the screen started from, over 8 layers (3–10) instead of 5 (4–8)",
         overrides={"layers": [3, 4, 5, 6, 7, 8, 9, 10], "lambda_p": 1000.0, "lambda_n": 10.0},
     ),
+    # The service's log stores each batch's factors in 16 bits and its worker applies them rounded
+    # (KEDIT_FACTOR_DTYPE): the same edits with float32 factors and with the rounded ones.
+    Lever(
+        "factors-float32",
+        "today's smollm2 preset, its factors applied in float32",
+        overrides={"factor_dtype": "float32"},
+    ),
+    Lever(
+        "factors-bfloat16",
+        "today's smollm2 preset, its factors (U, V, keys) rounded to bfloat16 before they are applied, as the "
+        "service's worker does by default",
+        overrides={"factor_dtype": "bfloat16"},
+    ),
 ]
 
 

@@ -44,8 +44,9 @@ from load import stop, wait_ready  # noqa: E402  (the sibling script)
 
 from app.config import ServiceConfig  # noqa: E402
 from app.editing.types import BatchResult, EditOutcome, LayerDelta  # noqa: E402
-from app.service.host import ModelHost  # noqa: E402
+from app.service.host import ModelHost, snapshot_schedule  # noqa: E402
 from app.store import repo  # noqa: E402
+from app.store.codec import delta_to_bytes  # noqa: E402
 from app.store.db import ensure_schema, make_engine, session_factory, transaction  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -54,7 +55,7 @@ SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, n
 LAYERS = [4, 5, 6, 7, 8]
 # The worker solves nothing here but the revert's re-apply; its C₀ comes from a small corpus.
 OVERRIDES = {"stats_tokens": 2000, "n_prefixes": 2, "prefix_tokens": 4}
-GOALS = {"replica_ready_s": 10.0, "revert_rebuild_s": 2.0, "db_mb": 300.0}
+GOALS = {"replica_ready_s": 10.0, "revert_total_s": 2.0, "db_mb": 300.0, "verify_s": 60.0}
 
 
 def build_model(folder: Path) -> None:
@@ -95,18 +96,20 @@ def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0, snapshot_e
     )
     host.bootstrap()  # records the model (base hash, layers, templates) as a worker would
     g = torch.Generator().manual_seed(seed)
+    dt = getattr(torch, cfg.edit_settings().factor_dtype)  # rounded as the worker rounds them
     d, f = editor.base[LAYERS[0]].shape
     t0 = time.perf_counter()
     version = 0
+    raw_bytes = stored_bytes = 0
     for start in range(0, n_edits, batch):
         size = min(batch, n_edits - start)
         version += 1
         deltas = [
             LayerDelta(
                 layer,
-                torch.randn(d, size, generator=g) * 1e-3,
-                torch.randn(f, size, generator=g) * 1e-3,
-                torch.randn(f, size, generator=g),
+                (torch.randn(d, size, generator=g) * 1e-3).to(dt),
+                (torch.randn(f, size, generator=g) * 1e-3).to(dt),
+                torch.randn(f, size, generator=g).to(dt),
             )
             for layer in LAYERS
         ]
@@ -121,19 +124,31 @@ def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0, snapshot_e
             for i in range(size)
         ]
         outcomes = [EditOutcome(torch.randn(d, generator=g), 5, 0.01, 0.9) for _ in range(size)]
+        raw_bytes += sum(len(delta_to_bytes(dl, compress=False)) for dl in deltas)
+        stored_bytes += sum(len(delta_to_bytes(dl)) for dl in deltas)
         with transaction(sessions) as s:
             rows = repo.insert_edits(s, facts)
             repo.record_batch(
                 s, repo.Applied(version, weights_hash, norms), BatchResult(version, deltas, outcomes), rows, 1.0
             )
             if snapshot_every and version % snapshot_every == 0:
-                # What the worker's housekeeping writes (batch ids = versions here), newest 2 kept.
+                # What the worker's housekeeping writes (batch ids = versions here) and keeps.
                 repo.put_snapshot(s, version, list(range(1, version + 1)), editor.dense_weights())
-                repo.delete_snapshots(s, [x.version for x in repo.snapshots(s)[2:]])
+                have = [x.version for x in repo.snapshots(s)]
+                kept = snapshot_schedule(have, version, snapshot_every, cfg.snapshot_keep)
+                repo.delete_snapshots(s, [v for v in have if v not in kept])
         if version % 25 == 0:
             print(f"  {start + size} edits, {version} versions, {time.perf_counter() - t0:.0f} s", flush=True)
     engine.dispose()
-    return {"versions": version, "head_hash": weights_hash, "fill_s": time.perf_counter() - t0}
+    return {
+        "versions": version,
+        "head_hash": weights_hash,
+        "fill_s": time.perf_counter() - t0,
+        "factor_dtype": str(dt).removeprefix("torch."),
+        "factor_bytes_per_edit": stored_bytes / n_edits,
+        "factor_bytes_per_edit_uncompressed": raw_bytes / n_edits,
+        "compression_ratio": raw_bytes / stored_bytes,
+    }
 
 
 def db_size_mb(url: str) -> dict:
@@ -230,9 +245,12 @@ def time_api(cfg: ServiceConfig, prefix: str, port: int, offset: int) -> dict:
 
 
 def time_inprocess(cfg: ServiceConfig, snapshots: bool = False) -> dict:
+    from sqlalchemy import select
+
     from app.queue import LocalQueue
     from app.service import applying
     from app.service import edits as edit_service
+    from app.store.models import Edit
 
     out: dict = {}
     engine = make_engine(cfg.resolved_database_url())
@@ -270,17 +288,37 @@ def time_inprocess(cfg: ServiceConfig, snapshots: bool = False) -> dict:
     whost.bootstrap()  # replay: weights + the preservation sum of every live batch's keys
     out["worker_replay_s"] = time.perf_counter() - t
 
-    # Revert the oldest edit: its batch leaves (rebuild from W₀ + every other live batch) and its
-    # batch-mates come back from their stored z* as a new batch.
-    edit_service.request_revert(sessions, LocalQueue(), 1)
-    t = time.perf_counter()
-    report = applying.revert_edit(whost, 1)
-    out["revert_total_s"] = time.perf_counter() - t
-    assert report.applied == [1], report
-    t = time.perf_counter()
-    worker_editor._rebuild()  # the rebuild part alone, measured again on the same log
-    out["revert_rebuild_s"] = time.perf_counter() - t
-    out["revert_reapply_s"] = out["revert_total_s"] - out["revert_rebuild_s"]
+    # Revert the oldest edit: its batch leaves (no snapshot is older than it: the weights are rebuilt
+    # from W₀ + every other live batch) and its batch-mates come back from their stored z* as a new
+    # batch. Then an edit 10 versions from the head: rebuilt from the newest snapshot before it.
+    rebuilds: list[float] = []
+    remove = whost.remove_batch
+
+    def timed_remove(batch_id: int) -> None:
+        t = time.perf_counter()
+        remove(batch_id)
+        rebuilds.append(time.perf_counter() - t)
+
+    whost.remove_batch = timed_remove
+    with sessions() as s:
+        recent = s.scalars(
+            select(Edit.id).where(Edit.applied_version == max(1, whost.version - 10)).order_by(Edit.id).limit(1)
+        ).one()
+    for name, edit_id in (("revert_recent", recent), ("revert", 1)):  # the oldest makes every snapshot stale
+        edit_service.request_revert(sessions, LocalQueue(), edit_id)
+        t = time.perf_counter()
+        report = applying.revert_edit(whost, edit_id)
+        out[f"{name}_total_s"] = time.perf_counter() - t
+        assert report.applied == [edit_id], report
+        out[f"{name}_rebuild_s"] = rebuilds[-1]
+        out[f"{name}_reapply_s"] = out[f"{name}_total_s"] - out[f"{name}_rebuild_s"]
+        assert whost.weights_hash == worker_editor.weights_hash()
+    # Both reverts give the bits of a replay from W₀ of the log without them: proven on the hash.
+    check = cfg.load_editor("replica")
+    chost = ModelHost(check, sessions, check.lm.name, check.layers)
+    chost.use_snapshots = False
+    chost.bootstrap()
+    assert chost.weights_hash == whost.weights_hash
     engine.dispose()
     return out
 
@@ -352,13 +390,15 @@ def main() -> None:
             "V": [1536, args.batch_size],
             "keys": [1536, args.batch_size],
         },
-        "codec": "safetensors float32 (u, v, keys), as stored by app/store/codec.py",
+        "codec": "safetensors of u, v, keys in KEDIT_FACTOR_DTYPE, top bytes zlib-compressed, as app/store/codec.py "
+        "stores them",
         "cpu": f"{os.cpu_count()} cores, shared",
         "torch_threads": torch.get_num_threads(),
     }
     try:
         print(f"filling {url} with {args.edits} edits in batches of {args.batch_size} ...", flush=True)
         results["snapshot_every"] = args.snapshot_every
+        results["snapshot_keep"] = cfg.snapshot_keep
         results.update(fill(cfg, args.edits, args.batch_size, snapshot_every=args.snapshot_every))
         results.update(db_size_mb(cfg.resolved_database_url()))
         print(json.dumps({k: v for k, v in results.items() if k.endswith(("_mb", "_s"))}), flush=True)
@@ -388,12 +428,17 @@ def goals(r: dict, at: int = 10_000) -> dict:
             "got": r["api_start_to_ready_s"],
             f"scaled_to_{at}": fixed_start + r["replica_replay_s"] * k,
         },
-        "revert_rebuild_s": {
-            "goal": GOALS["revert_rebuild_s"],
+        "revert_total_s": {
+            "goal": GOALS["revert_total_s"],
             "at_edits": r["edits"],
-            "got": r["revert_rebuild_s"],
-            f"scaled_to_{at}": r["revert_rebuild_s"] * k,
-            "plus_reapply_s": r["revert_reapply_s"],
+            "got": r["revert_total_s"],
+            f"scaled_to_{at}": r["revert_rebuild_s"] * k + r["revert_reapply_s"],
+        },
+        "verify_s": {
+            "goal": GOALS["verify_s"],
+            "at_edits": r["edits"],
+            "got": r["verify_s"],
+            f"scaled_to_{at}": max(r["verify_s"] - r["replica_replay_s"], 0.0) + r["replica_replay_s"] * k,
         },
         "db_mb": {
             "goal": GOALS["db_mb"],
@@ -439,9 +484,8 @@ def write(r: dict) -> None:
             f"| replica replay alone from the newest weight snapshot + its {r['replica_snapshot_deltas']} later deltas "
             f"(snapshots every {r['snapshot_every']} versions; same hash) | {r['replica_replay_snapshot_s']:.1f} s | "
             f"≤ {x['goal']:.0f} s for an api replica: {verdict(x)}, as the api's fixed start + the snapshot's load "
-            f"({x['snapshot_load_s']:.1f} s) + the worst case of {r['snapshot_every'] - 1} deltas, "
-            f"whatever the log's length |\n"
-            f"| weight snapshots stored (2 kept) | {r.get('weight_snapshots_mb', 0):.0f} MB | |\n"
+            f"({x['snapshot_load_s']:.1f} s) + the worst case of {r['snapshot_every'] - 1} deltas, whatever the log's length |\n"
+            f"| weight snapshots stored (the schedule's, at most {r.get('snapshot_keep', 2)}; compressed) | {r.get('weight_snapshots_mb', 0):.0f} MB | |\n"
         )
     snap_arg = f" --snapshot-every {r['snapshot_every']}" if r.get("snapshot_every") else ""
     no_snap = " replaying from W₀ (no snapshots)" if r.get("snapshot_every") else ""
@@ -458,24 +502,6 @@ def write(r: dict) -> None:
     )
     worker_how = " (from the newest snapshot; every live batch's keys still loaded)" if r.get("snapshot_every") else ""
     api_how = "from the newest weight snapshot" if r.get("snapshot_every") else "from W₀"
-    db_row = (
-        f"| database size | {r['database_mb']:.0f} MB (layer_deltas {r['layer_deltas_mb']:.0f} MB, of which factor "
-        f"bytes {r['delta_payload_mb']:.0f} MB; edits {r['edits_mb']:.0f} MB) | "
-        f"≤ {g['db_mb']['goal']:.0f} MB: {verdict(g['db_mb'])} |"
-    )
-    api_row = (
-        f"| `kedit api` start → /ready (process start, model load, replay {api_how}, hash proof) | "
-        f"{r['api_start_to_ready_s']:.1f} s | "
-        f"≤ {g['replica_ready_s']['goal']:.0f} s{no_snap}: {verdict(g['replica_ready_s'])} |"
-    )
-    api_part_row = (
-        f"| … of which model load + replay + proof in the api process (its log) | "
-        f"{r.get('api_load_and_replay_s', float('nan')):.1f} s | |"
-    )
-    rebuild_row = (
-        f"| … of which the rebuild (W₀ + every other live batch) | {r['revert_rebuild_s']:.1f} s | "
-        f"≤ {g['revert_rebuild_s']['goal']:.0f} s + re-apply: {verdict(g['revert_rebuild_s'])} |"
-    )
     md = f"""# The edit log at {r["edits"]:,} edits (benchmarks/log_scale.py)
 
 PostgreSQL on 127.0.0.1, {r["cpu"]} (other jobs running beside it), torch threads {r["torch_threads"]}.
@@ -486,15 +512,18 @@ Command: `nice .venv/bin/python benchmarks/log_scale.py --edits {r["edits"]}{sna
 
 | measure | value | goal |
 |---|---|---|
-{db_row}
-{api_row}
-{api_part_row}
+| factors stored per edit ({r.get("factor_dtype", "float32")}, 5 layers) | {r.get("factor_bytes_per_edit", 0):,.0f} bytes ({r.get("factor_bytes_per_edit_uncompressed", 0):,.0f} before compression: ratio {r.get("compression_ratio", 1):.2f}) | |
+| database size | {r["database_mb"]:.0f} MB (layer_deltas {r["layer_deltas_mb"]:.0f} MB, of which factor bytes {r["delta_payload_mb"]:.0f} MB; edits {r["edits_mb"]:.0f} MB) | ≤ {g["db_mb"]["goal"]:.0f} MB: {verdict(g["db_mb"])} |
+| `kedit api` start → /ready (process start, model load, replay {api_how}, hash proof) | {r["api_start_to_ready_s"]:.1f} s | ≤ {g["replica_ready_s"]["goal"]:.0f} s{no_snap}: {verdict(g["replica_ready_s"])} |
+| … of which model load + replay + proof in the api process (its log) | {r.get("api_load_and_replay_s", float("nan")):.1f} s | |
 {base_row}| replica replay alone (in-process, from W₀ and every delta) | {r["replica_replay_s"]:.1f} s | |
 {snap_rows}| worker start-up replay incl. preservation sum Σ K Kᵀ{worker_how} | {r["worker_replay_s"]:.1f} s | |
-| `kedit verify` (process) | {r["verify_s"]:.1f} s | |
-| revert of the oldest edit, total | {r["revert_total_s"]:.1f} s | |
-{rebuild_row}
+| `kedit verify` (process: start, model load, replay from W₀ of every live delta, hash proof) | {r["verify_s"]:.1f} s | ≤ {g["verify_s"]["goal"]:.0f} s: {verdict(g["verify_s"])} |
+| revert of the oldest edit, total | {r["revert_total_s"]:.1f} s | ≤ {g["revert_total_s"]["goal"]:.0f} s: {verdict(g["revert_total_s"])} |
+| … of which the rebuild (no snapshot is older than it: W₀ + every other live batch) | {r["revert_rebuild_s"]:.1f} s | |
 | … of which the re-apply of its {r["batch_size"] - 1} batch-mates | {r["revert_reapply_s"]:.1f} s | |
+| revert of an edit 10 versions from the head, total | {r.get("revert_recent_total_s", float("nan")):.1f} s | |
+| … of which the rebuild (from the newest snapshot before it + the later deltas) | {r.get("revert_recent_rebuild_s", float("nan")):.1f} s | |
 | GET /edits?offset={max(1, min(9000, r["edits"] - 50))}&limit=50 (median of 5) | {r["get_edits_offset_ms"]:.0f} ms | |
 | GET /edits/{{id}} (median of 5) | {r["get_edit_ms"]:.0f} ms | |
 | GET /health/norms (median of 5) | {r["health_norms_ms"]:.0f} ms | |

@@ -162,11 +162,10 @@ def create_app(
     async def service_error(request: Request, exc: ServiceError):
         if isinstance(exc, OpenAIError):
             return JSONResponse(exc.body(), status_code=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy | Starting) else None
         if isinstance(exc, Starting):
-            headers = {"Retry-After": str(exc.retry_after)}
             return _error(request, exc.status_code, exc.message, {"startup": exc.startup}, headers=headers)
         extra = {"errors": exc.errors} if isinstance(exc, BodyInvalid) else None
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
         return _error(request, exc.status_code, exc.message, extra, headers)
 
     @app.exception_handler(sqlalchemy_exc.OperationalError)

@@ -34,6 +34,14 @@ from app.editing.targets import compute_targets
 from app.editing.types import BatchResult, EditError, EditOutcome, EditRequest, LayerDelta, LayerNorms
 
 
+def hash_weights(weights: dict[int, torch.Tensor]) -> str:
+    """sha256 of the edited layers' float32 bytes in layer order: the hash the log stores per version."""
+    h = hashlib.sha256()
+    for layer in sorted(weights):
+        h.update(weights[layer].detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 class Editor:
     def __init__(
         self,
@@ -109,10 +117,7 @@ class Editor:
         return list(self.live)
 
     def weights_hash(self) -> str:
-        h = hashlib.sha256()
-        for layer in self.layers:
-            h.update(self._w(layer).detach().float().contiguous().cpu().numpy().tobytes())
-        return h.hexdigest()
+        return hash_weights({layer: self._w(layer) for layer in self.layers})
 
     def norms(self) -> list[LayerNorms]:
         out = []
@@ -185,15 +190,7 @@ class Editor:
         deltas = deltas or {}
         if self.preserved and any(b not in deltas for b in batch_ids):
             raise EditError("an editor that solves needs every live batch's keys (Σ K Kᵀ), not only a snapshot")
-        if sorted(weights) != self.layers:
-            raise EditError(f"the snapshot holds layers {sorted(weights)}, this editor edits {self.layers}")
-        for layer in self.layers:  # all checked before any is copied: a refused snapshot leaves W₀ alone
-            w = self._w(layer)
-            if weights[layer].shape != w.shape or weights[layer].dtype != w.dtype:
-                raise EditError(
-                    f"the snapshot's layer {layer} is {tuple(weights[layer].shape)} {weights[layer].dtype}, "
-                    f"the model's is {tuple(w.shape)} {w.dtype}"
-                )
+        self._check_dense(weights, "the snapshot")  # before any is copied: a refused snapshot leaves W₀ alone
         with torch.no_grad():
             for layer in self.layers:
                 self._w(layer).copy_(weights[layer])
@@ -247,15 +244,51 @@ class Editor:
                 raise EditError(f"batch {b} is not applied")
             self.live[b] = sorted(ds, key=lambda d: d.layer)
 
-    def remove_batch(self, batch_id: int) -> None:
-        """Take a batch out: weights and preservation sums are rebuilt from W₀ and the remaining live batches."""
+    def remove_batch(self, batch_id: int, start: tuple[dict[int, torch.Tensor], int] | None = None) -> None:
+        """Take a batch out: the weights are rebuilt from W₀, or from `start` = (the dense weights of
+        W₀ + the first n live batches, n), by adding the remaining live batches in order: the bits a
+        replay of the log without the batch gives. The batch must come after those n.
+
+        Σ K Kᵀ loses the batch's keys by subtraction rather than a rebuild over every live batch
+        (the rebuild is what made a revert grow with the log): equal to a replay's sum up to float64
+        rounding. It only enters new solves, whose factors the log stores, so the log stays exact."""
         if batch_id not in self.live:
             raise EditError(f"batch {batch_id} is not applied")
-        if self.missing_deltas():
-            # Rebuilding from W₀ needs every remaining batch's factors; the caller loads them first.
-            raise EditError(f"batches {self.missing_deltas()} came from a snapshot: fill_deltas() before a rebuild")
-        del self.live[batch_id]
-        self._rebuild()
+        order = list(self.live)
+        weights, n = start if start is not None else (self.base, 0)
+        if order.index(batch_id) < n:
+            raise EditError(f"batch {batch_id} is inside the weights the rebuild starts from")
+        self._check_dense(weights, "the rebuild's start")
+        rest = [b for b in order[n:] if b != batch_id]
+        missing = [b for b in rest if self.live[b] is None]
+        if missing:
+            # The rebuild adds these batches' factors; the caller loads them first.
+            raise EditError(f"batches {missing} came from a snapshot: fill_deltas() before a rebuild")
+        removed = self.live.pop(batch_id)
+        if self.preserved and removed is None:
+            raise EditError(f"batch {batch_id} has no keys loaded: Σ K Kᵀ cannot lose them")
+        with torch.no_grad():
+            for layer in self.layers:
+                self._w(layer).copy_(weights[layer])
+            for b in rest:
+                for d in self.live[b] or ():  # none is None: checked above
+                    self._w(d.layer).add_(d.matrix().to(self.lm.device))
+            for d in removed or []:
+                if d.layer in self.preserved:
+                    k = d.keys.double().to(self.lm.device)
+                    self.preserved[d.layer] -= k @ k.T
+
+    def _check_dense(self, weights: dict[int, torch.Tensor], what: str) -> None:
+        """Every edited layer, of the model's shape and dtype: checked before any weight is copied."""
+        if sorted(weights) != self.layers:
+            raise EditError(f"{what} holds layers {sorted(weights)}, this editor edits {self.layers}")
+        for layer in self.layers:
+            w = self._w(layer)
+            if weights[layer].shape != w.shape or weights[layer].dtype != w.dtype:
+                raise EditError(
+                    f"{what}'s layer {layer} is {tuple(weights[layer].shape)} {weights[layer].dtype}, "
+                    f"the model's is {tuple(w.shape)} {w.dtype}"
+                )
 
     def reset(self) -> None:
         """Back to the base weights: every batch dropped in one rebuild."""
@@ -388,9 +421,12 @@ class Editor:
                     self.lambda_n[layer],
                     self.projector.get(layer),
                 )
-                delta = LayerDelta(layer, u.float().cpu(), v.float().cpu(), k32.cpu())
+                # Rounded before they are applied: the weights receive exactly what the log stores.
+                dt = getattr(torch, settings.factor_dtype)
+                delta = LayerDelta(layer, u.to(dt).cpu(), v.to(dt).cpu(), k32.to(dt).cpu())
                 self._w(layer).add_(delta.matrix().to(self.lm.device))
-                self.preserved[layer] += k32.double() @ k32.double().T
+                kept = delta.keys.double().to(self.lm.device)
+                self.preserved[layer] += kept @ kept.T
                 deltas.append(delta)
         except BaseException:
             for layer in self.layers:

@@ -10,6 +10,7 @@ ENCORE, MEMIT and AlphaEdit differ only in these numbers (docs/method.md §3):
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -73,6 +74,12 @@ class EditSettings(BaseModel):
     )
     lambda_n_relative: bool = Field(
         False, description="multiply λn by C₀'s mean eigenvalue tr(C₀)/f, so that it weighs the same at any key scale"
+    )
+
+    # What is written: the factors (U, V and the keys) rounded to this dtype before they enter the
+    # weights, so that a log storing them in it holds exactly what the weights received.
+    factor_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the factors U, V and the keys are rounded to before they are applied"
     )
 
     # Key statistics C₀ = E[k kᵀ].

@@ -117,9 +117,10 @@ class LayerDelta:
     """
 
     layer: int
-    u: torch.Tensor  # (d, B) float32
-    v: torch.Tensor  # (f, B) float32
-    keys: torch.Tensor  # (f, B) float32
+    # float32, or the 16-bit dtype the editor rounded them to (settings.factor_dtype)
+    u: torch.Tensor  # (d, B)
+    v: torch.Tensor  # (f, B)
+    keys: torch.Tensor  # (f, B)
 
     def matrix(self) -> torch.Tensor:
         """ΔW as float32, computed in float64 so every process gets the same bits."""

@@ -185,7 +185,7 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guar
     t0 = time.perf_counter()
     try:
         with host.writing():
-            host.editor.remove_batch(old_batch)
+            host.remove_batch(old_batch)  # from the newest usable snapshot before it, or W₀
             result = host.editor.reapply(requests, z_stars, new_batch) if survivors else None
             weights_hash = host.editor.weights_hash()
             norms = host.editor.norms()

@@ -10,6 +10,8 @@
     worker_guard_bisect   the guard (policy reject) is writing one group of the batch on trial
     worker_after_commit   the batch (or revert) is committed; nothing is acked yet
     worker_after_ack      XACK done; the version is not announced yet ("during publish")
+    worker_before_snapshots  a commit is acked and announced; the snapshots a revert made stale
+                          are not deleted yet (also at a worker's start, before its clean-up)
     api_before_commit     POST /edits: rows inserted, transaction not yet committed
     api_after_commit      POST /edits: rows committed, nothing queued, nothing answered
     api_after_queue       POST /edits: queued (XADD), nothing answered

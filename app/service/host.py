@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -20,9 +21,10 @@ import torch
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.editing.editor import hash_weights
 from app.editing.model import LoadedModel
 from app.editing.progress import SILENT, Monitor
-from app.editing.types import BatchResult, EditRequest, LayerDelta, LayerNorms
+from app.editing.types import BatchResult, EditError, EditRequest, LayerDelta, LayerNorms
 from app.service.rwlock import RWLock
 from app.store import repo
 from app.store.codec import weights_from_bytes
@@ -39,7 +41,7 @@ class EditorLike(Protocol):
 
     def apply(self, requests: list[EditRequest], batch_id: int) -> BatchResult: ...
     def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None: ...
-    def remove_batch(self, batch_id: int) -> None: ...
+    def remove_batch(self, batch_id: int, start: tuple[dict[int, torch.Tensor], int] | None = None) -> None: ...
     def dense_weights(self) -> dict[int, torch.Tensor]: ...
     def load_snapshot(
         self, weights: dict[int, torch.Tensor], batch_ids: list[int], deltas: dict[int, list[LayerDelta]] | None = None
@@ -64,6 +66,24 @@ def _reset(editor: EditorLike) -> None:
     """Back to the base weights in one rebuild (removing n batches one by one would cost O(n²))."""
     if editor.batch_ids:
         editor.reset()
+
+
+def snapshot_schedule(versions: Sequence[int], head: int, every: int, keep: int) -> set[int]:
+    """Which snapshots to keep: the newest two, then the oldest one in each span of ages
+    [every·2^k, every·2^(k+1)), nearest spans first, `keep` in all. A revert rebuilds from the
+    newest snapshot before its batch, so a batch of any age finds one at most about its own age
+    older than itself (plus `every` for the young), for log(versions) snapshots of storage."""
+    ordered = sorted(versions, reverse=True)
+    kept = set(ordered[: min(2, keep)])
+    spans: dict[int, int] = {}
+    for v in ordered[2:]:
+        age = max(head - v, every)
+        spans[int(math.log2(age / every))] = v  # newest first: the last one written is the span's oldest
+    for span in sorted(spans):
+        if len(kept) >= keep:
+            break
+        kept.add(spans[span])
+    return kept
 
 
 class ReplayMismatch(RuntimeError):
@@ -162,9 +182,9 @@ class ModelHost:
                     total=len(rest),
                     unit="batches",
                 )
-                for i, b in enumerate(rest, 1):
+                for i, (batch_id, deltas) in enumerate(repo.batches_deltas(s, [b.id for b in rest]), 1):
                     monitor.check()
-                    self.editor.add_batch(b.id, repo.batch_deltas(s, b.id))
+                    self.editor.add_batch(batch_id, deltas)
                     monitor.advance(i)
             self._prove(target.id if target else 0, target.weights_hash if target else self.base_hash)
             if from_version:
@@ -211,9 +231,7 @@ class ModelHost:
                 continue
             # A replica never solves, so it needs no keys now; a solving editor needs every batch's
             # keys for Σ K Kᵀ (and so loads all deltas; the snapshot saves it the dense additions).
-            deltas = (
-                None if getattr(self.editor, "replica", False) else {b: repo.batch_deltas(s, b) for b in snap.batch_ids}
-            )
+            deltas = None if getattr(self.editor, "replica", False) else dict(repo.batches_deltas(s, snap.batch_ids))
             try:
                 self.editor.load_snapshot(weights_from_bytes(data), list(snap.batch_ids), deltas)
                 got = self.editor.weights_hash()
@@ -233,11 +251,88 @@ class ModelHost:
             return n, snap.version
         return 0, 0
 
-    def _fill_deltas(self, s: Session) -> None:
-        """Before a rebuild from W₀ (a revert): load the factors of the batches a snapshot stood for."""
-        missing = self.editor.missing_deltas()
+    def _fill_deltas(self, s: Session, batch_ids: Sequence[int] | None = None) -> None:
+        """Load the factors of the batches a snapshot stood for (all of them, or those among `batch_ids`)."""
+        wanted = None if batch_ids is None else set(batch_ids)
+        missing = [b for b in self.editor.missing_deltas() if wanted is None or b in wanted]
         if missing:
-            self.editor.fill_deltas({b: repo.batch_deltas(s, b) for b in missing})
+            self.editor.fill_deltas(dict(repo.batches_deltas(s, missing)))
+
+    def _snapshot_before(self, s: Session, batch_id: int) -> tuple[dict[int, torch.Tensor], int] | None:
+        """The newest usable snapshot that does not hold `batch_id`: (its weights, the live batches it holds).
+
+        Usable: its batches are exactly the first live batches (in this editor's order, which is the
+        log's at our version), all before `batch_id`; its bytes match their sha256; its weights hash to
+        its version's stored hash. Then W₀ + those batches in order gave exactly these bits, and
+        adding the later ones in order gives the bits of a replay without `batch_id`."""
+        if not self.use_snapshots:
+            return None
+        order = self.editor.batch_ids
+        pos = order.index(batch_id)
+        for snap in repo.snapshots(s, self.version):
+            n = len(snap.batch_ids)
+            if n == 0 or n > pos or list(snap.batch_ids) != order[:n]:
+                continue
+            weights = self._checked_snapshot(s, snap)
+            if weights is not None:
+                return weights, n
+        return None
+
+    def _checked_snapshot(self, s: Session, snap) -> dict[int, torch.Tensor] | None:
+        """A snapshot's weights if its bytes match their sha256 and the weights its version's hash, else None."""
+        version = repo.get_version(s, snap.version)
+        data = repo.snapshot_data(s, snap.version)
+        if version is None or data is None:
+            return None
+        # The snapshot stands for W₀ + its batches in order only if they were the live batches of its version.
+        if [b.id for b in repo.live_batches(s, snap.version)] != list(snap.batch_ids):
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != snap.sha256:
+            log.error(
+                "weight snapshot of version %d is corrupt (its bytes hash to %s, it was stored as %s): not using it",
+                snap.version,
+                digest[:12],
+                snap.sha256[:12],
+            )
+            return None
+        try:
+            weights = weights_from_bytes(data)
+            got = hash_weights(weights)
+        except Exception as exc:
+            log.error("weight snapshot of version %d cannot be loaded (%s): not using it", snap.version, exc)
+            return None
+        if got != version.weights_hash:
+            log.error(
+                "weight snapshot of version %d hashes to %s, the log says %s: not using it",
+                snap.version,
+                got[:12],
+                version.weights_hash[:12],
+            )
+            return None
+        return weights
+
+    def _remove_batch(self, s: Session, batch_id: int) -> None:
+        """Take a batch out of the weights: rebuilt from the newest usable snapshot before it, or W₀."""
+        start = self._snapshot_before(s, batch_id)
+        order = self.editor.batch_ids
+        self._fill_deltas(s, order[start[1] if start else 0 :])
+        try:
+            self.editor.remove_batch(batch_id, start)
+        except EditError as exc:
+            if start is None:
+                raise
+            # A snapshot of another model's shapes: refused before any weight was copied.
+            log.error("weight snapshot holding %d batches cannot be used (%s): rebuilding from W₀", start[1], exc)
+            self._fill_deltas(s)
+            self.editor.remove_batch(batch_id)
+        if start:
+            log.info("batch %d taken out: rebuilt from the snapshot holding %d batches", batch_id, start[1])
+
+    def remove_batch(self, batch_id: int) -> None:
+        """For the worker's revert (under writing()): `batch_id` out of the weights, as _remove_batch."""
+        with self.sessions() as s:
+            self._remove_batch(s, batch_id)
 
     def fill_missing_deltas(self) -> None:
         """For readers of every live batch's factors (export of deltas) after a start from a snapshot."""
@@ -247,10 +342,11 @@ class ModelHost:
 
     # --- snapshots (the worker writes them) ------------------------------------------------------
 
-    def snapshot_housekeeping(self, every: int, keep: int = 2) -> int | None:
+    def snapshot_housekeeping(self, every: int, keep: int = 6) -> int | None:
         """Drop snapshots a revert invalidated; write one of the weights now served when `every`
-        versions have passed since the newest; keep the newest `keep`. Returns the version written.
-        Only the worker calls this, after its commit: its weights are exactly the log's head."""
+        versions have passed since the newest; keep those `snapshot_schedule` keeps. Returns the
+        version written. Only the worker calls this, after its commit (or at its start): its weights
+        are exactly the log's head."""
         with self._rw.read():
             with transaction(self.sessions) as s:
                 order = [b.id for b in repo.live_batches(s)]
@@ -258,9 +354,9 @@ class ModelHost:
                 snaps = repo.snapshots(s)
                 stale = [x.version for x in snaps if not set(x.batch_ids) <= live]
                 repo.delete_snapshots(s, stale)
-                snaps = [x for x in snaps if x.version not in stale]
+                versions = [x.version for x in snaps if x.version not in stale]
                 written = None
-                newest = snaps[0].version if snaps else 0
+                newest = versions[0] if versions else 0
                 # The editor's batches must be the log's live batches in replay order, or the
                 # snapshot would not stand for the prefix a later start assumes.
                 if (
@@ -273,13 +369,14 @@ class ModelHost:
                         raise ReplayMismatch("the worker's weights are not those of its version: no snapshot")
                     repo.put_snapshot(s, self.version, self.editor.batch_ids, self.editor.dense_weights())
                     written = self.version
-                # The newest `keep` stay, the one just written counted among them.
-                old_kept = max(keep - 1, 0) if written is not None else keep
-                repo.delete_snapshots(s, [x.version for x in snaps[old_kept:]])
+                    versions.insert(0, written)
+                kept = snapshot_schedule(versions, self.version, max(every, 1), keep)
+                dropped = [v for v in versions if v not in kept]
+                repo.delete_snapshots(s, dropped)
         if stale:
             log.info("deleted %d weight snapshots a revert made unusable", len(stale))
         if written:
-            log.info("wrote a weight snapshot of version %d", written)
+            log.info("wrote a weight snapshot of version %d (%d superseded by the schedule)", written, len(dropped))
         return written
 
     def _prove(self, version: int, expected: str) -> None:
@@ -312,8 +409,7 @@ class ModelHost:
                     return self.version
                 for v in news:
                     if v.removed_batch_id is not None:
-                        self._fill_deltas(s)
-                        self.editor.remove_batch(v.removed_batch_id)
+                        self._remove_batch(s, v.removed_batch_id)
                     if v.added_batch_id is not None:
                         self.editor.add_batch(v.added_batch_id, repo.batch_deltas(s, v.added_batch_id))
             self._prove(news[-1].id, news[-1].weights_hash)

@@ -125,6 +125,7 @@ class Worker:
                     startup.finish_stage()
         self.queue.ensure()
         self.refill()
+        self.snapshot()  # a worker that died after a revert's commit left snapshots it made stale
         self.active = True
 
     def refill(self) -> int:
@@ -180,10 +181,12 @@ class Worker:
         return total
 
     def snapshot(self) -> None:
-        """After a commit: drop snapshots a revert made unusable, write one every `snapshot_every`
-        versions. A snapshot only saves start-up time, so failing to write one never stops the worker."""
+        """After a commit (and at start): drop snapshots a revert made unusable or the schedule
+        superseded, write one every `snapshot_every` versions. A snapshot only saves time (a start,
+        a revert), so failing to write one never stops the worker."""
+        faults.point("worker_before_snapshots")
         try:
-            self.host.snapshot_housekeeping(self.config.snapshot_every)
+            self.host.snapshot_housekeeping(self.config.snapshot_every, self.config.snapshot_keep)
         except Exception:
             log.exception("could not write or prune weight snapshots; starts replay more deltas meanwhile")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -203,6 +203,23 @@ def live_batches(s: Session, at_version: int | None = None) -> list[Batch]:
 def batch_deltas(s: Session, batch_id: int) -> list[LayerDelta]:
     rows = s.scalars(select(LayerDeltaRow).where(LayerDeltaRow.batch_id == batch_id).order_by(LayerDeltaRow.layer))
     return [delta_from_bytes(r.layer, r.data) for r in rows]
+
+
+def batches_deltas(s: Session, batch_ids: Sequence[int], chunk: int = 64) -> Iterator[tuple[int, list[LayerDelta]]]:
+    """(batch id, its deltas) for each of `batch_ids`, in that order, `chunk` batches per query (a
+    replay of a long log would otherwise make one round trip per batch)."""
+    ids = list(batch_ids)
+    for i in range(0, len(ids), chunk):
+        part = ids[i : i + chunk]
+        rows = s.execute(
+            select(LayerDeltaRow.batch_id, LayerDeltaRow.layer, LayerDeltaRow.data)
+            .where(LayerDeltaRow.batch_id.in_(part))
+            .order_by(LayerDeltaRow.batch_id, LayerDeltaRow.layer)
+        ).all()
+        by_batch: dict[int, list[LayerDelta]] = {b: [] for b in part}
+        for batch_id, layer, data in rows:
+            by_batch[batch_id].append(delta_from_bytes(layer, data))
+        yield from by_batch.items()
 
 
 def live_edits_of_batch(s: Session, batch_id: int) -> list[Edit]:

@@ -12,6 +12,7 @@ from app.queue import LocalQueue
 from app.service import edits as edit_service
 from app.service.context import ServiceContext
 from app.store import repo
+from app.store.codec import delta_from_bytes
 from app.store.models import LayerDeltaRow
 from tests.utils.service import FACTS
 
@@ -19,16 +20,23 @@ from tests.utils.service import FACTS
 def _row_dtypes(ctx) -> list[torch.dtype]:
     with ctx.sessions() as s:
         rows = s.scalars(select(LayerDeltaRow).order_by(LayerDeltaRow.batch_id, LayerDeltaRow.layer)).all()
-        return [repo.delta_from_bytes(r.layer, r.data).u.dtype for r in rows]
+        return [delta_from_bytes(r.layer, r.data).u.dtype for r in rows]
 
 
-def _edit(ctx, facts) -> None:
+def _edit(ctx, facts, revert: int | None = None) -> None:
+    """Apply `facts` with one worker (the only one of this context: it owns the metrics), then revert one."""
     worker = ctx.build_worker()
     assert worker.lock.try_acquire()
     try:
         edit_service.submit(ctx.sessions, ctx.queue, facts)
+        applied: list[int] = []
         for _ in facts:
-            assert worker.step().applied
+            if len(applied) < len(facts):
+                applied += worker.step().applied
+        assert len(applied) == len(facts)
+        if revert is not None:
+            edit_service.request_revert(ctx.sessions, ctx.queue, revert)
+            assert worker.step().applied == [revert]
     finally:
         worker.lock.release()
 
@@ -60,19 +68,13 @@ def test_old_float32_rows_replay_beside_16_bit_ones(make_config):
         ctx.close()
     ctx = ServiceContext.open(cfg.model_copy(update={"factor_dtype": "bfloat16"}), queue=LocalQueue())
     try:
-        _edit(ctx, FACTS[2:4])
-        assert _row_dtypes(ctx)[0] == torch.float32 and _row_dtypes(ctx)[-1] == torch.bfloat16
-        _replays_to_head(ctx)
-        # A revert of an old float32 batch: the rebuild adds both kinds, the hash is proven again.
         with ctx.sessions() as s:
             first = min(e.id for e in repo.list_edits(s, "applied", 10, 0)[0])
-        worker = ctx.build_worker()
-        assert worker.lock.try_acquire()
-        try:
-            edit_service.request_revert(ctx.sessions, ctx.queue, first)
-            assert worker.step().applied == [first]
-        finally:
-            worker.lock.release()
+        # Two 16-bit batches on top, then a revert of the first float32 one: the rebuild adds both
+        # kinds of rows, and the hash is proven again.
+        _edit(ctx, FACTS[2:4], revert=first)
+        dtypes = _row_dtypes(ctx)
+        assert dtypes[0] == torch.float32 and dtypes[-1] == torch.bfloat16
         _replays_to_head(ctx)
     finally:
         ctx.close()
