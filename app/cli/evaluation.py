@@ -31,8 +31,9 @@ eval_app = typer.Typer(
     help=(
         "Sequential knowledge-editing evaluation (docs/method.md §5). Edits the first N records of a CounterFact "
         "or zsRE file in batches of B on one model, scores the unedited model and the edited one (ES/PS/NS/S/GE, "
-        "or zsRE token accuracies), records seconds per edit and the norm of every edited matrix, and writes "
-        "DIR/summary.json with scores.png, norms.png and health.png. See docs/eval.md."
+        "or zsRE token accuracies) and what a user reads (greedy answers to the edit and paraphrase prompts, a chat "
+        "question, neighbourhood and generic prompts), records seconds per edit and the norm of every edited "
+        "matrix, and writes DIR/summary.json with scores.png, answers.png, norms.png and health.png. See docs/eval.md."
     ),
     no_args_is_help=True,
     invoke_without_command=True,
@@ -133,7 +134,13 @@ def _run_main(
     zsre_target: ZsreTargetName = typer.Option(
         ZsreTargetName.answers, help="zsRE edit target: 'answers' (answers[0], as in the MEMIT/ENCORE code) or 'alt'"
     ),
-    score_batch_size: int = typer.Option(32, min=1, help="sequences per forward pass when scoring"),
+    score_batch_size: int = typer.Option(
+        32, min=1, help="sequences per forward pass when scoring (and per batch of greedy answers)"
+    ),
+    answer_metrics: bool = typer.Option(
+        True,
+        help="also judge the model's greedy answers: generation and chat efficacy, leak, kept, drift (docs/eval.md)",
+    ),
     seed: int = typer.Option(
         0, help="seed for generation sampling and checkpoint samples (the editor's prefixes have their own fixed seed)"
     ),
@@ -201,6 +208,7 @@ def _run_main(
         "ppl_tokens": ppl_tokens,
         "zsre_target": zsre_target.value,
         "score_batch_size": score_batch_size,
+        "answer_metrics": answer_metrics,
         "seed": seed,
         "device": device,
         "cache_dir": str(env.cache_dir),
@@ -250,6 +258,7 @@ def _load_inputs(config: dict):
         generation_samples=config["generation_samples"],
         gen_max_len=config.get("gen_max_len", 100),
         score_batch_size=config["score_batch_size"],
+        answer_metrics=config.get("answer_metrics", True),
         seed=config["seed"],
         health=HealthConfig(
             ppl_tokens=config["ppl_tokens"],

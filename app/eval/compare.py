@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from app.eval.plots import COMPARE_PNG, kind_of, plot_compare
+from app.eval.plots import ANSWER_KEYS, COMPARE_PNG, kind_of, plot_compare
 from app.eval.runner import SUMMARY_FILE
 
 
@@ -36,7 +36,10 @@ def compare_rows(summaries: Sequence[dict], labels: Sequence[str]) -> tuple[list
     score_keys = (["es", "ps", "ns", "s", "ge"] if "counterfact" in kinds else []) + (
         ["edit_acc", "paraphrase_acc", "locality_acc", "locality_kept"] if "zsre" in kinds else []
     )
-    names = {"es": "ES", "ps": "PS", "ns": "NS", "s": "S", "ge": "GE"}
+    # The answer metrics (app/eval/answer_scores.py) where any run has them; an older summary shows "–".
+    if any("gen_es" in s for s in summaries):
+        score_keys += [k for k, _ in ANSWER_KEYS]
+    names = {"es": "ES", "ps": "PS", "ns": "NS", "s": "S", "ge": "GE", **dict(ANSWER_KEYS)}
     header = (
         ["run", "method", "edits"]
         + [names.get(k, k) for k in score_keys]

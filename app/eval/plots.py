@@ -15,35 +15,47 @@ SCORE_KEYS = {
     "counterfact": [("es", "ES"), ("ps", "PS"), ("ns", "NS"), ("s", "S")],
     "zsre": [("edit_acc", "edit acc"), ("paraphrase_acc", "paraphrase acc"), ("locality_acc", "locality acc")],
 }
+# What a user reads (app/eval/answer_scores.py): key and short name, for the table and the plots.
+ANSWER_KEYS = [
+    ("gen_es", "gen ES"),
+    ("gen_es_begins", "gen ES begins"),
+    ("gen_ps", "gen PS"),
+    ("chat_es", "chat ES"),
+    ("chat_old", "chat old"),
+    ("gen_leak", "leak"),
+    ("gen_kept", "kept"),
+    ("drift", "drift"),
+]
 SCORES_PNG, NORMS_PNG, HEALTH_PNG, COMPARE_PNG = "scores.png", "norms.png", "health.png", "compare.png"
+ANSWERS_PNG = "answers.png"
 
 
 def kind_of(summary: dict) -> str:
     return summary.get("run", {}).get("kind") or ("counterfact" if "es" in summary else "zsre")
 
 
+def _points(points) -> tuple[list[int], list[float]]:
+    """The (edits, value) points that have a value: a summary written before a metric existed
+    lacks it at some points, and a metric may be absent (None: chat without a chat template)."""
+    kept = [(x, y) for x, y in points if y is not None]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
 def score_curve(summary: dict, key: str) -> tuple[list[int], list[float]]:
     """(edits, score) points: the unedited model at 0, each checkpoint, the end of the run."""
-    xs, ys = [0], [summary["baseline"][key]]
-    for c in summary.get("checkpoints", []):
-        xs.append(c["edits"])
-        ys.append(c["scores"][key])
-    xs.append(summary["edits"])
-    ys.append(summary[key])
-    return xs, ys
+    points = [(0, summary.get("baseline", {}).get(key))]
+    points += [(c["edits"], c.get("scores", {}).get(key)) for c in summary.get("checkpoints", [])]
+    points.append((summary["edits"], summary.get(key)))
+    return _points(points)
 
 
 def baseline_curve(summary: dict, key: str) -> tuple[list[int], list[float]]:
     """The unedited model on the same facts as each point of `score_curve` (checkpoints
     may score only the facts edited so far, or a sample of them)."""
-    xs, ys = [0], [summary["baseline"][key]]
-    for c in summary.get("checkpoints", []):
-        if key in c.get("baseline", {}):
-            xs.append(c["edits"])
-            ys.append(c["baseline"][key])
-    xs.append(summary["edits"])
-    ys.append(summary["baseline"][key])
-    return xs, ys
+    base = summary.get("baseline", {}).get(key)
+    points = [(0, base)] + [(c["edits"], c.get("baseline", {}).get(key)) for c in summary.get("checkpoints", [])]
+    points.append((summary["edits"], base))
+    return _points(points)
 
 
 def health_curve(summary: dict, key: str) -> tuple[list[int], list[float]]:
@@ -104,6 +116,17 @@ def plot_run(summary: dict, out_dir: Path | str) -> list[Path]:
     ax.grid(alpha=0.3)
     written.append(_save(fig, out_dir / SCORES_PNG))
 
+    answer_keys = [(k, label) for k, label in ANSWER_KEYS if score_curve(summary, k)[0]]
+    if answer_keys:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, (key, label) in enumerate(answer_keys):
+            ax.plot(*score_curve(summary, key), marker="o", label=label, color=f"C{i}")
+            ax.plot(*baseline_curve(summary, key), color=f"C{i}", ls=":", lw=1)
+        ax.set(xlabel="number of edits", ylabel="share (%)", ylim=(-2, 102), title="greedy answers: " + _title(summary))
+        ax.legend(fontsize=8, title="dotted: unedited model", title_fontsize=8)
+        ax.grid(alpha=0.3)
+        written.append(_save(fig, out_dir / ANSWERS_PNG))
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for layer, (xs, ys) in growth_curves(summary).items():
         ax.plot(xs, ys, label=f"layer {layer}")
@@ -130,6 +153,7 @@ def plot_compare(summaries: Sequence[dict], labels: Sequence[str], out_path: Pat
     of every edited layer (a panel each) against the number of edits."""
     kinds = {kind_of(s) for s in summaries}
     keys = [k for kind in sorted(kinds) for k in SCORE_KEYS[kind]]
+    keys += [(k, label) for k, label in ANSWER_KEYS if any(score_curve(s, k)[0] for s in summaries)]
     layers = sorted({layer for s in summaries for layer in growth_curves(s)}, key=int)
     panels = (
         keys
@@ -150,6 +174,8 @@ def plot_compare(summaries: Sequence[dict], labels: Sequence[str], out_path: Pat
                 xs, ys = health_curve(s, key)
             elif key in s:
                 xs, ys = score_curve(s, key)
+                if not xs:
+                    continue
                 ax.plot(*baseline_curve(s, key), color=f"C{i}", ls=":", lw=1)
             else:
                 continue

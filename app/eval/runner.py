@@ -5,6 +5,8 @@ the unedited model is scored on the same records first (baseline); every
 `checkpoint_every` batches the facts edited so far (or a fixed sample of them) are
 scored together with model health, and the run's state is saved so it can be resumed;
 at the end every edited fact is scored. Timings and weight norms are kept per batch.
+Beside the teacher-forced scores, the same points report what a user reads: the model's greedy
+answers to the prompts, a chat question, neighbourhood and generic prompts (app/eval/answer_scores.py).
 
 Use it as a library (`run_eval`) or through `kedit eval` (app/cli/evaluation.py).
 """
@@ -26,7 +28,8 @@ from tqdm.auto import tqdm
 
 from app.editing.build import Role, build_editor
 from app.editing.settings import differences
-from app.eval import scoring
+from app.eval import answer_scores, scoring
+from app.eval.answers import has_chat_template
 from app.eval.checkpoint import FINAL_DIR, checkpoint_batches, load_checkpoint, load_trail, save_checkpoint, save_trail
 from app.eval.data import CounterFactRecord, Record, ZsreRecord
 from app.eval.health import HealthConfig, measure_health
@@ -54,6 +57,7 @@ class RunOptions:
     seed: int = 0
     progress: bool = False  # bars for long scoring passes (set by run_eval from its `progress`)
     log_lines: bool = False  # without bars: a plain line per stage, batch and checkpoint (for a log file)
+    answer_metrics: bool = True  # greedy answers: generation / chat efficacy, leak, kept, drift
 
 
 # --- scoring a set of records ------------------------------------------------------------
@@ -76,26 +80,89 @@ def _kind(records: Sequence[Record]) -> str:
 
 
 def _details(
-    lm, records: Sequence[Record], opts: RunOptions, ref_loc: dict | None = None, label: str | None = None
+    lm,
+    records: Sequence[Record],
+    opts: RunOptions,
+    ref_loc: dict | None = None,
+    label: str | None = None,
+    ref_neighbours: Sequence[Sequence[str]] | None = None,
+    timer: list[float] | None = None,
+    reference: bool = False,
 ) -> list[dict]:
+    """Per record: the teacher-forced scores, then (with `opts.answer_metrics`) the answer metrics,
+    leak and kept against `ref_neighbours` (the unedited model's neighbourhood answers, per record).
+    `reference`: these are the unedited model's answers; they are their own reference and are kept
+    (`nb_answers`). The seconds spent on answers are added to `timer[0]`."""
     label = label if opts.progress else None
     if _all_counterfact(records):
-        return scoring.counterfact_record_details(
+        details = scoring.counterfact_record_details(
             lm.model, lm.tokenizer, records, opts.score_batch_size, progress=label
         )
-    if _all_zsre(records):
-        return scoring.zsre_record_details(
+    elif _all_zsre(records):
+        details = scoring.zsre_record_details(
             lm.model, lm.tokenizer, records, opts.score_batch_size, ref_loc, progress=label
         )
-    raise TypeError("records must be all CounterFact or all zsRE")
+    else:
+        raise TypeError("records must be all CounterFact or all zsRE")
+    if opts.answer_metrics:
+        t0 = time.perf_counter()
+        for d, a in zip(details, _answer_details(lm, records, opts, ref_neighbours, reference), strict=True):
+            d.update(a)
+        if timer is not None:
+            timer[0] += time.perf_counter() - t0
+    return details
 
 
-def _aggregate(kind: str, details: Sequence[dict]) -> dict[str, float]:
+def _answer_details(
+    lm, records: Sequence[Record], opts: RunOptions, ref_neighbours: Sequence[Sequence[str]] | None, reference: bool
+) -> list[dict]:
+    probes = [answer_scores.probe_of(r) for r in records]
+    answers = answer_scores.collect_answers(lm.model, lm.tokenizer, probes, opts.score_batch_size)
+    refs = ref_neighbours if ref_neighbours is not None else [None] * len(records)
+    out = []
+    for probe, a, ref in zip(probes, answers, refs, strict=True):
+        d = answer_scores.record_details(probe, a, a.neighbours if reference else ref)
+        if reference:
+            d["nb_answers"] = list(a.neighbours)
+        out.append(d)
+    return out
+
+
+def _answer_baseline_for(lm, records: Sequence[Record], opts: RunOptions, state: RunState) -> None:
+    """A run saved before the answer metrics existed has no unedited answers: take them now, from
+    the freshly loaded model, before its saved edits are written back."""
+    if not opts.answer_metrics or (state.drift_reference and all("nb_answers" in d for d in state.baseline_details)):
+        return
+    _say(opts, "the saved run has no unedited answers: asking the unedited model …")
+    t0 = time.perf_counter()
+    for d, a in zip(state.baseline_details, _answer_details(lm, records, opts, None, reference=True), strict=True):
+        d.update({k: v for k, v in a.items() if k not in _TEXTS})
+    state.answer_seconds += time.perf_counter() - t0
+    _drift_baseline(lm, opts, state)
+    state.baseline.update(answer_scores.aggregate(state.baseline_details))
+    state.baseline["drift"] = 0.0
+
+
+def _aggregate(kind: str, details: Sequence[dict]) -> dict[str, float | None]:
+    out: dict[str, float | None]
     if kind == "counterfact":
-        out = {k: 100.0 * sum(d[k] for d in details) / len(details) for k in ("es", "ps", "ns")}
-        out["s"] = harmonic_mean([out["es"], out["ps"], out["ns"]])
-        return out
-    return scoring.aggregate_zsre(details)
+        scores = {k: 100.0 * sum(d[k] for d in details) / len(details) for k in ("es", "ps", "ns")}
+        out = {**scores, "s": harmonic_mean([scores["es"], scores["ps"], scores["ns"]])}
+    else:
+        out = dict(scoring.aggregate_zsre(details))
+    if details and "gen_es" in details[0]:
+        out.update(answer_scores.aggregate(details))
+    return out
+
+
+def _drift(lm, opts: RunOptions, state: RunState) -> float | None:
+    """Drift of the model as it is now from the unedited model's answers (None without answer metrics)."""
+    if not opts.answer_metrics or not state.drift_reference:
+        return None
+    t0 = time.perf_counter()
+    answers = answer_scores.drift_answers(lm.model, lm.tokenizer, opts.score_batch_size)
+    state.answer_seconds += time.perf_counter() - t0
+    return answer_scores.drift(answers, state.drift_reference)
 
 
 def _live_score(lm, records: Sequence[Record], opts: RunOptions) -> float:
@@ -151,6 +218,8 @@ class RunState:
     wall_seconds: float = 0.0  # time spent in this run so far (all sittings)
     first_batch_id: int = 0  # above the batch ids of an earlier run this one continues (`start_state`)
     prior_edits: int = 0  # edits already in the model when this run started
+    drift_reference: list[str] = field(default_factory=list)  # the unedited model's answers to DRIFT_PROMPTS
+    answer_seconds: float = 0.0  # time spent on the answer metrics (all sittings)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -166,8 +235,17 @@ def _ref_loc(state: RunState, records: Sequence[Record]) -> dict | None:
     return {r.case_id: d["loc_argmax"] for r, d in zip(records, state.baseline_details, strict=True)}
 
 
+_PRIVATE = ("loc_argmax", "nb_answers")  # references kept for comparison, not results
+
+
 def _public(details_scores: dict) -> dict:
-    return {k: v for k, v in details_scores.items() if k != "loc_argmax"}
+    return {k: v for k, v in details_scores.items() if k not in _PRIVATE}
+
+
+def _ref_neighbours(state: RunState, idx: Sequence[int]) -> list[list[str]] | None:
+    rows: list[list[str] | None] = [state.baseline_details[i].get("nb_answers") for i in idx]
+    present = [r for r in rows if r is not None]
+    return present if len(present) == len(rows) else None
 
 
 def _say(opts: RunOptions, msg: str) -> None:
@@ -194,6 +272,11 @@ def _log_batch(opts: RunOptions, state: RunState, n_batches: int, live_name: str
 def _log_checkpoint(opts: RunOptions, entry: dict) -> None:
     sc, base = entry["scores"], entry["baseline"]
     parts = [f"{k.upper()} {sc[k]:.1f} (unedited {base[k]:.1f})" for k in ("es", "ps", "ns", "edit_acc") if k in sc]
+    for key, name in (("gen_es", "gen ES"), ("chat_es", "chat ES")):
+        if sc.get(key) is not None:
+            parts.append(f"{name} {sc[key]:.1f} (unedited {base[key]:.1f})")
+    if sc.get("drift") is not None:
+        parts.append(f"drift {sc['drift']:.0f}")
     health = entry.get("health") or {}
     if "perplexity" in health:
         parts.append(f"perplexity {health['perplexity']:.2f}")
@@ -203,12 +286,18 @@ def _log_checkpoint(opts: RunOptions, entry: dict) -> None:
 def _baseline(lm, records: Sequence[Record], opts: RunOptions, state: RunState) -> None:
     kind = _kind(records)
     _say(opts, f"scoring the unedited model on {len(records)} records …")
-    details = _details(lm, records, opts, label="scoring the unedited model")
-    state.baseline_details = [{k: v for k, v in d.items()} for d in details]
+    timer = [0.0]
+    details = _details(lm, records, opts, label="scoring the unedited model", timer=timer, reference=True)
+    state.answer_seconds += timer[0]
+    state.baseline_details = [{k: v for k, v in d.items() if k not in _TEXTS} for d in details]
     if kind == "zsre":  # the unedited model keeps its own locality predictions by definition
         for d in state.baseline_details:
             d["locality_kept"] = 1.0
+    if opts.answer_metrics:
+        _drift_baseline(lm, opts, state)
     base: dict[str, Any] = _aggregate(kind, state.baseline_details)
+    if opts.answer_metrics:
+        base["drift"] = 0.0
     _say(opts, "measuring the unedited model's health and generation entropy …")
     health = measure_health(lm.model, lm.tokenizer, opts.health) if opts.health else None
     base["ge"], _ = _ge(lm, _generation_prompts(records, opts), health, opts)
@@ -217,15 +306,38 @@ def _baseline(lm, records: Sequence[Record], opts: RunOptions, state: RunState) 
     state.baseline = base
 
 
+_TEXTS = ("gen_answer", "chat_answer")  # answer texts: in the final per-record rows, not in the saved progress
+
+
+def _drift_baseline(lm, opts: RunOptions, state: RunState) -> None:
+    """The unedited model's answers to the generic prompts: the reference of drift."""
+    t0 = time.perf_counter()
+    state.drift_reference = answer_scores.drift_answers(lm.model, lm.tokenizer, opts.score_batch_size)
+    state.answer_seconds += time.perf_counter() - t0
+
+
 def _checkpoint_scores(lm, records: Sequence[Record], opts: RunOptions, state: RunState, n_edited: int) -> dict:
     idx = _sample_indices(n_edited, len(records), opts.checkpoint_sample, opts.seed)
     subset = [records[i] for i in idx]
     kind = _kind(records)
-    details = _details(lm, subset, opts, _ref_loc(state, records), label=f"checkpoint at {n_edited} edits")
+    timer = [0.0]
+    details = _details(
+        lm,
+        subset,
+        opts,
+        _ref_loc(state, records),
+        label=f"checkpoint at {n_edited} edits",
+        ref_neighbours=_ref_neighbours(state, idx),
+        timer=timer,
+    )
+    state.answer_seconds += timer[0]
     entry: dict[str, Any] = {"edits": n_edited, "batches": state.batches_done, "scored": len(idx)}
     entry["scores"] = _aggregate(kind, details)
     # The unedited model on the same facts, so the curve has its reference at each point.
     entry["baseline"] = _aggregate(kind, [state.baseline_details[i] for i in idx])
+    drift = _drift(lm, opts, state)
+    if drift is not None:
+        entry["scores"]["drift"], entry["baseline"]["drift"] = drift, 0.0
     if opts.health:
         entry["health"] = measure_health(lm.model, lm.tokenizer, opts.health)
     return entry
@@ -415,8 +527,21 @@ def run_eval(
 
 def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunState, kind: str) -> dict:
     _say(opts, f"final scores on {len(records)} edited records, health, generation …")
-    details = _details(lm, records, opts, _ref_loc(state, records), label="final scores")
+    timer = [0.0]
+    details = _details(
+        lm,
+        records,
+        opts,
+        _ref_loc(state, records),
+        label="final scores",
+        ref_neighbours=_ref_neighbours(state, range(len(records))),
+        timer=timer,
+    )
+    state.answer_seconds += timer[0]
     scores = _aggregate(kind, details)
+    drift = _drift(lm, opts, state)
+    if drift is not None:
+        scores["drift"] = drift
     health = measure_health(lm.model, lm.tokenizer, opts.health) if opts.health else None
     ge, ge_source = _ge(lm, _generation_prompts(records, opts), health, opts)
     edits = sum(b["edits"] for b in state.batches)
@@ -433,6 +558,8 @@ def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunSt
             "z_seconds_per_edit": z / edits,
             "solve_seconds_per_edit": solve / edits,
             "edit_seconds": edit_seconds,
+            "answer_seconds": state.answer_seconds,
+            "chat_questions": _chat_questions(lm, details) if opts.answer_metrics else None,
             "health": health,
             "baseline": state.baseline,
             "checkpoints": state.checkpoints,
@@ -445,6 +572,16 @@ def _final_summary(lm, editor, settings, records, opts: RunOptions, state: RunSt
         }
     )
     return summary
+
+
+def _chat_questions(lm, details: Sequence[dict]) -> dict:
+    """How the chat questions were asked: through the model's template or not at all, and how many
+    records had only the generic fallback question (a CounterFact template without a written one)."""
+    return {
+        "chat_template": has_chat_template(lm.tokenizer),
+        "records": len(details),
+        "generic": sum(1 for d in details if d.get("question_written") is False),
+    }
 
 
 def _by_batch(kind: str, details: Sequence[dict], baseline: Sequence[dict], batch_size: int) -> list[dict]:
@@ -514,12 +651,14 @@ def resume_from(
                 "changed since? resume it with the trail's settings or start again"
             )
         state = RunState.from_json(progress_json)
+        _answer_baseline_for(lm, records, options, state)
         _say(options, f"writing the {state.batches_done} saved batches into the unedited model again from their z* …")
         _rewrite_from_trail(editor, records, state, z_stars, progress)
     else:
         editor_state, progress_json = load_checkpoint(out_dir)
-        restore_editor(editor, editor_state)
         state = RunState.from_json(progress_json)
+        _answer_baseline_for(lm, records, options, state)
+        restore_editor(editor, editor_state)
     return run_eval(
         lm,
         settings,

@@ -10,7 +10,7 @@ import pytest
 from app.eval.checkpoint import flatten_state, load_checkpoint, unflatten_state
 from app.eval.data import CounterFactRecord
 from app.eval.health import HealthConfig
-from app.eval.plots import HEALTH_PNG, NORMS_PNG, SCORES_PNG
+from app.eval.plots import ANSWERS_PNG, HEALTH_PNG, NORMS_PNG, SCORES_PNG
 from app.eval.runner import RunInterrupted, RunOptions, resume_from, run_eval
 from tests.utils.tiny import build_tiny_model
 
@@ -137,6 +137,18 @@ def test_sequential_run_writes_summary_and_plots(tmp_path, corpus):
     for png in (SCORES_PNG, NORMS_PNG, HEALTH_PNG):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    # What a user reads, at every point; the tiny tokenizer has no chat template: chat is absent, not 0.
+    points = [on_disk, on_disk["baseline"], *(c[k] for c in on_disk["checkpoints"] for k in ("scores", "baseline"))]
+    for scores in points:
+        for key in ("gen_es", "gen_es_begins", "gen_ps", "gen_ps_begins", "gen_leak", "gen_ns_true", "drift"):
+            assert 0.0 <= scores[key] <= 100.0, key
+        assert scores["chat_es"] is None and scores["chat_old"] is None
+    assert on_disk["baseline"]["gen_leak"] == 0.0 and on_disk["baseline"]["drift"] == 0.0
+    # Four of the six test templates are not CounterFact's: they fall back to the generic question, counted.
+    assert on_disk["chat_questions"] == {"chat_template": False, "records": 6, "generic": 4}
+    assert 0 < on_disk["answer_seconds"] < on_disk["wall_seconds"]
+    assert all(isinstance(r["gen_answer"], str) and "nb_answers" not in r for r in on_disk["per_record"])
+    assert (out / ANSWERS_PNG).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_resumed_run_ends_with_the_same_weights(tmp_path, corpus):
@@ -217,6 +229,72 @@ def test_run_resumed_from_its_trail_alone_ends_with_the_same_weights(tmp_path, c
     assert resumed["weights_hash"] == straight["weights_hash"]
     assert [c["edits"] for c in resumed["checkpoints"]] == [2, 4] and len(resumed["batches"]) == 3
     assert resumed["es"] == straight["es"]
+
+
+ANSWER_KEYS = ("gen_es", "gen_es_begins", "gen_ps", "gen_ps_begins", "chat_es", "chat_old", "gen_leak", "gen_kept")
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}<assistant>"
+
+
+def _strip_answers(d: dict) -> dict:
+    """A summary or progress as written before the answer metrics existed."""
+    drop = {*ANSWER_KEYS, "gen_ns_true", "drift", "gen_known", "gen_kept_n", "nb_answers", "question_written"}
+    drop |= {"gen_answer", "chat_answer", "drift_reference", "answer_seconds", "chat_questions"}
+    if isinstance(d, dict):
+        return {k: _strip_answers(v) for k, v in d.items() if k not in drop}
+    if isinstance(d, list):
+        return [_strip_answers(v) for v in d]
+    return d
+
+
+def test_answer_metrics_with_a_chat_template_survive_a_resume_of_an_older_run(tmp_path, corpus):
+    """With a chat template, chat efficacy is measured; a run checkpointed before the answer metrics
+    existed resumes with them (the unedited answers taken before its edits are written back); compare
+    shows them and still reads a summary that lacks them."""
+    from app.eval.compare import compare_rows
+
+    def lm():
+        model = _lm()
+        model.tokenizer.chat_template = CHAT_TEMPLATE
+        return model
+
+    settings = _settings()
+    stats = _key_stats(_lm(), settings, corpus, tmp_path)
+    opts = _options(corpus, checkpoint_every=1)
+    opts.health = None
+    out = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        run_eval(
+            lm(), settings, RECORDS, options=opts, key_stats=stats, out_dir=out, progress=False, stop_after_batches=1
+        )
+    progress_file = out / "checkpoint" / "progress.json"
+    saved = json.loads(progress_file.read_text())
+    assert len(saved["drift_reference"]) >= 20 and all("nb_answers" in d for d in saved["baseline_details"])
+    assert saved["checkpoints"][0]["scores"]["chat_es"] is not None
+    progress_file.write_text(json.dumps(_strip_answers(saved)))
+    (out / "trail" / "progress.json").unlink()  # resume from the (older) checkpoint
+
+    summary = resume_from(out, lm(), settings, RECORDS, opts, key_stats=stats, progress=False)
+    for scores in (summary, summary["baseline"], summary["checkpoints"][1]["scores"]):
+        assert all(scores[k] is not None for k in ANSWER_KEYS if k != "gen_kept"), scores  # kept: None if none known
+        assert 0.0 <= scores["chat_es"] <= 100.0 and 0.0 <= scores["drift"] <= 100.0
+    assert summary["baseline"]["gen_leak"] == 0.0 and summary["baseline"]["drift"] == 0.0
+    assert "gen_es" not in summary["checkpoints"][0]["scores"]  # scored by the older run
+    assert summary["chat_questions"]["chat_template"] is True
+    assert all(isinstance(r["chat_answer"], str) for r in summary["per_record"])
+    assert all("gen_es" in b["scores"] and "gen_es" in b["baseline"] for b in summary["by_batch"])
+
+    header, rows = compare_rows([summary, _strip_answers(summary)], ["new", "old"])
+    for name in ("gen ES", "gen ES begins", "gen PS", "chat ES", "chat old", "leak", "kept", "drift"):
+        assert name in header, name
+    col = header.index("chat ES")
+    assert rows[0][col] == f"{summary['chat_es']:.1f} ({summary['baseline']['chat_es']:.1f})"
+    assert rows[1][col] == "–" and rows[1][header.index("ES")] == rows[0][header.index("ES")]
+    from app.eval.plots import plot_compare, plot_run
+
+    plot_compare([summary, _strip_answers(summary)], ["new", "old"], tmp_path / "cmp.png")
+    (tmp_path / "old").mkdir()
+    plot_run(_strip_answers(summary), tmp_path / "old")  # an older summary plots without the answers
+    assert not (tmp_path / "old" / ANSWERS_PNG).exists() and (tmp_path / "cmp.png").exists()
 
 
 def test_checkpoint_state_roundtrip():
