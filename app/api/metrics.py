@@ -30,6 +30,7 @@ class LogCollector:
                 head = repo.head_version_id(session)
                 quality = repo.quality_history(session, 1)
                 refused = repo.guard_refused_count(session)
+                shown = repo.shown_counts(session)
         except Exception:
             log.exception("metrics: database unavailable")
             return
@@ -37,6 +38,16 @@ class LogCollector:
         for st in EDIT_STATUSES:
             edits.add_metric([st], counts.get(st, 0))
         yield edits
+        checked = GaugeMetricFamily(
+            "kedit_applied_edits_shown",
+            "applied edits by whether the greedy answer to their prompt (kind=prompt) or their chat question "
+            "(kind=question, edits sent with one) showed target_new when the worker checked it",
+            labels=["kind", "shown"],
+        )
+        for kind in ("prompt", "question"):
+            for verdict, label in ((True, "true"), (False, "false"), (None, "unchecked")):
+                checked.add_metric([kind, label], shown.get((kind, verdict), 0))
+        yield checked
         yield SummaryMetricFamily(
             "kedit_batch_seconds", "editor seconds per applied batch", count_value=n_batches, sum_value=batch_total
         )

@@ -16,6 +16,7 @@ from app.editing.types import (
     MAX_SUBJECT_CHARS,
     MAX_TARGET_CHARS,
     prompt_problem,
+    question_problem,
     subject_problem,
     target_problem,
     targets_problem,
@@ -60,6 +61,13 @@ class EditIn(Strict):
     subject: str = Field(description="the entity the fact is about", examples=["Danielle Darrieux"])
     target_new: str = Field(description="the completion to teach", examples=["English"])
     target_true: str | None = Field(None, description="the current completion, if known", examples=["French"])
+    question: str | None = Field(
+        None,
+        description="a natural question about the fact, phrased as a user would ask it; once the edit is "
+        "applied it is asked through the model's chat template and the answer is checked for target_new "
+        "(question_shown)",
+        examples=["What language did Danielle Darrieux grow up speaking?"],
+    )
 
     # The rules are the editing core's (app/editing/types.py), checked per field so that each
     # error names its field; the length bounds are the running config's.
@@ -81,6 +89,13 @@ class EditIn(Strict):
         if v is not None:
             assert info.field_name is not None  # a field validator's info names its field
             _raise(target_problem(info.field_name, v, bound=_limit(info, "max_target_chars", MAX_TARGET_CHARS)))
+        return v
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            _raise(question_problem(v, bound=_limit(info, "max_prompt_chars", MAX_PROMPT_CHARS)))
         return v
 
     @model_validator(mode="after")
@@ -112,14 +127,30 @@ class EditOut(BaseModel):
         description="the quality guard's word on this edit: the canaries it broke "
         "(policy warn) or why it was refused (policy reject)",
     )
+    question: str | None = Field(None, description="the natural question sent with the fact, if any")
+    shown: bool | None = Field(
+        None,
+        description="whether the greedy answer to the filled prompt (10 tokens) showed target_new once applied; "
+        "null: not checked",
+    )
+    answer: str | None = Field(None, description="that answer")
+    question_shown: bool | None = Field(
+        None,
+        description="whether the greedy chat answer to `question` (24 tokens) showed target_new; null: no "
+        "question, not checked, or not asked (question_problem says why)",
+    )
+    question_answer: str | None = Field(None, description="that chat answer")
+    question_problem: str | None = Field(None, description="why the question was not asked")
+    checked_version: int | None = Field(None, description="the weights version that gave these answers")
+    checked_at: datetime | None = Field(None, description="when they were checked")
     created_at: datetime
     updated_at: datetime
 
-    @field_validator("created_at", "updated_at")
+    @field_validator("created_at", "updated_at", "checked_at")
     @classmethod
-    def _utc(cls, v: datetime) -> datetime:
+    def _utc(cls, v: datetime | None) -> datetime | None:
         # SQLite hands timestamps back without their zone; they were written in UTC.
-        return v if v.tzinfo else v.replace(tzinfo=UTC)
+        return v if v is None or v.tzinfo else v.replace(tzinfo=UTC)
 
 
 class EditsAccepted(BaseModel):

@@ -75,6 +75,21 @@ def target_problem(name: str, value: str, bound: int = MAX_TARGET_CHARS) -> str 
     return None
 
 
+def question_problem(question: str, bound: int = MAX_PROMPT_CHARS) -> str | None:
+    """An edit's optional natural question about the fact (asked through the chat template once the
+    edit is applied): visible text on one line, as long as a prompt may be."""
+    if is_blank(question):
+        return f"question {_emptiness(question)}; ask about the fact in words, or leave question out"
+    if len(question) > bound:
+        return f"question is {len(question)} characters long; the bound is {bound}"
+    for i, c in enumerate(question):
+        if unicodedata.category(c) == "Cc":
+            return (
+                f"question contains the control character U+{ord(c):04X} at position {i}; write it as one line of text"
+            )
+    return None
+
+
 def targets_problem(target_new: str, target_true: str | None) -> str | None:
     if target_true is not None and target_new.strip() == target_true.strip():
         return "target_new equals target_true: there is nothing to change"

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from app.editing.types import BatchResult, EditError, EditRequest
-from app.service import faults
+from app.service import faults, shown
 from app.service.guard import Guard, Guarded
 from app.service.host import ModelHost
 from app.store import repo
@@ -35,6 +35,7 @@ class JobReport:
     skipped: list[int] = field(default_factory=list)
     seconds: float = 0.0
     mpes_steps: list[int] = field(default_factory=list)
+    checks: list[repo.Check] = field(default_factory=list)  # what the committed weights answered (shown.py)
 
 
 def _request(e: Edit) -> EditRequest:
@@ -104,6 +105,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
                 report.applied += sub.applied
                 report.failed += sub.failed
                 report.mpes_steps += sub.mpes_steps
+                report.checks += sub.checks
                 report.version = sub.version or report.version
             return report
         with transaction(host.sessions) as s:
@@ -134,6 +136,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
             repo.put_quality(s, active.row(s, version, guarded.scores, decision))
 
     _commit(host, lock_ok, record, version, weights_hash, f"batch {batch_id}")
+    report.checks = shown.check(host, kept, version)
     report.version = version
     report.applied = kept
     report.failed = sorted(refused)
@@ -216,6 +219,7 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guar
             )
 
     _commit(host, lock_ok, record, version, weights_hash, f"the revert of edit {edit_id}")
+    report.checks = shown.check(host, [e.id for e in survivors], version)
     report.version = version
     report.applied = [edit_id]
     report.seconds = seconds

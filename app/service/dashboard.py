@@ -223,6 +223,20 @@ def fill(prompt: str, subject: str) -> str:
 # --- the pages -----------------------------------------------------------------------------------
 
 
+def _yes_no(v: bool | None) -> str:
+    return "not checked" if v is None else "shown" if v else "not shown"
+
+
+def verdict(e: Edit) -> str:
+    """The status as a user reads it: an applied edit says whether its prompt's answer showed it
+    ("applied, shown", "applied, not shown", "applied, not checked"); other statuses stand alone."""
+    return f"applied, {_yes_no(e.shown)}" if e.status == "applied" else e.status
+
+
+def shown_class(v: bool | None) -> str:
+    return "unchecked" if v is None else "shown" if v else "not-shown"
+
+
 @dataclass
 class EditRow:
     id: int
@@ -232,6 +246,9 @@ class EditRow:
     status: str
     version: str
     updated: str
+    verdict: str  # "applied, shown" ...
+    shown: str  # css class: shown, not-shown, unchecked
+    question: str  # the question's verdict ("shown", "not shown", "not checked") or "—" without one
 
 
 def _row(e: Edit) -> EditRow:
@@ -243,6 +260,9 @@ def _row(e: Edit) -> EditRow:
         e.status,
         _opt(e.applied_version),
         e.updated_at.strftime("%Y-%m-%d %H:%M:%S") if e.updated_at else "—",
+        verdict(e),
+        shown_class(e.shown),
+        "—" if e.question is None else _yes_no(e.question_shown),
     )
 
 
@@ -254,7 +274,11 @@ class FactForm:
     subject: str = ""
     target_new: str = ""
     target_true: str = ""
+    question: str = ""
     error: str | None = None
+
+
+SHOWN_CHOICES = (("", "all"), ("true", "shown"), ("false", "not shown"), ("unchecked", "not checked"))
 
 
 @dataclass
@@ -262,6 +286,7 @@ class HomeView:
     status: str
     subject: str
     statuses: list[tuple[str, str, bool]]  # value, label, selected
+    shown_choices: list[tuple[str, str, bool]]  # value, label, selected
     rows: list[EditRow]
     total: int
     shown: str  # "1–20 of 45"
@@ -278,28 +303,37 @@ class HomeView:
     error: str | None = None
 
 
-def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int = 0) -> HomeView:
-    """The edit log (filtered by status, searched by subject, a page at `offset`), the worker, the
-    queue, the served version and the charts. A status that does not exist is reported (`error`)."""
+def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int = 0, shown: str = "") -> HomeView:
+    """The edit log (filtered by status and by shown, searched by subject, a page at `offset`), the
+    worker, the queue, the served version and the charts. A status or shown value that does not exist
+    is reported (`error`)."""
     error = None
-    status = status.strip()
+    status, only = status.strip(), shown.strip()
     wanted = None if status in ("", "all") else status
     if wanted is not None and wanted not in EDIT_STATUSES:
         error = f"status must be all or one of {', '.join(EDIT_STATUSES)} (got {status!r})"
         wanted, status = None, ""
     if subject and (problem := text_problem("subject", subject)):
         error, subject = f"the search {problem}", ""
+    if only == "all":
+        only = ""
+    try:
+        edit_service.shown_filter(only)
+    except Invalid as e:
+        error, only = e.message, ""
     limit = min(PAGE_SIZE, ctx.config.max_page_size)
-    rows, total = edit_service.list_page(ctx.sessions, wanted, limit, offset, subject or None)
+    rows, total = edit_service.list_page(ctx.sessions, wanted, limit, offset, subject or None, only or None)
 
     def query(at: int) -> str:
-        return urlencode({k: v for k, v in (("status", wanted or ""), ("subject", subject), ("offset", at)) if v})
+        pairs = (("status", wanted or ""), ("shown", only), ("subject", subject), ("offset", at))
+        return urlencode({k: v for k, v in pairs if v})
 
     shown = f"{offset + 1}–{offset + len(rows)} of {total}" if rows else f"none of {total}"
     return HomeView(
         status=wanted or "all",
         subject=subject,
         statuses=[(status, status, status == (wanted or "all")) for status in ("all", *EDIT_STATUSES)],
+        shown_choices=[(value, label, value == only) for value, label in SHOWN_CHOICES],
         rows=[_row(e) for e in rows],
         total=total,
         shown=shown,
@@ -340,6 +374,9 @@ class EditView:
     error: str | None
     details: list[tuple[str, str]]  # label, value (numbers and ids, formatted)
     guard: str
+    verdict: str  # "applied, shown", "applied, not shown", ..., or the status
+    shown: str  # css class
+    check: list[tuple[str, str]]  # what the worker's check recorded: label, text
     before: str | None  # the answer before the edit, as the submit form saw it (from the query)
     now: Answer
     refresh: bool  # waiting for a status change: the page reloads itself
@@ -374,6 +411,9 @@ def edit_page(ctx: ServiceContext, edit_id: int, before: str | None = None, form
             ("submitted", e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
         ],
         guard=_opt(e.guard),
+        verdict=verdict(e),
+        shown=shown_class(e.shown),
+        check=_check(e),
         before=before,
         now=answer(ctx, filled),
         refresh=e.status in WAITING or pending,
@@ -382,6 +422,29 @@ def edit_page(ctx: ServiceContext, edit_id: int, before: str | None = None, form
         api_key_needed=bool(ctx.config.api_key),
         form_error=form_error,
     )
+
+
+def _check(e: Edit) -> list[tuple[str, str]]:
+    """The worker's shown / not-shown check of this edit, as recorded (empty before any check)."""
+    rows = []
+    if e.checked_version is not None:
+        rows += [
+            ("Checked at version", str(e.checked_version)),
+            ("Checked", e.checked_at.strftime("%Y-%m-%d %H:%M:%S UTC") if e.checked_at else "—"),
+            ("The prompt's answer (10 tokens)", e.answer or ""),
+            ("Shows the new target", _yes_no(e.shown)),
+        ]
+    if e.question is not None:
+        rows.append(("Question", e.question))
+        if e.checked_version is not None:
+            if e.question_problem:
+                rows.append(("Question not asked", e.question_problem))
+            else:
+                rows += [
+                    ("The chat answer (24 tokens)", e.question_answer or ""),
+                    ("The chat answer shows the new target", _yes_no(e.question_shown)),
+                ]
+    return rows
 
 
 def submit_fact(ctx: ServiceContext, fact: dict) -> tuple[int, Answer]:

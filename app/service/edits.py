@@ -97,15 +97,28 @@ def get(sessions, edit_id: int) -> Edit:
     return e
 
 
+SHOWN_FILTERS = {"true": True, "false": False, "unchecked": None}
+
+
+def shown_filter(shown: str | None) -> bool | None | repo.Unset:
+    """The `shown` filter's value: true, false or unchecked (None: no filter)."""
+    if shown is None or shown == "":
+        return repo.UNSET
+    if shown not in SHOWN_FILTERS:
+        raise Invalid(f"shown must be one of {', '.join(SHOWN_FILTERS)} (got {shown!r})")
+    return SHOWN_FILTERS[shown]
+
+
 def list_page(
-    sessions, status: str | None, limit: int, offset: int, subject: str | None = None
+    sessions, status: str | None, limit: int, offset: int, subject: str | None = None, shown: str | None = None
 ) -> tuple[list[Edit], int]:
     if status is not None and status not in EDIT_STATUSES:
         raise Invalid(f"status must be one of {', '.join(EDIT_STATUSES)} (got {status!r})")
     if subject and (problem := text_problem("subject", subject)):
         raise Invalid(problem)
+    wanted = shown_filter(shown)
     with sessions() as s:
-        return repo.list_edits(s, status, limit, offset, subject=subject or None)
+        return repo.list_edits(s, status, limit, offset, subject=subject or None, shown=wanted)
 
 
 def request_revert(sessions, queue: WorkQueue, edit_id: int) -> Edit:

@@ -9,6 +9,7 @@
     worker_guard_scored   a batch is written into the worker's weights and its canaries scored
     worker_guard_bisect   the guard (policy reject) is writing one group of the batch on trial
     worker_after_commit   the batch (or revert) is committed; nothing is acked yet
+    worker_shown_checked  after the commit: the shown check has its answers; nothing of it is recorded yet
     worker_after_ack      XACK done; the version is not announced yet ("during publish")
     worker_before_snapshots  a commit is acked and announced; the snapshots a revert made stale
                           are not deleted yet (also at a worker's start, before its clean-up)

@@ -48,6 +48,13 @@ class WorkerMetrics:
         self.jobs = Counter(
             "kedit_worker_edits", "edits handled by this worker, by outcome", ["outcome"], registry=registry
         )
+        self.checked = Counter(
+            "kedit_edits_checked",
+            "applied edits this worker asked its committed weights (kind: the filled prompt or the chat "
+            "question), by whether the greedy answer showed target_new",
+            ["shown", "kind"],
+            registry=registry,
+        )
 
 
 class Worker:
@@ -203,6 +210,10 @@ class Worker:
             for outcome, ids in ((done, r.applied), ("failed", r.failed), ("skipped", r.skipped)):
                 if ids:
                     self.metrics.jobs.labels(outcome).inc(len(ids))
+            for c in r.checks:
+                self.metrics.checked.labels(str(c.shown).lower(), "prompt").inc()
+                if c.question_shown is not None:
+                    self.metrics.checked.labels(str(c.question_shown).lower(), "question").inc()
 
     def _idle_check(self) -> None:
         """Idle and yet the database has work: Redis lost entries, or an api died between its

@@ -125,10 +125,23 @@ class Edit(Base):
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     # The quality guard's word on this edit: what it broke (warn), or why it was refused (reject).
     guard: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A natural question about the fact, asked through the chat template after it is applied.
+    question: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What a user reads (app/service/shown.py), checked once the version holding the edit is committed:
+    # the greedy answer to the filled prompt and whether it shows target_new; the same for the
+    # question. None = not checked (yet, or the check was lost in a crash); question_problem says why
+    # a question was not asked (a model without a chat template, a question beyond the context).
+    shown: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    question_shown: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    question_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    question_problem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checked_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the weights that answered
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (Index("ix_edits_status_id", "status", "id"),)
+    __table_args__ = (Index("ix_edits_status_id", "status", "id"), Index("ix_edits_shown_id", "shown", "id"))
 
 
 class NormSnapshot(Base):

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, cast
 
 import torch
@@ -32,6 +33,15 @@ from app.store.models import (
 # --- edits ---------------------------------------------------------------------------------
 
 
+class Unset(Enum):
+    """No filter (None is a value some filters take: "not checked")."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
+
+
 def insert_edits(s: Session, facts: Iterable[dict]) -> list[Edit]:
     rows = [Edit(status="queued", revert_requested=False, **fact) for fact in facts]
     s.add_all(rows)
@@ -52,14 +62,25 @@ def get_edits(s: Session, ids: Sequence[int]) -> list[Edit]:
 
 
 def list_edits(
-    s: Session, status: str | None, limit: int, offset: int, subject: str | None = None
+    s: Session,
+    status: str | None,
+    limit: int,
+    offset: int,
+    subject: str | None = None,
+    shown: bool | None | Unset = UNSET,
 ) -> tuple[list[Edit], int]:
-    """A page of edits by id; `subject`: only those whose subject contains it (case-insensitive)."""
+    """A page of edits by id; `subject`: only those whose subject contains it (case-insensitive);
+    `shown`: only those whose prompt's answer showed target_new (True), did not (False), or was not
+    checked (None)."""
     q = select(Edit)
     c = select(func.count()).select_from(Edit)
     if status:
         q = q.where(Edit.status == status)
         c = c.where(Edit.status == status)
+    if shown is not UNSET:
+        cond = Edit.shown.is_(None) if shown is None else Edit.shown.is_(bool(shown))
+        q = q.where(cond)
+        c = c.where(cond)
     if subject:
         # LIKE's own wildcards in the search are matched literally.
         pattern = "%" + subject.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -119,6 +140,56 @@ def clear_revert_request(s: Session, edit_id: int, reason: str) -> None:
     if e is not None:
         e.revert_requested = False
         e.error = reason[:2000]
+
+
+@dataclass
+class Check:
+    """What the model answered an applied edit's prompt (and question) at one version."""
+
+    edit_id: int
+    shown: bool
+    answer: str
+    question_shown: bool | None = None
+    question_answer: str | None = None
+    question_problem: str | None = None
+
+
+def record_checks(s: Session, version: int, checks: Sequence[Check], at: datetime | None = None) -> int:
+    """Write the checks made at `version`, except on edits already checked at a newer one (a late
+    writer never overwrites a newer truth). Returns how many rows were written."""
+    at = at or utcnow()
+    n = 0
+    for c in checks:
+        res = cast(
+            CursorResult[Any],
+            s.execute(
+                update(Edit)
+                .where(Edit.id == c.edit_id, (Edit.checked_version.is_(None)) | (Edit.checked_version <= version))
+                .values(
+                    shown=c.shown,
+                    answer=c.answer,
+                    question_shown=c.question_shown,
+                    question_answer=c.question_answer,
+                    question_problem=c.question_problem,
+                    checked_version=version,
+                    checked_at=at,
+                )
+            ),
+        )
+        n += int(res.rowcount or 0)
+    return n
+
+
+def shown_counts(s: Session) -> dict[tuple[str, bool | None], int]:
+    """Applied edits by (kind, shown): kind "prompt" over all of them, "question" over those with a question."""
+    out: dict[tuple[str, bool | None], int] = {}
+    applied = Edit.status == "applied"
+    for v, n in s.execute(select(Edit.shown, func.count()).where(applied).group_by(Edit.shown)):
+        out[("prompt", v)] = int(n)
+    asked = select(Edit.question_shown, func.count()).where(applied, Edit.question.is_not(None))
+    for v, n in s.execute(asked.group_by(Edit.question_shown)):
+        out[("question", v)] = int(n)
+    return out
 
 
 # --- idempotency ---------------------------------------------------------------------------

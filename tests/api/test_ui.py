@@ -18,7 +18,7 @@ from app.service.context import ServiceContext
 from app.store import repo
 from app.store.db import transaction
 from app.store.models import Edit, QualityScore
-from tests.utils.service import FACTS, wait_status
+from tests.utils.service import FACTS, wait_for, wait_status
 
 SCRIPT = "<script>alert(1)</script>"
 KEY = "s3cret-clé-ключ"
@@ -101,9 +101,15 @@ def test_home_edit_page_submit_and_revert(client):
     before = parse_qs(where.query)["before"][0]
 
     wait_status(client, 1)
+    wait_for(lambda: client.get("/edits/1").json()["checked_version"], what="the worker's check of the edit")
     page = client.get(r.headers["location"])
     assert page.status_code == 200
-    assert 'id="edit-status" class="status status-applied">applied<' in page.text
+    # An applied edit says whether the answer to its prompt showed it, as the worker recorded it.
+    e = client.get("/edits/1").json()
+    css, verdict = {None: ("unchecked", "not checked"), True: ("shown", "shown"), False: ("not-shown", "not shown")}[
+        e["shown"]
+    ]
+    assert f'id="edit-status" class="status status-applied shown-{css}">applied, {verdict}<' in page.text
     assert 'http-equiv="refresh"' not in page.text, "an applied edit's page does not reload itself"
     assert 'id="answer-before"' in page.text and 'id="answer-now"' in page.text
     now = dashboard.answer(client.app.state.ctx, dashboard.fill(FACTS[1]["prompt"], FACTS[1]["subject"]))

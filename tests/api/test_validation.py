@@ -60,6 +60,13 @@ def bad(api, body, fragment: str, status: int = 422, **kw):
         ({"subject": "Danielle\x00Darrieux"}, "subject contains a NUL character"),
         ({"prompt": "The mother tongue of {} is\x00"}, "prompt contains a NUL character"),
         ({"target_new": "French", "target_true": "French"}, "target_new equals target_true"),
+        ({"question": ""}, "question is empty; ask about the fact in words, or leave question out"),
+        ({"question": "\u200b\u200b"}, "question has no visible character"),
+        ({"question": "Which language? " + "x" * 60}, "question is 76 characters long; the bound is 64"),
+        ({"question": "What does she\nspeak?"}, "question contains the control character U+000A at position 13"),
+        ({"question": "What\x1b[31m?"}, "question contains the control character U+001B at position 4"),
+        ({"question": "Which one\x00?"}, "question contains a NUL character"),
+        ({"question": 5}, "question: Input should be a valid string"),
     ],
 )
 def test_bad_fact_is_rejected_with_reason(api, change, fragment):
@@ -354,3 +361,17 @@ def test_a_body_that_is_not_utf8_or_nests_too_deep_says_where(api, raw, fragment
             assert r.status_code == 422, (path, r.text)
             message = body["detail"]
         assert "the body is not valid JSON" in message and fragment in message, (path, message)
+
+
+def test_a_question_is_kept_with_its_fact(api):
+    r = api.post("/edits", json={**GOOD, "question": "Which language did she grow up with?"})
+    assert r.status_code == 202, r.text
+    (e,) = r.json()["edits"]
+    assert e["question"] == "Which language did she grow up with?"
+    assert api.get(f"/edits/{e['id']}").json()["question"] == e["question"]
+    assert api.post("/edits", json=GOOD).json()["edits"][0]["question"] is None
+
+
+def test_list_bad_shown(api):
+    r = api.get("/edits", params={"shown": "yes"})
+    assert r.status_code == 422 and r.json()["detail"] == "shown must be one of true, false, unchecked (got 'yes')"

@@ -38,6 +38,11 @@ def _out(e) -> EditOut:
     return EditOut.model_validate(e)
 
 
+def _fact(f: EditIn) -> dict:
+    # Without a question the fact is what it always was (and hashes as before, for Idempotency-Key).
+    return f.model_dump(exclude={"question"} if f.question is None else None)
+
+
 @router.post(
     "",
     status_code=202,
@@ -74,7 +79,7 @@ def post_edits(
     rows, created = service.submit(
         ctx.sessions,
         ctx.queue,
-        [f.model_dump() for f in facts],
+        [_fact(f) for f in facts],
         idempotency_key=idempotency_key,
         idempotency_window_s=ctx.config.idempotency_window_s,
     )
@@ -87,7 +92,7 @@ def post_edits(
     )
 
 
-@router.get("", response_model=EditPage, summary="List edits, optionally by status")
+@router.get("", response_model=EditPage, summary="List edits, optionally by status, subject or shown")
 def list_edits(
     ctx: Ctx,
     status: Annotated[str | None, Query(description="queued, applying, applied, failed or reverted")] = None,
@@ -98,12 +103,19 @@ def list_edits(
     subject: Annotated[
         str | None, Query(max_length=500, description="only edits whose subject contains this (case-insensitive)")
     ] = None,
+    shown: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="true: edits whose prompt's answer showed target_new; false: did not; unchecked: not checked",
+        ),
+    ] = None,
 ):
     if limit is None:
         limit = min(50, ctx.config.max_page_size)
     if limit > ctx.config.max_page_size:
         raise Invalid(f"limit is {limit}; the bound is {ctx.config.max_page_size}")
-    rows, total = service.list_page(ctx.sessions, status, limit, offset, subject)
+    rows, total = service.list_page(ctx.sessions, status, limit, offset, subject, shown)
     return EditPage(items=[_out(e) for e in rows], total=total, limit=limit, offset=offset)
 
 

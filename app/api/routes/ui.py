@@ -83,6 +83,7 @@ def home(
     status: Annotated[str, Query(max_length=32)] = "",
     subject: Annotated[str, Query(max_length=500)] = "",
     offset: Annotated[int, Query(ge=0, le=MAX_EDIT_ID)] = 0,
+    shown: Annotated[str, Query(max_length=32)] = "",
 ):
     starting = dashboard.startup_view(ctx)
     if starting is not None:
@@ -91,7 +92,7 @@ def home(
         if starting.error is None:
             page.headers["Retry-After"] = str(starting.refresh_s)
         return page
-    view = dashboard.home(ctx, status, subject, offset)
+    view = dashboard.home(ctx, status, subject, offset, shown)
     return _page(request, "home.html", 422 if view.error else 200, v=view)
 
 
@@ -102,8 +103,9 @@ def submit_form(request: Request, ctx: Ctx):
 
 @router.post("/submit")
 def submit(request: Request, ctx: Ctx, form: Form):
-    typed = dashboard.FactForm(**{k: form.get(k, "") for k in ("prompt", "subject", "target_new", "target_true")})
-    fact = {k: v for k, v in vars(typed).items() if k != "error" and not (k == "target_true" and v == "")}
+    fields = ("prompt", "subject", "target_new", "target_true", "question")
+    typed = dashboard.FactForm(**{k: form.get(k, "") for k in fields})
+    fact = {k: v for k, v in vars(typed).items() if k != "error" and not (k in ("target_true", "question") and v == "")}
     try:
         _key(ctx, form)
         checked = validate(EditIn, fact, ctx, ("form",))
