@@ -185,6 +185,7 @@ def env_for(cfg: ServiceConfig, prefix: str) -> dict:
         "KEDIT_CACHE_DIR": str(cfg.cache_dir),
         "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
         "KEDIT_EDIT_OVERRIDES": json.dumps(OVERRIDES),
+        "KEDIT_FACTOR_DTYPE": cfg.factor_dtype,
         "PYTHONPATH": str(REPO),
         "TOKENIZERS_PARALLELISM": "false",
     }
@@ -351,6 +352,12 @@ def main() -> None:
         "does); the api and worker then start from the newest, and the replica replay is "
         "timed both with and without it",
     )
+    ap.add_argument(
+        "--factor-dtype",
+        default="bfloat16",
+        choices=["float32", "bfloat16", "float16"],
+        help="the log's factor dtype (KEDIT_FACTOR_DTYPE) for the filled log and every process started",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     ap.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
     ap.add_argument("--rewrite", action="store_true", help="only rewrite log-scale.md from log-scale.json")
@@ -379,6 +386,7 @@ def main() -> None:
         database_url=url,
         redis_url=REDIS,
         redis_prefix=prefix,
+        factor_dtype=args.factor_dtype,
     )
     results: dict = {
         "edits": args.edits,

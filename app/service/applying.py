@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from app.editing.types import BatchResult, EditError, EditRequest
-from app.service import faults, shown
+from app.service import faults
 from app.service.guard import Guard, Guarded
 from app.service.host import ModelHost
 from app.store import repo
@@ -35,7 +35,8 @@ class JobReport:
     skipped: list[int] = field(default_factory=list)
     seconds: float = 0.0
     mpes_steps: list[int] = field(default_factory=list)
-    checks: list[repo.Check] = field(default_factory=list)  # what the committed weights answered (shown.py)
+    # Applied edits whose answers the worker asks once the version is published (shown.py).
+    to_check: list[int] = field(default_factory=list)
 
 
 def _request(e: Edit) -> EditRequest:
@@ -105,7 +106,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
                 report.applied += sub.applied
                 report.failed += sub.failed
                 report.mpes_steps += sub.mpes_steps
-                report.checks += sub.checks
+                report.to_check += sub.to_check
                 report.version = sub.version or report.version
             return report
         with transaction(host.sessions) as s:
@@ -136,7 +137,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
             repo.put_quality(s, active.row(s, version, guarded.scores, decision))
 
     _commit(host, lock_ok, record, version, weights_hash, f"batch {batch_id}")
-    report.checks = shown.check(host, kept, version)
+    report.to_check = list(kept)
     report.version = version
     report.applied = kept
     report.failed = sorted(refused)
@@ -219,7 +220,7 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guar
             )
 
     _commit(host, lock_ok, record, version, weights_hash, f"the revert of edit {edit_id}")
-    report.checks = shown.check(host, [e.id for e in survivors], version)
+    report.to_check = [e.id for e in survivors]
     report.version = version
     report.applied = [edit_id]
     report.seconds = seconds

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from app.config import ServiceConfig
 from app.queue import Message, QueueLost, WorkQueue
-from app.service import faults
+from app.service import faults, shown
 from app.service.applying import JobReport, LostWriterLock, apply_edits, revert_edit
 from app.service.guard import Guard
 from app.service.host import ModelHost
@@ -184,6 +184,8 @@ class Worker:
         faults.point("worker_after_ack")
         if total.version is not None:
             self.queue.publish_version(total.version)
+            # After the publish, so that replicas serve the new version while the worker asks it.
+            self._count_checks(shown.check(self.host, total.to_check, total.version))
             self.snapshot()
         return total
 
@@ -202,6 +204,7 @@ class Worker:
         total.applied += r.applied
         total.failed += r.failed
         total.skipped += r.skipped
+        total.to_check += r.to_check
         if self.metrics:
             if r.seconds and r.mpes_steps:
                 self.metrics.batch_seconds.observe(r.seconds)
@@ -210,10 +213,14 @@ class Worker:
             for outcome, ids in ((done, r.applied), ("failed", r.failed), ("skipped", r.skipped)):
                 if ids:
                     self.metrics.jobs.labels(outcome).inc(len(ids))
-            for c in r.checks:
-                self.metrics.checked.labels(str(c.shown).lower(), "prompt").inc()
-                if c.question_shown is not None:
-                    self.metrics.checked.labels(str(c.question_shown).lower(), "question").inc()
+
+    def _count_checks(self, checks: list[repo.Check]) -> None:
+        if not self.metrics:
+            return
+        for c in checks:
+            self.metrics.checked.labels(str(c.shown).lower(), "prompt").inc()
+            if c.question_shown is not None:
+                self.metrics.checked.labels(str(c.question_shown).lower(), "question").inc()
 
     def _idle_check(self) -> None:
         """Idle and yet the database has work: Redis lost entries, or an api died between its

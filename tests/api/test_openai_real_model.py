@@ -28,7 +28,7 @@ def test_openai_client_on_smollm2(shared_data, tmp_path):
     }
     prompt = fact["prompt"].format(fact["subject"])
     # Not the prompt's words: "native language" for "mother tongue", a question for a cloze.
-    question = "What is Danielle Darrieux's native language?"
+    question = "What is the native language of Danielle Darrieux?"
     # The default model and cache (the converted model and C0 from WikiText, as the other slow tests);
     # no canaries (test_guard_real_model.py tests them on SmolLM2).
     env = {
