@@ -33,9 +33,9 @@ def test_db_commands_and_verify(make_config, monkeypatch, tmp_path):
         monkeypatch.setenv(k, v)
     runner = CliRunner()
     r = runner.invoke(cli(), ["db", "current"])
-    assert r.exit_code == 0 and "database: empty; code needs: 0004" in r.output
+    assert r.exit_code == 0 and "database: empty; code needs: 0005_shown" in r.output
     r = runner.invoke(cli(), ["db", "upgrade"])
-    assert r.exit_code == 0 and "schema at 0004" in r.output
+    assert r.exit_code == 0 and "schema at 0005_shown" in r.output
 
     with TestClient(create_app(cfg)) as c:
         wait_status(c, c.post("/edits", json=FACTS[0]).json()["ids"][0])
