@@ -12,15 +12,17 @@ import hashlib
 import json
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 
+from app.editing.answers import greedy_answers, shows
 from app.editing.batching import pad_right
 from app.editing.keys import states_at_lookup
 from app.editing.model import LoadedModel
 from app.editing.prompts import (
+    chat_context_templates,
     decode_text,
     encode_with_subject,
     fill,
@@ -28,10 +30,20 @@ from app.editing.prompts import (
     generate_subjects,
     target_ids,
 )
-from app.editing.settings import EditSettings
+from app.editing.settings import CHAT_USER_TURNS, EditSettings
 from app.editing.solve import nullspace_projector, solve_update
 from app.editing.targets import compute_targets
-from app.editing.types import BatchResult, EditError, EditOutcome, EditRequest, LayerDelta, LayerNorms
+from app.editing.types import (
+    BatchResult,
+    EditError,
+    EditOutcome,
+    EditRequest,
+    LayerDelta,
+    LayerNorms,
+    join_deltas,
+)
+
+SHOWN_TOKENS = 10  # greedy tokens the editor's own check asks of each written fact's prompt
 
 
 def hash_weights(weights: dict[int, torch.Tensor]) -> str:
@@ -104,7 +116,10 @@ class Editor:
     @property
     def templates(self) -> list[str]:
         if self._templates is None:
-            self._templates = generate_context_templates(self.lm, self.settings.n_prefixes, self.settings.prefix_tokens)
+            settings = self.settings
+            self._templates = generate_context_templates(
+                self.lm, settings.n_prefixes, settings.prefix_tokens
+            ) + chat_context_templates(self.lm.tokenizer, CHAT_USER_TURNS[: settings.chat_contexts])
         return self._templates
 
     @property
@@ -129,34 +144,97 @@ class Editor:
 
     # ----- editing -----
     def apply(self, requests: list[EditRequest], batch_id: int) -> BatchResult:
-        """Run ENCORE on a batch of facts and write it into the weights under `batch_id`."""
+        """Run ENCORE on a batch of facts and write it into the weights under `batch_id`; then, with
+        settings.reedit_passes, edit again the facts whose greedy answer does not show their target."""
         self._check_new(requests, batch_id)
         t0 = time.perf_counter()
         targets = compute_targets(self.lm, requests, self.templates, self.settings, max_rows=self.max_rows)
-        t1 = time.perf_counter()
-        deltas, keys_seconds = self._insert(requests, targets.z_star)
-        t2 = time.perf_counter()
+        z_seconds = time.perf_counter() - t0
+        z_star, steps = targets.z_star.clone(), list(targets.steps)
+
+        def again(facts: list[int]) -> torch.Tensor:
+            nonlocal z_seconds
+            t = time.perf_counter()
+            more = compute_targets(
+                self.lm, [requests[i] for i in facts], self.templates, self.settings, self.max_rows, check_bare=True
+            )
+            z_seconds += time.perf_counter() - t
+            for j, i in enumerate(facts):
+                z_star[i], steps[i] = more.z_star[j], steps[i] + more.steps[j] + 1
+            return more.z_star
+
+        z_first, t1 = z_seconds, time.perf_counter()
+        deltas, keys_seconds, passes = self._write(requests, z_star, again)
+        solve_seconds = time.perf_counter() - t1 - (z_seconds - z_first)
         self.live[batch_id] = deltas
         after = self.target_probabilities(requests)
         outcomes = [
-            EditOutcome(targets.z_star[i].detach().cpu(), targets.steps[i], targets.prob_before[i], after[i])
+            EditOutcome(z_star[i].detach().cpu(), steps[i], targets.prob_before[i], after[i])
             for i in range(len(requests))
         ]
         return BatchResult(
-            batch_id, deltas, outcomes, z_seconds=t1 - t0, solve_seconds=t2 - t1, keys_seconds=keys_seconds
+            batch_id,
+            deltas,
+            outcomes,
+            z_seconds=z_seconds,
+            solve_seconds=solve_seconds,
+            keys_seconds=keys_seconds,
+            extra={"reedited": passes} if passes else {},
         )
 
     def reapply(self, requests: list[EditRequest], z_stars: list[torch.Tensor], batch_id: int) -> BatchResult:
-        """Write facts whose z* is already known (no optimisation): what a revert does for a batch's other edits."""
+        """Write facts whose z* is already known (no optimisation): what a revert does for a batch's other
+        edits. With settings.reedit_passes, the facts that do not show are written towards their z* again."""
         self._check_new(requests, batch_id)
         before = self.target_probabilities(requests)
+        z_star = torch.stack([z.to(self.lm.device).float() for z in z_stars])
         t0 = time.perf_counter()
-        deltas, keys_seconds = self._insert(requests, torch.stack([z.to(self.lm.device).float() for z in z_stars]))
+        deltas, keys_seconds, passes = self._write(requests, z_star, lambda facts: z_star[facts])
         t1 = time.perf_counter()
         self.live[batch_id] = deltas
         after = self.target_probabilities(requests)
         outcomes = [EditOutcome(z_stars[i].detach().cpu(), 0, before[i], after[i]) for i in range(len(requests))]
-        return BatchResult(batch_id, deltas, outcomes, solve_seconds=t1 - t0, keys_seconds=keys_seconds)
+        extra = {"reedited": passes} if passes else {}
+        return BatchResult(batch_id, deltas, outcomes, solve_seconds=t1 - t0, keys_seconds=keys_seconds, extra=extra)
+
+    def _write(
+        self, requests: list[EditRequest], z_star: torch.Tensor, again: Callable[[list[int]], torch.Tensor]
+    ) -> tuple[list[LayerDelta], float, list[int]]:
+        """Insert z* for every fact, then up to settings.reedit_passes times insert `again(facts)` for the
+        facts whose greedy answer to their prompt does not show target_new (arXiv 2503.11895: a single
+        insertion under-edits). Returns the batch's factors, the seconds spent on keys and the number of
+        facts written again in each pass.
+
+        The passes' factors are joined into one per layer and the weights set to W + that sum in one
+        addition, exactly as add_batch() does, so that a replay of the log reaches the same bits."""
+        start = self._save_layers()
+        deltas, keys_seconds = self._insert(requests, z_star)
+        passes: list[int] = []
+        try:
+            for _ in range(self.settings.reedit_passes):
+                facts = self.not_shown(requests)
+                if not facts:
+                    break
+                passes.append(len(facts))
+                more, seconds = self._insert([requests[i] for i in facts], again(facts))
+                deltas = [join_deltas(pair) for pair in zip(deltas, more, strict=True)]
+                keys_seconds += seconds
+        except BaseException:
+            self._restore_layers(start)
+            raise
+        if passes:
+            self._restore_layers(start)
+            with torch.no_grad():
+                for d in deltas:
+                    self._w(d.layer).add_(d.matrix().to(self.lm.device))
+                    self._preserve(d, +1)
+        return deltas, keys_seconds, passes
+
+    def not_shown(self, requests: list[EditRequest]) -> list[int]:
+        """The facts whose greedy answer to their prompt (SHOWN_TOKENS new tokens) does not show
+        target_new, by app/editing/answers.py's rule: indices into `requests`."""
+        answers = greedy_answers(self.lm.model, self.lm.tokenizer, [r.text for r in requests], SHOWN_TOKENS)
+        return [i for i, (r, a) in enumerate(zip(requests, answers, strict=True)) if not shows(a, r.target_new)]
 
     def add_batch(self, batch_id: int, deltas: list[LayerDelta]) -> None:
         """Apply stored factors (replay, or an API replica catching up with the worker)."""
@@ -167,11 +245,8 @@ class Editor:
             raise EditError(f"batch {batch_id} edits layers {sorted(by_layer)}, this editor edits {self.layers}")
         with torch.no_grad():
             for layer in self.layers:
-                d = by_layer[layer]
-                self._w(layer).add_(d.matrix().to(self.lm.device))
-                if layer in self.preserved:
-                    k = d.keys.double().to(self.lm.device)
-                    self.preserved[layer] += k @ k.T
+                self._w(layer).add_(by_layer[layer].matrix().to(self.lm.device))
+                self._preserve(by_layer[layer], +1)
         self.live[batch_id] = [by_layer[layer] for layer in self.layers]
 
     def dense_weights(self) -> dict[int, torch.Tensor]:
@@ -196,9 +271,7 @@ class Editor:
                 self._w(layer).copy_(weights[layer])
             for b in batch_ids:
                 for d in deltas.get(b) or []:
-                    if d.layer in self.preserved:
-                        k = d.keys.double().to(self.lm.device)
-                        self.preserved[d.layer] += k @ k.T
+                    self._preserve(d, +1)
         self.live = {
             b: ([x for layer in self.layers for x in deltas[b] if x.layer == layer] if b in deltas else None)
             for b in batch_ids
@@ -274,9 +347,27 @@ class Editor:
                 for d in self.live[b] or ():  # none is None: checked above
                     self._w(d.layer).add_(d.matrix().to(self.lm.device))
             for d in removed or []:
-                if d.layer in self.preserved:
-                    k = d.keys.double().to(self.lm.device)
-                    self.preserved[d.layer] -= k @ k.T
+                self._preserve(d, -1)
+
+    def _preserve(self, delta: LayerDelta, sign: int) -> None:
+        """Add (+1) or take out (−1) a batch's keys at one layer in Σ K Kᵀ, the sum later solves keep.
+        A replica keeps none."""
+        if delta.layer in self.preserved:
+            k = delta.keys.double().to(self.lm.device)
+            self.preserved[delta.layer].add_(k @ k.T, alpha=sign)
+
+    def _save_layers(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """The edited layers' weights and Σ K Kᵀ as they are now (what a failed write goes back to)."""
+        return (
+            {layer: self._w(layer).detach().clone() for layer in self.layers},
+            {layer: p.clone() for layer, p in self.preserved.items()},
+        )
+
+    def _restore_layers(self, saved: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]) -> None:
+        with torch.no_grad():
+            for layer in self.layers:
+                self._w(layer).copy_(saved[0][layer])
+        self.preserved = {layer: p.clone() for layer, p in saved[1].items()}
 
     def _check_dense(self, weights: dict[int, torch.Tensor], what: str) -> None:
         """Every edited layer, of the model's shape and dtype: checked before any weight is copied."""
@@ -306,9 +397,7 @@ class Editor:
                 assert deltas is not None  # missing_deltas() was checked above
                 for d in deltas:
                     self._w(d.layer).add_(d.matrix().to(self.lm.device))
-                    if d.layer in self.preserved:
-                        k = d.keys.double().to(self.lm.device)
-                        self.preserved[d.layer] += k @ k.T
+                    self._preserve(d, +1)
 
     def _check_new(self, requests: list[EditRequest], batch_id: int) -> None:
         if self.replica:
@@ -387,8 +476,7 @@ class Editor:
         encoded = self._encode_key_prompts(requests)
         bare = encoded[::n_t]
         neighbours = self._encode_neighbour_prompts(requests) if settings.neighbour_keys else []
-        snapshot = {layer: self._w(layer).detach().clone() for layer in self.layers}
-        preserved = {layer: p.clone() for layer, p in self.preserved.items()}
+        start = self._save_layers()
         deltas = []
         keys_seconds = 0.0
         try:
@@ -425,13 +513,10 @@ class Editor:
                 dt = getattr(torch, settings.factor_dtype)
                 delta = LayerDelta(layer, u.to(dt).cpu(), v.to(dt).cpu(), k32.to(dt).cpu())
                 self._w(layer).add_(delta.matrix().to(self.lm.device))
-                kept = delta.keys.double().to(self.lm.device)
-                self.preserved[layer] += kept @ kept.T
+                self._preserve(delta, +1)
                 deltas.append(delta)
         except BaseException:
-            for layer in self.layers:
-                self._w(layer).copy_(snapshot[layer])
-            self.preserved = preserved
+            self._restore_layers(start)
             raise
         return deltas, keys_seconds
 

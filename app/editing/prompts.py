@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,21 @@ def generate_context_templates(lm, n_prefixes: int, length: int, seed: int = 0, 
         text = tok.decode(ids[0], skip_special_tokens=True)
         templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
     return templates
+
+
+def chat_context_templates(tok, user_turns: Sequence[str]) -> list[str]:
+    """One template per user turn: the turn through the model's own chat template, then the fact's
+    prompt as the start of the assistant's answer ('<user>Tell me a fact.</user><assistant>{}').
+
+    The edit then also holds where an instruct model is asked: behind the chat template's system
+    and user text, in the assistant's turn. A model without a chat template gets none."""
+    if not getattr(tok, "chat_template", None):
+        return []
+    out = []
+    for turn in user_turns:
+        text = tok.apply_chat_template([{"role": "user", "content": turn}], add_generation_prompt=True, tokenize=False)
+        out.append(text.replace("{", " ").replace("}", " ") + "{}")
+    return out
 
 
 # Shown to the model as the start of a list it continues; never used as subjects themselves.

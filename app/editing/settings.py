@@ -32,6 +32,11 @@ class Preset(StrEnum):
     GPT2_XL = "gpt2-xl"
 
 
+# The user's side of the chat contexts (settings.chat_contexts): requests that any fact answers, so
+# that no evaluation question is ever among them.
+CHAT_USER_TURNS = ("Tell me a fact.", "Complete the sentence.", "What do you know?")
+
+
 class EditSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -50,6 +55,22 @@ class EditSettings(BaseModel):
     loss_stop: float = Field(5e-2, ge=0, description="stop a fact's optimisation when its loss falls below this")
     n_prefixes: int = Field(5, ge=0, le=5, description="generated context prefixes ('The …', 'Therefore …', …)")
     prefix_tokens: int = Field(10, ge=2, le=40, description="length of each generated prefix, in tokens")
+    chat_contexts: int = Field(
+        0,
+        ge=0,
+        le=len(CHAT_USER_TURNS),
+        description="context templates that put the fact in the assistant's turn of the model's chat template, "
+        "after a generic user request (so that the edit holds where users ask through chat); 0 turns it off",
+    )
+
+    # After the update: what the written weights answer.
+    reedit_passes: int = Field(
+        0,
+        ge=0,
+        le=5,
+        description="after writing a batch, ask each fact's prompt greedily; the facts whose answer does not "
+        "show target_new are edited again (new targets from the edited weights), at most this many times",
+    )
 
     # Step 2: the closed-form update per layer.
     lambda_p: float = Field(15000.0, ge=0, description="weight of the key second moment C₀ (preservation)")

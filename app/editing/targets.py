@@ -62,8 +62,11 @@ def compute_targets(
     templates: list[str],
     settings: EditSettings,
     max_rows: int = 384,
+    check_bare: bool = False,
 ) -> TargetVectors:
-    """Optimise δ for every fact of a batch at once; see the module docstring."""
+    """Optimise δ for every fact of a batch at once; see the module docstring. `check_bare`: MPES
+    counts a check only when the bare prompt's target is top-1 too (an edit made again because
+    the written weights did not answer the bare prompt with it)."""
     n = len(requests)
     ff = FastForward(lm, [fact_prompts(lm.tokenizer, r, templates) for r in requests], settings.last_layer, max_rows)
     z = ff.z  # (n, d)
@@ -94,8 +97,10 @@ def compute_targets(
             loss = nll + settings.kl_factor * kl + settings.delta_penalty * penalty
 
             # MPES: the target is top-1 at every target position of every prefixed prompt
-            # (of the bare prompt when there are no prefixes).
-            checked = (out.top1 | ~out.mask)[:, 1:] if out.mask.shape[1] > 1 else out.top1 | ~out.mask
+            # (of the bare prompt too when there are no prefixes, or when asked to).
+            checked = out.top1 | ~out.mask
+            if out.mask.shape[1] > 1 and not check_bare:
+                checked = checked[:, 1:]
             top1_everywhere = checked.flatten(1).all(-1).tolist()
             p_bare = torch.exp(-nll_each[:, 0].detach()).tolist()
             for i, f in enumerate(facts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -140,6 +141,20 @@ class LayerDelta:
     def matrix(self) -> torch.Tensor:
         """ΔW as float32, computed in float64 so every process gets the same bits."""
         return (self.u.double() @ self.v.double().T).float()
+
+
+def join_deltas(parts: Sequence[LayerDelta]) -> LayerDelta:
+    """Several changes to one layer as one: their factors side by side (Σ uᵢvᵢᵀ = [u…][v…]ᵀ) and
+    their keys too, so that Σ K Kᵀ gains what the parts would have added one by one."""
+    layers = {d.layer for d in parts}
+    if len(layers) != 1:
+        raise EditError(f"only changes to one layer can be joined, got layers {sorted(layers)}")
+    return LayerDelta(
+        parts[0].layer,
+        torch.cat([d.u for d in parts], 1),
+        torch.cat([d.v for d in parts], 1),
+        torch.cat([d.keys for d in parts], 1),
+    )
 
 
 @dataclass

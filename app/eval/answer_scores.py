@@ -1,4 +1,4 @@
-"""The metrics of what a user reads: greedy answers of the model, judged by app/eval/answers.py's rule.
+"""The metrics of what a user reads: greedy answers of the model, judged by app/editing/answers.py's rule.
 
 Per record (definitions in docs/eval.md, "Where users look"):
 - `gen_es` / `gen_es_begins`: the greedy continuation (10 tokens) of the edit prompt with the subject
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.eval.answers import begins_with, greedy_answers, has_chat_template, normalise, shows
+from app.editing.answers import begins_with, greedy_answers, has_chat_template, normalise, shows
 from app.eval.data import CounterFactRecord, Record, ZsreRecord
 from app.eval.questions import DRIFT_PROMPTS, chat_question
 

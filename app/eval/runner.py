@@ -26,10 +26,10 @@ from typing import Any, TypeGuard
 import torch
 from tqdm.auto import tqdm
 
+from app.editing.answers import has_chat_template
 from app.editing.build import Role, build_editor
 from app.editing.settings import differences
 from app.eval import answer_scores, scoring
-from app.eval.answers import has_chat_template
 from app.eval.checkpoint import FINAL_DIR, checkpoint_batches, load_checkpoint, load_trail, save_checkpoint, save_trail
 from app.eval.data import CounterFactRecord, Record, ZsreRecord
 from app.eval.health import HealthConfig, measure_health

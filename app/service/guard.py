@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from app.config import ServiceConfig
 from app.editing.model import LoweredCopy
 from app.editing.prompts import decode_text
-from app.editing.types import BatchResult, EditOutcome, EditRequest, LayerDelta
+from app.editing.types import BatchResult, EditOutcome, EditRequest, LayerDelta, join_deltas
 from app.eval import canaries as probes
 from app.service import faults
 from app.service.host import ModelHost
@@ -344,15 +344,7 @@ class Guard:
         if not admitted:
             return Guarded(None, None, Judgement([]), rejected)
         order = [i for group, _ in admitted for i in group]
-        deltas = [
-            LayerDelta(
-                layer,
-                torch.cat([d[k].u for _, d in admitted], 1),
-                torch.cat([d[k].v for _, d in admitted], 1),
-                torch.cat([d[k].keys for _, d in admitted], 1),
-            )
-            for k, layer in enumerate(editor.layers)
-        ]
+        deltas = [join_deltas([d[k] for _, d in admitted]) for k in range(len(editor.layers))]
         editor.add_batch(batch_id, deltas)  # one addition per layer: the bits a replay of the log gives
         res = BatchResult(batch_id, deltas, [])
         scores = self.score()

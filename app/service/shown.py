@@ -4,7 +4,7 @@ Once a version is committed (a batch, or a revert's re-apply of the batch-mates)
 its own weights, which are exactly that version's, every fact the version applied: the prompt with
 the subject filled in, greedily (10 new tokens), and the edit's natural question, when
 it has one, as one user turn through the model's chat template (24 new tokens). An
-answer shows the fact when it contains target_new by app/eval/answers.py's rule (the one `kedit
+answer shows the fact when it contains target_new by app/editing/answers.py's rule (the one `kedit
 eval` uses). The answers and verdicts go into the log in a transaction of their own.
 
 Why after the commit, and apart from it: the check only reads the weights, so it holds the read
@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.eval.answers import chat_prompt, greedy_answers, has_chat_template, shows
+from app.editing.answers import chat_prompt, greedy_answers, has_chat_template, shows
 from app.service import faults
 from app.service.host import ModelHost
 from app.store import repo

@@ -12,7 +12,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from app.eval.answers import shows  # noqa: E402
+from app.editing.answers import shows  # noqa: E402
 from tests.utils.service import KeditServer, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow

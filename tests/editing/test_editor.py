@@ -279,3 +279,48 @@ def test_neighbour_keys_keep_other_subjects_outputs(tmp_path):
         for s in Editor(tiny_lm(), tiny_settings(neighbour_keys=4), stats).neighbour_subjects
     )
     assert moved[4] < 0.5 * moved[0], moved
+
+
+def test_reedit_passes_write_again_the_facts_that_do_not_show_and_replay_to_the_same_bits(tmp_path):
+    # Two optimisation steps leave a tiny random model's greedy answers without the targets, so the
+    # passes have facts to write again.
+    settings = tiny_settings(max_steps=2, reedit_passes=2)
+    stats = tiny_stats(tiny_lm(), settings.layers, tmp_path)
+    once = Editor(tiny_lm(), settings.model_copy(update={"reedit_passes": 0}), stats, templates=TEMPLATES)
+    once.apply(FACTS, batch_id=1)
+    unshown = once.not_shown(FACTS)
+    assert unshown, "the first insertion should leave a fact unshown on a tiny model"
+
+    editor = Editor(tiny_lm(), settings, stats, templates=TEMPLATES)
+    result = editor.apply(FACTS, batch_id=1)
+    passes = result.extra["reedited"]
+    assert passes[0] == len(unshown) and 1 <= len(passes) <= 2
+    for d in result.deltas:  # one factor column per written fact, first insertion and passes alike
+        assert d.u.shape[1] == d.v.shape[1] == d.keys.shape[1] == len(FACTS) + sum(passes)
+        assert torch.equal(editor._w(d.layer).detach(), editor.base[d.layer] + d.matrix())
+        k = d.keys.double()
+        assert torch.allclose(editor.preserved[d.layer], k @ k.T)
+    assert editor.not_shown(FACTS) != unshown or len(passes) == 2  # it stopped early only when all showed
+
+    replica = Editor(tiny_lm(), settings, stats, templates=TEMPLATES)
+    replica.add_batch(1, result.deltas)
+    assert replica.weights_hash() == editor.weights_hash()
+
+    # A revert's re-apply writes the known z* again for the facts that do not show, the same way.
+    editor.remove_batch(1)
+    again = editor.reapply(FACTS, [o.z_star for o in result.outcomes], batch_id=2)
+    replica = Editor(tiny_lm(), settings, stats, templates=TEMPLATES)
+    replica.add_batch(2, again.deltas)
+    assert replica.weights_hash() == editor.weights_hash()
+    assert again.deltas[0].u.shape[1] == len(FACTS) + sum(again.extra.get("reedited", []))
+
+
+def test_a_failed_reedit_pass_leaves_the_weights_untouched(tmp_path, monkeypatch):
+    settings = tiny_settings(max_steps=2, reedit_passes=1)
+    editor = Editor(tiny_lm(), settings, tiny_stats(tiny_lm(), settings.layers, tmp_path), templates=TEMPLATES)
+    h = editor.weights_hash()
+    monkeypatch.setattr(editor, "not_shown", lambda requests: (_ for _ in ()).throw(RuntimeError("injected")))
+    with pytest.raises(RuntimeError, match="injected"):
+        editor.apply(FACTS, batch_id=1)
+    assert editor.weights_hash() == h and editor.batch_ids == []
+    assert all(not p.any() for p in editor.preserved.values())

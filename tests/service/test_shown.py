@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
-from app.eval.answers import shows
+from app.editing.answers import shows
 from app.service import faults
 from app.service.context import ServiceContext
 from app.service.shown import NO_CHAT_TEMPLATE, PROMPT_TOKENS, QUESTION_TOKENS

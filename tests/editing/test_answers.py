@@ -1,10 +1,10 @@
-"""The matching rule of app/eval/answers.py on fixed texts, and greedy answers on a tiny model."""
+"""The matching rule of app/editing/answers.py on fixed texts, and greedy answers on a tiny model."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.eval.answers import begins_with, greedy_answers, normalise, shows
+from app.editing.answers import begins_with, greedy_answers, normalise, shows
 from tests.utils.tiny import build_tiny_model
 
 

@@ -1,6 +1,7 @@
 """What a user reads: greedy answers to prompts and chat questions, and whether they show a fact.
 
-The matching rule, used by `kedit eval` and by the worker's shown / not-shown check alike:
+The matching rule, used alike by `kedit eval`, by the worker's shown / not-shown check and by the
+editor's own check of what it wrote (settings.reedit_passes):
 
 - both texts are compared case-folded, after Unicode NFKC normalisation, with runs of whitespace
   collapsed and the typographic apostrophes and quotes folded to their ASCII forms;
@@ -12,7 +13,7 @@ The matching rule, used by `kedit eval` and by the worker's shown / not-shown ch
   skipped), it shows the target at its very start.
 
 An empty target is shown by nothing. These rules are unit-tested on fixed texts
-(tests/eval/test_answers.py).
+(tests/editing/test_answers.py).
 """
 
 from __future__ import annotations
