@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.cli.common import console, fail, load_config
+from app.editing.reading import generate
 from app.editing.settings import Method, Preset
 from app.editing.types import EditError, EditRequest
 
@@ -75,12 +76,12 @@ def edit(
         cfg, settings = _config(model, preset_name, method, layers, None, corpus, cache_dir, device)
         with console.status("loading the model"):
             editor = cfg.load_editor(Role.EVAL, progress=True)
-        before = editor.generate(request.text, max_new_tokens)
+        before = generate(editor.lm, request.text, max_new_tokens)
         t0 = time.perf_counter()
         with console.status(f"editing ({settings.method}, layers {list(settings.layers)})"):
             result = editor.apply([request], batch_id=1)
         seconds = time.perf_counter() - t0
-        after = editor.generate(request.text, max_new_tokens)
+        after = generate(editor.lm, request.text, max_new_tokens)
     except EditError as exc:
         fail(str(exc))
     outcome = result.outcomes[0]

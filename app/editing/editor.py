@@ -18,18 +18,16 @@ from contextlib import contextmanager
 import torch
 
 from app.editing.answers import greedy_answers, shows
-from app.editing.batching import pad_right
 from app.editing.keys import states_at_lookup
 from app.editing.model import LoadedModel
 from app.editing.prompts import (
     chat_context_templates,
-    decode_text,
     encode_with_subject,
     fill,
     generate_context_templates,
     generate_subjects,
-    target_ids,
 )
+from app.editing.reading import fact_length_problem, target_probabilities
 from app.editing.settings import CHAT_USER_TURNS, EditSettings
 from app.editing.solve import nullspace_projector, solve_update
 from app.editing.targets import compute_targets
@@ -167,7 +165,7 @@ class Editor:
         deltas, keys_seconds, passes = self._write(requests, z_star, again)
         solve_seconds = time.perf_counter() - t1 - (z_seconds - z_first)
         self.live[batch_id] = deltas
-        after = self.target_probabilities(requests)
+        after = target_probabilities(self.lm, requests)
         outcomes = [
             EditOutcome(z_star[i].detach().cpu(), steps[i], targets.prob_before[i], after[i])
             for i in range(len(requests))
@@ -186,13 +184,13 @@ class Editor:
         """Write facts whose z* is already known (no optimisation): what a revert does for a batch's other
         edits. With settings.reedit_passes, the facts that do not show are written towards their z* again."""
         self._check_new(requests, batch_id)
-        before = self.target_probabilities(requests)
+        before = target_probabilities(self.lm, requests)
         z_star = torch.stack([z.to(self.lm.device).float() for z in z_stars])
         t0 = time.perf_counter()
         deltas, keys_seconds, passes = self._write(requests, z_star, lambda facts: z_star[facts])
         t1 = time.perf_counter()
         self.live[batch_id] = deltas
-        after = self.target_probabilities(requests)
+        after = target_probabilities(self.lm, requests)
         outcomes = [EditOutcome(z_stars[i].detach().cpu(), 0, before[i], after[i]) for i in range(len(requests))]
         extra = {"reedited": passes} if passes else {}
         return BatchResult(batch_id, deltas, outcomes, solve_seconds=t1 - t0, keys_seconds=keys_seconds, extra=extra)
@@ -409,42 +407,9 @@ class Editor:
         for r in requests:
             r.validate()
         for i, r in enumerate(requests):
-            problem = self.fact_length_problem(r)
+            problem = fact_length_problem(self.lm, self.templates, r)
             if problem:
                 raise EditError(problem if len(requests) == 1 else f"fact {i + 1} of the batch: {problem}")
-
-    def fact_length_problem(self, request: EditRequest) -> str | None:
-        """A fact is read after a generated prefix, with its target appended: all of it must fit the
-        model's positions. Returns a sentence saying by how much it does not, else None."""
-        n_ctx = self.lm.context_length
-        if n_ctx is None:
-            return None
-        tok = self.lm.tokenizer
-        prefix = max((len(tok(fill(t, "")).input_ids) for t in self.templates), default=0)
-        n = prefix + len(tok(request.text).input_ids) + len(tok(" " + request.target_new).input_ids)
-        if n > n_ctx:
-            return (
-                f"the fact is {n} tokens long with its context prefix and target; the model reads at most "
-                f"{n_ctx} tokens: shorten the prompt, subject or target"
-            )
-        return None
-
-    def generate_problem(self, prompt: str, max_new_tokens: int) -> str | None:
-        """None when prompt + max_new_tokens fit the model's positions, else what to change."""
-        if self.lm.context_length is None:
-            return None
-        return self.length_problem(len(self.lm.tokenizer(prompt).input_ids), max_new_tokens)
-
-    def length_problem(self, prompt_tokens: int, max_new_tokens: int, name: str = "max_new_tokens") -> str | None:
-        """The one context rule for generation: prompt tokens + new tokens within the model's positions."""
-        n_ctx = self.lm.context_length
-        n = prompt_tokens + max_new_tokens
-        if n_ctx is None or n <= n_ctx:
-            return None
-        return (
-            f"the prompt is {prompt_tokens} tokens and {name} is {max_new_tokens}: {n} tokens, "
-            f"but the model reads at most {n_ctx}; shorten the prompt or ask for fewer tokens"
-        )
 
     def _encode_key_prompts(self, requests: list[EditRequest]):
         return [
@@ -519,38 +484,6 @@ class Editor:
             self._restore_layers(start)
             raise
         return deltas, keys_seconds
-
-    # ----- reading the model -----
-    @torch.no_grad()
-    def target_probabilities(self, requests: list[EditRequest]) -> list[float]:
-        """P(target_new | prompt): geometric mean of the target tokens' probabilities, teacher-forced."""
-        tok, dev = self.lm.tokenizer, self.lm.device
-        rows, spans = [], []
-        for r in requests:
-            prompt = tok(r.text)["input_ids"]
-            tgt = target_ids(tok, r.target_new)
-            rows.append(prompt + tgt)
-            spans.append((len(prompt), tgt))
-        ids, mask = pad_right(rows, tok.pad_token_id)
-        logp = torch.log_softmax(self.lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float(), -1)
-        out = []
-        for i, (start, tgt) in enumerate(spans):
-            lp = logp[i, start - 1 : start - 1 + len(tgt)].gather(1, torch.tensor(tgt, device=dev)[:, None])
-            out.append(float(lp.mean().exp()))
-        return out
-
-    @torch.no_grad()
-    def generate(self, prompt: str, max_new_tokens: int = 20) -> str:
-        """Greedy continuation of `prompt` from the current weights."""
-        problem = self.generate_problem(prompt, max_new_tokens)
-        if problem:
-            raise EditError(problem)
-        tok = self.lm.tokenizer
-        enc = tok(prompt, return_tensors="pt").to(self.lm.device)
-        out = self.lm.model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-        )
-        return decode_text(tok, out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
     # ----- persistence (safetensors tensors + JSON metadata; never pickle) -----
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:

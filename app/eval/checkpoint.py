@@ -12,7 +12,9 @@ DIR/trail/ is the small resume point written after every batch: each batch's tar
 z* (trail/batch<b>.safetensors, written once) and the runner's progress (trail/progress.json,
 replaced last). A run resumed from it writes its batches again from their z* (keys and solves,
 no optimisation), so it costs a tenth of the edits and is a few MB for thousands of facts,
-small enough to carry a long CPU run from one machine to the next.
+small enough to carry a long CPU run from one machine to the next. With settings.reedit_passes a
+batch's facts were written more than once; the trail keeps each fact's last z*, and the rewrite
+writes that (with its own passes), which comes close to the run's weights but not to their bits.
 """
 
 from __future__ import annotations

@@ -452,6 +452,7 @@ def run_eval(
                     "z_seconds": result.z_seconds,
                     "solve_seconds": result.solve_seconds,
                     "mean_steps": sum(steps) / len(steps) if steps else None,
+                    "reedited": result.extra.get("reedited", []),  # facts written again, per pass
                     "live_score": live,
                 }
             )

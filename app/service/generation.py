@@ -38,6 +38,7 @@ import torch
 
 from app.editing.model import LoweredCopy
 from app.editing.prompts import decode_text
+from app.editing.reading import length_problem
 from app.editing.sampling import sample_tokens
 from app.service.errors import Busy, Invalid, Unavailable
 from app.service.host import ModelHost, ReplayMismatch
@@ -312,7 +313,7 @@ class GenerationEngine:
             raise Unavailable("the server is shutting down")
         if not input_ids:
             raise Invalid("the prompt holds no tokens (after the chat template, if any); give some text to continue")
-        problem = self.host.editor.length_problem(len(input_ids), sampling.max_tokens, "max_tokens")
+        problem = length_problem(self.host.editor.lm, len(input_ids), sampling.max_tokens, "max_tokens")
         if problem:
             raise Invalid(problem)
         if len(input_ids) + sampling.max_tokens > self.cache_tokens:

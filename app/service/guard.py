@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from app.config import ServiceConfig
 from app.editing.model import LoweredCopy
 from app.editing.prompts import decode_text
+from app.editing.reading import target_probabilities
 from app.editing.types import BatchResult, EditOutcome, EditRequest, LayerDelta, join_deltas
 from app.eval import canaries as probes
 from app.service import faults
@@ -354,7 +355,7 @@ class Guard:
         self, res: BatchResult, first: BatchResult, order: list[int], requests: list[EditRequest]
     ) -> BatchResult:
         """The committed batch, its outcomes in `order` with what the first (full) run measured."""
-        after = self.host.editor.target_probabilities([requests[i] for i in order])
+        after = target_probabilities(self.host.editor.lm, [requests[i] for i in order])
         outcomes = [
             EditOutcome(first.outcomes[i].z_star, first.outcomes[i].mpes_steps, first.outcomes[i].prob_before, after[k])
             for k, i in enumerate(order)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from app.editing.editor import Editor
+from app.editing.reading import generate, generate_problem
 from app.editing.types import EditError, EditRequest
 from tests.utils.editing import FACTS, tiny_lm, tiny_settings
 
@@ -18,12 +19,12 @@ def test_generate_beyond_the_context_is_refused_before_it_runs(arch):
     editor = Editor(lm, tiny_settings(), replica=True)
     # What the probe sent: 300 emoji, inside the 512-character bound, far beyond 256 positions.
     with pytest.raises(EditError, match="the model reads at most 256; shorten the prompt"):
-        editor.generate(EMOJI * 300, 8)
+        generate(editor.lm, EMOJI * 300, 8)
     n = len(lm.tokenizer("The capital of France is").input_ids)
     with pytest.raises(EditError, match=f"{n + 256 - n + 1} tokens"):
-        editor.generate("The capital of France is", 256 - n + 1)
-    assert editor.generate_problem("The capital of France is", 256 - n) is None  # exactly full: allowed
-    assert isinstance(editor.generate("The capital of France is", 2), str)
+        generate(editor.lm, "The capital of France is", 256 - n + 1)
+    assert generate_problem(editor.lm, "The capital of France is", 256 - n) is None  # exactly full: allowed
+    assert isinstance(generate(editor.lm, "The capital of France is", 2), str)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

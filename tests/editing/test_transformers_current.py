@@ -13,6 +13,7 @@ import warnings
 import pytest
 
 from app.editing.editor import Editor
+from app.editing.reading import generate
 from app.editing.stats import collect_key_stats
 from tests.utils.editing import FACTS, TEMPLATES, tiny_lm, tiny_settings
 
@@ -41,7 +42,7 @@ def test_an_edit_uses_no_deprecated_api(arch):
             stats = collect_key_stats(lm, list(s.layers), None, tokens=1000, progress=False)  # generated text
             editor = Editor(lm, s, stats, templates=TEMPLATES)
             editor.apply(FACTS, batch_id=1)
-            editor.generate("The mother tongue of Danielle Darrieux is", max_new_tokens=3)
+            generate(editor.lm, "The mother tongue of Danielle Darrieux is", max_new_tokens=3)
             editor.remove_batch(1)
     finally:
         logger.removeHandler(records)
