@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
+from app.api.openai_compat_shapes import OpenAIError, error_body, error_type
 from app.api.origin import cross_site_problem
 from app.api.pools import Pools
 from app.api.routes import edits, generate, health, openai_compat, ui
@@ -34,7 +35,6 @@ from app.queue import WorkQueue
 from app.service.context import ServiceContext
 from app.service.errors import Busy, ServiceError, Starting
 from app.service.host import ReplayMismatch
-from app.service.oai import OpenAIError, error_body, error_type
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 API uses (edits, quality, the model host, the generation engine). The routes (app/api/routes/ui.py)
 only parse the request and render one of these views; the templates only lay them out.
 
-Numbers are formatted here, charts drawn here (app/service/charts.py), so the templates hold no
+Numbers are formatted here, charts drawn here (app/api/charts.py), so the templates hold no
 logic. Text a client wrote (prompts, subjects, targets, errors) stays raw: the templates escape it.
 """
 
@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from app.api.charts import RefLine, Series, line_chart
 from app.service import edits as edit_service
 from app.service import quality
-from app.service.charts import RefLine, Series, line_chart
 from app.service.context import ServiceContext
 from app.service.errors import Invalid
 from app.service.generation import Sampling
