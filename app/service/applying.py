@@ -18,7 +18,7 @@ from app.service.host import ModelHost
 from app.store import repo
 from app.store.codec import tensor_from_bytes
 from app.store.db import transaction
-from app.store.models import GUARD_REFUSAL, Edit
+from app.store.models import Edit
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
             # One unusable fact should not sink the others, whatever it breaks (a refusal, or an
             # error deep in the model): retry each alone, so only the fact that fails alone fails.
             with transaction(host.sessions) as s:
-                for e in repo.get_edits(s, [e.id for e in edits]):
-                    e.status = "queued"
+                repo.requeue(s, [e.id for e in edits])
             for e in edits:
                 sub = apply_edits(host, [e.id], lock_ok, guard)
                 report.applied += sub.applied
@@ -119,7 +118,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
     kept = [edits[i].id for i in order]
     if result is None:  # the guard refused every edit: no new version
         with transaction(host.sessions) as s:
-            _refuse(s, refused)
+            repo.mark_refused(s, refused)
         report.failed = sorted(refused)
         return report
     decision = _decision(active, guarded, refused) if active is not None and guarded is not None else None
@@ -127,7 +126,7 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
     def record(s) -> None:
         fresh = repo.get_edits(s, kept)
         repo.record_batch(s, repo.Applied(version, weights_hash, norms), result, fresh, seconds)
-        _refuse(s, refused)
+        repo.mark_refused(s, refused)
         if decision and decision["verdict"] == "warn":
             for e in fresh:
                 e.guard = "warned: this batch " + "; ".join(decision["crossed"])
@@ -144,13 +143,6 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
     report.mpes_steps = [int(o.mpes_steps) for o in result.outcomes]
     report.seconds = seconds
     return report
-
-
-def _refuse(s, refused: dict[int, str]) -> None:
-    """Edits the guard refused end `failed`, with what they would have broken."""
-    for e in repo.get_edits(s, list(refused)):
-        e.status = "failed"
-        e.error = e.guard = GUARD_REFUSAL + refused[e.id]
 
 
 def _decision(guard: Guard, guarded: Guarded, refused: dict[int, str]) -> dict:

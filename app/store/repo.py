@@ -13,9 +13,10 @@ import torch
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session, defer
 
-from app.editing.types import BatchResult, LayerDelta, LayerNorms
+from app.editing.types import BatchResult, EditOutcome, LayerDelta, LayerNorms
 from app.store.codec import delta_from_bytes, delta_to_bytes, tensor_to_bytes, weights_to_bytes
 from app.store.models import (
+    EDIT_STATUSES,
     GUARD_REFUSAL,
     Batch,
     Canary,
@@ -32,6 +33,8 @@ from app.store.models import (
 
 # --- edits ---------------------------------------------------------------------------------
 
+QUEUED, APPLYING, APPLIED, FAILED, REVERTED = EDIT_STATUSES  # the transitions below name them
+
 
 class Unset(Enum):
     """No filter (None is a value some filters take: "not checked")."""
@@ -43,7 +46,7 @@ UNSET = Unset.UNSET
 
 
 def insert_edits(s: Session, facts: Iterable[dict]) -> list[Edit]:
-    rows = [Edit(status="queued", revert_requested=False, **fact) for fact in facts]
+    rows = [Edit(status=QUEUED, revert_requested=False, **fact) for fact in facts]
     s.add_all(rows)
     s.flush()  # assigns ids
     return rows
@@ -101,30 +104,6 @@ def queued_ids(s: Session) -> list[int]:
 def pending_revert_ids(s: Session) -> list[int]:
     return list(
         s.scalars(select(Edit.id).where(Edit.status == "applied", Edit.revert_requested.is_(True)).order_by(Edit.id))
-    )
-
-
-def claim_for_batch(s: Session, ids: Sequence[int]) -> list[Edit]:
-    """Queued edits among `ids` become `applying`; anything else (applied, failed, a redelivery) is skipped."""
-    rows = s.scalars(select(Edit).where(Edit.id.in_(list(ids)), Edit.status == "queued").order_by(Edit.id)).all()
-    for e in rows:
-        e.status = "applying"
-    return list(rows)
-
-
-def requeue_applying(s: Session) -> int:
-    """Edits a dead worker left half-done go back to the queue (only the lock holder calls this)."""
-    # An UPDATE's result is a CursorResult; Session.execute is typed with the general Result.
-    res = cast(
-        CursorResult[Any],
-        s.execute(update(Edit).where(Edit.status == "applying").values(status="queued", updated_at=utcnow())),
-    )
-    return int(res.rowcount or 0)
-
-
-def mark_failed(s: Session, ids: Sequence[int], reason: str) -> None:
-    s.execute(
-        update(Edit).where(Edit.id.in_(list(ids))).values(status="failed", error=reason[:2000], updated_at=utcnow())
     )
 
 
@@ -190,6 +169,76 @@ def shown_counts(s: Session) -> dict[tuple[str, bool | None], int]:
     for v, n in s.execute(asked.group_by(Edit.question_shown)):
         out[("question", v)] = int(n)
     return out
+
+
+# --- an edit's status ------------------------------------------------------------------------
+#
+# Every change of an edit's status is one of these transitions, made by the function of its name
+# and nowhere else (app/service calls them; it sets no status itself):
+#
+#   insert_edits       (new)    -> queued
+#   claim_for_batch    queued   -> applying   (a redelivered or finished edit is skipped)
+#   requeue            applying -> queued     (a failed batch retries its edits one by one)
+#   requeue_applying   applying -> queued     (what a dead worker left half-done)
+#   mark_applied       applying -> applied    (in the batch's commit, record_batch)
+#   mark_failed        applying -> failed     (the editor could not apply it)
+#   mark_refused       applying -> failed     (the quality guard refused it)
+#   mark_reverted      applied  -> reverted   (in the revert's commit, record_revert)
+
+
+def claim_for_batch(s: Session, ids: Sequence[int]) -> list[Edit]:
+    """Queued edits among `ids` become `applying`; anything else (applied, failed, a redelivery) is skipped."""
+    rows = s.scalars(select(Edit).where(Edit.id.in_(list(ids)), Edit.status == QUEUED).order_by(Edit.id)).all()
+    for e in rows:
+        e.status = APPLYING
+    return list(rows)
+
+
+def requeue(s: Session, ids: Sequence[int]) -> None:
+    """The edits among `ids` go back to the queue (to be claimed again, one at a time)."""
+    for e in get_edits(s, ids):
+        e.status = QUEUED
+
+
+def requeue_applying(s: Session) -> int:
+    """Edits a dead worker left half-done go back to the queue (only the lock holder calls this)."""
+    # An UPDATE's result is a CursorResult; Session.execute is typed with the general Result.
+    res = cast(
+        CursorResult[Any],
+        s.execute(update(Edit).where(Edit.status == APPLYING).values(status=QUEUED, updated_at=utcnow())),
+    )
+    return int(res.rowcount or 0)
+
+
+def mark_applied(e: Edit, batch_id: int, version: int, outcome: EditOutcome, seconds: float) -> None:
+    e.status = APPLIED
+    e.error = None
+    e.batch_id = batch_id
+    e.applied_version = version
+    e.z_star = tensor_to_bytes(outcome.z_star)
+    e.mpes_steps = int(outcome.mpes_steps)
+    e.prob_before = float(outcome.prob_before)
+    e.prob_after = float(outcome.prob_after)
+    e.seconds = seconds
+
+
+def mark_failed(s: Session, ids: Sequence[int], reason: str) -> None:
+    s.execute(
+        update(Edit).where(Edit.id.in_(list(ids))).values(status=FAILED, error=reason[:2000], updated_at=utcnow())
+    )
+
+
+def mark_refused(s: Session, refused: dict[int, str]) -> None:
+    """Edits the guard refused (id -> what they would have broken) end `failed`, saying so."""
+    for e in get_edits(s, list(refused)):
+        e.status = FAILED
+        e.error = e.guard = GUARD_REFUSAL + refused[e.id]
+
+
+def mark_reverted(e: Edit, version: int) -> None:
+    e.status = REVERTED
+    e.revert_requested = False
+    e.reverted_version = version
 
 
 # --- idempotency ---------------------------------------------------------------------------
@@ -347,15 +396,7 @@ def record_batch(s: Session, applied: Applied, result: BatchResult, edits: Seque
     _add_batch(s, applied, result, "edit", seconds)
     per_edit = seconds / max(1, len(edits))
     for e, out in zip(edits, result.outcomes, strict=True):
-        e.status = "applied"
-        e.error = None
-        e.batch_id = result.batch_id
-        e.applied_version = applied.version
-        e.z_star = tensor_to_bytes(out.z_star)
-        e.mpes_steps = int(out.mpes_steps)
-        e.prob_before = float(out.prob_before)
-        e.prob_after = float(out.prob_after)
-        e.seconds = per_edit
+        mark_applied(e, result.batch_id, applied.version, out, per_edit)
 
 
 def record_revert(
@@ -382,9 +423,7 @@ def record_revert(
         _add_batch(s, applied, result, "reapply", seconds, source_batch_id=removed_batch_id)
         for e in survivors:
             e.batch_id = result.batch_id
-    edit.status = "reverted"
-    edit.revert_requested = False
-    edit.reverted_version = applied.version
+    mark_reverted(edit, applied.version)
 
 
 # --- norms ---------------------------------------------------------------------------------
