@@ -60,15 +60,15 @@ def startup_view(ctx: ServiceContext) -> StartupView | None:
     """The start-up page's view while a start-up stage runs or after it failed; None once serving."""
     if ctx.startup.serving:
         return None
-    s = ctx.startup.snapshot()
+    now = ctx.startup.snapshot()
     return StartupView(
-        stage=s["stage"],
-        part=s["part"],
-        percent=None if s["progress"] is None else f"{100 * s['progress']:.0f} %",
-        progress=s["progress"],
-        detail=s["detail"],
-        left=None if s["seconds_left"] is None else f"about {duration(s['seconds_left'])} left",
-        error=s["error"],
+        stage=now["stage"],
+        part=now["part"],
+        percent=None if now["progress"] is None else f"{100 * now['progress']:.0f} %",
+        progress=now["progress"],
+        detail=now["detail"],
+        left=None if now["seconds_left"] is None else f"about {duration(now['seconds_left'])} left",
+        error=now["error"],
     )
 
 

@@ -64,9 +64,9 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
         return report
     faults.point("worker_claimed")
     host.sync()
-    with host.sessions() as s:
-        batch_id = repo.next_batch_id(s)
-        version = repo.head_version_id(s) + 1
+    with host.sessions() as session:
+        batch_id = repo.next_batch_id(session)
+        version = repo.head_version_id(session) + 1
     active = guard if guard is not None and guard.active else None  # the guard, when it scores this batch
     try:
         edited = _edit_and_guard(host, edits, batch_id, version, active)
@@ -77,8 +77,8 @@ def apply_edits(host: ModelHost, edit_ids: list[int], lock_ok=lambda: True, guar
 
 def _claim(host: ModelHost, edit_ids: list[int], report: JobReport) -> list[Edit]:
     """queued -> applying; redeliveries (and edits another worker finished) drop out here."""
-    with transaction(host.sessions) as s:
-        edits = repo.claim_for_batch(s, edit_ids)
+    with transaction(host.sessions) as session:
+        edits = repo.claim_for_batch(session, edit_ids)
         report.skipped = sorted(set(edit_ids) - {e.id for e in edits})
     return edits
 
@@ -127,8 +127,8 @@ def _after_failure(
     if len(edits) > 1:
         # One unusable fact should not sink the others, whatever it breaks (a refusal, or an
         # error deep in the model): retry each alone, so only the fact that fails alone fails.
-        with transaction(host.sessions) as s:
-            repo.requeue(s, [e.id for e in edits])
+        with transaction(host.sessions) as session:
+            repo.requeue(session, [e.id for e in edits])
         for e in edits:
             sub = apply_edits(host, [e.id], lock_ok, guard)
             report.applied += sub.applied
@@ -137,8 +137,8 @@ def _after_failure(
             report.to_check += sub.to_check
             report.version = sub.version or report.version
         return report
-    with transaction(host.sessions) as s:
-        repo.mark_failed(s, [e.id for e in edits], reason)
+    with transaction(host.sessions) as session:
+        repo.mark_failed(session, [e.id for e in edits], reason)
     report.failed = [e.id for e in edits]
     return report
 
@@ -157,24 +157,26 @@ def _record(
     result, guarded = edited.result, edited.guarded
     refused = {edits[i].id: reason for i, reason in (guarded.rejected if guarded else {}).items()}
     if result is None:  # the guard refused every edit: no new version
-        with transaction(host.sessions) as s:
-            repo.mark_refused(s, refused)
+        with transaction(host.sessions) as session:
+            repo.mark_refused(session, refused)
         report.failed = sorted(refused)
         return report
     kept = [edits[i].id for i in result.extra.get("order", range(len(edits)))]
     decision = _decision(active, guarded, refused) if active is not None and guarded is not None else None
 
-    def record(s) -> None:
-        fresh = repo.get_edits(s, kept)
-        repo.record_batch(s, repo.Applied(version, edited.weights_hash, edited.norms), result, fresh, edited.seconds)
-        repo.mark_refused(s, refused)
+    def record(session) -> None:
+        fresh = repo.get_edits(session, kept)
+        repo.record_batch(
+            session, repo.Applied(version, edited.weights_hash, edited.norms), result, fresh, edited.seconds
+        )
+        repo.mark_refused(session, refused)
         if decision and decision["verdict"] == "warn":
             for e in fresh:
                 e.guard = "warned: this batch " + "; ".join(decision["crossed"])
         if active is not None:
             assert guarded is not None and guarded.scores is not None  # a guarded batch with a result has scores
-            s.flush()
-            repo.put_quality(s, active.row(s, version, guarded.scores, decision))
+            session.flush()
+            repo.put_quality(session, active.row(session, version, guarded.scores, decision))
 
     _commit(host, lock_ok, record, version, edited.weights_hash, f"batch {batch_id}")
     report.to_check = list(kept)
@@ -208,17 +210,17 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guar
     """docs/method.md §4: take the edit's batch out, put its other live edits back from their stored z*."""
     report = JobReport()
     host.sync()
-    with host.sessions() as s:
-        edit = repo.get_edit(s, edit_id)
+    with host.sessions() as session:
+        edit = repo.get_edit(session, edit_id)
         if edit is None or edit.status != "applied" or not edit.revert_requested or edit.batch_id is None:
             report.skipped = [edit_id]
             return report
         old_batch = edit.batch_id
-        survivors = [e for e in repo.live_edits_of_batch(s, old_batch) if e.id != edit_id]
+        survivors = [e for e in repo.live_edits_of_batch(session, old_batch) if e.id != edit_id]
         requests = [_request(e) for e in survivors]
         z_stars = [tensor_from_bytes(_z_star(e)) for e in survivors]
-        new_batch = repo.next_batch_id(s)
-        version = repo.head_version_id(s) + 1
+        new_batch = repo.next_batch_id(session)
+        version = repo.head_version_id(session) + 1
     t0 = time.perf_counter()
     try:
         with host.writing():
@@ -232,23 +234,26 @@ def revert_edit(host: ModelHost, edit_id: int, lock_ok=lambda: True, guard: Guar
         reason = f"revert failed: {_reason(exc)}"
         log.warning("revert of edit %d failed: %s", edit_id, reason)
         host.sync_or_rebuild()
-        with transaction(host.sessions) as s:
-            repo.clear_revert_request(s, edit_id, reason)
+        with transaction(host.sessions) as session:
+            repo.clear_revert_request(session, edit_id, reason)
         report.failed = [edit_id]
         return report
     seconds = time.perf_counter() - t0
 
-    def record(s) -> None:
-        e = repo.get_edit(s, edit_id)
+    def record(session) -> None:
+        e = repo.get_edit(session, edit_id)
         assert e is not None  # read above; edits are never deleted
-        fresh = repo.get_edits(s, [x.id for x in survivors])
-        repo.record_revert(s, repo.Applied(version, weights_hash, norms), e, old_batch, fresh, result, seconds)
+        fresh = repo.get_edits(session, [x.id for x in survivors])
+        repo.record_revert(session, repo.Applied(version, weights_hash, norms), e, old_batch, fresh, result, seconds)
         if scores is not None and guard is not None:  # a revert is never refused; its scores are recorded all the same
-            s.flush()
+            session.flush()
             repo.put_quality(
-                s,
+                session,
                 guard.row(
-                    s, version, scores, {"policy": guard.policy, "verdict": "revert", "crossed": [], "rejected": []}
+                    session,
+                    version,
+                    scores,
+                    {"policy": guard.policy, "verdict": "revert", "crossed": [], "rejected": []},
                 ),
             )
 
@@ -266,8 +271,8 @@ def _commit(host: ModelHost, lock_ok, record, version: int, weights_hash: str, w
     try:
         if not lock_ok():
             raise LostWriterLock("the writer lock was lost before commit")
-        with transaction(host.sessions) as s:
-            record(s)
+        with transaction(host.sessions) as session:
+            record(session)
     except Exception:
         log.exception("could not record %s; undoing it in memory", what)
         host.sync_or_rebuild()
