@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import openapi
 from app.api.deps import BodyInvalid, describe
 from app.api.metrics import ApiMetrics
+from app.api.openai_compat_shapes import OpenAIError, error_body, error_type
 from app.api.origin import cross_site_problem
 from app.api.pools import Pools
 from app.api.routes import edits, generate, health, openai_compat, ui
@@ -34,7 +35,6 @@ from app.queue import WorkQueue
 from app.service.context import ServiceContext
 from app.service.errors import Busy, ServiceError, Starting
 from app.service.host import ReplayMismatch
-from app.service.oai import OpenAIError, error_body, error_type
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,14 @@ def create_app(
         "weights, undo any of them, and read text from the edited model.",
         lifespan=lifespan,
     )
+    _include_routers(app)
+    _add_middleware(app, config)
+    _add_error_handlers(app)
+    openapi.install(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
     # max_body_size also bounds bodies sent without Content-Length (chunked), which the
     # middleware below cannot see coming: they are cut off at the bound (413), not read whole.
     app.include_router(edits.router, max_body_size=MAX_BODY_BYTES)
@@ -141,6 +149,8 @@ def create_app(
     app.include_router(ui.router, max_body_size=MAX_BODY_BYTES)  # the operator dashboard (/ui)
     app.include_router(ui.root, max_body_size=MAX_BODY_BYTES)  # / leads there
 
+
+def _add_middleware(app: FastAPI, config: ServiceConfig) -> None:
     @app.middleware("http")
     async def same_site_only(request: Request, call_next):
         # Refused before anything else runs: no body is read, no key checked (app/api/origin.py).
@@ -151,71 +161,78 @@ def create_app(
             return _error(request, 403, problem)
         return await call_next(request)
 
-    @app.middleware("http")
-    async def bound_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return _error(request, 413, f"request body is {length} bytes; the bound is {MAX_BODY_BYTES}")
-        return await call_next(request)
+    app.middleware("http")(_bound_body)
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError):
-        if isinstance(exc, OpenAIError):
-            return JSONResponse(exc.body(), status_code=exc.status_code)
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy | Starting) else None
-        if isinstance(exc, Starting):
-            return _error(request, exc.status_code, exc.message, {"startup": exc.startup}, headers=headers)
-        extra = {"errors": exc.errors} if isinstance(exc, BodyInvalid) else None
-        return _error(request, exc.status_code, exc.message, extra, headers)
 
-    @app.exception_handler(sqlalchemy_exc.OperationalError)
-    @app.exception_handler(sqlalchemy_exc.InterfaceError)
-    @app.exception_handler(sqlalchemy_exc.TimeoutError)
-    async def database_unavailable(request: Request, exc: Exception):
-        # The edit log is the truth: without it nothing can be accepted or read. Say so (503,
-        # retry later) rather than 500; /generate keeps answering from the weights it holds.
-        log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+async def _bound_body(request: Request, call_next):
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return _error(request, 413, f"request body is {length} bytes; the bound is {MAX_BODY_BYTES}")
+    return await call_next(request)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    app.exception_handler(ServiceError)(_service_error)
+    for unreachable in (sqlalchemy_exc.OperationalError, sqlalchemy_exc.InterfaceError, sqlalchemy_exc.TimeoutError):
+        app.exception_handler(unreachable)(_database_unavailable)
+    app.exception_handler(EditError)(_edit_refused)
+    app.exception_handler(ReplayMismatch)(_replay_mismatch)
+    app.exception_handler(RequestValidationError)(_request_invalid)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+
+
+async def _service_error(request: Request, exc: ServiceError):
+    if isinstance(exc, OpenAIError):
+        return JSONResponse(exc.body(), status_code=exc.status_code)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy | Starting) else None
+    if isinstance(exc, Starting):
+        return _error(request, exc.status_code, exc.message, {"startup": exc.startup}, headers=headers)
+    extra = {"errors": exc.errors} if isinstance(exc, BodyInvalid) else None
+    return _error(request, exc.status_code, exc.message, extra, headers)
+
+
+async def _database_unavailable(request: Request, exc: Exception):
+    # The edit log is the truth: without it nothing can be accepted or read. Say so (503,
+    # retry later) rather than 500; /generate keeps answering from the weights it holds.
+    log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return _error(
+        request,
+        503,
+        "the edit log (database) is unreachable right now; retry later (a retry with the same "
+        "Idempotency-Key can never create the edits twice)",
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _edit_refused(_request: Request, exc: EditError):
+    # The editing core's refusals say what to change (e.g. prompt + max_new_tokens over the
+    # model's context length): the request is what has to change, so 422.
+    return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+async def _replay_mismatch(request: Request, exc: ReplayMismatch):
+    return _error(request, 503, str(exc))
+
+
+async def _request_invalid(request: Request, exc: RequestValidationError):
+    errors = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()]
+    if any(err.get("type") == "json_invalid" for err in errors):
+        # FastAPI says only "JSON decode error" and an offset; say what is wrong and where.
+        where = json_error(await request.body())
+        return _error(request, 422, f"the body is not valid JSON: {where}", {"errors": errors})
+    return _error(request, 422, "; ".join(describe(err) for err in errors), {"errors": errors})
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    if exc.status_code == 400 and exc.detail == FASTAPI_PARSE_ERROR:
+        where = json_error(await request.body())
+        return _error(request, 422, f"the body is not valid JSON: {where}")
+    if exc.status_code == 413:
+        # A body sent without Content-Length (chunked) is cut off while it streams in.
         return _error(
             request,
-            503,
-            "the edit log (database) is unreachable right now; retry later (a retry with the same "
-            "Idempotency-Key can never create the edits twice)",
-            headers={"Retry-After": "5"},
+            413,
+            f"request body is over the bound of {MAX_BODY_BYTES} bytes; "
+            "send less (split a list of edits over several requests)",
         )
-
-    @app.exception_handler(EditError)
-    async def edit_refused(_request: Request, exc: EditError):
-        # The editing core's refusals say what to change (e.g. prompt + max_new_tokens over the
-        # model's context length): the request is what has to change, so 422.
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(ReplayMismatch)
-    async def replay_mismatch(request: Request, exc: ReplayMismatch):
-        return _error(request, 503, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def request_invalid(request: Request, exc: RequestValidationError):
-        errors = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()]
-        if any(err.get("type") == "json_invalid" for err in errors):
-            # FastAPI says only "JSON decode error" and an offset; say what is wrong and where.
-            where = json_error(await request.body())
-            return _error(request, 422, f"the body is not valid JSON: {where}", {"errors": errors})
-        return _error(request, 422, "; ".join(describe(err) for err in errors), {"errors": errors})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400 and exc.detail == FASTAPI_PARSE_ERROR:
-            where = json_error(await request.body())
-            return _error(request, 422, f"the body is not valid JSON: {where}")
-        if exc.status_code == 413:
-            # A body sent without Content-Length (chunked) is cut off while it streams in.
-            return _error(
-                request,
-                413,
-                f"request body is over the bound of {MAX_BODY_BYTES} bytes; "
-                "send less (split a list of edits over several requests)",
-            )
-        return await http_exception_handler(request, exc)
-
-    openapi.install(app)
-    return app
+    return await http_exception_handler(request, exc)

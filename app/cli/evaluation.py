@@ -10,20 +10,25 @@ kedit eval compare runs/encore runs/memit
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
 
 from app.cli.common import fail, load_config
+from app.config import KeditConfig
 from app.editing.settings import Method, Preset, differences
 from app.eval.checkpoint import CHECKPOINT_DIR, FINAL_DIR, TRAIL_DIR
 from app.eval.data import DataFormatError, build_neighbourhoods, load_dataset
 from app.eval.health import HealthConfig
 from app.eval.paths import default_data_path, wikitext_path
-from app.eval.runner import RUN_FILE, SUMMARY_FILE, RunOptions, resume_from, run_eval
+from app.eval.runner import RUN_FILE, SUMMARY_FILE, EvalSpec, RunOptions, resume_from, run_eval
 
 console = Console(stderr=True)
 
@@ -66,160 +71,227 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def _run_main(
-    ctx: typer.Context,
-    dataset: DatasetName = typer.Option(
-        DatasetName.counterfact,
-        help=(
-            "which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, 20,790 "
-            "edits), zsre"
+@dataclass
+class EvalCommand:
+    """The options of `kedit eval` (and `kedit eval run`), a field each; `_run_main` gets one of these."""
+
+    dataset: Annotated[
+        DatasetName,
+        typer.Option(
+            help=(
+                "which metrics and default file: counterfact (ROME format), counterfact-extra (compact format, "
+                "20,790 edits), zsre"
+            ),
         ),
-    ),
-    data: Path | None = typer.Option(
-        None,
-        help=(
-            "evaluation file; default: the shared file for --dataset in the data folder (KEDIT_DATA_DIR, default "
-            "../shared/data). Its format is detected from its fields"
+    ] = DatasetName.counterfact
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "evaluation file; default: the shared file for --dataset in the data folder (KEDIT_DATA_DIR, default "
+                "../shared/data). Its format is detected from its fields"
+            ),
         ),
-    ),
-    records: int | None = typer.Option(None, min=1, help="edit the first N records (default: all)"),
-    neighbours: int = typer.Option(
-        0,
-        min=0,
-        help=(
-            "CounterFact: add up to N neighbourhood prompts per record, built like CounterFact's (the record's "
-            "template asked of other subjects with the same true object, from --neighbour-pool and the rest of the "
-            "file; never an edited subject). The compact files hold one each"
+    ] = None
+    records: Annotated[int | None, typer.Option(min=1, help="edit the first N records (default: all)")] = None
+    neighbours: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help=(
+                "CounterFact: add up to N neighbourhood prompts per record, built like CounterFact's (the record's "
+                "template asked of other subjects with the same true object, from --neighbour-pool and the rest of "
+                "the file; never an edited subject). The compact files hold one each"
+            ),
         ),
-    ),
-    neighbour_pool: list[Path] = typer.Option(
-        [], help="more CounterFact files whose subjects --neighbours may use (repeatable)"
-    ),
-    batch_size: int = typer.Option(100, min=1, help="edits per batch; batches are applied one after another"),
-    method: Method = typer.Option(Method.ENCORE, help="editing method (a preset of EditSettings)"),
-    preset: Preset = typer.Option(Preset.SMOLLM2, help="settings family"),
-    set_: list[str] = typer.Option(
-        [],
-        "--set",
-        help=(
-            "override one EditSettings field, NAME=VALUE (JSON value); repeatable, e.g. --set lambda_n=10 --set "
-            "'layers=[4,5,6]'"
+    ] = 0
+    neighbour_pool: Annotated[
+        list[Path], typer.Option(help="more CounterFact files whose subjects --neighbours may use (repeatable)")
+    ] = field(default_factory=list)
+    batch_size: Annotated[int, typer.Option(min=1, help="edits per batch; batches are applied one after another")] = 100
+    method: Annotated[Method, typer.Option(help="editing method (a preset of EditSettings)")] = Method.ENCORE
+    preset: Annotated[Preset, typer.Option(help="settings family")] = Preset.SMOLLM2
+    set_: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            help=(
+                "override one EditSettings field, NAME=VALUE (JSON value); repeatable, e.g. --set lambda_n=10 --set "
+                "'layers=[4,5,6]'"
+            ),
         ),
-    ),
-    model: str | None = typer.Option(None, help="Hugging Face model folder or .gguf (default: SmolLM2-135M-Instruct)"),
-    checkpoint_every: int | None = typer.Option(
-        None,
-        min=1,
-        help="every K batches: score the facts edited so far, measure model health, save a checkpoint for --resume",
-    ),
-    checkpoint_sample: int | None = typer.Option(
-        None,
-        min=1,
-        help="score at most M edited facts at a checkpoint (a fixed seeded sample); the final scores use all",
-    ),
-    generation_samples: int = typer.Option(
-        50, min=1, help="CounterFact GE: number of texts generated from the records' generation prompts"
-    ),
-    gen_max_len: int = typer.Option(
-        100,
-        min=8,
-        help="tokens per generated text (prompt included) for GE and the health prompts; the reference uses 100",
-    ),
-    health: bool = typer.Option(
-        True, help="measure WikiText perplexity and generation entropy (unedited, checkpoints, end)"
-    ),
-    ppl_tokens: int = typer.Option(
-        4096, min=64, help="tokens of the WikiText-103 validation slice scored for perplexity"
-    ),
-    zsre_target: ZsreTargetName = typer.Option(
-        ZsreTargetName.answers, help="zsRE edit target: 'answers' (answers[0], as in the MEMIT/ENCORE code) or 'alt'"
-    ),
-    score_batch_size: int = typer.Option(
-        32, min=1, help="sequences per forward pass when scoring (and per batch of greedy answers)"
-    ),
-    answer_metrics: bool = typer.Option(
-        True,
-        help="also judge the model's greedy answers: generation and chat efficacy, leak, kept, drift (docs/eval.md)",
-    ),
-    seed: int = typer.Option(
-        0, help="seed for generation sampling and checkpoint samples (the editor's prefixes have their own fixed seed)"
-    ),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
-    cache_dir: Path | None = typer.Option(
-        None, help="model/key-statistics cache (KEDIT_CACHE_DIR; default ~/.cache/kedit)"
-    ),
-    corpus: Path | None = typer.Option(
-        None,
-        help=(
-            "text file or folder of .txt for the key statistics C0 (KEDIT_STATS_CORPUS; default: text the model "
-            "generates)"
+    ] = field(default_factory=list)
+    model: Annotated[
+        str | None, typer.Option(help="Hugging Face model folder or .gguf (default: SmolLM2-135M-Instruct)")
+    ] = None
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="every K batches: score the facts edited so far, measure model health, save a checkpoint for --resume",
         ),
-    ),
-    out: Path | None = typer.Option(None, help="output folder: summary.json, plots, run.json, checkpoint/"),
-    resume: Path | None = typer.Option(
-        None,
-        help=(
-            "continue the run in this folder from its last checkpoint, or from trail/ (every batch's z*, kept after "
-            "each batch: run.json and trail/ carry a run to another machine); other options are taken from its run.json"
+    ] = None
+    checkpoint_sample: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="score at most M edited facts at a checkpoint (a fixed seeded sample); the final scores use all",
         ),
-    ),
-    after: Path | None = typer.Option(
-        None,
-        help=(
-            "start from the edited model a finished run in this folder left (same method and settings), e.g. zsRE "
-            "after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the end"
+    ] = None
+    generation_samples: Annotated[
+        int, typer.Option(min=1, help="CounterFact GE: number of texts generated from the records' generation prompts")
+    ] = 50
+    gen_max_len: Annotated[
+        int,
+        typer.Option(
+            min=8,
+            help="tokens per generated text (prompt included) for GE and the health prompts; the reference uses 100",
         ),
-    ),
-    progress: bool = typer.Option(
-        True,
-        help=(
-            "show progress bars; --no-progress writes a plain line per stage, batch and checkpoint instead (for a log "
-            "file)"
+    ] = 100
+    health: Annotated[
+        bool, typer.Option(help="measure WikiText perplexity and generation entropy (unedited, checkpoints, end)")
+    ] = True
+    ppl_tokens: Annotated[
+        int, typer.Option(min=64, help="tokens of the WikiText-103 validation slice scored for perplexity")
+    ] = 4096
+    zsre_target: Annotated[
+        ZsreTargetName,
+        typer.Option(help="zsRE edit target: 'answers' (answers[0], as in the MEMIT/ENCORE code) or 'alt'"),
+    ] = ZsreTargetName.answers
+    score_batch_size: Annotated[
+        int, typer.Option(min=1, help="sequences per forward pass when scoring (and per batch of greedy answers)")
+    ] = 32
+    answer_metrics: Annotated[
+        bool,
+        typer.Option(
+            help="also judge the model's greedy answers: generation and chat efficacy, leak, kept, drift (docs/eval.md)"
         ),
-    ),
-) -> None:
+    ] = True
+    seed: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "seed for generation sampling and checkpoint samples (the editor's prefixes have their own fixed seed)"
+            )
+        ),
+    ] = 0
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu"
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="model/key-statistics cache (KEDIT_CACHE_DIR; default ~/.cache/kedit)")
+    ] = None
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "text file or folder of .txt for the key statistics C0 (KEDIT_STATS_CORPUS; default: text the model "
+                "generates)"
+            ),
+        ),
+    ] = None
+    out: Annotated[Path | None, typer.Option(help="output folder: summary.json, plots, run.json, checkpoint/")] = None
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "continue the run in this folder from its last checkpoint, or from trail/ (every batch's z*, kept "
+                "after each batch: run.json and trail/ carry a run to another machine); other options are taken from "
+                "its run.json"
+            ),
+        ),
+    ] = None
+    after: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "start from the edited model a finished run in this folder left (same method and settings), e.g. "
+                "zsRE after CounterFact; that run's records (or --checkpoint-sample of them) are scored again at the "
+                "end"
+            ),
+        ),
+    ] = None
+    progress: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "show progress bars; --no-progress writes a plain line per stage, batch and checkpoint instead (for a "
+                "log file)"
+            ),
+        ),
+    ] = True
+
+    def run_json(self, env: KeditConfig) -> dict:
+        """What run.json records of the run: these options, with the defaults the environment filled in."""
+        return {
+            "dataset": self.dataset.value,
+            "data": str(self.data or default_data_path(self.dataset.value, env.data_dir)),
+            "records": self.records,
+            "neighbours": self.neighbours,
+            "neighbour_pool": [str(p) for p in self.neighbour_pool],
+            "batch_size": self.batch_size,
+            "method": self.method.value,
+            "preset": self.preset.value,
+            "overrides": _parse_overrides(self.set_),
+            "model": self.model,
+            "checkpoint_every": self.checkpoint_every,
+            "checkpoint_sample": self.checkpoint_sample,
+            "generation_samples": self.generation_samples,
+            "gen_max_len": self.gen_max_len,
+            "health": self.health,
+            "ppl_tokens": self.ppl_tokens,
+            "zsre_target": self.zsre_target.value,
+            "score_batch_size": self.score_batch_size,
+            "answer_metrics": self.answer_metrics,
+            "seed": self.seed,
+            "device": self.device,
+            "cache_dir": str(env.cache_dir),
+            "corpus": str(env.stats_corpus) if env.stats_corpus else None,
+            "wikitext": str(wikitext_path(env.data_dir)),
+            "after": str(self.after) if self.after else None,
+        }
+
+
+def _with_options_of(options_type: type[EvalCommand]):
+    """Make `body(ctx, options)` a typer command whose options are the fields of `options_type`:
+    typer reads a command's options from its signature, so the command gets one built from them."""
+    hints = get_type_hints(options_type, include_extras=True)
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    for f in dataclasses.fields(options_type):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name], default=default)
+        )
+
+    def decorate(body: Callable[[typer.Context, EvalCommand], None]) -> Callable[..., None]:
+        def command(ctx: typer.Context, **options: Any) -> None:
+            body(ctx, options_type(**options))
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__, command.__doc__ = body.__name__, body.__doc__
+        return command
+
+    return decorate
+
+
+@_with_options_of(EvalCommand)
+def _run_main(ctx: typer.Context, command: EvalCommand) -> None:
     """Run (or resume) a sequential editing evaluation."""
     if ctx.invoked_subcommand is not None:
         return
-    if resume is not None:
-        _resume(resume, progress)
+    if command.resume is not None:
+        _resume(command.resume, command.progress)
         return
+    out = command.out
     if out is None:
         fail("give --out DIR (where summary.json and the plots go), or --resume DIR")
     if any((out / d).exists() for d in (CHECKPOINT_DIR, TRAIL_DIR)) and not (out / SUMMARY_FILE).exists():
         fail(f"{out} holds an unfinished run: continue it with `kedit eval --resume {out}` or choose another --out")
-    env = load_config(builds_stats=True, cache_dir=cache_dir, stats_corpus=corpus)
-    config = {
-        "dataset": dataset.value,
-        "data": str(data or default_data_path(dataset.value, env.data_dir)),
-        "records": records,
-        "neighbours": neighbours,
-        "neighbour_pool": [str(p) for p in neighbour_pool],
-        "batch_size": batch_size,
-        "method": method.value,
-        "preset": preset.value,
-        "overrides": _parse_overrides(set_),
-        "model": model,
-        "checkpoint_every": checkpoint_every,
-        "checkpoint_sample": checkpoint_sample,
-        "generation_samples": generation_samples,
-        "gen_max_len": gen_max_len,
-        "health": health,
-        "ppl_tokens": ppl_tokens,
-        "zsre_target": zsre_target.value,
-        "score_batch_size": score_batch_size,
-        "answer_metrics": answer_metrics,
-        "seed": seed,
-        "device": device,
-        "cache_dir": str(env.cache_dir),
-        "corpus": str(env.stats_corpus) if env.stats_corpus else None,
-        "wikitext": str(wikitext_path(env.data_dir)),
-        "after": str(after) if after else None,
-    }
-    if after is not None:
-        _check_after(after)
+    env = load_config(builds_stats=True, cache_dir=command.cache_dir, stats_corpus=command.corpus)
+    config = command.run_json(env)
+    if command.after is not None:
+        _check_after(command.after)
     out.mkdir(parents=True, exist_ok=True)
-    _execute(config, out, progress, resume=False)
+    _execute(config, out, command.progress, resume=False)
 
 
 def _load_inputs(config: dict):
@@ -331,34 +403,22 @@ def _execute(config: dict, out: Path, progress: bool, resume: bool) -> None:
         "preset": config["preset"],
         "command": config,
     }
+    spec = EvalSpec(
+        options=options,
+        editor=editor,
+        out_dir=out,
+        run_info=run_info,
+        progress=progress,
+        start_state=start_state,  # read by a new run only: a resumed one has its own state
+        earlier_records=earlier_records,
+    )
     if resume:
         try:
-            summary = resume_from(
-                out,
-                lm,
-                settings,
-                ds.records,
-                options,
-                editor=editor,
-                run_info=run_info,
-                progress=progress,
-                earlier_records=earlier_records,
-            )
+            summary = resume_from(out, lm, settings, ds.records, spec=spec)
         except ValueError as e:  # the saved run does not fit these settings or records
             fail(str(e))
     else:
-        summary = run_eval(
-            lm,
-            settings,
-            ds.records,
-            options=options,
-            editor=editor,
-            out_dir=out,
-            run_info=run_info,
-            progress=progress,
-            start_state=start_state,
-            earlier_records=earlier_records,
-        )
+        summary = run_eval(lm, settings, ds.records, spec)
     _report(summary, out)
 
 

@@ -76,179 +76,186 @@ def _run_http(cfg, with_worker: bool, log_level: str) -> None:
         raise typer.Exit(STARTUP_FAILURE)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(help="Serve the API with the worker in the same process (embedded mode by default).")
-    def serve(
-        host: str | None = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
-        port: int | None = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
-        model: str | None = typer.Option(None, help="HF folder or .gguf (default SmolLM2; KEDIT_MODEL_PATH)"),
-        log_level: str = typer.Option("info"),
-    ) -> None:
-        _logging(log_level)
-        _run_http(_config(builds_stats=True, host=host, port=port, model_path=model), True, log_level)
+def serve(
+    host: str | None = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
+    port: int | None = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
+    model: str | None = typer.Option(None, help="HF folder or .gguf (default SmolLM2; KEDIT_MODEL_PATH)"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    _logging(log_level)
+    _run_http(_config(builds_stats=True, host=host, port=port, model_path=model), True, log_level)
 
-    @app.command(help="Serve the API only; edits go to a separate `kedit worker` through Redis.")
-    def api(
-        host: str | None = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
-        port: int | None = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
-        model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
-        log_level: str = typer.Option("info"),
-    ) -> None:
-        _logging(log_level)
-        cfg = _config(host=host, port=port, model_path=model)
-        if not cfg.redis_url:
-            raise typer.BadParameter(
-                "`kedit api` needs REDIS_URL (and DATABASE_URL); use `kedit serve` for one process"
+
+def api(
+    host: str | None = typer.Option(None, help="bind address (default 127.0.0.1; KEDIT_HOST)"),
+    port: int | None = typer.Option(None, help="port (default 8000; KEDIT_PORT)"),
+    model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    _logging(log_level)
+    cfg = _config(host=host, port=port, model_path=model)
+    if not cfg.redis_url:
+        raise typer.BadParameter("`kedit api` needs REDIS_URL (and DATABASE_URL); use `kedit serve` for one process")
+    _run_http(cfg, False, log_level)
+
+
+def worker(
+    model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+    metrics_port: int | None = typer.Option(None, help="serve this worker's Prometheus metrics on this port"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    _logging(log_level)
+    _run_worker(_config(builds_stats=True, model_path=model), metrics_port)
+
+
+def _run_worker(cfg, metrics_port: int | None) -> None:
+    """Until SIGTERM or SIGINT; exits 1 when the start fails or the worker thread ends."""
+    from app.service.context import ServiceContext
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ctx = ServiceContext.open(cfg)
+    try:
+        if metrics_port:  # first: the port answers while the model loads and C₀ is built
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr=cfg.host, registry=ctx.registry)
+        # In a thread, so that a SIGTERM during a start of minutes ends the process at once.
+        ctx.start_in_background(api=False, worker=True)
+        waiting = True
+        while not stop.wait(1.0):
+            if ctx.startup.stage == "failed":
+                raise typer.Exit(1)
+            if ctx.startup.serving and waiting and ctx.worker is not None:
+                waiting = False
+                log.info("worker ready at version %d; waiting for the writer lock", ctx.worker.host.version)
+            if not waiting and not ctx.alive():
+                log.error("the worker thread ended; exiting so that the process is restarted")
+                raise typer.Exit(1)
+    finally:
+        ctx.close()
+
+
+def verify(model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)")) -> None:
+    _logging("warning")
+    from app.service.context import ServiceContext
+    from app.service.host import ReplayMismatch
+
+    cfg = _config(model_path=model)
+    ctx = ServiceContext.open(cfg)
+    try:
+        # From W₀ and every live delta: verify checks the log itself, not a snapshot of it.
+        host = ctx.host_replica(use_snapshots=False)
+    except ReplayMismatch as e:
+        typer.echo(f"MISMATCH: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        ctx.close()
+    typer.echo(f"ok: version {host.version}, {len(host.editor.batch_ids)} live batches, hash {host.weights_hash}")
+
+
+def export(
+    out: Path | None = typer.Argument(None, help="folder to create (new or empty)"),
+    deltas: Path | None = typer.Option(None, "--deltas", help="write only the live deltas to this file"),
+    version: int | None = typer.Option(None, help="the weights of this version (default: the log's head)"),
+    model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
+) -> None:
+    _logging("warning")
+    from app.service.context import ServiceContext
+    from app.service.export import ExportError, export_deltas, export_folder
+    from app.service.host import ReplayMismatch
+
+    if (out is None) == (deltas is None):
+        raise typer.BadParameter("give a folder (kedit export DIR) or a file (kedit export --deltas FILE), one of them")
+    cfg = _config(model_path=model)
+    ctx = ServiceContext.open(cfg)
+    try:
+        host = ctx.host_replica()
+        if version is not None:
+            host.replay(at_version=version)
+        if out is not None:
+            info = export_folder(host, out)
+        else:
+            assert deltas is not None  # one of the two, checked above
+            info = export_deltas(host, deltas)
+    except (ReplayMismatch, ExportError, LookupError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        ctx.close()
+    typer.echo(
+        f"wrote {out or deltas}: version {info['version']}, {len(info['batches'])} live batches, "
+        f"hash {info['weights_hash']}"
+    )
+
+
+def import_deltas_cmd(
+    file: Path = typer.Argument(..., help="the deltas file"),
+    out: Path | None = typer.Option(None, "--out", help="save the edited model to this folder (new or empty)"),
+    model: str | None = typer.Option(None, help="the base model: HF folder or .gguf (KEDIT_MODEL_PATH)"),
+) -> None:
+    _logging("warning")
+    from app.editing.build import Role
+    from app.service.export import ExportError, import_deltas, save_folder
+
+    cfg = _config(model_path=model)
+    editor = cfg.load_editor(Role.REPLICA)
+    try:
+        meta = import_deltas(editor, file)
+        if out is not None:
+            save_folder(
+                editor.lm,
+                out,
+                {
+                    "model": meta.get("model"),
+                    "version": int(meta["version"]),
+                    "weights_hash": meta["weights_hash"],
+                    "base_hash": meta["base_hash"],
+                    "layers": editor.layers,
+                    "batches": editor.batch_ids,
+                },
             )
-        _run_http(cfg, False, log_level)
+    except ExportError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"ok: {len(editor.batch_ids)} batches from version {meta['version']}, hash {meta['weights_hash']}"
+        + (f"; saved to {out}" if out is not None else "")
+    )
 
-    @app.command(help="Run a worker: applies queued edits while it holds the writer lock, else stands by.")
-    def worker(
-        model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
-        metrics_port: int | None = typer.Option(None, help="serve this worker's Prometheus metrics on this port"),
-        log_level: str = typer.Option("info"),
-    ) -> None:
-        _logging(log_level)
-        from app.service.context import ServiceContext
 
-        cfg = _config(builds_stats=True, model_path=model)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        ctx = ServiceContext.open(cfg)
-        try:
-            if metrics_port:  # first: the port answers while the model loads and C₀ is built
-                from prometheus_client import start_http_server
+def db_upgrade() -> None:
+    from app.store.db import current_revision, make_engine, upgrade
 
-                start_http_server(metrics_port, addr=cfg.host, registry=ctx.registry)
-            # In a thread, so that a SIGTERM during a start of minutes ends the process at once.
-            ctx.start_in_background(api=False, worker=True)
-            waiting = True
-            while not stop.wait(1.0):
-                if ctx.startup.stage == "failed":
-                    raise typer.Exit(1)
-                if ctx.startup.serving and waiting and ctx.worker is not None:
-                    waiting = False
-                    log.info("worker ready at version %d; waiting for the writer lock", ctx.worker.host.version)
-                if not waiting and not ctx.alive():
-                    log.error("the worker thread ended; exiting so that the process is restarted")
-                    raise typer.Exit(1)
-        finally:
-            ctx.close()
+    engine = make_engine(_config().resolved_database_url())
+    upgrade(engine)
+    typer.echo(f"schema at {current_revision(engine)}")
 
-    @app.command(help="Rebuild the weights from the log and check them against the stored hash.")
-    def verify(model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)")) -> None:
-        _logging("warning")
-        from app.service.context import ServiceContext
-        from app.service.host import ReplayMismatch
 
-        cfg = _config(model_path=model)
-        ctx = ServiceContext.open(cfg)
-        try:
-            # From W₀ and every live delta: verify checks the log itself, not a snapshot of it.
-            host = ctx.host_replica(use_snapshots=False)
-        except ReplayMismatch as e:
-            typer.echo(f"MISMATCH: {e}", err=True)
-            raise typer.Exit(1) from None
-        finally:
-            ctx.close()
-        typer.echo(f"ok: version {host.version}, {len(host.editor.batch_ids)} live batches, hash {host.weights_hash}")
+def db_current() -> None:
+    from app.store.db import current_revision, head_revision, make_engine
 
-    @app.command(
+    engine = make_engine(_config().resolved_database_url())
+    typer.echo(f"database: {current_revision(engine) or 'empty'}; code needs: {head_revision(engine)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help="Serve the API with the worker in the same process (embedded mode by default).")(serve)
+    app.command(help="Serve the API only; edits go to a separate `kedit worker` through Redis.")(api)
+    app.command(help="Run a worker: applies queued edits while it holds the writer lock, else stands by.")(worker)
+    app.command(help="Rebuild the weights from the log and check them against the stored hash.")(verify)
+    app.command(
         help="Write the edited model as a Hugging Face folder (safetensors, config, tokenizer, chat "
         "template) that AutoModelForCausalLM.from_pretrained, vLLM or TGI load; or, with --deltas FILE, "
         "only the live deltas (safetensors, the base model's hash in the metadata)."
-    )
-    def export(
-        out: Path | None = typer.Argument(None, help="folder to create (new or empty)"),
-        deltas: Path | None = typer.Option(None, "--deltas", help="write only the live deltas to this file"),
-        version: int | None = typer.Option(None, help="the weights of this version (default: the log's head)"),
-        model: str | None = typer.Option(None, help="HF folder or .gguf (KEDIT_MODEL_PATH)"),
-    ) -> None:
-        _logging("warning")
-        from app.service.context import ServiceContext
-        from app.service.export import ExportError, export_deltas, export_folder
-        from app.service.host import ReplayMismatch
-
-        if (out is None) == (deltas is None):
-            raise typer.BadParameter(
-                "give a folder (kedit export DIR) or a file (kedit export --deltas FILE), one of them"
-            )
-        cfg = _config(model_path=model)
-        ctx = ServiceContext.open(cfg)
-        try:
-            host = ctx.host_replica()
-            if version is not None:
-                host.replay(at_version=version)
-            if out is not None:
-                info = export_folder(host, out)
-            else:
-                assert deltas is not None  # one of the two, checked above
-                info = export_deltas(host, deltas)
-        except (ReplayMismatch, ExportError, LookupError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
-        finally:
-            ctx.close()
-        typer.echo(
-            f"wrote {out or deltas}: version {info['version']}, {len(info['batches'])} live batches, "
-            f"hash {info['weights_hash']}"
-        )
-
-    @app.command(
+    )(export)
+    app.command(
         "import-deltas",
         help="Apply a file from `kedit export --deltas` to the same base model and check "
         "the weights hash; with --out, save the result as a Hugging Face folder. The edit log is not touched.",
-    )
-    def import_deltas_cmd(
-        file: Path = typer.Argument(..., help="the deltas file"),
-        out: Path | None = typer.Option(None, "--out", help="save the edited model to this folder (new or empty)"),
-        model: str | None = typer.Option(None, help="the base model: HF folder or .gguf (KEDIT_MODEL_PATH)"),
-    ) -> None:
-        _logging("warning")
-        from app.editing.build import Role
-        from app.service.export import ExportError, import_deltas, save_folder
-
-        cfg = _config(model_path=model)
-        editor = cfg.load_editor(Role.REPLICA)
-        try:
-            meta = import_deltas(editor, file)
-            if out is not None:
-                save_folder(
-                    editor.lm,
-                    out,
-                    {
-                        "model": meta.get("model"),
-                        "version": int(meta["version"]),
-                        "weights_hash": meta["weights_hash"],
-                        "base_hash": meta["base_hash"],
-                        "layers": editor.layers,
-                        "batches": editor.batch_ids,
-                    },
-                )
-        except ExportError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
-        typer.echo(
-            f"ok: {len(editor.batch_ids)} batches from version {meta['version']}, hash {meta['weights_hash']}"
-            + (f"; saved to {out}" if out is not None else "")
-        )
-
+    )(import_deltas_cmd)
     db_app = typer.Typer(help="The edit-log database schema (Alembic).", no_args_is_help=True)
-
-    @db_app.command("upgrade", help="Migrate the database to the newest schema.")
-    def db_upgrade() -> None:
-        from app.store.db import current_revision, make_engine, upgrade
-
-        engine = make_engine(_config().resolved_database_url())
-        upgrade(engine)
-        typer.echo(f"schema at {current_revision(engine)}")
-
-    @db_app.command("current", help="Show the schema revision of the database and the one this code needs.")
-    def db_current() -> None:
-        from app.store.db import current_revision, head_revision, make_engine
-
-        engine = make_engine(_config().resolved_database_url())
-        typer.echo(f"database: {current_revision(engine) or 'empty'}; code needs: {head_revision(engine)}")
-
+    db_app.command("upgrade", help="Migrate the database to the newest schema.")(db_upgrade)
+    db_app.command("current", help="Show the schema revision of the database and the one this code needs.")(db_current)
     app.add_typer(db_app, name="db")

@@ -360,29 +360,34 @@ def _norm_rows(editor, state: RunState, n_edited: int) -> None:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def run_eval(
-    lm,
-    settings,
-    records: Sequence[Record],
-    batch_size: int | None = None,
-    *,
-    options: RunOptions | None = None,
-    editor=None,
-    key_stats: dict | None = None,
-    out_dir: Path | str | None = None,
-    run_info: dict | None = None,
-    state: RunState | None = None,
-    progress: bool = True,
-    stop_after_batches: int | None = None,
-    restore_weights: bool = False,
-    start_state=None,
-    earlier_records: Sequence[Record] | None = None,
-    should_stop: Callable[[RunState], bool] | None = None,
-    on_checkpoint: Callable[[RunState], None] | None = None,
-) -> dict:
+@dataclass
+class EvalSpec:
+    """Everything a run takes besides the model, its settings and the records: how it scores
+    (`options`), which editor, where it writes, what it starts from, when it stops, whom it tells.
+    The CLI builds one per run (app/cli/evaluation.py); `run_eval` and `resume_from` take it, or
+    its fields as keywords."""
+
+    options: RunOptions | None = None
+    batch_size: int | None = None
+    editor: Any = None
+    key_stats: dict | None = None
+    out_dir: Path | str | None = None
+    run_info: dict | None = None
+    state: RunState | None = None
+    progress: bool = True
+    stop_after_batches: int | None = None
+    restore_weights: bool = False
+    start_state: Any = None
+    earlier_records: Sequence[Record] | None = None
+    should_stop: Callable[[RunState], bool] | None = None
+    on_checkpoint: Callable[[RunState], None] | None = None
+
+
+def run_eval(lm, settings, records: Sequence[Record], spec: EvalSpec | None = None, **fields: Any) -> dict:
     """Edit `records` in sequential batches on `lm` and score them; returns the summary dict.
 
-    lm: an `app.editing.model.LoadedModel`; settings: `EditSettings`; editor: an existing
+    lm: an `app.editing.model.LoadedModel`; settings: `EditSettings`; the rest is `spec` (an
+    `EvalSpec`, or its fields as keywords, which replace the spec's). editor: an existing
     Editor on `lm` (else one is built from `key_stats`, or from the default cache).
     With `out_dir`, writes summary.json and the plots there, and checkpoints when
     `options.checkpoint_every` is set. `state` (with a restored editor) resumes a run.
@@ -399,20 +404,25 @@ def run_eval(
     instead of losing the batches since its last checkpoint. `on_checkpoint(state)` is
     called after each scored checkpoint (to publish partial results while the run goes on).
     """
-    opts = replace(options) if options else RunOptions(batch_size=batch_size or 1)  # a copy: set below
-    if batch_size is not None:
-        opts.batch_size = batch_size
+    spec = replace(spec or EvalSpec(), **fields)
+    opts = replace(spec.options) if spec.options else RunOptions(batch_size=spec.batch_size or 1)  # a copy: set below
+    if spec.batch_size is not None:
+        opts.batch_size = spec.batch_size
     if opts.batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if not records:
         raise ValueError("no records to edit")
     kind = _kind(records)
-    opts.progress = progress
-    out = Path(out_dir) if out_dir is not None else None
+    opts.progress = progress = spec.progress
+    out = Path(spec.out_dir) if spec.out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    editor = spec.editor
     if editor is None:
-        editor = build_editor(lm, settings, Role.EVAL, key_stats=key_stats)
+        editor = build_editor(lm, settings, Role.EVAL, key_stats=spec.key_stats)
+    state = spec.state
+    start_state, earlier_records = spec.start_state, spec.earlier_records
+    should_stop, on_checkpoint, stop_after_batches = spec.should_stop, spec.on_checkpoint, spec.stop_after_batches
 
     n_batches = math.ceil(len(records) / opts.batch_size)
     started = time.perf_counter()
@@ -506,7 +516,7 @@ def run_eval(
         }
     summary["wall_seconds"] = prior_wall + time.perf_counter() - started
     summary["run"] = {
-        **(run_info or {}),
+        **(spec.run_info or {}),
         "records": len(records),
         "batch_size": opts.batch_size,
         "prior_edits": state.prior_edits,
@@ -520,7 +530,7 @@ def run_eval(
     }
     if out is not None:
         write_summary(out, summary)
-    if restore_weights:
+    if spec.restore_weights:
         for b in reversed(editor.batch_ids):
             editor.remove_batch(b)
     return summary
@@ -625,23 +635,22 @@ def resume_from(
     lm,
     settings,
     records: Sequence[Record],
-    options: RunOptions,
+    options: RunOptions | None = None,
     *,
-    editor=None,
-    key_stats: dict | None = None,
-    run_info: dict | None = None,
-    progress: bool = True,
-    stop_after_batches: int | None = None,
-    earlier_records: Sequence[Record] | None = None,
-    should_stop: Callable[[RunState], bool] | None = None,
-    on_checkpoint: Callable[[RunState], None] | None = None,
+    spec: EvalSpec | None = None,
+    **fields: Any,
 ) -> dict:
     """Continue the run saved in `out_dir` on a freshly loaded, unedited `lm` (or a fresh
     `editor` on it): from its full checkpoint, or from its trail (every batch's z*) when that
     is further along or the only one there; batches after the last scored checkpoint are
-    then kept instead of edited again."""
+    then kept instead of edited again. `options` and `fields` replace those of `spec`."""
+    spec = replace(spec or EvalSpec(), **fields)
+    if options is not None:
+        spec.options = options
+    assert spec.options is not None, "resume_from needs the run's options"
+    options, editor, progress = spec.options, spec.editor, spec.progress
     if editor is None:
-        editor = build_editor(lm, settings, Role.EVAL, key_stats=key_stats)
+        editor = build_editor(lm, settings, Role.EVAL, key_stats=spec.key_stats)
     trail = load_trail(out_dir)
     if trail is not None and trail[1]["batches_done"] > checkpoint_batches(out_dir):
         z_stars, progress_json, saved = trail
@@ -660,21 +669,7 @@ def resume_from(
         state = RunState.from_json(progress_json)
         _answer_baseline_for(lm, records, options, state)
         restore_editor(editor, editor_state)
-    return run_eval(
-        lm,
-        settings,
-        records,
-        options=options,
-        editor=editor,
-        out_dir=out_dir,
-        run_info=run_info,
-        state=state,
-        progress=progress,
-        stop_after_batches=stop_after_batches,
-        earlier_records=earlier_records,
-        should_stop=should_stop,
-        on_checkpoint=on_checkpoint,
-    )
+    return run_eval(lm, settings, records, replace(spec, editor=editor, out_dir=out_dir, state=state))
 
 
 def _rewrite_from_trail(editor, records: Sequence[Record], state: RunState, z_stars, progress: bool) -> None:

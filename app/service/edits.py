@@ -47,15 +47,15 @@ def submit(
         if earlier is not None:
             return earlier, False
     try:
-        with transaction(sessions) as s:
+        with transaction(sessions) as session:
             if idempotency_key is not None:
                 # Purged on insert, in the same transaction: the table holds at most a window's
                 # keys, and an expired record of this very key cannot block its new one.
-                repo.purge_idempotency(s, not_before)
-            rows = repo.insert_edits(s, facts)
+                repo.purge_idempotency(session, not_before)
+            rows = repo.insert_edits(session, facts)
             ids = [e.id for e in rows]
             if idempotency_key is not None:
-                repo.put_idempotency(s, idempotency_key, body_hash, ids)
+                repo.put_idempotency(session, idempotency_key, body_hash, ids)
             faults.point("api_before_commit")
     except IntegrityError:
         if idempotency_key is None:
@@ -75,8 +75,8 @@ def submit(
 
 
 def _replay_key(sessions, key: str, body_hash: str, not_before: datetime) -> list[Edit] | None:
-    with sessions() as s:
-        row = repo.get_idempotency(s, key, not_before)
+    with sessions() as session:
+        row = repo.get_idempotency(session, key, not_before)
         if row is None:
             return None
         if row.body_hash != body_hash:
@@ -84,14 +84,14 @@ def _replay_key(sessions, key: str, body_hash: str, not_before: datetime) -> lis
                 f"Idempotency-Key {key!r} was already used with a different request body; "
                 "use a new key for a new request"
             )
-        return repo.get_edits(s, row.edit_ids)
+        return repo.get_edits(session, row.edit_ids)
 
 
 def get(sessions, edit_id: int) -> Edit:
     if not 1 <= edit_id <= MAX_EDIT_ID:
         raise NotFound(f"no edit with id {edit_id}")
-    with sessions() as s:
-        e = repo.get_edit(s, edit_id)
+    with sessions() as session:
+        e = repo.get_edit(session, edit_id)
     if e is None:
         raise NotFound(f"no edit with id {edit_id}")
     return e
@@ -117,16 +117,16 @@ def list_page(
     if subject and (problem := text_problem("subject", subject)):
         raise Invalid(problem)
     wanted = shown_filter(shown)
-    with sessions() as s:
-        return repo.list_edits(s, status, limit, offset, subject=subject or None, shown=wanted)
+    with sessions() as session:
+        return repo.list_edits(session, status, limit, offset, subject=subject or None, shown=wanted)
 
 
 def request_revert(sessions, queue: WorkQueue, edit_id: int) -> Edit:
     """Mark an applied edit for revert and queue the job; the worker does it as a new version."""
     if not 1 <= edit_id <= MAX_EDIT_ID:
         raise NotFound(f"no edit with id {edit_id}")
-    with transaction(sessions) as s:
-        e = repo.request_revert(s, edit_id)
+    with transaction(sessions) as session:
+        e = repo.request_revert(session, edit_id)
         if e is None:
             raise NotFound(f"no edit with id {edit_id}")
         if e.status != "applied":

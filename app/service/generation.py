@@ -91,7 +91,7 @@ class Generation:
         """The text in pieces as tokens arrive; `finish_reason` and `completion_tokens` are set at the end."""
         stops = self.sampling.stop
         # A piece that could be the start of a stop string is held back until it cannot be.
-        hold = max((len(s) for s in stops), default=1) - 1
+        hold = max((len(stop) for stop in stops), default=1) - 1
         sent = ""
         tokens: list[int] = []
         while True:
@@ -131,7 +131,7 @@ class Generation:
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    hits = [i for i in (text.find(stop) for stop in stops if stop) if i >= 0]
     return min(hits) if hits else None
 
 

@@ -85,12 +85,12 @@ class Guard:
         """Load the log's canaries, or choose and record them (first start of a log); score the
         unedited model and the head version where they have no score yet. Called by the worker
         once it holds the writer lock."""
-        with self.host.sessions() as s:
-            rows = repo.canaries(s)
+        with self.host.sessions() as session:
+            rows = repo.canaries(session)
         if not rows:
             self._choose()
-            with self.host.sessions() as s:
-                rows = repo.canaries(s)
+            with self.host.sessions() as session:
+                rows = repo.canaries(session)
         self.set = probes.CanarySet(
             facts=[
                 probes.CanaryFact(r.id, r.text, r.expected or "", r.token_id or 0, r.subject or "", r.relation or "")
@@ -100,16 +100,16 @@ class Guard:
             text="".join(r.text for r in rows if r.kind == "text"),
             prompts=[r.text for r in rows if r.kind == "prompt"],
         )
-        with self.host.sessions() as s:
-            self.baseline = repo.quality_at(s, 0)
-            head = repo.head_version_id(s)
-            head_scored = head == 0 or repo.quality_at(s, head) is not None
+        with self.host.sessions() as session:
+            self.baseline = repo.quality_at(session, 0)
+            head = repo.head_version_id(session)
+            head_scored = head == 0 or repo.quality_at(session, head) is not None
         if self.baseline is None:
             with self.host.writing(), self.host.editor.base_weights():
                 scores = self.score()
-            with transaction(self.host.sessions) as s:
-                self.baseline = self.row(s, 0, scores, None, live_edits=0)
-                repo.put_quality(s, self.baseline)
+            with transaction(self.host.sessions) as session:
+                self.baseline = self.row(session, 0, scores, None, live_edits=0)
+                repo.put_quality(session, self.baseline)
             log.info(
                 "canaries: %d facts, %d prompts; unedited perplexity %.2f, entropy %.1f (%.1f s)",
                 len(self.set.facts),
@@ -121,8 +121,8 @@ class Guard:
         if not head_scored:
             with self.host.writing():
                 scores = self.score()
-            with transaction(self.host.sessions) as s:
-                repo.put_quality(s, self.row(s, head, scores, None))
+            with transaction(self.host.sessions) as session:
+                repo.put_quality(session, self.row(session, head, scores, None))
 
     def _choose(self) -> None:
         """The canaries of this log, from the bundled candidates, on the unedited weights."""
@@ -145,8 +145,8 @@ class Guard:
         rows.append(Canary(id=n + 1, kind="text", text=chosen.text))
         rows += [Canary(id=n + 2 + i, kind="prompt", text=p) for i, p in enumerate(chosen.prompts)]
         try:
-            with transaction(self.host.sessions) as s:
-                repo.put_canaries(s, rows)
+            with transaction(self.host.sessions) as session:
+                repo.put_canaries(session, rows)
         except IntegrityError:  # another writer recorded them first: theirs are the log's
             log.info("the canaries were chosen by another process; using those")
 
@@ -176,11 +176,11 @@ class Guard:
         ]
 
     def row(
-        self, s, version: int, scores: probes.Scores, decision: dict | None, live_edits: int | None = None
+        self, session, version: int, scores: probes.Scores, decision: dict | None, live_edits: int | None = None
     ) -> QualityScore:
         lost = self.lost_facts(scores)
         total = len(self.canaries.facts)
-        live = repo.live_edit_count(s) if live_edits is None else live_edits
+        live = repo.live_edit_count(session) if live_edits is None else live_edits
         return QualityScore(
             version=version,
             live_edits=live,
@@ -194,8 +194,8 @@ class Guard:
         )
 
     def previous(self, version: int) -> QualityScore | None:
-        with self.host.sessions() as s:
-            return repo.quality_at(s, version - 1) or self.baseline
+        with self.host.sessions() as session:
+            return repo.quality_at(session, version - 1) or self.baseline
 
     def judge(self, scores: probes.Scores, previous: QualityScore | None) -> Judgement:
         """The thresholds these scores cross, against the previous version and the unedited model.

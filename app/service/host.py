@@ -133,10 +133,12 @@ class ModelHost:
         self.replay(monitor=monitor)
 
     def _check_model_info(self) -> None:
-        with transaction(self.sessions) as s:
-            info = repo.get_model_info(s)
+        with transaction(self.sessions) as session:
+            info = repo.get_model_info(session)
             if info is None:
-                repo.put_model_info(s, self.model_name, self.base_hash, self.layers, self.settings, self.templates)
+                repo.put_model_info(
+                    session, self.model_name, self.base_hash, self.layers, self.settings, self.templates
+                )
                 return
             if list(info.layers) != self.layers:
                 raise ReplayMismatch(
@@ -158,21 +160,21 @@ class ModelHost:
         `monitor` hears of every batch added and can stop the replay between two (Cancelled)."""
         with self._rw.write(), self._sync_mutex:
             _reset(self.editor)
-            with self.sessions() as s:
+            with self.sessions() as session:
                 if at_version is None:
-                    target = repo.head_version(s)
+                    target = repo.head_version(session)
                 elif at_version == 0:
                     target = None
                 else:
-                    target = repo.get_version(s, at_version)
+                    target = repo.get_version(session, at_version)
                     if target is None:
                         raise LookupError(
-                            f"version {at_version} is not in the log (the head is {repo.head_version_id(s)})"
+                            f"version {at_version} is not in the log (the head is {repo.head_version_id(session)})"
                         )
-                batches = repo.live_batches(s, at_version)
+                batches = repo.live_batches(session, at_version)
                 if batches and self.use_snapshots:
                     monitor.begin("replaying the log", f"{len(batches):,} live batches: looking for a weight snapshot")
-                start, from_version = self._load_snapshot(s, batches, target.id if target else 0)
+                start, from_version = self._load_snapshot(session, batches, target.id if target else 0)
                 rest = batches[start:]
                 monitor.begin(
                     "replaying the log",
@@ -180,7 +182,7 @@ class ModelHost:
                     total=len(rest),
                     unit="batches",
                 )
-                for i, (batch_id, deltas) in enumerate(repo.batches_deltas(s, [b.id for b in rest]), 1):
+                for i, (batch_id, deltas) in enumerate(repo.batches_deltas(session, [b.id for b in rest]), 1):
                     monitor.check()
                     self.editor.add_batch(batch_id, deltas)
                     monitor.advance(i)
@@ -197,7 +199,7 @@ class ModelHost:
             else:
                 log.info("replayed %d live batches up to version %d", len(batches), self.version)
 
-    def _load_snapshot(self, s: Session, batches: list, up_to: int) -> tuple[int, int]:
+    def _load_snapshot(self, session: Session, batches: list, up_to: int) -> tuple[int, int]:
         """Load the newest usable snapshot at or before `up_to`; returns (batches it holds, its version),
         (0, 0) when none is usable (the editor then still holds W₀ and replay starts from there).
 
@@ -208,14 +210,14 @@ class ModelHost:
         if not self.use_snapshots or up_to == 0:
             return 0, 0
         live_ids = [b.id for b in batches]
-        for snap in repo.snapshots(s, up_to):
+        for snap in repo.snapshots(session, up_to):
             n = len(snap.batch_ids)
             if list(snap.batch_ids) != live_ids[:n] or any(b.created_version > snap.version for b in batches[:n]):
                 continue
             if n < len(batches) and batches[n].created_version <= snap.version:
                 continue
-            version = repo.get_version(s, snap.version)
-            data = repo.snapshot_data(s, snap.version)
+            version = repo.get_version(session, snap.version)
+            data = repo.snapshot_data(session, snap.version)
             if version is None or data is None:
                 continue
             if hashlib.sha256(data).hexdigest() != snap.sha256:
@@ -229,7 +231,9 @@ class ModelHost:
                 continue
             # A replica never solves, so it needs no keys now; a solving editor needs every batch's
             # keys for Σ K Kᵀ (and so loads all deltas; the snapshot saves it the dense additions).
-            deltas = None if getattr(self.editor, "replica", False) else dict(repo.batches_deltas(s, snap.batch_ids))
+            deltas = (
+                None if getattr(self.editor, "replica", False) else dict(repo.batches_deltas(session, snap.batch_ids))
+            )
             try:
                 self.editor.load_snapshot(weights_from_bytes(data), list(snap.batch_ids), deltas)
                 got = self.editor.weights_hash()
@@ -249,14 +253,14 @@ class ModelHost:
             return n, snap.version
         return 0, 0
 
-    def _fill_deltas(self, s: Session, batch_ids: Sequence[int] | None = None) -> None:
+    def _fill_deltas(self, session: Session, batch_ids: Sequence[int] | None = None) -> None:
         """Load the factors of the batches a snapshot stood for (all of them, or those among `batch_ids`)."""
         wanted = None if batch_ids is None else set(batch_ids)
         missing = [b for b in self.editor.missing_deltas() if wanted is None or b in wanted]
         if missing:
-            self.editor.fill_deltas(dict(repo.batches_deltas(s, missing)))
+            self.editor.fill_deltas(dict(repo.batches_deltas(session, missing)))
 
-    def _snapshot_before(self, s: Session, batch_id: int) -> tuple[dict[int, torch.Tensor], int] | None:
+    def _snapshot_before(self, session: Session, batch_id: int) -> tuple[dict[int, torch.Tensor], int] | None:
         """The newest usable snapshot that does not hold `batch_id`: (its weights, the live batches it holds).
 
         Usable: its batches are exactly the first live batches (in this editor's order, which is the
@@ -267,23 +271,23 @@ class ModelHost:
             return None
         order = self.editor.batch_ids
         pos = order.index(batch_id)
-        for snap in repo.snapshots(s, self.version):
+        for snap in repo.snapshots(session, self.version):
             n = len(snap.batch_ids)
             if n == 0 or n > pos or list(snap.batch_ids) != order[:n]:
                 continue
-            weights = self._checked_snapshot(s, snap)
+            weights = self._checked_snapshot(session, snap)
             if weights is not None:
                 return weights, n
         return None
 
-    def _checked_snapshot(self, s: Session, snap) -> dict[int, torch.Tensor] | None:
+    def _checked_snapshot(self, session: Session, snap) -> dict[int, torch.Tensor] | None:
         """A snapshot's weights if its bytes match their sha256 and the weights its version's hash, else None."""
-        version = repo.get_version(s, snap.version)
-        data = repo.snapshot_data(s, snap.version)
+        version = repo.get_version(session, snap.version)
+        data = repo.snapshot_data(session, snap.version)
         if version is None or data is None:
             return None
         # The snapshot stands for W₀ + its batches in order only if they were the live batches of its version.
-        if [b.id for b in repo.live_batches(s, snap.version)] != list(snap.batch_ids):
+        if [b.id for b in repo.live_batches(session, snap.version)] != list(snap.batch_ids):
             return None
         digest = hashlib.sha256(data).hexdigest()
         if digest != snap.sha256:
@@ -310,11 +314,11 @@ class ModelHost:
             return None
         return weights
 
-    def _remove_batch(self, s: Session, batch_id: int) -> None:
+    def _remove_batch(self, session: Session, batch_id: int) -> None:
         """Take a batch out of the weights: rebuilt from the newest usable snapshot before it, or W₀."""
-        start = self._snapshot_before(s, batch_id)
+        start = self._snapshot_before(session, batch_id)
         order = self.editor.batch_ids
-        self._fill_deltas(s, order[start[1] if start else 0 :])
+        self._fill_deltas(session, order[start[1] if start else 0 :])
         try:
             self.editor.remove_batch(batch_id, start)
         except EditError as exc:
@@ -322,21 +326,21 @@ class ModelHost:
                 raise
             # A snapshot of another model's shapes: refused before any weight was copied.
             log.error("weight snapshot holding %d batches cannot be used (%s): rebuilding from W₀", start[1], exc)
-            self._fill_deltas(s)
+            self._fill_deltas(session)
             self.editor.remove_batch(batch_id)
         if start:
             log.info("batch %d taken out: rebuilt from the snapshot holding %d batches", batch_id, start[1])
 
     def remove_batch(self, batch_id: int) -> None:
         """For the worker's revert (under writing()): `batch_id` out of the weights, as _remove_batch."""
-        with self.sessions() as s:
-            self._remove_batch(s, batch_id)
+        with self.sessions() as session:
+            self._remove_batch(session, batch_id)
 
     def fill_missing_deltas(self) -> None:
         """For readers of every live batch's factors (export of deltas) after a start from a snapshot."""
         with self._rw.write(), self._sync_mutex:
-            with self.sessions() as s:
-                self._fill_deltas(s)
+            with self.sessions() as session:
+                self._fill_deltas(session)
 
     # --- snapshots (the worker writes them) ------------------------------------------------------
 
@@ -346,12 +350,12 @@ class ModelHost:
         version written. Only the worker calls this, after its commit (or at its start): its weights
         are exactly the log's head."""
         with self._rw.read():
-            with transaction(self.sessions) as s:
-                order = [b.id for b in repo.live_batches(s)]
+            with transaction(self.sessions) as session:
+                order = [b.id for b in repo.live_batches(session)]
                 live = set(order)
-                snaps = repo.snapshots(s)
+                snaps = repo.snapshots(session)
                 stale = [x.version for x in snaps if not set(x.batch_ids) <= live]
-                repo.delete_snapshots(s, stale)
+                repo.delete_snapshots(session, stale)
                 versions = [x.version for x in snaps if x.version not in stale]
                 written = None
                 newest = versions[0] if versions else 0
@@ -360,17 +364,17 @@ class ModelHost:
                 if (
                     every > 0
                     and self.version - newest >= every
-                    and self.version == repo.head_version_id(s)
+                    and self.version == repo.head_version_id(session)
                     and self.editor.batch_ids == order
                 ):
                     if self.editor.weights_hash() != self.weights_hash:
                         raise ReplayMismatch("the worker's weights are not those of its version: no snapshot")
-                    repo.put_snapshot(s, self.version, self.editor.batch_ids, self.editor.dense_weights())
+                    repo.put_snapshot(session, self.version, self.editor.batch_ids, self.editor.dense_weights())
                     written = self.version
                     versions.insert(0, written)
                 kept = snapshot_schedule(versions, self.version, max(every, 1), keep)
                 dropped = [v for v in versions if v not in kept]
-                repo.delete_snapshots(s, dropped)
+                repo.delete_snapshots(session, dropped)
         if stale:
             log.info("deleted %d weight snapshots a revert made unusable", len(stale))
         if written:
@@ -393,23 +397,23 @@ class ModelHost:
     # --- keeping up -------------------------------------------------------------------------
 
     def head(self) -> int:
-        with self.sessions() as s:
-            return repo.head_version_id(s)
+        with self.sessions() as session:
+            return repo.head_version_id(session)
 
     def sync(self) -> int:
         """Apply every version after ours, in order; returns the version now served."""
         if self.head() <= self.version:
             return self.version
         with self._rw.write(), self._sync_mutex:
-            with self.sessions() as s:
-                news = repo.versions_after(s, self.version)
+            with self.sessions() as session:
+                news = repo.versions_after(session, self.version)
                 if not news:
                     return self.version
                 for v in news:
                     if v.removed_batch_id is not None:
-                        self._remove_batch(s, v.removed_batch_id)
+                        self._remove_batch(session, v.removed_batch_id)
                     if v.added_batch_id is not None:
-                        self.editor.add_batch(v.added_batch_id, repo.batch_deltas(s, v.added_batch_id))
+                        self.editor.add_batch(v.added_batch_id, repo.batch_deltas(session, v.added_batch_id))
             self._prove(news[-1].id, news[-1].weights_hash)
             log.info("now at version %d (%s)", self.version, self.weights_hash[:12])
             return self.version

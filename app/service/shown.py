@@ -54,14 +54,15 @@ def check(host: ModelHost, edit_ids: Sequence[int], version: int) -> list[repo.C
     if not edit_ids:
         return []
     try:
-        with host.sessions() as s:
+        with host.sessions() as session:
             facts = [
-                Fact(e.id, fill(e.prompt, e.subject), e.target_new, e.question) for e in repo.get_edits(s, edit_ids)
+                Fact(e.id, fill(e.prompt, e.subject), e.target_new, e.question)
+                for e in repo.get_edits(session, edit_ids)
             ]
         checks = answer(host, facts, version)
         faults.point("worker_shown_checked")
-        with transaction(host.sessions) as s:
-            repo.record_checks(s, version, checks)
+        with transaction(host.sessions) as session:
+            repo.record_checks(session, version, checks)
     except Exception:
         log.exception("could not check whether edits %s show in the answers of version %d", list(edit_ids), version)
         return []

@@ -25,12 +25,12 @@ STARTING, READY, FAILED, STOPPING = "starting", "ready", "failed", "stopping"
 
 def duration(seconds: float) -> str:
     """A duration as a person reads it: '45 s', '3 min 10 s', '1 h 5 min'."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s" if s < 600 and s % 60 else f"{round(s / 60)} min"
-    return f"{s // 3600} h {round(s % 3600 / 60)} min"
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s" if whole < 600 and whole % 60 else f"{round(whole / 60)} min"
+    return f"{whole // 3600} h {round(whole % 3600 / 60)} min"
 
 
 class Startup(Monitor):

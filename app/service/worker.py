@@ -112,8 +112,8 @@ class Worker:
 
     def become_active(self) -> None:
         self.host.sync_or_rebuild()
-        with transaction(self.host.sessions) as s:
-            n = repo.requeue_applying(s)
+        with transaction(self.host.sessions) as session:
+            n = repo.requeue_applying(session)
         if n:
             log.warning("%d edits were left `applying` by a dead worker; they are queued again", n)
         if self.guard is not None:
@@ -137,8 +137,8 @@ class Worker:
 
     def refill(self) -> int:
         """Put every edit the database still wants done back on the queue (duplicates are skipped later)."""
-        with self.host.sessions() as s:
-            queued, reverts = repo.queued_ids(s), repo.pending_revert_ids(s)
+        with self.host.sessions() as session:
+            queued, reverts = repo.queued_ids(session), repo.pending_revert_ids(session)
         if queued:
             self.queue.put("edit", queued)
         if reverts:
@@ -177,8 +177,8 @@ class Worker:
             except Exception:
                 # The commit failed (database trouble): nothing was recorded, so the edits go
                 # back to `queued`; the messages stay unacked and come back after reclaim.
-                with transaction(self.host.sessions) as s:
-                    repo.requeue_applying(s)
+                with transaction(self.host.sessions) as session:
+                    repo.requeue_applying(session)
                 raise
         self.queue.ack(msgs)
         faults.point("worker_after_ack")

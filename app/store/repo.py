@@ -13,9 +13,10 @@ import torch
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session, defer
 
-from app.editing.types import BatchResult, LayerDelta, LayerNorms
+from app.editing.types import BatchResult, EditOutcome, LayerDelta, LayerNorms
 from app.store.codec import delta_from_bytes, delta_to_bytes, tensor_to_bytes, weights_to_bytes
 from app.store.models import (
+    EDIT_STATUSES,
     GUARD_REFUSAL,
     Batch,
     Canary,
@@ -32,6 +33,8 @@ from app.store.models import (
 
 # --- edits ---------------------------------------------------------------------------------
 
+QUEUED, APPLYING, APPLIED, FAILED, REVERTED = EDIT_STATUSES  # the transitions below name them
+
 
 class Unset(Enum):
     """No filter (None is a value some filters take: "not checked")."""
@@ -42,27 +45,27 @@ class Unset(Enum):
 UNSET = Unset.UNSET
 
 
-def insert_edits(s: Session, facts: Iterable[dict]) -> list[Edit]:
-    rows = [Edit(status="queued", revert_requested=False, **fact) for fact in facts]
-    s.add_all(rows)
-    s.flush()  # assigns ids
+def insert_edits(session: Session, facts: Iterable[dict]) -> list[Edit]:
+    rows = [Edit(status=QUEUED, revert_requested=False, **fact) for fact in facts]
+    session.add_all(rows)
+    session.flush()  # assigns ids
     return rows
 
 
-def get_edit(s: Session, edit_id: int) -> Edit | None:
-    return s.get(Edit, edit_id)
+def get_edit(session: Session, edit_id: int) -> Edit | None:
+    return session.get(Edit, edit_id)
 
 
-def get_edits(s: Session, ids: Sequence[int]) -> list[Edit]:
+def get_edits(session: Session, ids: Sequence[int]) -> list[Edit]:
     if not ids:
         return []
-    rows = s.scalars(select(Edit).where(Edit.id.in_(list(ids)))).all()
+    rows = session.scalars(select(Edit).where(Edit.id.in_(list(ids)))).all()
     by_id = {e.id: e for e in rows}
     return [by_id[i] for i in ids if i in by_id]
 
 
 def list_edits(
-    s: Session,
+    session: Session,
     status: str | None,
     limit: int,
     offset: int,
@@ -86,57 +89,35 @@ def list_edits(
         pattern = "%" + subject.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         q = q.where(func.lower(Edit.subject).like(pattern, escape="\\"))
         c = c.where(func.lower(Edit.subject).like(pattern, escape="\\"))
-    rows = s.scalars(q.order_by(Edit.id).limit(limit).offset(offset)).all()
-    return list(rows), int(s.scalar(c) or 0)
+    rows = session.scalars(q.order_by(Edit.id).limit(limit).offset(offset)).all()
+    return list(rows), int(session.scalar(c) or 0)
 
 
-def status_counts(s: Session) -> dict[str, int]:
-    return {st: int(n) for st, n in s.execute(select(Edit.status, func.count()).group_by(Edit.status))}
+def status_counts(session: Session) -> dict[str, int]:
+    return {st: int(n) for st, n in session.execute(select(Edit.status, func.count()).group_by(Edit.status))}
 
 
-def queued_ids(s: Session) -> list[int]:
-    return list(s.scalars(select(Edit.id).where(Edit.status == "queued").order_by(Edit.id)))
+def queued_ids(session: Session) -> list[int]:
+    return list(session.scalars(select(Edit.id).where(Edit.status == "queued").order_by(Edit.id)))
 
 
-def pending_revert_ids(s: Session) -> list[int]:
+def pending_revert_ids(session: Session) -> list[int]:
     return list(
-        s.scalars(select(Edit.id).where(Edit.status == "applied", Edit.revert_requested.is_(True)).order_by(Edit.id))
+        session.scalars(
+            select(Edit.id).where(Edit.status == "applied", Edit.revert_requested.is_(True)).order_by(Edit.id)
+        )
     )
 
 
-def claim_for_batch(s: Session, ids: Sequence[int]) -> list[Edit]:
-    """Queued edits among `ids` become `applying`; anything else (applied, failed, a redelivery) is skipped."""
-    rows = s.scalars(select(Edit).where(Edit.id.in_(list(ids)), Edit.status == "queued").order_by(Edit.id)).all()
-    for e in rows:
-        e.status = "applying"
-    return list(rows)
-
-
-def requeue_applying(s: Session) -> int:
-    """Edits a dead worker left half-done go back to the queue (only the lock holder calls this)."""
-    # An UPDATE's result is a CursorResult; Session.execute is typed with the general Result.
-    res = cast(
-        CursorResult[Any],
-        s.execute(update(Edit).where(Edit.status == "applying").values(status="queued", updated_at=utcnow())),
-    )
-    return int(res.rowcount or 0)
-
-
-def mark_failed(s: Session, ids: Sequence[int], reason: str) -> None:
-    s.execute(
-        update(Edit).where(Edit.id.in_(list(ids))).values(status="failed", error=reason[:2000], updated_at=utcnow())
-    )
-
-
-def request_revert(s: Session, edit_id: int) -> Edit | None:
-    e = s.get(Edit, edit_id, with_for_update=True)
+def request_revert(session: Session, edit_id: int) -> Edit | None:
+    e = session.get(Edit, edit_id, with_for_update=True)
     if e is not None and e.status == "applied":
         e.revert_requested = True
     return e
 
 
-def clear_revert_request(s: Session, edit_id: int, reason: str) -> None:
-    e = s.get(Edit, edit_id)
+def clear_revert_request(session: Session, edit_id: int, reason: str) -> None:
+    e = session.get(Edit, edit_id)
     if e is not None:
         e.revert_requested = False
         e.error = reason[:2000]
@@ -154,7 +135,7 @@ class Check:
     question_problem: str | None = None
 
 
-def record_checks(s: Session, version: int, checks: Sequence[Check], at: datetime | None = None) -> int:
+def record_checks(session: Session, version: int, checks: Sequence[Check], at: datetime | None = None) -> int:
     """Write the checks made at `version`, except on edits already checked at a newer one (a late
     writer never overwrites a newer truth). Returns how many rows were written."""
     at = at or utcnow()
@@ -162,7 +143,7 @@ def record_checks(s: Session, version: int, checks: Sequence[Check], at: datetim
     for c in checks:
         res = cast(
             CursorResult[Any],
-            s.execute(
+            session.execute(
                 update(Edit)
                 .where(Edit.id == c.edit_id, (Edit.checked_version.is_(None)) | (Edit.checked_version <= version))
                 .values(
@@ -180,85 +161,155 @@ def record_checks(s: Session, version: int, checks: Sequence[Check], at: datetim
     return n
 
 
-def shown_counts(s: Session) -> dict[tuple[str, bool | None], int]:
+def shown_counts(session: Session) -> dict[tuple[str, bool | None], int]:
     """Applied edits by (kind, shown): kind "prompt" over all of them, "question" over those with a question."""
     out: dict[tuple[str, bool | None], int] = {}
     applied = Edit.status == "applied"
-    for v, n in s.execute(select(Edit.shown, func.count()).where(applied).group_by(Edit.shown)):
+    for v, n in session.execute(select(Edit.shown, func.count()).where(applied).group_by(Edit.shown)):
         out[("prompt", v)] = int(n)
     asked = select(Edit.question_shown, func.count()).where(applied, Edit.question.is_not(None))
-    for v, n in s.execute(asked.group_by(Edit.question_shown)):
+    for v, n in session.execute(asked.group_by(Edit.question_shown)):
         out[("question", v)] = int(n)
     return out
+
+
+# --- an edit's status ------------------------------------------------------------------------
+#
+# Every change of an edit's status is one of these transitions, made by the function of its name
+# and nowhere else (app/service calls them; it sets no status itself):
+#
+#   insert_edits       (new)    -> queued
+#   claim_for_batch    queued   -> applying   (a redelivered or finished edit is skipped)
+#   requeue            applying -> queued     (a failed batch retries its edits one by one)
+#   requeue_applying   applying -> queued     (what a dead worker left half-done)
+#   mark_applied       applying -> applied    (in the batch's commit, record_batch)
+#   mark_failed        applying -> failed     (the editor could not apply it)
+#   mark_refused       applying -> failed     (the quality guard refused it)
+#   mark_reverted      applied  -> reverted   (in the revert's commit, record_revert)
+
+
+def claim_for_batch(session: Session, ids: Sequence[int]) -> list[Edit]:
+    """Queued edits among `ids` become `applying`; anything else (applied, failed, a redelivery) is skipped."""
+    rows = session.scalars(select(Edit).where(Edit.id.in_(list(ids)), Edit.status == QUEUED).order_by(Edit.id)).all()
+    for e in rows:
+        e.status = APPLYING
+    return list(rows)
+
+
+def requeue(session: Session, ids: Sequence[int]) -> None:
+    """The edits among `ids` go back to the queue (to be claimed again, one at a time)."""
+    for e in get_edits(session, ids):
+        e.status = QUEUED
+
+
+def requeue_applying(session: Session) -> int:
+    """Edits a dead worker left half-done go back to the queue (only the lock holder calls this)."""
+    # An UPDATE's result is a CursorResult; Session.execute is typed with the general Result.
+    res = cast(
+        CursorResult[Any],
+        session.execute(update(Edit).where(Edit.status == APPLYING).values(status=QUEUED, updated_at=utcnow())),
+    )
+    return int(res.rowcount or 0)
+
+
+def mark_applied(e: Edit, batch_id: int, version: int, outcome: EditOutcome, seconds: float) -> None:
+    e.status = APPLIED
+    e.error = None
+    e.batch_id = batch_id
+    e.applied_version = version
+    e.z_star = tensor_to_bytes(outcome.z_star)
+    e.mpes_steps = int(outcome.mpes_steps)
+    e.prob_before = float(outcome.prob_before)
+    e.prob_after = float(outcome.prob_after)
+    e.seconds = seconds
+
+
+def mark_failed(session: Session, ids: Sequence[int], reason: str) -> None:
+    session.execute(
+        update(Edit).where(Edit.id.in_(list(ids))).values(status=FAILED, error=reason[:2000], updated_at=utcnow())
+    )
+
+
+def mark_refused(session: Session, refused: dict[int, str]) -> None:
+    """Edits the guard refused (id -> what they would have broken) end `failed`, saying so."""
+    for e in get_edits(session, list(refused)):
+        e.status = FAILED
+        e.error = e.guard = GUARD_REFUSAL + refused[e.id]
+
+
+def mark_reverted(e: Edit, version: int) -> None:
+    e.status = REVERTED
+    e.revert_requested = False
+    e.reverted_version = version
 
 
 # --- idempotency ---------------------------------------------------------------------------
 
 
-def get_idempotency(s: Session, key: str, not_before: datetime | None = None) -> IdempotencyKey | None:
+def get_idempotency(session: Session, key: str, not_before: datetime | None = None) -> IdempotencyKey | None:
     """The key's record, unless it was made before `not_before` (expired: as if never used)."""
-    row = s.get(IdempotencyKey, key)
+    row = session.get(IdempotencyKey, key)
     if row is None or not_before is None:
         return row
     made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     return row if made >= not_before else None
 
 
-def put_idempotency(s: Session, key: str, body_hash: str, edit_ids: list[int]) -> None:
-    s.add(IdempotencyKey(key=key, body_hash=body_hash, edit_ids=edit_ids))
-    s.flush()
+def put_idempotency(session: Session, key: str, body_hash: str, edit_ids: list[int]) -> None:
+    session.add(IdempotencyKey(key=key, body_hash=body_hash, edit_ids=edit_ids))
+    session.flush()
 
 
-def purge_idempotency(s: Session, before: datetime) -> int:
+def purge_idempotency(session: Session, before: datetime) -> int:
     """Delete the keys made before `before`; returns how many."""
-    res = cast(CursorResult[Any], s.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < before)))
+    res = cast(CursorResult[Any], session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < before)))
     return res.rowcount or 0
 
 
-def count_idempotency(s: Session) -> int:
-    return s.scalar(select(func.count()).select_from(IdempotencyKey)) or 0
+def count_idempotency(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(IdempotencyKey)) or 0
 
 
 # --- model info ----------------------------------------------------------------------------
 
 
-def get_model_info(s: Session) -> ModelInfo | None:
-    return s.get(ModelInfo, 1)
+def get_model_info(session: Session) -> ModelInfo | None:
+    return session.get(ModelInfo, 1)
 
 
 def put_model_info(
-    s: Session, name: str, base_hash: str, layers: list[int], settings: dict, templates: list[str] | None = None
+    session: Session, name: str, base_hash: str, layers: list[int], settings: dict, templates: list[str] | None = None
 ) -> ModelInfo:
     info = ModelInfo(id=1, name=name, base_hash=base_hash, layers=layers, settings=settings, templates=templates)
-    s.add(info)
-    s.flush()
+    session.add(info)
+    session.flush()
     return info
 
 
 # --- versions and batches ------------------------------------------------------------------
 
 
-def head_version(s: Session) -> Version | None:
-    return s.scalars(select(Version).order_by(Version.id.desc()).limit(1)).first()
+def head_version(session: Session) -> Version | None:
+    return session.scalars(select(Version).order_by(Version.id.desc()).limit(1)).first()
 
 
-def head_version_id(s: Session) -> int:
-    return int(s.scalar(select(func.max(Version.id))) or 0)
+def head_version_id(session: Session) -> int:
+    return int(session.scalar(select(func.max(Version.id))) or 0)
 
 
-def get_version(s: Session, version: int) -> Version | None:
-    return s.get(Version, version)
+def get_version(session: Session, version: int) -> Version | None:
+    return session.get(Version, version)
 
 
-def versions_after(s: Session, version: int) -> list[Version]:
-    return list(s.scalars(select(Version).where(Version.id > version).order_by(Version.id)))
+def versions_after(session: Session, version: int) -> list[Version]:
+    return list(session.scalars(select(Version).where(Version.id > version).order_by(Version.id)))
 
 
-def next_batch_id(s: Session) -> int:
-    return int(s.scalar(select(func.max(Batch.id))) or 0) + 1
+def next_batch_id(session: Session) -> int:
+    return int(session.scalar(select(func.max(Batch.id))) or 0) + 1
 
 
-def live_batches(s: Session, at_version: int | None = None) -> list[Batch]:
+def live_batches(session: Session, at_version: int | None = None) -> list[Batch]:
     """Batches live at `at_version` (default: head), in the order of the versions that created them."""
     q = select(Batch)
     if at_version is None:
@@ -268,21 +319,25 @@ def live_batches(s: Session, at_version: int | None = None) -> list[Batch]:
             Batch.created_version <= at_version,
             (Batch.removed_version.is_(None)) | (Batch.removed_version > at_version),
         )
-    return list(s.scalars(q.order_by(Batch.created_version, Batch.id)))
+    return list(session.scalars(q.order_by(Batch.created_version, Batch.id)))
 
 
-def batch_deltas(s: Session, batch_id: int) -> list[LayerDelta]:
-    rows = s.scalars(select(LayerDeltaRow).where(LayerDeltaRow.batch_id == batch_id).order_by(LayerDeltaRow.layer))
+def batch_deltas(session: Session, batch_id: int) -> list[LayerDelta]:
+    rows = session.scalars(
+        select(LayerDeltaRow).where(LayerDeltaRow.batch_id == batch_id).order_by(LayerDeltaRow.layer)
+    )
     return [delta_from_bytes(r.layer, r.data) for r in rows]
 
 
-def batches_deltas(s: Session, batch_ids: Sequence[int], chunk: int = 64) -> Iterator[tuple[int, list[LayerDelta]]]:
+def batches_deltas(
+    session: Session, batch_ids: Sequence[int], chunk: int = 64
+) -> Iterator[tuple[int, list[LayerDelta]]]:
     """(batch id, its deltas) for each of `batch_ids`, in that order, `chunk` batches per query (a
     replay of a long log would otherwise make one round trip per batch)."""
     ids = list(batch_ids)
     for i in range(0, len(ids), chunk):
         part = ids[i : i + chunk]
-        rows = s.execute(
+        rows = session.execute(
             select(LayerDeltaRow.batch_id, LayerDeltaRow.layer, LayerDeltaRow.data)
             .where(LayerDeltaRow.batch_id.in_(part))
             .order_by(LayerDeltaRow.batch_id, LayerDeltaRow.layer)
@@ -293,8 +348,10 @@ def batches_deltas(s: Session, batch_ids: Sequence[int], chunk: int = 64) -> Ite
         yield from by_batch.items()
 
 
-def live_edits_of_batch(s: Session, batch_id: int) -> list[Edit]:
-    return list(s.scalars(select(Edit).where(Edit.batch_id == batch_id, Edit.status == "applied").order_by(Edit.id)))
+def live_edits_of_batch(session: Session, batch_id: int) -> list[Edit]:
+    return list(
+        session.scalars(select(Edit).where(Edit.batch_id == batch_id, Edit.status == "applied").order_by(Edit.id))
+    )
 
 
 @dataclass
@@ -306,11 +363,11 @@ class Applied:
     norms: list[LayerNorms]
 
 
-def _add_version(s: Session, applied: Applied, **fields) -> None:
-    s.add(Version(id=applied.version, weights_hash=applied.weights_hash, **fields))
-    s.flush()  # the batch rows below reference it
+def _add_version(session: Session, applied: Applied, **fields) -> None:
+    session.add(Version(id=applied.version, weights_hash=applied.weights_hash, **fields))
+    session.flush()  # the batch rows below reference it
     for n in applied.norms:
-        s.add(
+        session.add(
             NormSnapshot(
                 version=applied.version,
                 layer=n.layer,
@@ -322,9 +379,14 @@ def _add_version(s: Session, applied: Applied, **fields) -> None:
 
 
 def _add_batch(
-    s: Session, applied: Applied, result: BatchResult, kind: str, seconds: float, source_batch_id: int | None = None
+    session: Session,
+    applied: Applied,
+    result: BatchResult,
+    kind: str,
+    seconds: float,
+    source_batch_id: int | None = None,
 ) -> None:
-    s.add(
+    session.add(
         Batch(
             id=result.batch_id,
             created_version=applied.version,
@@ -336,30 +398,24 @@ def _add_batch(
             seconds=seconds,
         )
     )
-    s.flush()
+    session.flush()
     for d in result.deltas:
-        s.add(LayerDeltaRow(batch_id=result.batch_id, layer=d.layer, data=delta_to_bytes(d)))
+        session.add(LayerDeltaRow(batch_id=result.batch_id, layer=d.layer, data=delta_to_bytes(d)))
 
 
-def record_batch(s: Session, applied: Applied, result: BatchResult, edits: Sequence[Edit], seconds: float) -> None:
+def record_batch(
+    session: Session, applied: Applied, result: BatchResult, edits: Sequence[Edit], seconds: float
+) -> None:
     """The commit point of a batch: version, batch, deltas, norms and every edit's outcome together."""
-    _add_version(s, applied, kind="batch", added_batch_id=result.batch_id)
-    _add_batch(s, applied, result, "edit", seconds)
+    _add_version(session, applied, kind="batch", added_batch_id=result.batch_id)
+    _add_batch(session, applied, result, "edit", seconds)
     per_edit = seconds / max(1, len(edits))
     for e, out in zip(edits, result.outcomes, strict=True):
-        e.status = "applied"
-        e.error = None
-        e.batch_id = result.batch_id
-        e.applied_version = applied.version
-        e.z_star = tensor_to_bytes(out.z_star)
-        e.mpes_steps = int(out.mpes_steps)
-        e.prob_before = float(out.prob_before)
-        e.prob_after = float(out.prob_after)
-        e.seconds = per_edit
+        mark_applied(e, result.batch_id, applied.version, out, per_edit)
 
 
 def record_revert(
-    s: Session,
+    session: Session,
     applied: Applied,
     edit: Edit,
     removed_batch_id: int,
@@ -369,50 +425,50 @@ def record_revert(
 ) -> None:
     """A revert is a new version: the old batch leaves, its surviving edits come back as a new batch."""
     _add_version(
-        s,
+        session,
         applied,
         kind="revert",
         removed_batch_id=removed_batch_id,
         added_batch_id=result.batch_id if result is not None else None,
         edit_id=edit.id,
     )
-    old = s.get_one(Batch, removed_batch_id)
+    old = session.get_one(Batch, removed_batch_id)
     old.removed_version = applied.version
     if result is not None:
-        _add_batch(s, applied, result, "reapply", seconds, source_batch_id=removed_batch_id)
+        _add_batch(session, applied, result, "reapply", seconds, source_batch_id=removed_batch_id)
         for e in survivors:
             e.batch_id = result.batch_id
-    edit.status = "reverted"
-    edit.revert_requested = False
-    edit.reverted_version = applied.version
+    mark_reverted(edit, applied.version)
 
 
 # --- norms ---------------------------------------------------------------------------------
 
 
-def norm_history(s: Session, per_layer: int) -> dict[int, list[NormSnapshot]]:
+def norm_history(session: Session, per_layer: int) -> dict[int, list[NormSnapshot]]:
     versions = list(
-        s.scalars(select(NormSnapshot.version).distinct().order_by(NormSnapshot.version.desc()).limit(per_layer))
+        session.scalars(select(NormSnapshot.version).distinct().order_by(NormSnapshot.version.desc()).limit(per_layer))
     )
     if not versions:
         return {}
-    rows = s.scalars(select(NormSnapshot).where(NormSnapshot.version.in_(versions)).order_by(NormSnapshot.version))
+    rows = session.scalars(
+        select(NormSnapshot).where(NormSnapshot.version.in_(versions)).order_by(NormSnapshot.version)
+    )
     out: dict[int, list[NormSnapshot]] = {}
     for r in rows:
         out.setdefault(r.layer, []).append(r)
     return out
 
 
-def batch_stats(s: Session) -> tuple[int, float]:
+def batch_stats(session: Session) -> tuple[int, float]:
     """Count and total seconds of batches the editor ran (for the batch-seconds summary)."""
-    n, total = s.execute(
+    n, total = session.execute(
         select(func.count(), func.coalesce(func.sum(Batch.seconds), 0.0)).where(Batch.kind == "edit")
     ).one()
     return int(n), float(total)
 
 
-def mpes_stats(s: Session) -> tuple[int, int]:
-    n, total = s.execute(
+def mpes_stats(session: Session) -> tuple[int, int]:
+    n, total = session.execute(
         select(func.count(), func.coalesce(func.sum(Edit.mpes_steps), 0)).where(Edit.mpes_steps.is_not(None))
     ).one()
     return int(n), int(total)  # type: ignore[arg-type]  # coalesce(…, 0) is never NULL; typed as the column's Optional
@@ -421,66 +477,68 @@ def mpes_stats(s: Session) -> tuple[int, int]:
 # --- weight snapshots -------------------------------------------------------------------------
 
 
-def put_snapshot(s: Session, version: int, batch_ids: list[int], weights: dict[int, torch.Tensor]) -> WeightSnapshot:
+def put_snapshot(
+    session: Session, version: int, batch_ids: list[int], weights: dict[int, torch.Tensor]
+) -> WeightSnapshot:
     data = weights_to_bytes(weights)
     snap = WeightSnapshot(
         version=version, batch_ids=list(batch_ids), sha256=hashlib.sha256(data).hexdigest(), data=data
     )
-    s.add(snap)
-    s.flush()
+    session.add(snap)
+    session.flush()
     return snap
 
 
-def snapshots(s: Session, up_to: int | None = None) -> list[WeightSnapshot]:
+def snapshots(session: Session, up_to: int | None = None) -> list[WeightSnapshot]:
     """Newest first, without their bytes (each is the size of the edited layers)."""
     q = select(WeightSnapshot).options(defer(WeightSnapshot.data)).order_by(WeightSnapshot.version.desc())
     if up_to is not None:
         q = q.where(WeightSnapshot.version <= up_to)
-    return list(s.scalars(q))
+    return list(session.scalars(q))
 
 
-def snapshot_data(s: Session, version: int) -> bytes | None:
-    return s.scalar(select(WeightSnapshot.data).where(WeightSnapshot.version == version))
+def snapshot_data(session: Session, version: int) -> bytes | None:
+    return session.scalar(select(WeightSnapshot.data).where(WeightSnapshot.version == version))
 
 
-def delete_snapshots(s: Session, versions: Sequence[int]) -> None:
+def delete_snapshots(session: Session, versions: Sequence[int]) -> None:
     if versions:
-        s.execute(delete(WeightSnapshot).where(WeightSnapshot.version.in_(list(versions))))
+        session.execute(delete(WeightSnapshot).where(WeightSnapshot.version.in_(list(versions))))
 
 
 # --- canaries and quality ---------------------------------------------------------------------
 
 
-def canaries(s: Session) -> list[Canary]:
-    return list(s.scalars(select(Canary).order_by(Canary.id)))
+def canaries(session: Session) -> list[Canary]:
+    return list(session.scalars(select(Canary).order_by(Canary.id)))
 
 
-def put_canaries(s: Session, rows: Sequence[Canary]) -> None:
+def put_canaries(session: Session, rows: Sequence[Canary]) -> None:
     """The canary set is written once per log; a second writer's attempt fails on the primary key."""
-    s.add_all(rows)
+    session.add_all(rows)
 
 
-def put_quality(s: Session, row: QualityScore) -> None:
-    s.merge(row)
+def put_quality(session: Session, row: QualityScore) -> None:
+    session.merge(row)
 
 
-def quality_at(s: Session, version: int) -> QualityScore | None:
-    return s.get(QualityScore, version)
+def quality_at(session: Session, version: int) -> QualityScore | None:
+    return session.get(QualityScore, version)
 
 
-def quality_history(s: Session, limit: int) -> list[QualityScore]:
+def quality_history(session: Session, limit: int) -> list[QualityScore]:
     """The newest `limit` scores, oldest first (version 0 is the unedited model)."""
-    rows = s.scalars(select(QualityScore).order_by(QualityScore.version.desc()).limit(limit)).all()
+    rows = session.scalars(select(QualityScore).order_by(QualityScore.version.desc()).limit(limit)).all()
     return list(reversed(rows))
 
 
-def live_edit_count(s: Session) -> int:
-    return int(s.scalar(select(func.count()).select_from(Edit).where(Edit.status == "applied")) or 0)
+def live_edit_count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Edit).where(Edit.status == "applied")) or 0)
 
 
-def guard_refused_count(s: Session) -> int:
+def guard_refused_count(session: Session) -> int:
     return int(
-        s.scalar(
+        session.scalar(
             select(func.count()).select_from(Edit).where(Edit.status == "failed", Edit.error.like(GUARD_REFUSAL + "%"))
         )
         or 0

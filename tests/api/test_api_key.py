@@ -8,9 +8,9 @@ from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
 from app.api.deps import require_api_key
+from app.api.openai_compat_shapes import OpenAIError
 from app.api.routes.openai_compat import require_generation_key
 from app.service.errors import ServiceError
-from app.service.oai import OpenAIError
 
 KEY = "clé-ßecret-ключ"
 

@@ -11,9 +11,9 @@ from xml.etree import ElementTree
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from app.api import dashboard
+from app.api.charts import RefLine, Series, line_chart
 from app.api.main import create_app
-from app.service import dashboard
-from app.service.charts import RefLine, Series, line_chart
 from app.service.context import ServiceContext
 from app.store import repo
 from app.store.db import transaction

@@ -439,7 +439,7 @@ def keyed_client(warm_cache, tmp_path_factory):
 def _mutating_operations(client) -> list[tuple[str, str]]:
     """Every operation of the OpenAPI schema that changes state (POST /generate and the OpenAI-compatible
     /v1 generation endpoints only read; whether they need the key is KEDIT_GENERATION_REQUIRES_KEY,
-    tested in tests/api/test_openai_client.py)."""
+    tested in tests/api/test_openai_compat_client.py)."""
     ops = []
     for path, methods in client.get("/openapi.json").json()["paths"].items():
         for method in methods:

@@ -67,8 +67,8 @@ def norms(ctx: Ctx):
     host = ready_host(ctx)
     host.sync()
     threshold = ctx.config.norm_alarm_growth
-    with ctx.sessions() as s:
-        history = repo.norm_history(s, ctx.config.norm_history)
+    with ctx.sessions() as session:
+        history = repo.norm_history(session, ctx.config.norm_history)
     layers = []
     for n in host.current_norms():
         layers.append(

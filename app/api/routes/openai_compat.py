@@ -1,9 +1,10 @@
 """OpenAI-compatible endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions.
 
-Thin: parsing and auth here, the rest in app/service/oai.py and app/service/generation.py. Errors
-on these paths are answered in OpenAI's shape (app/api/main.py). Every answer carries the weights
-that produced it as `system_fingerprint` and in the X-System-Fingerprint header (known before the
-first byte of a stream, because the version is held from admission to the last token).
+Thin: parsing and auth here, the rest in app/api/openai_compat_shapes.py and
+app/service/generation.py. Errors on these paths are answered in OpenAI's shape (app/api/main.py).
+Every answer carries the weights that produced it as `system_fingerprint` and in the
+X-System-Fingerprint header (known before the first byte of a stream, because the version is held
+from admission to the last token).
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from app.api.deps import Ctx, Unauthorized, check_api_key, describe, ready_host, sent_key, validation_errors
+from app.api.openai_compat_schemas import ChatIn, CompletionIn
+from app.api.openai_compat_shapes import (
+    Answer,
+    OpenAIError,
+    chat_ids,
+    check_model,
+    completion_ids,
+    model_card,
+    sampling,
+)
 from app.api.pools import iterate_in, run_in
-from app.api.schemas_openai import ChatIn, CompletionIn
 from app.service.generation import GenerationEngine
-from app.service.oai import Answer, OpenAIError, chat_ids, check_model, completion_ids, model_card, sampling
 
 FINGERPRINT_HEADER = "X-System-Fingerprint"
 VERSION_HEADER = "X-Kedit-Version"

@@ -1,7 +1,7 @@
 """The operator dashboard: /ui (edit log, worker, queue, charts, submit form), /ui/edits/{id} (one
 edit, its answer before and now, revert). Server-rendered HTML, no JavaScript, works offline.
 
-Thin: each route parses the request, calls app/service/dashboard.py (which gathers the view from
+Thin: each route parses the request, calls app/api/dashboard.py (which gathers the view from
 the same service functions as the JSON API) and renders a template (app/api/templates, autoescaped).
 The two forms that change something (submit, revert) are POSTs that carry the API key when one is
 configured, checked as the JSON API checks its header (deps.check_api_key); the key is never shown
@@ -20,9 +20,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from app.api import dashboard
 from app.api.deps import Ctx, Form, check_api_key, validate
 from app.api.schemas import EditIn
-from app.service import dashboard
 from app.service.errors import ServiceError
 from app.store.models import MAX_EDIT_ID
 

@@ -2,7 +2,7 @@
 API uses (edits, quality, the model host, the generation engine). The routes (app/api/routes/ui.py)
 only parse the request and render one of these views; the templates only lay them out.
 
-Numbers are formatted here, charts drawn here (app/service/charts.py), so the templates hold no
+Numbers are formatted here, charts drawn here (app/api/charts.py), so the templates hold no
 logic. Text a client wrote (prompts, subjects, targets, errors) stays raw: the templates escape it.
 """
 
@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from app.api.charts import RefLine, Series, line_chart
 from app.service import edits as edit_service
 from app.service import quality
-from app.service.charts import RefLine, Series, line_chart
 from app.service.context import ServiceContext
 from app.service.errors import Invalid
 from app.service.generation import Sampling
@@ -60,15 +60,15 @@ def startup_view(ctx: ServiceContext) -> StartupView | None:
     """The start-up page's view while a start-up stage runs or after it failed; None once serving."""
     if ctx.startup.serving:
         return None
-    s = ctx.startup.snapshot()
+    now = ctx.startup.snapshot()
     return StartupView(
-        stage=s["stage"],
-        part=s["part"],
-        percent=None if s["progress"] is None else f"{100 * s['progress']:.0f} %",
-        progress=s["progress"],
-        detail=s["detail"],
-        left=None if s["seconds_left"] is None else f"about {duration(s['seconds_left'])} left",
-        error=s["error"],
+        stage=now["stage"],
+        part=now["part"],
+        percent=None if now["progress"] is None else f"{100 * now['progress']:.0f} %",
+        progress=now["progress"],
+        detail=now["detail"],
+        left=None if now["seconds_left"] is None else f"about {duration(now['seconds_left'])} left",
+        error=now["error"],
     )
 
 

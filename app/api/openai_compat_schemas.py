@@ -69,12 +69,12 @@ class _Common(BaseModel):
             return None
         if len(stops) > MAX_STOP:
             raise ValueError(f"stop holds {len(stops)} strings; give at most {MAX_STOP}")
-        for s in stops:
-            if not s:
+        for stop in stops:
+            if not stop:
                 raise ValueError("stop holds an empty string; remove it")
-            if len(s) > 256:
-                raise ValueError(f"a stop string is {len(s)} characters long; the bound is 256")
-            _clean_text(s, "stop")
+            if len(stop) > 256:
+                raise ValueError(f"a stop string is {len(stop)} characters long; the bound is 256")
+            _clean_text(stop, "stop")
         return stops
 
     @field_validator("stream_options")

@@ -7,7 +7,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from app.service.charts import Series, axis, line_chart
+from app.api.charts import Series, axis, line_chart
 
 NS = "{http://www.w3.org/2000/svg}"
 

@@ -99,7 +99,7 @@ def line_chart(
 ) -> str:
     """One SVG line chart of `series` (x, y points) against shared axes; `refs` drawn dashed.
     `x_integer`: the x quantity is a count (versions, edits), so its ticks are whole numbers."""
-    finite = [(x, y) for s in series for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
+    finite = [(x, y) for line in series for x, y in line.points if math.isfinite(x) and math.isfinite(y)]
     left, right, top, bottom = 64, 16, 28, 44
     legend_h = 18 * (len(series) + len(refs))
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -165,22 +165,22 @@ def line_chart(
             f"{escape(r.name)} ({fmt(r.y)})</text>"
         )
         legend_y += 18
-    for i, s in enumerate(series):
+    for i, line in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
-        pts = [(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
+        pts = [(x, y) for x, y in line.points if math.isfinite(x) and math.isfinite(y)]
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         out.append(
-            f'<polyline class="series" data-series="{escape(s.name)}" data-points="{len(pts)}" '
+            f'<polyline class="series" data-series="{escape(line.name)}" data-points="{len(pts)}" '
             f'points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>'
         )
         for x, y in pts:
             out.append(
                 f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}">'
-                f"<title>{escape(s.name)}: {fmt(y)} at {f'{x:.0f}' if x_integer else fmt(x)}</title></circle>"
+                f"<title>{escape(line.name)}: {fmt(y)} at {f'{x:.0f}' if x_integer else fmt(x)}</title></circle>"
             )
         out.append(
             f'<rect x="{left}" y="{legend_y}" width="24" height="10" fill="{color}"/>'
-            f'<text class="legend" x="{left + 30}" y="{legend_y + 9}">{escape(s.name)}</text>'
+            f'<text class="legend" x="{left + 30}" y="{legend_y + 9}">{escape(line.name)}</text>'
         )
         legend_y += 18
     out.append("</svg>")
