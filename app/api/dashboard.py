@@ -100,6 +100,21 @@ def served_version(ctx: ServiceContext) -> str:
     return "no model in this process" if ctx.host is None else str(ctx.host.version)
 
 
+def key_load(ctx: ServiceContext) -> str | None:
+    """'N applied edits over f key dimensions per layer: x edits per key dimension' (the numbers
+    of GET /health/norms), None where this process holds no model."""
+    if ctx.host is None:
+        return None
+    norms = ctx.host.current_norms()
+    if not norms:
+        return None
+    with ctx.sessions() as session:
+        applied = repo.status_counts(session).get("applied", 0)
+    load = _num(norms[0].load(applied), 2)
+    edits = "edit" if applied == 1 else "edits"
+    return f"{applied:,} applied {edits} over {norms[0].key_dim:,} key dimensions per layer: {load} per dimension"
+
+
 def norm_growth(ctx: ServiceContext) -> dict[int, list[tuple[int, float]]]:
     """Per edited layer, (version, ‖W−W₀‖/‖W₀‖) for the latest `norm_history` versions (the same
     numbers as GET /health/norms' history)."""
@@ -297,6 +312,7 @@ class HomeView:
     version: str
     norm_chart: str | None
     norm_threshold: str
+    load: str | None
     quality: QualityView
     api_key_needed: bool
     form: FactForm = field(default_factory=FactForm)
@@ -344,6 +360,7 @@ def home(ctx: ServiceContext, status: str = "", subject: str = "", offset: int =
         version=served_version(ctx),
         norm_chart=norm_chart(ctx),
         norm_threshold=_num(ctx.config.norm_alarm_growth),
+        load=key_load(ctx),
         quality=quality_view(ctx),
         api_key_needed=bool(ctx.config.api_key),
         error=error,

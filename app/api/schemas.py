@@ -206,12 +206,18 @@ class LayerNormsOut(BaseModel):
     base_norm: float
     delta_norm: float
     growth: float = Field(description="‖W−W0‖F / ‖W0‖F")
+    load: float = Field(
+        description="applied edits per key dimension of this layer (edits / f): each edit stores one key in "
+        "the layer's f-dimensional input; ENCORE's 10,000 edits on Llama-3-8B are 0.70 (docs/lifelong.md)"
+    )
+    key_dim: int = Field(description="f, the dimension of the layer's keys")
     alarm: bool
     history: list[NormPoint]
 
 
 class NormsOut(BaseModel):
     version: int
+    applied_edits: int = Field(description="edits live in the served weights")
     threshold: float
     alarm: bool
     layers: list[LayerNormsOut]

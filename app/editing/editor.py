@@ -137,7 +137,7 @@ class Editor:
         for layer in self.layers:
             w = self._w(layer).detach().double()
             w0 = self.base[layer].double()
-            out.append(LayerNorms(layer, float(w.norm()), float(w0.norm()), float((w - w0).norm())))
+            out.append(LayerNorms(layer, float(w.norm()), float(w0.norm()), float((w - w0).norm()), w0.shape[1]))
         return out
 
     # ----- editing -----

@@ -186,7 +186,13 @@ class LayerNorms:
     weight_norm: float  # ‖W‖F
     base_norm: float  # ‖W₀‖F
     delta_norm: float  # ‖W − W₀‖F
+    key_dim: int = 0  # f, the dimension of the layer's keys (its input)
 
     @property
     def growth(self) -> float:
         return self.delta_norm / self.base_norm if self.base_norm else 0.0
+
+    def load(self, edits: int) -> float:
+        """Edits per key dimension: each edit stores one key in the layer's f-dimensional input space,
+        so past about 1 the keys cannot be kept apart (docs/lifelong.md, The load)."""
+        return edits / self.key_dim if self.key_dim else 0.0

@@ -353,6 +353,7 @@ def _norm_rows(editor, state: RunState, n_edited: int) -> None:
                 "base": n.base_norm,
                 "delta": n.delta_norm,
                 "growth": n.growth,
+                "load": n.load(state.prior_edits + n_edited),  # edits in the model per key dimension
             }
         )
 

@@ -132,6 +132,7 @@ def test_sequential_run_writes_summary_and_plots(tmp_path, corpus):
         assert [r["edits"] for r in rows] == [2, 4, 6]
         assert all(r["delta"] > 0 and r["base"] > 0 for r in rows)
         assert rows[-1]["growth"] == pytest.approx(rows[-1]["delta"] / rows[-1]["base"])
+        assert rows[-1]["load"] == pytest.approx(rows[-1]["edits"] / lm.model.config.intermediate_size)
     assert on_disk["settings"]["method"] == "encore" and on_disk["settings"]["layers"] == [1, 2]
     assert on_disk["baseline"]["perplexity"] > 1 and on_disk["health"]["perplexity"] > 1
     for png in (SCORES_PNG, NORMS_PNG, HEALTH_PNG):

@@ -45,6 +45,10 @@ def test_edit_then_revert_restores_the_base_weights(client):
     for layer in norms["layers"]:
         assert layer["delta_norm"] > 0 and len(layer["history"]) == 1 and layer["history"][0]["version"] == 1
         assert layer["growth"] == pytest.approx(layer["delta_norm"] / layer["base_norm"])
+        assert layer["key_dim"] > 0 and layer["load"] == pytest.approx(1 / layer["key_dim"])
+    assert norms["applied_edits"] == 1
+    page = client.get("/ui").text
+    assert f"1 applied edit over {norms['layers'][0]['key_dim']:,} key dimensions per layer" in page
 
     r = client.post(f"/edits/{e['id']}/revert")
     assert r.status_code == 202 and r.json()["revert_requested"] is True
@@ -55,8 +59,9 @@ def test_edit_then_revert_restores_the_base_weights(client):
     assert v2["version"] == 2 and v2["weights_hash"] == base["base_hash"]
     assert answers(client) == base_answers
     norms = client.get("/health/norms").json()
+    assert norms["applied_edits"] == 0
     for layer in norms["layers"]:
-        assert layer["delta_norm"] == 0.0
+        assert layer["delta_norm"] == 0.0 and layer["load"] == 0.0
         assert [h["version"] for h in layer["history"]] == [1, 2]
 
     r = client.post(f"/edits/{e['id']}/revert")

@@ -69,6 +69,7 @@ def norms(ctx: Ctx):
     threshold = ctx.config.norm_alarm_growth
     with ctx.sessions() as session:
         history = repo.norm_history(session, ctx.config.norm_history)
+        applied = repo.status_counts(session).get("applied", 0)
     layers = []
     for n in host.current_norms():
         layers.append(
@@ -78,6 +79,8 @@ def norms(ctx: Ctx):
                 base_norm=n.base_norm,
                 delta_norm=n.delta_norm,
                 growth=n.growth,
+                load=n.load(applied),
+                key_dim=n.key_dim,
                 alarm=n.growth > threshold,
                 history=[
                     NormPoint(
@@ -91,7 +94,11 @@ def norms(ctx: Ctx):
             )
         )
     return NormsOut(
-        version=host.version, threshold=threshold, alarm=any(layer.alarm for layer in layers), layers=layers
+        version=host.version,
+        applied_edits=applied,
+        threshold=threshold,
+        alarm=any(layer.alarm for layer in layers),
+        layers=layers,
     )
 
 
