@@ -7,12 +7,11 @@ does after every batch: score the canaries on the new weights. With the guard's 
 the worker also saves the edited layers before each batch; that copy is timed too. Prints a table
 and writes it (markdown + JSON) to --out.
 
-    .venv/bin/python benchmarks/canary_overhead.py --corpus /path/to/wikitext --out benchmarks/results/canary-overhead
+    .venv/bin/python -m benchmarks.canary_overhead --corpus /path/to/wikitext --out benchmarks/results/canary-overhead
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import typer
 
 from app.config import KeditConfig
 from app.editing.build import Role
@@ -28,45 +28,46 @@ from app.editing.types import EditRequest
 from app.eval import canaries as probes
 from app.eval.data import load_dataset
 
+CANARY_DTYPES = ("float32", "bfloat16")
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model folder or GGUF (default: SmolLM2-135M-Instruct)")
-    ap.add_argument("--corpus", type=Path, default=None, help="text for C₀ (default: KEDIT_STATS_CORPUS or generated)")
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="CounterFact records (default: counterfact_extra/counterfact-val.json in the data folder)",
-    )
-    ap.add_argument("--batches", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--facts", type=int, default=300, help="canary facts (the service's KEDIT_CANARY_FACTS)")
-    ap.add_argument("--text-tokens", type=int, default=256)
-    ap.add_argument("--prompts", type=int, default=2)
-    ap.add_argument("--gen-tokens", type=int, default=16)
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16", help="KEDIT_CANARY_DTYPE")
-    ap.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.json")
-    args = ap.parse_args()
 
-    over = {k: v for k, v in (("model_path", args.model), ("stats_corpus", args.corpus)) if v is not None}
+def main(
+    model: str | None = typer.Option(None, help="model folder or GGUF (default: SmolLM2-135M-Instruct)"),
+    corpus: Path | None = typer.Option(None, help="text for C₀ (default: KEDIT_STATS_CORPUS or generated)"),
+    data: Path | None = typer.Option(
+        None, help="CounterFact records (default: counterfact_extra/counterfact-val.json in the data folder)"
+    ),
+    batches: int = typer.Option(5),
+    batch_size: int = typer.Option(8),
+    facts: int = typer.Option(300, help="canary facts (the service's KEDIT_CANARY_FACTS)"),
+    text_tokens: int = typer.Option(256),
+    prompts: int = typer.Option(2),
+    gen_tokens: int = typer.Option(16),
+    dtype: str = typer.Option("bfloat16", help="KEDIT_CANARY_DTYPE: " + ", ".join(CANARY_DTYPES)),
+    out: Path | None = typer.Option(None, help="write OUT.md and OUT.json"),
+) -> None:
+    """What the canaries cost per batch: editor seconds vs canary-scoring seconds, side by side."""
+    if dtype not in CANARY_DTYPES:
+        raise typer.BadParameter(f"{dtype!r} is not one of {', '.join(CANARY_DTYPES)}", param_hint="--dtype")
+
+    over = {k: v for k, v in (("model_path", model), ("stats_corpus", corpus)) if v is not None}
     cfg = KeditConfig(**over)
     editor = cfg.load_editor(Role.WORKER, progress=True)
     lm = editor.lm
-    data = args.data or cfg.data_dir / "counterfact_extra" / "counterfact-val.json"
-    records = load_dataset(data, limit=args.batches * args.batch_size).records
+    data = data or cfg.data_dir / "counterfact_extra" / "counterfact-val.json"
+    records = load_dataset(data, limit=batches * batch_size).records
 
-    copy = LoweredCopy(lm, editor.layers, getattr(torch, args.dtype))
+    copy = LoweredCopy(lm, editor.layers, getattr(torch, dtype))
 
     def score() -> probes.Scores:  # what the worker's guard does after a batch: refresh its copy, score
         t0 = time.perf_counter()
         copy.refresh()
-        s = probes.score(copy.model, lm.tokenizer, chosen, args.gen_tokens)
+        s = probes.score(copy.model, lm.tokenizer, chosen, gen_tokens)
         s.seconds = time.perf_counter() - t0
         return s
 
     t0 = time.perf_counter()
-    chosen = probes.choose(copy.model, lm.tokenizer, args.facts, args.text_tokens, args.prompts)
+    chosen = probes.choose(copy.model, lm.tokenizer, facts, text_tokens, prompts)
     choose_s = time.perf_counter() - t0
     base = score()
     print(
@@ -77,8 +78,8 @@ def main() -> None:
     )
 
     rows = []
-    for b in range(args.batches):
-        batch = records[b * args.batch_size : (b + 1) * args.batch_size]
+    for b in range(batches):
+        batch = records[b * batch_size : (b + 1) * batch_size]
         requests = [
             EditRequest(prompt=r.prompt, subject=r.subject, target_new=r.target_new, target_true=r.target_true)
             for r in batch
@@ -114,14 +115,14 @@ def main() -> None:
     canary_total = sum(r["canary_s"] for r in rows)
     summary = {
         "model": lm.name,
-        "dtype": args.dtype,
-        "text_tokens": args.text_tokens,
-        "prompts": args.prompts,
-        "gen_tokens": args.gen_tokens,
+        "dtype": dtype,
+        "text_tokens": text_tokens,
+        "prompts": prompts,
+        "gen_tokens": gen_tokens,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "batch_size": args.batch_size,
-        "batches": args.batches,
+        "batch_size": batch_size,
+        "batches": batches,
         "canary_facts": len(chosen.facts),
         "candidates": len(probes.bundled_facts()),
         "choose_s": choose_s,
@@ -133,18 +134,18 @@ def main() -> None:
     }
     print(
         f"overhead of the canaries: {100 * summary['overhead']:.1f} % of the editor's time per batch of "
-        f"{args.batch_size} ({canary_total:.1f} s of {edit_total:.1f} s); with reject's save point "
+        f"{batch_size} ({canary_total:.1f} s of {edit_total:.1f} s); with reject's save point "
         f"{100 * summary['overhead_reject']:.1f} %",
         flush=True,
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
         lines = [
             f"Canary overhead per batch on {lm.name} ({summary['threads']} torch threads, {summary['cpu']}; "
             f"canaries in "
-            f"{args.dtype}: {args.text_tokens} text tokens, {args.prompts} prompts × {args.gen_tokens} tokens), "
-            f"batches of {args.batch_size} CounterFact facts; produced by `python benchmarks/canary_overhead.py`.",
+            f"{dtype}: {text_tokens} text tokens, {prompts} prompts × {gen_tokens} tokens), "
+            f"batches of {batch_size} CounterFact facts; produced by `python -m benchmarks.canary_overhead`.",
             "",
             f"Canaries: {len(chosen.facts)} facts (of {summary['candidates']} bundled candidates), chosen once in "
             f"{choose_s:.1f} s.",
@@ -161,9 +162,9 @@ def main() -> None:
             f"**Overhead: {100 * summary['overhead']:.1f} %** of the editor's time (canaries {canary_total:.1f} s, "
             f"editor {edit_total:.1f} s); {100 * summary['overhead_reject']:.1f} % with the save point of `reject`.",
         ]
-        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-        print(f"wrote {args.out.with_suffix('.md')}")
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print(f"wrote {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -4,8 +4,10 @@ Applies the first `--records` CounterFact facts in batches of `--batch-size` wit
 prints the weights hash after each batch, with every fact's steps and P(target) before and
 after. `--out` keeps z* too; `--against` compares with such a file from another checkout:
 
-    PYTHONPATH=../main python benchmarks/edit_hash.py --out /tmp/old.json     # the code before
-    PYTHONPATH=.       python benchmarks/edit_hash.py --against /tmp/old.json  # the code after
+    PYTHONPATH=../main python -P -m benchmarks.edit_hash --out /tmp/old.json  # the code before
+    python -m benchmarks.edit_hash --against /tmp/old.json                    # the code after
+
+(-P: the current folder is not put first on the module path, so `app` comes from ../main.)
 
 Only names that exist in both checkouts are used, and C₀ comes from the WikiText corpus of the
 data folder (given explicitly: the default corpus is not the same in every checkout).

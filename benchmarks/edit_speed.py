@@ -6,8 +6,8 @@ the reference's own settings (Llama-3-8B ENCORE file with layers 4–8, λp 1500
 margin +1) so the seconds compare like for like; `--preset smollm2` runs kedit's tuned
 defaults instead.
 
-    python benchmarks/edit_speed.py                    # reference settings
-    python benchmarks/edit_speed.py --preset smollm2   # kedit's defaults
+    python -m benchmarks.edit_speed                    # reference settings
+    python -m benchmarks.edit_speed --preset smollm2   # kedit's defaults
 """
 
 from __future__ import annotations

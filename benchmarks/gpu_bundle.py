@@ -1,11 +1,11 @@
 """What a GPU run needs, packed for a machine that reaches nothing outside it, in parts that each fit one transfer.
 
 The GPU machine gets the repository's working tree and nothing beside it, at most ~64 MiB a call,
-and has no package index: the SmolLM2 GGUF (98 MB), the data files of benchmarks/lifelong_gpu.py,
+and has no package index: the SmolLM2 GGUF (98 MB), the data files of benchmarks/lifelong.py,
 the tokenizer, and any wheels it lacks travel as one checked archive cut into parts.
 
-    python benchmarks/gpu_bundle.py pack --wheels .whl            # → .bundle/part1/, .bundle/part2/, …
-    python benchmarks/gpu_bundle.py unpack --bundle .bundle --to /tmp/kb
+    python -m benchmarks.gpu_bundle pack --wheels .whl            # → .bundle/part1/, .bundle/part2/, …
+    python -m benchmarks.gpu_bundle unpack --bundle .bundle --to /tmp/kb
 
 `pack` writes each part as a folder of chunks plus MANIFEST.json (the archive's sha256 and the chunk
 order). Send one part per call, as an ignored folder the call carries: the parts sent earlier stay on
@@ -22,17 +22,14 @@ import io
 import json
 import math
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import typer
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-# What lifelong_gpu.py reads (both commands), relative to the shared data folder.
+# What benchmarks/lifelong.py reads (`lifelong` and `llama-timing`), relative to the shared data folder.
 DATA_FILES = (
     "counterfact_extra/counterfact-train.json",
     "counterfact_extra/counterfact-edit.json",
@@ -216,7 +213,7 @@ def pack(
         )
     typer.echo(
         f"{len(blob) / MiB:.1f} MiB in all ({len(wheel_files)} wheels); send each part with one call, "
-        f"then `python benchmarks/gpu_bundle.py unpack --bundle {out} --to /tmp/kb` there"
+        f"then `python -m benchmarks.gpu_bundle unpack --bundle {out} --to /tmp/kb` there"
     )
 
 

@@ -8,9 +8,9 @@ growth of every edited layer. Runs are folders under --work: a finished one is s
 interrupted one continues from its last checkpoint, so the same command picks up where it
 stopped. The table goes to --table (markdown) and --table with .json.
 
-    python benchmarks/levers.py --work /tmp/levers --table benchmarks/results/levers-smollm2.md
-    python benchmarks/levers.py --work /tmp/levers --only preset --only lambda-n-40 --records 1000
-    python benchmarks/levers.py --work /tmp/levers --report --table benchmarks/results/levers-smollm2-500.md
+    python -m benchmarks.levers --work /tmp/levers --table benchmarks/results/levers-smollm2.md
+    python -m benchmarks.levers --work /tmp/levers --only preset --only lambda-n-40 --records 1000
+    python -m benchmarks.levers --work /tmp/levers --report --table benchmarks/results/levers-smollm2-500.md
 
 The levers and why each is here are in LEVERS; `--list` prints them.
 """
@@ -341,7 +341,7 @@ def write_table(rows: list[dict], path: Path) -> None:
         "Sequential edits of counterfact_extra/counterfact-val.json (the tuning slice) on SmolLM2-135M-Instruct, "
         "batches of 100; NS over the record's locality prompt plus up to 10 neighbourhood prompts built like "
         "CounterFact's; perplexity on 4,096 held-out WikiText-103 validation tokens; unedited model in brackets. "
-        "Produced by `python benchmarks/levers.py`. s/edit is the wall time of the edits on whatever machine "
+        "Produced by `python -m benchmarks.levers`. s/edit is the wall time of the edits on whatever machine "
         "ran the lever and whatever else ran beside it: compare it only between rows of one sitting. "
         '"500 (of 1000)": the 500-edit checkpoint of a 1,000-edit run.\n\n'
     )

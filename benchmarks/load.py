@@ -4,20 +4,16 @@ Submits CounterFact facts to POST /edits while a reader keeps calling /generate,
 edits/s accepted, edits/s applied, and /generate latency p50/p95 measured while edits apply.
 
     # against a running service (must be on 127.0.0.1 / localhost / ::1):
-    .venv/bin/python benchmarks/load.py --url http://127.0.0.1:8000 --edits 40
+    .venv/bin/python -m benchmarks.load --url http://127.0.0.1:8000 --edits 40
     # or let it start an embedded `kedit serve` on a free port with a throwaway database:
-    .venv/bin/python benchmarks/load.py --spawn --edits 40 [--model PATH] [--env KEY=VALUE ...]
+    .venv/bin/python -m benchmarks.load --spawn --edits 40 [--model PATH] [--env KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,8 +22,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import typer
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.procs import env_pairs, free_port, pct, spawn_kedit, stop, wait_ready
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 MAX_EDITS = 10_000
 MAX_SECONDS = 3600
@@ -54,61 +52,16 @@ def facts(n: int) -> list[dict]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
-    """SIGTERM (a clean shutdown), then SIGKILL if it does not end within `timeout`."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def spawn(model: str | None, env_pairs: list[str], workdir: Path) -> tuple[subprocess.Popen, str]:
+def spawn(model: str | None, pairs: list[str], workdir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "KEDIT_DATABASE_URL": f"sqlite:///{workdir / 'kedit.db'}", "KEDIT_HOST": "127.0.0.1"}
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
     if model:
         env["KEDIT_MODEL_PATH"] = model
-    for pair in env_pairs:
-        k, _, v = pair.partition("=")
-        env[k] = v
-    log = open(workdir / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    env.update(env_pairs(pairs))
+    proc = spawn_kedit("serve", "--port", str(port), env=env, log=workdir / "serve.log")
     return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float, poll: float = 0.5) -> None:
-    """Until GET /ready answers 200; stops at once if one of `procs` exits, or after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"a kedit process exited with {p.returncode}; see its log")
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(poll)
-    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
 
 
 def run(
@@ -188,34 +141,33 @@ def run(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", help="a running service on loopback")
-    ap.add_argument("--spawn", action="store_true", help="start an embedded `kedit serve` with a throwaway database")
-    ap.add_argument("--model", help="with --spawn: model folder (default: the service default)")
-    ap.add_argument("--env", action="append", default=[], help="with --spawn: extra KEY=VALUE for the service")
-    ap.add_argument("--edits", type=int, default=40, help=f"facts to submit (≤ {MAX_EDITS})")
-    ap.add_argument("--per-request", type=int, default=1, help="facts per POST /edits")
-    ap.add_argument("--concurrency", type=int, default=4, help="parallel POST /edits")
-    ap.add_argument("--max-seconds", type=float, default=900, help=f"stop waiting after this (≤ {MAX_SECONDS})")
-    ap.add_argument("--api-key", default=os.environ.get("KEDIT_API_KEY"))
-    args = ap.parse_args()
-    if not 1 <= args.edits <= MAX_EDITS or not 0 < args.max_seconds <= MAX_SECONDS:
+def main(
+    url: str | None = typer.Option(None, help="a running service on loopback"),
+    spawn_: bool = typer.Option(False, "--spawn", help="start an embedded `kedit serve` with a throwaway database"),
+    model: str | None = typer.Option(None, help="with --spawn: model folder (default: the service default)"),
+    env: list[str] = typer.Option([], help="with --spawn: extra KEY=VALUE for the service"),
+    edits: int = typer.Option(40, help=f"facts to submit (≤ {MAX_EDITS})"),
+    per_request: int = typer.Option(1, help="facts per POST /edits"),
+    concurrency: int = typer.Option(4, help="parallel POST /edits"),
+    max_seconds: float = typer.Option(900, help=f"stop waiting after this (≤ {MAX_SECONDS})"),
+    api_key: str | None = typer.Option(None, envvar="KEDIT_API_KEY"),
+) -> None:
+    if not 1 <= edits <= MAX_EDITS or not 0 < max_seconds <= MAX_SECONDS:
         raise SystemExit(f"--edits must be 1..{MAX_EDITS} and --max-seconds 0..{MAX_SECONDS}")
-    if bool(args.url) == bool(args.spawn):
+    if bool(url) == bool(spawn_):
         raise SystemExit("give exactly one of --url or --spawn")
     proc, tmp = None, None
-    url = args.url
     if url and urlparse(url).hostname not in LOOPBACK:
         raise SystemExit(f"{url} is not a loopback address: this script only loads a local service")
-    if args.spawn:
+    if spawn_:
         tmp = tempfile.TemporaryDirectory(prefix="kedit-load-")
-        proc, url = spawn(args.model, args.env, Path(tmp.name))
+        proc, url = spawn(model, env, Path(tmp.name))
+    assert url is not None
     try:
-        res = run(url, args.edits, args.per_request, args.concurrency, args.max_seconds, args.api_key, proc)
+        res = run(url, edits, per_request, concurrency, max_seconds, api_key, proc)
     finally:
         if proc is not None:
-            stop(proc)
+            stop(proc, timeout=60)
         if tmp is not None:
             tmp.cleanup()
     print(f"edits submitted        {res['edits']} in {res['requests']} requests")
@@ -231,4 +183,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -14,8 +14,8 @@ real weights. Then it measures:
     oldest edit (its batch removed = weights rebuilt from W₀ and every other live batch, plus the
     re-apply of its 7 batch-mates); GET /edits at offset 9,000; GET /health/norms.
 
-    .venv/bin/python benchmarks/log_scale.py                       # N = 10,000 (a few minutes)
-    .venv/bin/python benchmarks/log_scale.py --edits 800 --no-write  # a quick look
+    .venv/bin/python -m benchmarks.log_scale                       # N = 10,000 (a few minutes)
+    .venv/bin/python -m benchmarks.log_scale --edits 800 --no-write  # a quick look
 
 Writes benchmarks/results/log-scale.{json,md}. Needs PostgreSQL and Redis on 127.0.0.1 (the
 database kedit_logscale_<random> is dropped at the end).
@@ -23,7 +23,6 @@ database kedit_logscale_<random> is dropped at the end).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -36,18 +35,15 @@ import uuid
 from pathlib import Path
 
 import torch
+import typer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from load import stop, wait_ready  # noqa: E402  (the sibling script)
-
-from app.config import ServiceConfig  # noqa: E402
-from app.editing.types import BatchResult, EditOutcome, LayerDelta  # noqa: E402
-from app.service.host import ModelHost, snapshot_schedule  # noqa: E402
-from app.store import repo  # noqa: E402
-from app.store.codec import delta_to_bytes  # noqa: E402
-from app.store.db import ensure_schema, make_engine, session_factory, transaction  # noqa: E402
+from app.config import ServiceConfig
+from app.editing.types import BatchResult, EditOutcome, LayerDelta
+from app.service.host import ModelHost, snapshot_schedule
+from app.store import repo
+from app.store.codec import delta_to_bytes
+from app.store.db import ensure_schema, make_engine, session_factory, transaction
+from benchmarks.procs import REPO, spawn_kedit, stop, wait_ready
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -59,25 +55,21 @@ GOALS = {"replica_ready_s": 10.0, "revert_total_s": 2.0, "db_mb": 300.0, "verify
 
 
 def build_model(folder: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.utils.tiny import TRAINING_TEXT, train_tiny_tokenizer
+    from tests.utils.tiny import TRAINING_TEXT, random_llama, train_tiny_tokenizer
 
     tok = train_tiny_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        num_hidden_layers=9,
-        max_position_embeddings=2048,
-        initializer_range=0.02,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **SMOLLM2,
-    )
-    LlamaForCausalLM(cfg).float().eval().save_pretrained(folder)
+    model = random_llama(tok, num_hidden_layers=9, max_position_embeddings=2048, initializer_range=0.02, **SMOLLM2)
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
     (folder.parent / "corpus.txt").write_text("\n".join(TRAINING_TEXT * 200))
+
+
+def writer_host(editor, sessions, templates: list[str]) -> ModelHost:
+    """A host that records the model (settings and templates) in the log, as a worker's does."""
+    return ModelHost(
+        editor, sessions, editor.lm.name, editor.layers, editor.settings.model_dump(mode="json"), templates
+    )
 
 
 def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0, snapshot_every: int = 0) -> dict:
@@ -86,14 +78,7 @@ def fill(cfg: ServiceConfig, n_edits: int, batch: int, seed: int = 0, snapshot_e
     engine = make_engine(cfg.resolved_database_url())
     ensure_schema(engine, auto_migrate=True)
     sessions = session_factory(engine)
-    host = ModelHost(
-        editor,
-        sessions,
-        editor.lm.name,
-        editor.layers,
-        editor.settings.model_dump(mode="json"),
-        ["{}", "The {}", "Therefore {}"],
-    )
+    host = writer_host(editor, sessions, ["{}", "The {}", "Therefore {}"])
     host.bootstrap()  # records the model (base hash, layers, templates) as a worker would
     g = torch.Generator().manual_seed(seed)
     dt = getattr(torch, cfg.edit_settings().factor_dtype)  # rounded as the worker rounds them
@@ -197,15 +182,9 @@ def time_api(cfg: ServiceConfig, prefix: str, port: int, offset: int) -> dict:
     import httpx
 
     env = env_for(cfg, prefix)
-    log = open(Path(tempfile.gettempdir()) / f"log-scale-api-{port}.log", "wb")
+    log = Path(tempfile.gettempdir()) / f"log-scale-api-{port}.log"
     t0 = time.perf_counter()
-    p = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "api", "--port", str(port), "--log-level", "info"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    p = spawn_kedit("api", "--port", str(port), env=env, log=log, log_level="info")
     out: dict = {}
     try:
         url = f"http://127.0.0.1:{port}"
@@ -229,13 +208,12 @@ def time_api(cfg: ServiceConfig, prefix: str, port: int, offset: int) -> dict:
             out["get_edit_ms"], _ = median_ms(f"/edits/{offset}")
     finally:
         stop(p, timeout=30)
-        log.close()
     # Where the start went: imports until the schema check (the first timestamped line), then
     # model load + replay + hash proof until "replayed ... live batches".
     from datetime import datetime
 
     stamps = {}
-    for line in Path(log.name).read_text(errors="replace").splitlines():
+    for line in log.read_text(errors="replace").splitlines():
         if line[:4].isdigit() and ("alembic.runtime.migration" in line or "replayed" in line):
             stamps.setdefault(
                 "replayed" if "replayed" in line else "schema", datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
@@ -277,14 +255,7 @@ def time_inprocess(cfg: ServiceConfig, snapshots: bool = False) -> dict:
         del replica, host
 
     worker_editor = cfg.load_editor("worker", templates=list(info.templates))  # C₀ loaded before the clock
-    whost = ModelHost(
-        worker_editor,
-        sessions,
-        worker_editor.lm.name,
-        worker_editor.layers,
-        worker_editor.settings.model_dump(mode="json"),
-        list(info.templates),
-    )
+    whost = writer_host(worker_editor, sessions, list(info.templates))
     t = time.perf_counter()
     whost.bootstrap()  # replay: weights + the preservation sum of every live batch's keys
     out["worker_replay_s"] = time.perf_counter() - t
@@ -340,29 +311,33 @@ def time_verify(cfg: ServiceConfig, prefix: str) -> dict:
     return {"verify_s": seconds, "verify_output": r.stdout.strip()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--edits", type=int, default=10_000)
-    ap.add_argument("--batch-size", type=int, default=ServiceConfig.model_fields["batch_size"].default)
-    ap.add_argument(
-        "--snapshot-every",
-        type=int,
-        default=0,
+FACTOR_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def main(
+    edits: int = typer.Option(10_000),
+    batch_size: int = typer.Option(ServiceConfig.model_fields["batch_size"].default),
+    snapshot_every: int = typer.Option(
+        0,
         help="write weight snapshots every N versions while filling (as KEDIT_SNAPSHOT_EVERY "
         "does); the api and worker then start from the newest, and the replica replay is "
         "timed both with and without it",
-    )
-    ap.add_argument(
-        "--factor-dtype",
-        default="bfloat16",
-        choices=["float32", "bfloat16", "float16"],
-        help="the log's factor dtype (KEDIT_FACTOR_DTYPE) for the filled log and every process started",
-    )
-    ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
-    ap.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
-    ap.add_argument("--rewrite", action="store_true", help="only rewrite log-scale.md from log-scale.json")
-    args = ap.parse_args()
-    if args.rewrite:
+    ),
+    factor_dtype: str = typer.Option(
+        "bfloat16",
+        help="the log's factor dtype (KEDIT_FACTOR_DTYPE) for the filled log and every process started: "
+        + ", ".join(FACTOR_DTYPES),
+    ),
+    no_write: bool = typer.Option(False, "--no-write", help="print only; leave benchmarks/results alone"),
+    keep: bool = typer.Option(False, "--keep", help="keep the database (its URL is printed)"),
+    rewrite: bool = typer.Option(False, "--rewrite", help="only rewrite log-scale.md from log-scale.json"),
+) -> None:
+    """The edit log at lifelong scale: a PostgreSQL log of N synthetic edits, and what it costs."""
+    if factor_dtype not in FACTOR_DTYPES:
+        raise typer.BadParameter(
+            f"{factor_dtype!r} is not one of {', '.join(FACTOR_DTYPES)}", param_hint="--factor-dtype"
+        )
+    if rewrite:
         r = json.loads((REPO / "benchmarks" / "results" / "log-scale.json").read_text())
         r["goals"] = goals(r)
         write(r)
@@ -386,17 +361,17 @@ def main() -> None:
         database_url=url,
         redis_url=REDIS,
         redis_prefix=prefix,
-        factor_dtype=args.factor_dtype,
+        factor_dtype=factor_dtype,
     )
     results: dict = {
-        "edits": args.edits,
-        "batch_size": args.batch_size,
+        "edits": edits,
+        "batch_size": batch_size,
         "layers": LAYERS,
         "shapes": {
             "W": [576, 1536],
-            "U": [576, args.batch_size],
-            "V": [1536, args.batch_size],
-            "keys": [1536, args.batch_size],
+            "U": [576, batch_size],
+            "V": [1536, batch_size],
+            "keys": [1536, batch_size],
         },
         "codec": "safetensors of u, v, keys in KEDIT_FACTOR_DTYPE, top bytes zlib-compressed, as app/store/codec.py "
         "stores them",
@@ -404,23 +379,23 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
     }
     try:
-        print(f"filling {url} with {args.edits} edits in batches of {args.batch_size} ...", flush=True)
-        results["snapshot_every"] = args.snapshot_every
+        print(f"filling {url} with {edits} edits in batches of {batch_size} ...", flush=True)
+        results["snapshot_every"] = snapshot_every
         results["snapshot_keep"] = cfg.snapshot_keep
-        results.update(fill(cfg, args.edits, args.batch_size, snapshot_every=args.snapshot_every))
+        results.update(fill(cfg, edits, batch_size, snapshot_every=snapshot_every))
         results.update(db_size_mb(cfg.resolved_database_url()))
         print(json.dumps({k: v for k, v in results.items() if k.endswith(("_mb", "_s"))}), flush=True)
-        results.update(time_api(cfg, prefix, 18000 + os.getpid() % 1000, offset=max(1, min(9000, args.edits - 50))))
+        results.update(time_api(cfg, prefix, 18000 + os.getpid() % 1000, offset=max(1, min(9000, edits - 50))))
         assert results["api_version"]["weights_hash"] == results["head_hash"], "the api serves another hash"
         results.update(time_verify(cfg, prefix))
-        results.update(time_inprocess(cfg, snapshots=bool(args.snapshot_every)))
+        results.update(time_inprocess(cfg, snapshots=bool(snapshot_every)))
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)') if not args.keep else print(f"kept {url}")
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)') if not keep else print(f"kept {url}")
         admin.close()
         shutil.rmtree(work, ignore_errors=True)
     results["goals"] = goals(results)
     print(json.dumps(results, indent=2, default=str))
-    if not args.no_write:
+    if not no_write:
         write(results)
 
 
@@ -516,7 +491,7 @@ PostgreSQL on 127.0.0.1, {r["cpu"]} (other jobs running beside it), torch thread
 {r["edits"]:,} synthetic edits in {r["versions"]:,} batches of {r["batch_size"]} at SmolLM2-135M's edited layers
 {r["layers"]} (W 576×1536; per batch and layer U 576×B, V 1536×B, keys 1536×B), hashes computed the real
 way; stored as the service stores them: {r["codec"]}.
-Command: `nice .venv/bin/python benchmarks/log_scale.py --edits {r["edits"]}{snap_arg}`.
+Command: `nice .venv/bin/python -m benchmarks.log_scale --edits {r["edits"]}{snap_arg}`.
 
 | measure | value | goal |
 |---|---|---|
@@ -546,4 +521,4 @@ Timings on this machine vary up to 3× with the load of the jobs beside it.
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -7,18 +7,16 @@ and after them. Prints and writes:
 tokens/s, time to first token (TTFT) p50/p95, per-token latency (gaps between streamed tokens)
 p50/p95. Plus, for the choice of the served dtype, bf16 vs float32 logits on the same prompts.
 
-    .venv/bin/python benchmarks/serve_bench.py                         # SmolLM2, 16 tokens
-    .venv/bin/python benchmarks/serve_bench.py --tokens 8 --out benchmarks/results/serve-bench
-    .venv/bin/python benchmarks/serve_bench.py --model PATH --env KEDIT_CACHE_DIR=...
+    .venv/bin/python -m benchmarks.serve_bench                         # SmolLM2, 16 tokens
+    .venv/bin/python -m benchmarks.serve_bench --tokens 8 --out benchmarks/results/serve-bench
+    .venv/bin/python -m benchmarks.serve_bench --model PATH --env KEDIT_CACHE_DIR=...
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,9 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from load import spawn, stop  # noqa: E402  (the sibling script; run as python benchmarks/serve_bench.py)
+import typer
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.load import spawn
+from benchmarks.procs import pct, stop, wait_ready
+
 PROMPTS = [
     "The capital of France is",
     "Danielle Darrieux was born in",
@@ -48,11 +48,6 @@ PROMPTS = [
     "Mount Everest is in",
     "The chemical symbol for gold is",
 ]
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
 
 
 def load_raw(model_path: str | None, cache_dir: str | None):
@@ -119,20 +114,9 @@ def dtype_check(lm) -> dict:
     }
 
 
-def wait_ready(url: str, proc: subprocess.Popen, seconds: float) -> None:
+def worker_loaded(ready: dict) -> bool:
     """Ready, and the worker done loading (so that its start does not compete with the measurement)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"kedit serve exited with {proc.returncode}; see its log")
-        try:
-            r = httpx.get(f"{url}/ready", timeout=5)
-            if r.status_code == 200 and r.json()["checks"].get("worker_active", True):
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise SystemExit("kedit serve did not become ready in time")
+    return ready["checks"].get("worker_active", True)
 
 
 def one_stream(client: httpx.Client, model: str, prompt: str, tokens: int) -> dict:
@@ -202,82 +186,81 @@ def load_level(url: str, model: str, clients: int, per_client: int, tokens: int)
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="HF folder or .gguf (default: SmolLM2)")
-    ap.add_argument("--tokens", type=int, default=16, help="tokens per request")
-    ap.add_argument("--levels", default="1,4,16", help="concurrent clients per level")
-    ap.add_argument("--requests", type=int, default=16, help="requests per level (at least one per client)")
-    ap.add_argument("--raw-requests", type=int, default=4, help="raw model.generate requests")
-    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the spawned kedit serve")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch threads for the baseline and the server (OMP_NUM_THREADS); 0 = torch's default",
-    )
-    ap.add_argument("--out", help="write OUT.json and OUT.md")
-    ap.add_argument("--max-seconds", type=float, default=600, help="bound on the server's start")
-    args = ap.parse_args()
-    if not 1 <= args.tokens <= 256 or args.requests > 256:
+def main(
+    model: str | None = typer.Option(None, help="HF folder or .gguf (default: SmolLM2)"),
+    tokens: int = typer.Option(16, help="tokens per request"),
+    levels: str = typer.Option("1,4,16", help="concurrent clients per level"),
+    requests: int = typer.Option(16, help="requests per level (at least one per client)"),
+    raw_requests: int = typer.Option(4, help="raw model.generate requests"),
+    env: list[str] = typer.Option([], help="KEY=VALUE for the spawned kedit serve"),
+    threads: int = typer.Option(
+        0, help="torch threads for the baseline and the server (OMP_NUM_THREADS); 0 = torch's default"
+    ),
+    out: str | None = typer.Option(None, help="write OUT.json and OUT.md"),
+    max_seconds: float = typer.Option(600, help="bound on the server's start"),
+) -> None:
+    """Serving throughput and latency of kedit's OpenAI-compatible endpoint vs raw model.generate."""
+    if not 1 <= tokens <= 256 or requests > 256:
         raise SystemExit("--tokens in 1..256 and --requests ≤ 256 keep the run bounded")
     cache_dir = next(
-        (p.partition("=")[2] for p in args.env if p.startswith("KEDIT_CACHE_DIR=")), os.environ.get("KEDIT_CACHE_DIR")
+        (p.partition("=")[2] for p in env if p.startswith("KEDIT_CACHE_DIR=")), os.environ.get("KEDIT_CACHE_DIR")
     )
 
-    if args.threads:
+    env = list(env)
+    if threads:
         # The same for both sides: on a machine shared with other jobs, more threads than free cores
         # make every torch op wait for its slowest thread (measured: 5x slower forward passes).
         import torch
 
-        torch.set_num_threads(args.threads)
-        args.env.append(f"OMP_NUM_THREADS={args.threads}")
-    lm = load_raw(args.model, cache_dir)
+        torch.set_num_threads(threads)
+        env.append(f"OMP_NUM_THREADS={threads}")
+    lm = load_raw(model, cache_dir)
     dtype = dtype_check(lm)
     print(json.dumps(dtype), flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="kedit-serve-bench-"))
-    proc, url = spawn(args.model, args.env, workdir)
-    levels, raws = [], []
+    proc, url = spawn(model, env, workdir)
+    served: list[dict] = []
+    raws: list[dict] = []
     try:
-        wait_ready(url, proc, args.max_seconds)
+        wait_ready(url, [proc], max_seconds, poll=1, accept=worker_loaded)
         # The baseline runs while the server idles, before and after the served runs, so that both
         # meet the same machine (other jobs on it come and go).
-        raws.append(raw_generate(lm, args.tokens, args.raw_requests))
+        raws.append(raw_generate(lm, tokens, raw_requests))
         print("raw before:", json.dumps(raws[-1]), flush=True)
-        model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+        model_id = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
         with httpx.Client(base_url=url, timeout=600) as c:
-            one_stream(c, model, PROMPTS[0], 2)  # warm-up: starts the batching manager
-        for clients in (int(x) for x in args.levels.split(",")):
-            per_client = max(1, args.requests // clients)
-            lvl = load_level(url, model, clients, per_client, args.tokens)
-            levels.append(lvl)
+            one_stream(c, model_id, PROMPTS[0], 2)  # warm-up: starts the batching manager
+        for clients in (int(x) for x in levels.split(",")):
+            per_client = max(1, requests // clients)
+            lvl = load_level(url, model_id, clients, per_client, tokens)
+            served.append(lvl)
             print(json.dumps(lvl), flush=True)
-        raws.append(raw_generate(lm, args.tokens, args.raw_requests))
+        raws.append(raw_generate(lm, tokens, raw_requests))
         print("raw after:", json.dumps(raws[-1]), flush=True)
     finally:
-        stop(proc)
+        stop(proc, timeout=60)
 
     # The better of the two baseline runs: the machine's own speed, not a neighbour's burst.
     raw = max(raws, key=lambda r: r["tokens_per_s"])
-    single = levels[0]["tokens_per_s"] if levels else float("nan")
+    single = served[0]["tokens_per_s"] if served else float("nan")
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "torch_threads": args.threads or "default",
-        "model": args.model or "SmolLM2-135M-Instruct",
-        "tokens_per_request": args.tokens,
+        "torch_threads": threads or "default",
+        "model": model or "SmolLM2-135M-Instruct",
+        "tokens_per_request": tokens,
         "raw_generate": raw,
         "raw_generate_runs": raws,
-        "served": levels,
+        "served": served,
         "served_dtype_check": dtype,
         "single_client_overhead_vs_raw": 1 - single / raw["tokens_per_s"],
-        "speedup_vs_single_client": {str(level["clients"]): level["tokens_per_s"] / single for level in levels},
+        "speedup_vs_single_client": {str(level["clients"]): level["tokens_per_s"] / single for level in served},
     }
     print(json.dumps(report, indent=2))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
         rows = [
             f"| raw model.generate, 1 at a time ({label}) | {r['requests']} | {r['tokens']} | "
             f"{r['tokens_per_s']:.1f} | "
@@ -285,16 +268,16 @@ def main() -> None:
             f"{r['per_token_p95_ms']:.0f} |"
             for label, r in zip(("before", "after"), raws, strict=True)
         ]
-        for level in levels:
+        for level in served:
             rows.append(
                 f"| kedit /v1/completions, {level['clients']} client(s) | {level['requests']} | {level['tokens']} | "
                 f"{level['tokens_per_s']:.1f} | {level['ttft_p50_s'] * 1000:.0f} | {level['ttft_p95_s'] * 1000:.0f} | "
                 f"{level['per_token_p50_ms']:.0f} | {level['per_token_p95_ms']:.0f} |"
             )
-        out.with_suffix(".md").write_text(
-            f"# serve_bench: {report['model']}, {args.tokens} tokens per request, {report['machine']}, "
+        path.with_suffix(".md").write_text(
+            f"# serve_bench: {report['model']}, {tokens} tokens per request, {report['machine']}, "
             f"torch threads: {report['torch_threads']}\n\n"
-            f"Command: `python benchmarks/serve_bench.py {' '.join(sys.argv[1:])}`\n\n"
+            f"Command: `python -m benchmarks.serve_bench {' '.join(sys.argv[1:])}`\n\n"
             "| run | requests | tokens | tokens/s | TTFT p50 ms | TTFT p95 ms | per-token p50 ms | per-token p95 ms |\n"
             "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
             "Raw tokens/s = generated tokens / time spent generating, one request at a time; served tokens/s = "
@@ -311,4 +294,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -16,20 +16,17 @@ It prints throughput, p50/p95 latency per kind of request, the largest queue dep
 exits 1 if any check failed.
 
     # production mode on this machine's PostgreSQL + Redis (fresh database, random prefix):
-    .venv/bin/python benchmarks/soak.py --spawn --clients 50 --seconds 60 [--model PATH]
+    .venv/bin/python -m benchmarks.soak --spawn --clients 50 --seconds 60 [--model PATH]
     # against a running service on loopback:
-    .venv/bin/python benchmarks/soak.py --url http://127.0.0.1:8000 [--database-url postgresql://...]
+    .venv/bin/python -m benchmarks.soak --url http://127.0.0.1:8000 [--database-url postgresql://...]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,13 +35,16 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-from load import wait_ready  # noqa: E402  (the sibling script)
+import typer
 
-REPO = Path(__file__).resolve().parents[1]
+from app.store.checks import LogState, exactly_once_problems, head_of, read_log, served_problems
+from benchmarks.procs import env_pairs, free_port, pct, spawn_kedit, stop_all, wait_ready
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 MAX_CLIENTS, MAX_SECONDS, MAX_DRAIN = 500, 3600, 7200
 
@@ -72,19 +72,6 @@ PROMPTS = [
     "{} speaks",
 ]
 TARGETS = ["English", "Japan", "music", "Toyota", "Italy", "France", "basketball", "German", "soccer", "river"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
 class Stats:
@@ -171,60 +158,45 @@ def monitor(url: str, stats: Stats, stop: threading.Event) -> None:
                 pass
 
 
-def spawn(args, workdir: Path) -> tuple[str, str, list[subprocess.Popen], callable]:
+def spawn(
+    pg_admin: str, redis_url: str, batch_size: int, model: str | None, pairs: list[str], keep: bool, workdir: Path
+) -> tuple[str, str, list[subprocess.Popen], Callable[[], None]]:
     """A fresh database on the PostgreSQL of --pg-admin, a random Redis prefix, `kedit api` + `kedit worker`."""
     import psycopg
 
     name = f"kedit_soak_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(args.pg_admin, autocommit=True, connect_timeout=5) as c:
+    with psycopg.connect(pg_admin, autocommit=True, connect_timeout=5) as c:
         c.execute(f'CREATE DATABASE "{name}"')
-    db_url = f"{args.pg_admin.rsplit('/', 1)[0]}/{name}"
+    db_url = f"{pg_admin.rsplit('/', 1)[0]}/{name}"
     prefix = f"kedit-soak-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
-        "REDIS_URL": args.redis,
+        "REDIS_URL": redis_url,
         "KEDIT_REDIS_PREFIX": prefix,
         "KEDIT_HOST": "127.0.0.1",
-        "KEDIT_BATCH_SIZE": str(args.batch_size),
+        "KEDIT_BATCH_SIZE": str(batch_size),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("KEDIT_FAULT", None)
-    if args.model:
-        env["KEDIT_MODEL_PATH"] = args.model
-    for pair in args.env:
-        k, _, v = pair.partition("=")
-        env[k] = v
-    procs = []
-    for role, extra in (("api", ["--port", str(port)]), ("worker", [])):
-        log = open(workdir / f"{role}.log", "wb")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "app.cli", role, *extra, "--log-level", "warning"],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+    if model:
+        env["KEDIT_MODEL_PATH"] = model
+    env.update(env_pairs(pairs))
+    procs = [
+        spawn_kedit("api", "--port", str(port), env=env, log=workdir / "api.log"),
+        spawn_kedit("worker", env=env, log=workdir / "worker.log"),
+    ]
 
     def cleanup() -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
+        stop_all(procs)
+        if not keep:
             try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if not args.keep:
-            try:
-                with psycopg.connect(args.pg_admin, autocommit=True, connect_timeout=5) as c:
+                with psycopg.connect(pg_admin, autocommit=True, connect_timeout=5) as c:
                     c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 import redis
 
-                r = redis.Redis.from_url(args.redis)
+                r = redis.Redis.from_url(redis_url)
                 for key in r.scan_iter(f"{prefix}:*"):
                     r.delete(key)
             except Exception as e:
@@ -233,102 +205,77 @@ def spawn(args, workdir: Path) -> tuple[str, str, list[subprocess.Popen], callab
     return f"http://127.0.0.1:{port}", db_url, procs, cleanup
 
 
-def db_checks(db_url: str) -> tuple[list[str], dict]:
-    from sqlalchemy import create_engine, text
+def db_checks(db_url: str) -> tuple[list[str], LogState]:
+    """The log's invariants (app/store/checks.py) and the log as read, for its head and batches."""
+    from app.store.db import make_engine, session_factory, transaction
 
+    # Plain postgresql:// would pick psycopg2, which is not installed; psycopg 3 is.
     if db_url.startswith("postgresql://"):
         db_url = "postgresql+psycopg://" + db_url[len("postgresql://") :]
-    engine = create_engine(db_url)
-    problems = []
+    engine = make_engine(db_url)
     try:
-        with engine.connect() as c:
-            per_version = dict(
-                c.execute(
-                    text(
-                        "SELECT applied_version, count(*) FROM edits WHERE applied_version IS NOT NULL "
-                        "GROUP BY applied_version"
-                    )
-                ).all()
-            )
-            batches = c.execute(text("SELECT id, created_version, size FROM batches WHERE kind = 'edit'")).all()
-            head = c.execute(text("SELECT id, weights_hash FROM versions ORDER BY id DESC LIMIT 1")).first()
-            nbatch_sizes = [b.size for b in batches]
+        with transaction(session_factory(engine)) as session:
+            state = read_log(session)
     finally:
         engine.dispose()
-    for b in batches:
-        if per_version.get(b.created_version, 0) != b.size:
-            problems.append(
-                f"batch {b.id} holds {b.size} edits, {per_version.get(b.created_version, 0)} rows name "
-                f"its version {b.created_version}: applied twice?"
-            )
-    if sum(nbatch_sizes) != sum(per_version.values()):
-        problems.append(f"batches hold {sum(nbatch_sizes)} edits, {sum(per_version.values())} edit rows are applied")
-    info = {
-        "batches": len(batches),
-        "mean_batch": statistics.mean(nbatch_sizes) if nbatch_sizes else 0,
-        "head": (head.id, head.weights_hash) if head else (0, None),
-    }
-    return problems, info
+    return exactly_once_problems(state), state
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", help="a running service on loopback")
-    ap.add_argument("--spawn", action="store_true", help="start `kedit api` + `kedit worker` on a fresh database")
-    ap.add_argument("--model", help="with --spawn: model folder or .gguf (default: the service default, SmolLM2)")
-    ap.add_argument("--env", action="append", default=[], help="with --spawn: extra KEY=VALUE for the service")
-    ap.add_argument(
-        "--pg-admin", default=os.environ.get("KEDIT_SOAK_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
-    ap.add_argument("--redis", default=os.environ.get("KEDIT_SOAK_REDIS", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--database-url", help="with --url: the service's database, for the exactly-once check")
-    ap.add_argument("--batch-size", type=int, default=8, help="with --spawn: KEDIT_BATCH_SIZE")
-    ap.add_argument("--clients", type=int, default=50, help=f"concurrent clients (≤ {MAX_CLIENTS})")
-    ap.add_argument("--seconds", type=float, default=60, help=f"how long the clients run (≤ {MAX_SECONDS})")
-    ap.add_argument(
-        "--drain-seconds", type=float, default=1800, help=f"then wait at most this for the backlog (≤ {MAX_DRAIN})"
-    )
-    ap.add_argument("--ready-seconds", type=float, default=600, help="with --spawn: wait this long for the api")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--api-key", default=os.environ.get("KEDIT_API_KEY"))
-    ap.add_argument("--keep", action="store_true", help="with --spawn: keep the database and Redis keys")
-    ap.add_argument("--json", help="also write the figures to this file")
-    args = ap.parse_args()
-    if not (
-        0 < args.clients <= MAX_CLIENTS and 0 < args.seconds <= MAX_SECONDS and 0 < args.drain_seconds <= MAX_DRAIN
-    ):
+def main(
+    url: str | None = typer.Option(None, help="a running service on loopback"),
+    spawn_: bool = typer.Option(False, "--spawn", help="start `kedit api` + `kedit worker` on a fresh database"),
+    model: str | None = typer.Option(
+        None, help="with --spawn: model folder or .gguf (default: the service default, SmolLM2)"
+    ),
+    env: list[str] = typer.Option([], help="with --spawn: extra KEY=VALUE for the service"),
+    pg_admin: str = typer.Option("postgresql://postgres@127.0.0.1:5432/postgres", envvar="KEDIT_SOAK_PG"),
+    redis: str = typer.Option("redis://127.0.0.1:6379/0", envvar="KEDIT_SOAK_REDIS"),
+    database_url: str | None = typer.Option(
+        None, help="with --url: the service's database, for the exactly-once check"
+    ),
+    batch_size: int = typer.Option(8, help="with --spawn: KEDIT_BATCH_SIZE"),
+    clients: int = typer.Option(50, help=f"concurrent clients (≤ {MAX_CLIENTS})"),
+    seconds: float = typer.Option(60, help=f"how long the clients run (≤ {MAX_SECONDS})"),
+    drain_seconds: float = typer.Option(1800, help=f"then wait at most this for the backlog (≤ {MAX_DRAIN})"),
+    ready_seconds: float = typer.Option(600, help="with --spawn: wait this long for the api"),
+    seed: int = typer.Option(1),
+    api_key: str | None = typer.Option(None, envvar="KEDIT_API_KEY"),
+    keep: bool = typer.Option(False, "--keep", help="with --spawn: keep the database and Redis keys"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this file"),
+) -> None:
+    """Soak test of the kedit service: many concurrent clients, loopback only, bounded in time."""
+    if not (0 < clients <= MAX_CLIENTS and 0 < seconds <= MAX_SECONDS and 0 < drain_seconds <= MAX_DRAIN):
         raise SystemExit("out of bounds: --clients, --seconds or --drain-seconds")
-    if bool(args.url) == bool(args.spawn):
+    if bool(url) == bool(spawn_):
         raise SystemExit("give exactly one of --url and --spawn")
 
     cleanup = lambda: None  # noqa: E731
     procs: list[subprocess.Popen] = []
-    db_url = args.database_url
+    db_url = database_url
     workdir = Path(tempfile.mkdtemp(prefix="kedit-soak-"))
-    if args.spawn:
-        url, db_url, procs, cleanup = spawn(args, workdir)
+    if spawn_:
+        url, db_url, procs, cleanup = spawn(pg_admin, redis, batch_size, model, env, keep, workdir)
         print(f"spawned api + worker at {url}; logs in {workdir}", flush=True)
     else:
-        url = args.url.rstrip("/")
+        assert url is not None
+        url = url.rstrip("/")
     if urlparse(url).hostname not in LOOPBACK and f"[{urlparse(url).hostname}]" not in LOOPBACK:
         raise SystemExit(f"refusing to load a non-loopback address: {url}")
     ok = True
     try:
-        wait_ready(url, procs, args.ready_seconds)
+        wait_ready(url, procs, ready_seconds)
         stats = Stats()
         stop = threading.Event()
         threads = [
-            threading.Thread(
-                target=client_loop, args=(url, stats, stop, args.seed * 1000 + i, args.api_key), daemon=True
-            )
-            for i in range(args.clients)
+            threading.Thread(target=client_loop, args=(url, stats, stop, seed * 1000 + i, api_key), daemon=True)
+            for i in range(clients)
         ]
         mon = threading.Thread(target=monitor, args=(url, stats, stop), daemon=True)
         t0 = time.perf_counter()
         mon.start()
         for t in threads:
             t.start()
-        time.sleep(args.seconds)
+        time.sleep(seconds)
         stop.set()
         for t in threads:
             t.join(timeout=180)
@@ -337,7 +284,7 @@ def main() -> int:
 
         # Drain: every accepted edit settles (bounded wait).
         drain0 = time.perf_counter()
-        deadline = time.monotonic() + args.drain_seconds
+        deadline = time.monotonic() + drain_seconds
         with httpx.Client(base_url=url, timeout=60) as c:
             while time.monotonic() < deadline:
                 counts = {
@@ -365,7 +312,7 @@ def main() -> int:
             if not (e["status"] == "applied" or (e["status"] == "failed" and e.get("error")))
         ]
         total = sum(len(v) for v in stats.latency.values())
-        print(f"\n{args.clients} clients for {elapsed:.1f} s: {total} requests, {total / elapsed:.1f} req/s")
+        print(f"\n{clients} clients for {elapsed:.1f} s: {total} requests, {total / elapsed:.1f} req/s")
         print(f"{'request':18} {'count':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8}  status codes")
         for kind in sorted(stats.latency):
             xs = stats.latency[kind]
@@ -391,7 +338,7 @@ def main() -> int:
             "idempotent repeats gave the same ids": not stats.key_mismatch,
         }
         figures = {
-            "clients": args.clients,
+            "clients": clients,
             "seconds": elapsed,
             "requests": total,
             "req_per_s": total / elapsed,
@@ -406,25 +353,30 @@ def main() -> int:
             "drain_s": drained,
         }
         if db_url:
-            problems, info = db_checks(db_url)
+            problems, state = db_checks(db_url)
+            sizes = [b["size"] for b in state["batches"] if b["kind"] == "edit"]
+            mean_batch = statistics.mean(sizes) if sizes else 0
             checks["every edit applied exactly once (log)"] = not problems
-            checks["api serves the log's head"] = (version["version"], version["weights_hash"]) == tuple(info["head"])
-            print(f"log: {info['batches']} edit batches, mean size {info['mean_batch']:.1f}; head {info['head'][0]}")
+            checks["api serves the log's head"] = not served_problems(
+                state, version["version"], version["weights_hash"]
+            )
+            print(f"log: {len(sizes)} edit batches, mean size {mean_batch:.1f}; head {head_of(state)[0]}")
             for p in problems[:20]:
                 print(f"  {p}")
-            figures.update(batches=info["batches"], mean_batch=info["mean_batch"])
+            figures.update(batches=len(sizes), mean_batch=mean_batch)
         for e in stats.errors[:5] + bad_rows[:10]:
             print(f"  {e}")
         for name, passed in checks.items():
             print(f"{'PASS' if passed else 'FAIL'}: {name}")
         ok = all(checks.values())
         figures["checks"] = checks
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2))
+        if json_out:
+            Path(json_out).write_text(json.dumps(figures, indent=2))
     finally:
         cleanup()
-    return 0 if ok else 1
+    if not ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)

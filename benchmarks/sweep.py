@@ -6,7 +6,7 @@ cheap) and is scored on ES / PS / NS / S with the norm growth of the edited matr
 The slice comes from counterfact_extra/counterfact-val.json by default: disjoint from
 the 800 records of the final evaluation.
 
-    python benchmarks/sweep.py --records 100 --out benchmarks/results/sweep-smollm2.json
+    python -m benchmarks.sweep --records 100 --out benchmarks/results/sweep-smollm2.json
 """
 
 from __future__ import annotations

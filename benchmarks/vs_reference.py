@@ -6,8 +6,8 @@ settings (its Llama-3-8B ENCORE file with layers 4–8), key statistics from one
 both sides, 2 torch threads. The authors' code runs first, then kedit; both are scored with
 kedit's CounterFact scorer on the same records.
 
-    python benchmarks/vs_reference.py --reference-dir ../refcode            # the full measurement
-    python benchmarks/vs_reference.py --reference-dir ../refcode --records 4 --stats-texts 20
+    python -m benchmarks.vs_reference --reference-dir ../refcode            # the full measurement
+    python -m benchmarks.vs_reference --reference-dir ../refcode --records 4 --stats-texts 20
 
 --reference-dir is a checkout of scalable-model-editing/knowledge-editing-regularization
 (commit 6e3ba9a) kept OUTSIDE this repository. Nothing of it is copied into the project: at run
@@ -18,7 +18,6 @@ PATCHES are applied there (each must match, so a different commit fails clearly)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -32,9 +31,9 @@ import types
 import warnings
 from pathlib import Path
 
+import typer
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python benchmarks/vs_reference.py` without PYTHONPATH
-    sys.path.insert(0, str(ROOT))
 REFERENCE_REPO = "scalable-model-editing/knowledge-editing-regularization"
 REFERENCE_COMMIT = "6e3ba9a"
 REFERENCE_FILES = (
@@ -397,43 +396,31 @@ def summary(ref: dict, ked: dict, n: int, threads: int, corpus: Path, load: tupl
     return "\n".join(lines)
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--reference-dir", help=f"a checkout of {REFERENCE_REPO} (commit {REFERENCE_COMMIT}) outside this repo"
-    )
-    p.add_argument("--records", type=int, default=100, help="the first N CounterFact records, one batch (100)")
-    p.add_argument(
-        "--stats-texts",
-        type=int,
-        default=1200,
-        help="texts their statistics draw (1200 = 157,918 tokens); kedit gets the same token count",
-    )
-    p.add_argument(
-        "--corpus",
-        type=Path,
-        default=None,
-        help="statistics text file (default: corpus/wikitext2_raw_test.txt of the shared data)",
-    )
-    p.add_argument("--layers", default="4,5,6,7,8", help="edited layers (4,5,6,7,8)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
-    p.add_argument("--reference-log", type=Path, default=None, help="write the authors' code's printout here")
-    p.add_argument(
-        "--out", type=Path, default=None, help="write the figures as JSON here and the summary beside it (.txt)"
-    )
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+def main(
+    reference_dir: str | None = typer.Option(
+        None, help=f"a checkout of {REFERENCE_REPO} (commit {REFERENCE_COMMIT}) outside this repo"
+    ),
+    records: int = typer.Option(100, help="the first N CounterFact records, one batch (100)"),
+    stats_texts: int = typer.Option(
+        1200, help="texts their statistics draw (1200 = 157,918 tokens); kedit gets the same token count"
+    ),
+    corpus: Path | None = typer.Option(
+        None, help="statistics text file (default: corpus/wikitext2_raw_test.txt of the shared data)"
+    ),
+    layers: str = typer.Option("4,5,6,7,8", help="edited layers (4,5,6,7,8)"),
+    threads: int = typer.Option(2, help="torch threads (2)"),
+    reference_log: Path | None = typer.Option(None, help="write the authors' code's printout here"),
+    out: Path | None = typer.Option(None, help="write the figures as JSON here and the summary beside it (.txt)"),
+) -> None:
+    """Speed of kedit's ENCORE against the authors' code, side by side on this machine."""
     try:
-        ref = check_reference_dir(args.reference_dir)
+        ref = check_reference_dir(reference_dir)
         check_patches(ref)
         try:
-            layers = [int(x) for x in args.layers.split(",") if x.strip()]
+            layer_ids = [int(x) for x in layers.split(",") if x.strip()]
         except ValueError:
-            raise Failure(f"--layers {args.layers!r}: give comma-separated layer numbers, e.g. 4,5,6,7,8") from None
-        if args.records < 1 or args.stats_texts < 1 or args.threads < 1 or not layers:
+            raise Failure(f"--layers {layers!r}: give comma-separated layer numbers, e.g. 4,5,6,7,8") from None
+        if records < 1 or stats_texts < 1 or threads < 1 or not layer_ids:
             raise Failure("--records, --stats-texts, --threads and --layers must be positive / non-empty")
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -442,11 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         from app.eval.data import load_dataset
         from app.eval.paths import data_dir
 
-        corpus = args.corpus or data_dir() / "corpus" / "wikitext2_raw_test.txt"
+        corpus = corpus or data_dir() / "corpus" / "wikitext2_raw_test.txt"
         if not corpus.is_file():
             raise Failure(f"statistics corpus {str(corpus)!r} is not a file (--corpus)")
-        torch.set_num_threads(args.threads)
-        recs = load_dataset(data_dir() / "counterfact" / "counterfact.json", limit=args.records).records
+        torch.set_num_threads(threads)
+        recs = load_dataset(data_dir() / "counterfact" / "counterfact.json", limit=records).records
         load_start = os.getloadavg()[0]
         print(
             f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, torch {torch.__version__}; "
@@ -454,32 +441,32 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-        log_cm = open(args.reference_log, "w") if args.reference_log else open(os.devnull, "w")
+        log_cm = open(reference_log, "w") if reference_log else open(os.devnull, "w")
         with log_cm as log:
             print(f"authors' code ({ref}): statistics, then one batch of {len(recs)} …", flush=True)
-            ref_figs = run_reference(ref, recs, corpus, layers, args.stats_texts, log)
+            ref_figs = run_reference(ref, recs, corpus, layer_ids, stats_texts, log)
         print(
             f"authors' code: {ref_figs['seconds_per_edit']:.2f} s/edit (targets {ref_figs['targets']:.1f} s, "
             f"insertion {ref_figs['insertion']:.1f} s, {ref_figs['mean_steps']:.1f} steps per edit), statistics "
             f"{ref_figs['stats_seconds']:.0f} s, scores {ref_figs['scores']}; kedit next …",
             flush=True,
         )
-        if args.out:  # a run cut during kedit's half still leaves the authors' figures
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"records": len(recs), "reference": ref_figs}, indent=1, default=str))
+        if out:  # a run cut during kedit's half still leaves the authors' figures
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"records": len(recs), "reference": ref_figs}, indent=1, default=str))
         tokens = max(ref_figs["stats_tokens_per_layer"].values())
-        ked_figs = run_kedit(recs, corpus, layers, tokens)
+        ked_figs = run_kedit(recs, corpus, layer_ids, tokens)
     except Failure as exc:
         print(f"vs_reference: error: {exc}", file=sys.stderr)
-        return 2
+        raise typer.Exit(2) from None
     load = (load_start, os.getloadavg()[0])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
             json.dumps(
                 {
                     "records": len(recs),
-                    "threads": args.threads,
+                    "threads": threads,
                     "cores": os.cpu_count(),
                     "corpus": corpus.name,
                     "load_average_start_end": load,
@@ -492,12 +479,11 @@ def main(argv: list[str] | None = None) -> int:
                 default=str,
             )
         )
-    text = summary(ref_figs, ked_figs, len(recs), args.threads, corpus, load)
+    text = summary(ref_figs, ked_figs, len(recs), threads, corpus, load)
     print(text)
-    if args.out:
-        args.out.with_suffix(".txt").write_text(text + "\n")
-    return 0
+    if out:
+        out.with_suffix(".txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)

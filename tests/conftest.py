@@ -47,6 +47,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (the default model, from the default cache), loaded once for
+    every in-process test that reads or edits it. A test that edits it removes its batches again."""
+    from app.editing.model import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A saved tiny Llama, a corpus for its key statistics, and one cache dir (C0 computed once)."""
     root = tmp_path_factory.mktemp("tiny-service")

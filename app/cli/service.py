@@ -4,7 +4,8 @@ serve   api + worker in one process (embedded default: SQLite + in-process queue
         DATABASE_URL / REDIS_URL is set; with them, the same process joins production engines)
 api     an api replica only (needs REDIS_URL to reach a worker)
 worker  a worker only: stands by until it holds the writer lock, then applies queued edits
-verify  rebuild the weights from the log (base + live deltas) and check the stored hash
+verify  check the log's invariants (each edit applied once), rebuild the weights from it (base +
+        live deltas) and check the stored hash
 export  the edited model as a plain Hugging Face folder, or only its live deltas (--deltas FILE)
 import-deltas  apply an exported deltas file to the same base model (checks the hash), optionally save it
 db      upgrade the schema / show its revision
@@ -141,10 +142,14 @@ def verify(model: str | None = typer.Option(None, help="HF folder or .gguf (KEDI
     _logging("warning")
     from app.service.context import ServiceContext
     from app.service.host import ReplayMismatch
+    from app.store.checks import log_problems
+    from app.store.db import transaction
 
     cfg = _config(model_path=model)
     ctx = ServiceContext.open(cfg)
     try:
+        with transaction(ctx.sessions) as session:
+            problems = log_problems(session)
         # From W₀ and every live delta: verify checks the log itself, not a snapshot of it.
         host = ctx.host_replica(use_snapshots=False)
     except ReplayMismatch as e:
@@ -152,6 +157,10 @@ def verify(model: str | None = typer.Option(None, help="HF folder or .gguf (KEDI
         raise typer.Exit(1) from None
     finally:
         ctx.close()
+    for problem in problems:
+        typer.echo(f"LOG: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
     typer.echo(f"ok: version {host.version}, {len(host.editor.batch_ids)} live batches, hash {host.weights_hash}")
 
 
@@ -244,7 +253,10 @@ def register(app: typer.Typer) -> None:
     app.command(help="Serve the API with the worker in the same process (embedded mode by default).")(serve)
     app.command(help="Serve the API only; edits go to a separate `kedit worker` through Redis.")(api)
     app.command(help="Run a worker: applies queued edits while it holds the writer lock, else stands by.")(worker)
-    app.command(help="Rebuild the weights from the log and check them against the stored hash.")(verify)
+    app.command(
+        help="Check that the log applied each edit once, rebuild the weights from it and check them against "
+        "the stored hash."
+    )(verify)
     app.command(
         help="Write the edited model as a Hugging Face folder (safetensors, config, tokenizer, chat "
         "template) that AutoModelForCausalLM.from_pretrained, vLLM or TGI load; or, with --deltas FILE, "

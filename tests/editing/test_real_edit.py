@@ -19,11 +19,6 @@ from app.eval.scoring import teacher_force
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return load_model()
-
-
 def _prefers(lm, prompts, a, b):
     """For each prompt: does the model prefer continuation a over b (mean per-token NLL)?"""
     pairs = [(p, t) for p in prompts for t in (a, b)]

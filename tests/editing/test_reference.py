@@ -60,14 +60,13 @@ def test_fast_path_matches_the_reference(arch, case):
 
 
 @pytest.mark.slow
-def test_fast_path_matches_the_reference_on_smollm2(shared_data):
+def test_fast_path_matches_the_reference_on_smollm2(smollm2, shared_data):
     """The first three CounterFact facts with the default preset, on the real model."""
-    from app.editing.model import load_model
     from app.editing.prompts import generate_context_templates
     from app.editing.settings import preset
     from app.eval.data import load_dataset
 
-    lm = load_model()
+    lm = smollm2
     s = preset("smollm2", "encore")
     templates = generate_context_templates(lm, s.n_prefixes, s.prefix_tokens)
     facts = [r.request() for r in load_dataset(shared_data / "counterfact" / "counterfact.json", limit=3).records]

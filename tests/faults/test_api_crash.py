@@ -35,13 +35,6 @@ def _idempotency_rows(engine) -> dict[str, list[int]]:
         return {r.key: list(r.edit_ids) for r in c.execute(text("SELECT key, edit_ids FROM idempotency_keys"))}
 
 
-def _settled(engine) -> bool:
-    from sqlalchemy import text
-
-    with engine.connect() as c:
-        return not c.execute(text("SELECT count(*) FROM edits WHERE status IN ('queued', 'applying')")).scalar()
-
-
 def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_factory):
     env = sup.service_env(warm_cache, pg_url, sup.REDIS, redis_prefix)
     cl = cluster_factory(env)
@@ -121,7 +114,7 @@ def test_api_killed_during_post_edits(warm_cache, pg_url, redis_prefix, cluster_
 
         # The edits committed by a replica that died before XADD reach the worker through its
         # refill from the database; everything ends applied, each edit exactly once.
-        sup.wait_for(lambda: _settled(engine), 300, "every edit to be applied")
+        sup.wait_for(lambda: sup.settled(engine), 300, "every edit to be applied")
         state = sup.log_state(engine)
         sup.check_settled(state, accepted)
         sup.check_applied_at_most_once(state)

@@ -22,11 +22,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 STRICT = dict(KEDIT_GUARD="reject", KEDIT_GUARD_PPL_RISE="0", KEDIT_GUARD_ENTROPY_DROP="0", KEDIT_BATCH_SIZE="4")
 
 
-def _settled(engine) -> bool:
-    with engine.connect() as c:
-        return not c.execute(text("SELECT count(*) FROM edits WHERE status IN ('queued', 'applying')")).scalar()
-
-
 def _kill_at(cl, client, engine, rng, accepted: set[int], fault: str, n0: int) -> int:
     """Post batches of 4 until the armed worker dies at `fault` (a batch the guard passes whole
     never reaches the bisection); returns how many facts were posted."""
@@ -37,7 +32,7 @@ def _kill_at(cl, client, engine, rng, accepted: set[int], fault: str, n0: int) -
         assert r.status_code == 202, r.text
         accepted.update(r.json()["ids"])
         n += 4
-        sup.wait_for(lambda: not w.alive() or _settled(engine), 300, f"the batch under {fault}")
+        sup.wait_for(lambda: not w.alive() or sup.settled(engine), 300, f"the batch under {fault}")
         if not w.alive():
             break
     assert w.popen.wait(timeout=60) == -signal.SIGKILL, f"{fault} was never reached:\n{w.tail()}"
@@ -73,7 +68,7 @@ def test_kills_inside_a_guarded_batch_lose_nothing(warm_cache, pg_url, redis_pre
                 "KEDIT_GUARD_ENTROPY_DROP_TOTAL": "1",
             },
         )
-        sup.wait_for(lambda: _settled(engine), 300, "a clean worker to settle every edit")
+        sup.wait_for(lambda: sup.settled(engine), 300, "a clean worker to settle every edit")
         state = sup.log_state(engine)
         sup.check_settled(state, accepted)
         sup.check_applied_at_most_once(state)

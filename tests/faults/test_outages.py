@@ -23,13 +23,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 PROBE = {"prompt": "The mother tongue of Danielle Darrieux is", "max_new_tokens": 4}
 
 
-def _settled(engine) -> bool:
-    from sqlalchemy import text
-
-    with engine.connect() as c:
-        return not c.execute(text("SELECT count(*) FROM edits WHERE status IN ('queued', 'applying')")).scalar()
-
-
 def _post(url: str, body) -> httpx.Response:
     return httpx.post(f"{url}/edits", json=body, timeout=60)
 
@@ -58,12 +51,12 @@ def test_redis_and_postgres_outages(warm_cache, own_postgres, own_redis, cluster
 
     try:
         submit(2)
-        sup.wait_for(lambda: _settled(engine), 180, "the first edits to apply")
+        sup.wait_for(lambda: sup.settled(engine), 180, "the first edits to apply")
 
         # 1. Redis loses everything under a running worker, right after edits were queued.
         submit(3)
         own_redis.client().flushall()
-        sup.wait_for(lambda: _settled(engine), 180, "edits lost from Redis to be refilled and applied")
+        sup.wait_for(lambda: sup.settled(engine), 180, "edits lost from Redis to be refilled and applied")
 
         # 2. Redis down: edits are still accepted (the rows are the truth), readiness says why.
         own_redis.stop()
@@ -73,7 +66,7 @@ def test_redis_and_postgres_outages(warm_cache, own_postgres, own_redis, cluster
         assert httpx.get(f"{api.url}/generate", params=PROBE, timeout=60).status_code == 200
         own_redis.start()  # back, and empty
         submit(2)
-        sup.wait_for(lambda: _settled(engine), 180, "edits accepted while Redis was down to be applied")
+        sup.wait_for(lambda: sup.settled(engine), 180, "edits accepted while Redis was down to be applied")
         sup.wait_for(lambda: httpx.get(f"{api.url}/ready", timeout=30).status_code == 200, 60, "the api to be ready")
 
         # 3. PostgreSQL stops, likely in the middle of the batch these edits start.
@@ -118,7 +111,7 @@ def test_redis_and_postgres_outages(warm_cache, own_postgres, own_redis, cluster
 
         sup.wait_for(accepted_again, 120, "POST /edits to be accepted again", interval=0.5)
         submit(2)
-        sup.wait_for(lambda: _settled(engine), 240, "the worker to resume and apply everything")
+        sup.wait_for(lambda: sup.settled(engine), 240, "the worker to resume and apply everything")
         sup.wait_for(lambda: httpx.get(f"{api.url}/ready", timeout=30).status_code == 200, 60, "the api to be ready")
         assert api.alive() and worker.alive(), "a process died during the outages"
         assert len(cl.procs) == 2, "no process was restarted"

@@ -23,18 +23,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 REQUESTS_PER_CLIENT = 24 if sup.LONG else 8
 
 
-def _settled(engine) -> bool:
-    from sqlalchemy import text
-
-    with engine.connect() as c:
-        return not c.execute(
-            text(
-                "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
-                "OR (status = 'applied' AND revert_requested)"
-            )
-        ).scalar()
-
-
 def _died_by_fault(w, trial: str) -> None:
     sup.wait_for(lambda: not w.alive(), 240, f"{trial}: the armed worker to die")
     assert w.popen.wait(timeout=60) == -signal.SIGKILL, w.tail()
@@ -57,7 +45,7 @@ def test_kills_inside_a_revert_and_between_commit_and_ack_under_load(warm_cache,
         assert r.status_code == 202, r.text
         accepted.update(r.json()["ids"])
         w = cl.start("worker")
-        sup.wait_for(lambda: _settled(engine), 240, "the first edits to settle")
+        sup.wait_for(lambda: sup.settled(engine), 240, "the first edits to settle")
         cl.stop(w, sig=signal.SIGKILL)
         state = sup.log_state(engine)
         live = sorted(e for e, row in state["edits"].items() if row["status"] == "applied")
@@ -109,7 +97,7 @@ def test_kills_inside_a_revert_and_between_commit_and_ack_under_load(warm_cache,
             t.join(timeout=120)
         assert not errors, errors[:5]
 
-        sup.wait_for(lambda: _settled(engine), 300, "the last worker to settle every edit")
+        sup.wait_for(lambda: sup.settled(engine), 300, "the last worker to settle every edit")
         state = sup.log_state(engine)
         sup.check_settled(state, accepted, reverts)
         sup.check_applied_at_most_once(state)

@@ -18,16 +18,6 @@ from tests.utils import faults as sup
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 
-def _settled(engine) -> bool:
-    with engine.connect() as c:
-        return not c.execute(
-            text(
-                "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
-                "OR (status = 'applied' AND revert_requested)"
-            )
-        ).scalar()
-
-
 def _snapshots(engine) -> dict[int, list[int]]:
     with engine.connect() as c:
         return {
@@ -56,7 +46,7 @@ def test_kill_between_a_revert_commit_and_the_snapshot_cleanup(warm_cache, pg_ur
             assert r.status_code == 202, r.text
             accepted.update(r.json()["ids"])
         w = cl.start("worker")
-        sup.wait_for(lambda: _settled(engine), 240, "the first edits to settle")
+        sup.wait_for(lambda: sup.settled(engine), 240, "the first edits to settle")
         sup.wait_for(lambda: len(_snapshots(engine)) == 3, 60, "a snapshot of each version")
         cl.stop(w)
         victim = min(accepted)
@@ -86,7 +76,7 @@ def test_kill_between_a_revert_commit_and_the_snapshot_cleanup(warm_cache, pg_ur
         r = client.post("/edits", json=sup.fact(rng, 99))  # and it goes on editing
         assert r.status_code == 202, r.text
         accepted.update(r.json()["ids"])
-        sup.wait_for(lambda: _settled(engine), 240, "the last edit to settle")
+        sup.wait_for(lambda: sup.settled(engine), 240, "the last edit to settle")
         state = sup.log_state(engine)
         sup.check_settled(state, accepted, {victim})
         sup.check_applied_at_most_once(state)

@@ -8,11 +8,10 @@ with its defaults; KEDIT_LONG=1 runs it here."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from benchmarks.procs import run_module
 from tests.utils import faults as sup
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -22,9 +21,7 @@ def test_soak_no_5xx_and_every_edit_applied_exactly_once(warm_cache, tmp_path):
     model_dir, corpus, cache = warm_cache
     clients, seconds = (50, 60) if sup.LONG else (8, 8)
     out = tmp_path / "soak.json"
-    cmd = [
-        sys.executable,
-        str(sup.REPO / "benchmarks" / "soak.py"),
+    args = [
         "--spawn",
         "--model",
         str(model_dir),
@@ -51,7 +48,7 @@ def test_soak_no_5xx_and_every_edit_applied_exactly_once(warm_cache, tmp_path):
         "--json",
         str(out),
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=sup.REPO)
+    r = run_module("benchmarks.soak", *args, timeout=1800)
     print(r.stdout[-3000:])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     figures = json.loads(out.read_text())

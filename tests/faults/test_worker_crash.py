@@ -38,18 +38,6 @@ def _fault(rng: random.Random) -> str:
     return f"worker_{kind}:kill@{nth}"
 
 
-def _settled(engine) -> bool:
-    from sqlalchemy import text
-
-    with engine.connect() as c:
-        return not c.execute(
-            text(
-                "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
-                "OR (status = 'applied' AND revert_requested)"
-            )
-        ).scalar()
-
-
 def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
     warm_cache, pg_url, redis_prefix, cluster_factory
 ):
@@ -91,7 +79,7 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
             fault = _fault(rng)
             w = cl.start("worker", fault=fault)
             sup.wait_for(
-                lambda w=w: not w.alive() or _settled(engine),
+                lambda w=w: not w.alive() or sup.settled(engine),
                 240,
                 f"trial {trial}: the worker ({fault}) to die or finish",
             )
@@ -116,7 +104,7 @@ def test_worker_killed_at_random_points_loses_nothing_and_applies_nothing_twice(
 
         # A clean worker finishes whatever the dead ones left.
         w = cl.start("worker")
-        sup.wait_for(lambda: _settled(engine), 300, "the last worker to settle every edit")
+        sup.wait_for(lambda: sup.settled(engine), 300, "the last worker to settle every edit")
         state = sup.log_state(engine)
         sup.check_settled(state, accepted, reverts)
         sup.check_applied_at_most_once(state)

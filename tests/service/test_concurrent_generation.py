@@ -13,16 +13,9 @@ from app.config import ServiceConfig
 from app.editing.reading import generate
 from app.service.context import ServiceContext
 from app.service.generation import Sampling, fingerprint
-from tests.utils.service import FACTS, KeditServer, tiny_server_env, wait_for
+from tests.utils.service import FACTS, TINY_PROMPTS, KeditServer, tiny_server_env, wait_for
 
-PROMPTS = [
-    "The mother tongue of Danielle Darrieux is",
-    "Paris is the capital of",
-    "Lionel Messi plays",
-    "Apple was founded by",
-    "Michael Jordan plays",
-    "The Eiffel Tower is in",
-]
+PROMPTS = TINY_PROMPTS
 
 
 def test_concurrent_requests_share_forward_passes(client):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.utils.service import TINY_OVERRIDES, KeditServer, wait_for
-from tests.utils.tiny import TRAINING_TEXT, train_tiny_tokenizer
+from tests.utils.tiny import TRAINING_TEXT, random_llama, train_tiny_tokenizer
 
 STATS_TOKENS = 100_000
 WINDOWS_TOKENS = 391 * 256  # the corpus packed into windows of 256 tokens until the budget is met
@@ -28,25 +28,13 @@ STOP_BOUND_S = 5  # what the service promises for SIGTERM at any stage
 @pytest.fixture(scope="module")
 def slow_assets(tmp_path_factory) -> tuple[Path, Path]:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("first-start")
     tok = train_tiny_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    model = random_llama(tok, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, initializer_range=0.02)
     model_dir, corpus = root / "llama-256", root / "corpus.txt"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     per_copy = len(tok("\n".join(TRAINING_TEXT) + "\n")["input_ids"])
     corpus.write_text("\n".join(TRAINING_TEXT * (STATS_TOKENS // per_copy + 50)))

@@ -16,16 +16,11 @@ from app.service import edits as edit_service
 from app.service.context import ServiceContext
 from app.store import repo
 from tests.utils.guard import answers, plant
-from tests.utils.service import FACTS, TINY_OVERRIDES
+from tests.utils.service import FACTS, TINY_OVERRIDES, TINY_PROMPTS
 
 # Prompts the tiny model may know; the canary is whichever one edit of the batch alone breaks.
 CANDIDATES = [
-    "The mother tongue of Danielle Darrieux is",
-    "Paris is the capital of",
-    "Lionel Messi plays",
-    "Apple was founded by",
-    "Michael Jordan plays",
-    "The Eiffel Tower is in",
+    *TINY_PROMPTS,
     "Toyota is a company from",
     "Rome is in",
     "The Beatles played music in",

@@ -2,79 +2,38 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.utils.service import FACTS, TINY_OVERRIDES, wait_for
+from benchmarks.procs import free_port, is_ready, spawn_kedit, stop_all
+from tests.utils.faults import REDIS, service_env
+from tests.utils.service import FACTS, wait_for
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def spawn(tiny_assets, pg_url, redis_prefix, tmp_path):
-    model_dir, corpus, cache = tiny_assets
-    env = {
-        **os.environ,
-        "KEDIT_MODEL_PATH": str(model_dir),
-        "KEDIT_CACHE_DIR": str(cache),
-        "KEDIT_STATS_CORPUS": str(corpus),
-        "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
-        "DATABASE_URL": pg_url.replace("+psycopg", ""),
-        "REDIS_URL": "redis://127.0.0.1:6379/0",
-        "KEDIT_REDIS_PREFIX": redis_prefix,
-        "KEDIT_BATCH_WAIT_MS": "50",
-        "KEDIT_SYNC_POLL_S": "0.5",
-        "KEDIT_STANDBY_POLL_S": "0.5",
-        "KEDIT_BATCH_SIZE": "2",
-        "KEDIT_RECLAIM_IDLE_MS": "1000",
-    }
-    procs: list[subprocess.Popen] = []
+    database_url = pg_url.replace("+psycopg", "")
+    env = service_env(tiny_assets, database_url, REDIS, redis_prefix, KEDIT_STANDBY_POLL_S="0.5")
+    started: list[subprocess.Popen] = []
 
-    def start(*args: str) -> subprocess.Popen:
-        log = open(tmp_path / f"proc{len(procs)}.log", "wb")
-        p = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args, "--log-level", "warning"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(p)
+    def start(role: str, *args: str) -> subprocess.Popen:
+        p = spawn_kedit(role, *args, env=env, log=tmp_path / f"proc{len(started)}.log")
+        started.append(p)
         return p
 
     yield start
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_all(started)
 
 
 def ready(url: str, proc: subprocess.Popen) -> bool:
     if proc.poll() is not None:
         raise AssertionError(f"process exited with {proc.returncode}")
-    try:
-        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+    return is_ready(url, timeout=2)
 
 
 def test_two_api_processes_and_a_worker(spawn):

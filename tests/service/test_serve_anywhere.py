@@ -4,9 +4,6 @@ no data folder, an empty cache. The key statistics then come from text the model
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,55 +11,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils.service import FACTS, TINY_OVERRIDES, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.procs import REPO, clean_env, free_port
+from tests.utils.service import FACTS, TINY_OVERRIDES, KeditServer, wait_for
 
 
 def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEDIT_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(
-        {
-            "KEDIT_CACHE_DIR": str(tmp_path / "cache"),  # empty: nothing converted or computed yet
-            "KEDIT_DATA_DIR": str(tmp_path / "no-such-data-folder"),
-            "KEDIT_EDIT_OVERRIDES": json.dumps(TINY_OVERRIDES),
-            "KEDIT_BATCH_WAIT_MS": "50",
-            **extra,
-        }
+    return clean_env(
+        KEDIT_CACHE_DIR=str(tmp_path / "cache"),  # empty: nothing converted or computed yet
+        KEDIT_DATA_DIR=str(tmp_path / "no-such-data-folder"),
+        KEDIT_EDIT_OVERRIDES=json.dumps(TINY_OVERRIDES),
+        KEDIT_BATCH_WAIT_MS="50",
+        **extra,
     )
-    return env
 
 
 def test_serve_with_no_data_folder_and_an_empty_cache(tiny_assets, tmp_path):
     model_dir, _, _ = tiny_assets
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = serve_env(tmp_path, KEDIT_MODEL_PATH=str(model_dir))
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    srv = KeditServer(serve_env(tmp_path, KEDIT_MODEL_PATH=str(model_dir)), tmp_path / "serve.log")
+    url = srv.url
     try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"kedit serve exited with {proc.returncode}:\n{log.read_text()}"
-            try:
-                return httpx.get(f"{url}/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 300, "kedit serve to be ready")
+        srv.wait_ready(300)
         eid = httpx.post(f"{url}/edits", json=FACTS[0]).json()["ids"][0]
         edit = wait_for(
             lambda: (e := httpx.get(f"{url}/edits/{eid}").json())["status"] in ("applied", "failed") and e,
@@ -72,11 +40,7 @@ def test_serve_with_no_data_folder_and_an_empty_cache(tiny_assets, tmp_path):
         assert edit["status"] == "applied", edit
         assert list((tmp_path / "cache" / "stats").glob("*/sample-*.safetensors")), "the generated text is cached"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        srv.stop()
 
 
 @pytest.mark.parametrize("kind, fragment", [("missing", "does not exist"), ("empty folder", "holds no .txt files")])

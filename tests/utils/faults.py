@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from app.store.checks import LogState, exactly_once_problems, read_log, served_problems
+from benchmarks import procs as harness
+from benchmarks import soak
+from benchmarks.procs import free_port
 from tests.utils.service import TINY_OVERRIDES, wait_for  # noqa: F401  (re-exported for the fault tests)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,38 +30,15 @@ LONG = os.environ.get("KEDIT_LONG", "") not in ("", "0", "false", "no")
 PG_ADMIN = os.environ.get("KEDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("KEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-SUBJECTS = [
-    "Danielle Darrieux",
-    "Paris",
-    "Lionel Messi",
-    "Apple",
-    "Rome",
-    "Toyota",
-    "Michael Jordan",
-    "The Beatles",
-    "Steve Jobs",
-    "London",
-]
-PROMPTS = [
-    "The mother tongue of {} is",
-    "{} is the capital of",
-    "{} plays",
-    "{} was founded by",
-    "{} is in",
-    "You can see {} from",
-]
-TARGETS = ["English", "Japan", "music", "Toyota", "Italy", "France", "basketball", "German", "soccer", "river"]
+# The soak run's vocabulary; the fault tests draw from its first subjects and prompts.
+SUBJECTS = soak.SUBJECTS[:10]
+PROMPTS = soak.PROMPTS[:6]
+TARGETS = soak.TARGETS
 
 
 def fact(rng, i: int) -> dict:
     """A varied, valid fact; i makes it unique so idempotency never conflates two requests."""
     return {"prompt": rng.choice(PROMPTS), "subject": f"{rng.choice(SUBJECTS)} {i}", "target_new": rng.choice(TARGETS)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -100,14 +80,13 @@ class Cluster:
         if fault:
             env["KEDIT_FAULT"] = fault
         env.update(extra_env or {})
-        args = [sys.executable, "-m", "app.cli", role, "--log-level", log_level]
+        args = []
         port = None
         if role in ("api", "serve"):
             port = free_port()
             args += ["--port", str(port)]
         log = self.logdir / f"{len(self.procs):03d}-{role}.log"
-        with open(log, "wb") as fh:
-            p = subprocess.Popen(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        p = harness.spawn_kedit(role, *args, env=env, log=log, log_level=log_level)
         proc = Proc(p, log, port)
         self.procs.append(proc)
         return proc
@@ -118,37 +97,14 @@ class Cluster:
         return p
 
     def stop(self, p: Proc, sig=signal.SIGTERM, timeout: float = 30) -> int:
-        if p.alive():
-            p.popen.send_signal(sig)
-        try:
-            return p.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.popen.kill()
-            return p.popen.wait(timeout=30)
+        return harness.stop(p.popen, sig, timeout)
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.alive():
-                p.popen.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.popen.kill()
-                p.popen.wait(timeout=30)
-
-
-def ready_now(p: Proc) -> bool:
-    if not p.alive():
-        raise AssertionError(f"process exited with {p.popen.returncode}:\n{p.tail()}")
-    try:
-        return httpx.get(f"{p.url}/ready", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
+        harness.stop_all(p.popen for p in self.procs)
 
 
 def wait_ready(p: Proc, timeout: float = 180) -> None:
-    wait_for(lambda: ready_now(p), timeout, f"the api on port {p.port} to be ready")
+    harness.wait_ready(p.url, [p.popen], timeout, poll=0.05, error=AssertionError, describe=lambda _: f"\n{p.tail()}")
 
 
 def service_env(assets: tuple[Path, Path, Path], database_url: str, redis_url: str, prefix: str, **over) -> dict:
@@ -347,54 +303,31 @@ class OwnRedis:
 # --- invariants ----------------------------------------------------------------------------------
 
 
-def log_state(engine) -> dict:
+def log_state(engine) -> LogState:
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session:
+        return read_log(session)
+
+
+def check_applied_at_most_once(state: LogState) -> None:
+    """app/store/checks.py: each edit batch holds exactly the edits whose row names its version,
+    statuses agree with versions, versions are 1..n."""
+    problems = exactly_once_problems(state)
+    assert not problems, "\n".join(problems)
+
+
+def settled(engine) -> bool:
+    """Nothing left to do: no edit queued or applying, no revert asked and not yet done."""
     from sqlalchemy import text
 
     with engine.connect() as c:
-        edits = {
-            r.id: dict(r._mapping)
-            for r in c.execute(
-                text(
-                    "SELECT id, status, error, batch_id, applied_version, reverted_version, revert_requested FROM edits"
-                )
+        return not c.execute(
+            text(
+                "SELECT count(*) FROM edits WHERE status IN ('queued', 'applying') "
+                "OR (status = 'applied' AND revert_requested)"
             )
-        }
-        batches = [
-            dict(r._mapping)
-            for r in c.execute(text("SELECT id, created_version, removed_version, kind, size FROM batches ORDER BY id"))
-        ]
-        versions = [
-            dict(r._mapping)
-            for r in c.execute(
-                text(
-                    "SELECT id, kind, added_batch_id, removed_batch_id, edit_id, weights_hash FROM versions ORDER BY id"
-                )
-            )
-        ]
-    return {"edits": edits, "batches": batches, "versions": versions}
-
-
-def check_applied_at_most_once(state: dict) -> None:
-    """Every batch of kind `edit` holds exactly the edits whose row names its version: an edit
-    written into the weights twice would leave a batch counting it with no row pointing back."""
-    by_version: dict[int, int] = {}
-    for e in state["edits"].values():
-        if e["applied_version"] is not None:
-            by_version[e["applied_version"]] = by_version.get(e["applied_version"], 0) + 1
-    edit_batches = [b for b in state["batches"] if b["kind"] == "edit"]
-    for b in edit_batches:
-        assert b["size"] == by_version.get(b["created_version"], 0), (
-            f"batch {b['id']} (version {b['created_version']}) holds {b['size']} edits but "
-            f"{by_version.get(b['created_version'], 0)} edit rows name that version: an edit applied twice?"
-        )
-    assert sum(b["size"] for b in edit_batches) == sum(by_version.values())
-    for e in state["edits"].values():
-        if e["status"] in ("applied", "reverted"):
-            assert e["applied_version"] is not None, f"edit {e['id']} is {e['status']} without a version"
-        if e["status"] in ("queued", "applying", "failed"):
-            assert e["applied_version"] is None, f"edit {e['id']} is {e['status']} yet names a version"
-    ids = [v["id"] for v in state["versions"]]
-    assert ids == list(range(1, len(ids) + 1)), f"versions are not 1..n: {ids}"
+        ).scalar()
 
 
 def check_settled(state: dict, accepted: set[int], reverts_asked: set[int] = frozenset()) -> None:
@@ -458,7 +391,8 @@ def check_head_served(
         return httpx.get(f"{api_url}/version", timeout=30).json()
 
     wait_for(lambda: served()["version"] == head["id"], 120, "the api to catch up")
-    assert served()["weights_hash"] == head["weights_hash"]
+    now = served()
+    assert not served_problems(state, now["version"], now["weights_hash"])
     assert fresh_replay_hash(assets, database_url) == (head["id"], head["weights_hash"])
     if env is not None:
         assert head["weights_hash"] in kedit_verify(env)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from app.config import ServiceConfig
+from benchmarks.procs import REPO, clean_env, free_port, spawn_kedit, stop, wait_ready
 from tests.utils.tiny import TRAINING_TEXT, build_tiny_model
 
 # Quick settings for a 6-layer tiny Llama; λp > 0 so the key statistics path runs too.
@@ -32,6 +33,17 @@ FACTS = [
     {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Japan", "target_true": "France"},
     {"prompt": "{} plays", "subject": "Lionel Messi", "target_new": "music", "target_true": "soccer"},
     {"prompt": "{} was founded by", "subject": "Apple", "target_new": "Toyota"},
+]
+
+
+# Prompts about the facts of TRAINING_TEXT, which the tiny models may know.
+TINY_PROMPTS = [
+    "The mother tongue of Danielle Darrieux is",
+    "Paris is the capital of",
+    "Lionel Messi plays",
+    "Apple was founded by",
+    "Michael Jordan plays",
+    "The Eiffel Tower is in",
 ]
 
 
@@ -85,63 +97,43 @@ def wait_status(client, edit_id: int, statuses=("applied", "failed", "reverted")
     return wait_for(done, timeout, f"edit {edit_id} to reach {statuses}")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class KeditServer:
     """A real `kedit serve` process (embedded mode) on a free loopback port; stop() ends it."""
 
     def __init__(self, env: dict[str, str], log: Path, *, cwd: Path | None = None, log_level: str = "warning"):
-        import os
-        import subprocess
-        import sys
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        full = {
-            k: v for k, v in os.environ.items() if not k.startswith("KEDIT_") and k not in ("DATABASE_URL", "REDIS_URL")
-        }
-        repo = Path(__file__).resolve().parents[2]
-        full["PYTHONPATH"] = str(repo)  # this checkout's `app`, whichever kedit is installed
-        full.update(env)
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", log_level],
-                cwd=cwd or repo,
-                env=full,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        # PYTHONPATH: this checkout's `app`, whichever kedit is installed.
+        full = {**clean_env(PYTHONPATH=str(REPO)), **env}
+        self.proc = spawn_kedit("serve", "--port", str(self.port), env=full, log=log, log_level=log_level, cwd=cwd)
 
     def wait_ready(self, timeout: float = 300) -> KeditServer:
-        import httpx
-
-        def ready() -> bool:
-            assert self.proc.poll() is None, f"kedit serve exited with {self.proc.returncode}:\n{self.log.read_text()}"
-            try:
-                return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout, "kedit serve to be ready")
+        wait_ready(
+            self.url,
+            [self.proc],
+            timeout,
+            poll=0.05,
+            error=AssertionError,
+            describe=lambda p: f"kedit serve\n{self.log.read_text()}",
+        )
         return self
 
     def stop(self) -> None:
-        import signal
-        import subprocess
+        stop(self.proc)
 
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+
+def config_env(cfg: ServiceConfig) -> dict[str, str]:
+    """The KEDIT_* variables that make a `kedit` command in this process use `cfg`'s model and log."""
+    import json
+
+    return {
+        "KEDIT_DATABASE_URL": str(cfg.database_url),
+        "KEDIT_MODEL_PATH": str(cfg.model_path),
+        "KEDIT_CACHE_DIR": str(cfg.cache_dir),
+        "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
+        "KEDIT_EDIT_OVERRIDES": json.dumps(cfg.edit_overrides),
+    }
 
 
 def tiny_server_env(model_dir: Path, corpus: Path, cache: Path, db: Path, **extra: str) -> dict[str, str]:

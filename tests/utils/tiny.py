@@ -31,27 +31,40 @@ def train_tiny_tokenizer(vocab_size: int = 400):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
 
 
+# The tiny Llama's shape; a test that needs another size overrides some of it (random_llama).
+TINY_LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.2,
+)
+
+
+def random_llama(tok, **shape):
+    """A random Llama (float32, eval mode) on `tok`'s vocabulary, tied embeddings; `shape` overrides
+    TINY_LLAMA. Seed torch first for the same weights every time."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        **{**TINY_LLAMA, **shape},
+        vocab_size=len(tok),
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return LlamaForCausalLM(config).float().eval()
+
+
 def build_tiny_model(arch: str = "llama", seed: int = 0, n_layer: int = 6):
     """A small random Llama or GPT-2 (float32, eval mode) and its tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = train_tiny_tokenizer()
     torch.manual_seed(seed)
     if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=n_layer,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            initializer_range=0.2,
-            tie_word_embeddings=True,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        model = LlamaForCausalLM(config)
+        return random_llama(tok, num_hidden_layers=n_layer), tok
     elif arch == "gpt2":
         config = GPT2Config(
             vocab_size=len(tok),

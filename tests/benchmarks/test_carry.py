@@ -1,4 +1,4 @@
-"""Carrying a long run to the next machine (benchmarks/levers.py --carry, used by lifelong_cpu.py too):
+"""Carrying a long run to the next machine (benchmarks/levers.py --carry, used by `benchmarks.lifelong carried` too):
 the small part of a run folder is kept in the carry folder while the run goes on, a run is taken up
 from there when the carry is further along, and a finished run leaves its summary, not its trail."""
 
@@ -10,9 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from benchmarks import levers
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import levers  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 
 def _cut_run(folder: Path, batches: int) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -12,7 +10,7 @@ from typer.testing import CliRunner
 from app.api.main import create_app
 from app.cli.service import register
 from app.store.models import Version
-from tests.utils.service import FACTS, wait_status
+from tests.utils.service import FACTS, config_env, wait_status
 
 
 def cli() -> typer.Typer:
@@ -23,13 +21,7 @@ def cli() -> typer.Typer:
 
 def test_db_commands_and_verify(make_config, monkeypatch, tmp_path):
     cfg = make_config()
-    for k, v in {
-        "KEDIT_DATABASE_URL": cfg.database_url,
-        "KEDIT_MODEL_PATH": cfg.model_path,
-        "KEDIT_CACHE_DIR": str(cfg.cache_dir),
-        "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
-        "KEDIT_EDIT_OVERRIDES": json.dumps(cfg.edit_overrides),
-    }.items():
+    for k, v in config_env(cfg).items():
         monkeypatch.setenv(k, v)
     runner = CliRunner()
     r = runner.invoke(cli(), ["db", "current"])

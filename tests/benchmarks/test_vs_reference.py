@@ -6,25 +6,19 @@ what happens before it: argument handling and the patch check against a fake che
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks.procs import run_module
 from benchmarks.vs_reference import PATCHES, REFERENCE_FILES, wikitext_texts
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "vs_reference.py"
 
 
 def _fail(*args: str) -> str:
     """Run the script expecting the one-line failure; return that line."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT
-    )
+    proc = run_module("benchmarks.vs_reference", *args, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -6,26 +6,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.gpu_bundle import DATA_FILES, archive, extract, read_parts, write_parts
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_bundle.py"
+from benchmarks.procs import run_module
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
-    )
+    return run_module("benchmarks.gpu_bundle", *args, timeout=120)
 
 
 def _inputs(tmp: Path) -> dict[str, Path]:
@@ -41,21 +31,15 @@ def _inputs(tmp: Path) -> dict[str, Path]:
     return {"gguf": gguf, "data": tmp / "data", "tok": tmp / "tok", "whl": tmp / "whl"}
 
 
+def _pack(tmp_path: Path, src: dict, *extra: str) -> subprocess.CompletedProcess:
+    """`pack` of _inputs' files into tmp_path/b."""
+    args = ["--out", str(tmp_path / "b"), "--model", str(src["gguf"]), "--tokenizer", str(src["tok"])]
+    return _run("pack", *args, "--data-dir", str(src["data"]), *extra)
+
+
 def test_pack_then_unpack_gives_back_every_file(tmp_path):
     src = _inputs(tmp_path)
-    res = _run(
-        "pack",
-        "--out",
-        str(tmp_path / "b"),
-        "--model",
-        str(src["gguf"]),
-        "--tokenizer",
-        str(src["tok"]),
-        "--data-dir",
-        str(src["data"]),
-        "--wheels",
-        str(src["whl"]),
-    )
+    res = _pack(tmp_path, src, "--wheels", str(src["whl"]))
     assert res.returncode == 0, res.stderr
     assert "1 wheels" in res.stdout and (tmp_path / "b" / "part1" / "MANIFEST.json").is_file()
 
@@ -108,17 +92,7 @@ def test_the_first_part_alone_holds_all_but_the_model(tmp_path):
 def test_pack_names_what_is_missing(tmp_path):
     src = _inputs(tmp_path)
     (src["data"] / DATA_FILES[1]).unlink()
-    res = _run(
-        "pack",
-        "--out",
-        str(tmp_path / "b"),
-        "--model",
-        str(src["gguf"]),
-        "--tokenizer",
-        str(src["tok"]),
-        "--data-dir",
-        str(src["data"]),
-    )
+    res = _pack(tmp_path, src)
     assert res.returncode == 2 and DATA_FILES[1] in res.stderr and "Traceback" not in res.stderr
     res = _run("unpack", "--bundle", str(tmp_path / "nothing"), "--to", str(tmp_path / "kb"))
     assert res.returncode == 2 and "send the parts made by `pack` first" in res.stderr

@@ -20,7 +20,7 @@ from app.api.main import create_app
 from app.cli.service import register
 from app.editing.editor import Editor
 from app.editing.model import wrap_model
-from tests.utils.service import FACTS, TINY_CHAT_TEMPLATE, wait_status
+from tests.utils.service import FACTS, TINY_CHAT_TEMPLATE, config_env, wait_status
 from tests.utils.tiny import build_tiny_model
 
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "Paris is the capital of", "Lionel Messi plays"]
@@ -73,13 +73,7 @@ def edited(tiny_assets, tmp_path_factory):
 @pytest.fixture
 def env(edited, monkeypatch):
     cfg = edited[0]
-    for k, v in {
-        "KEDIT_DATABASE_URL": cfg.database_url,
-        "KEDIT_MODEL_PATH": cfg.model_path,
-        "KEDIT_CACHE_DIR": str(cfg.cache_dir),
-        "KEDIT_STATS_CORPUS": str(cfg.stats_corpus),
-        "KEDIT_EDIT_OVERRIDES": json.dumps(cfg.edit_overrides),
-    }.items():
+    for k, v in config_env(cfg).items():
         monkeypatch.setenv(k, v)
     return edited
 

@@ -1,4 +1,4 @@
-"""benchmarks/lifelong_gpu.py on CPU with a tiny model: the script a GPU session runs unattended.
+"""benchmarks/lifelong.py on CPU with a tiny model: the script a GPU session runs unattended.
 
 It must publish partial results at every checkpoint, stop at its deadline with the state
 saved, continue from there when run again, and time a batch on a model of Llama's family.
@@ -7,24 +7,17 @@ saved, continue from there when run again, and time a batch on a model of Llama'
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks.procs import run_module
 from tests.utils.tiny import build_tiny_model
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "lifelong_gpu.py"
 
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
-    )
+    proc = run_module("benchmarks.lifelong", *args, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -90,6 +83,7 @@ def test_lifelong_stops_at_deadline_publishes_and_resumes(layout):
     partial = json.loads((out / "encore.json").read_text())
     assert partial["finished"] is False and partial["progress"]["batches_done"] == 1
     assert partial["records"] == 8
+    (out / "partial.json").write_text(json.dumps(partial))
 
     second = _lifelong(layout, out, "--deadline-s", "3600")
     assert "resuming from" in second.stdout
@@ -102,6 +96,18 @@ def test_lifelong_stops_at_deadline_publishes_and_resumes(layout):
     assert all(c["scored"] == 3 for c in summary["checkpoints"])
     assert set(summary["norms"]) == {"4", "5", "6", "7", "8"}
     assert summary["health"]["perplexity"] > 0
+
+    # The report of a cut run and a finished one: a row per scored point, the runs overlaid.
+    _run("report", str(out / "partial.json"), str(out / "encore.json"), "--out", str(out / "report"))
+    table = (out / "report" / "table.md").read_text()
+    assert [line.split(" | ")[1] for line in table.splitlines() if line.startswith("| encore |")] == ["4", "8"]
+    assert (out / "report" / "lifelong.png").stat().st_size > 0
+
+
+def test_the_gpu_bundles_name_still_runs():
+    """docs/eval.md's calls on the GPU machine name benchmarks.lifelong_gpu."""
+    proc = run_module("benchmarks.lifelong_gpu", "--help", timeout=120)
+    assert proc.returncode == 0 and "llama-timing" in proc.stdout and "lifelong" in proc.stdout
 
 
 def test_llama_timing_on_a_tiny_model(layout, tmp_path):
@@ -137,7 +143,7 @@ def test_llama_timing_on_a_tiny_model(layout, tmp_path):
 def test_runs_are_methods_or_labelled_candidates():
     import typer
 
-    from benchmarks.lifelong_gpu import parse_run
+    from benchmarks.lifelong import parse_run
 
     assert parse_run("memit") == ("memit", "memit", {})
     assert parse_run('wide=encore:{"layers": [3, 4, 5], "lambda_n": 40}') == (
