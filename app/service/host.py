@@ -60,6 +60,13 @@ class EditorLike(Protocol):
     def batch_ids(self) -> list[int]: ...
 
 
+def _unusable(version: int, why: str) -> dict[int, torch.Tensor] | None:
+    """None, the weights of a weight snapshot passed over, after logging why (a rebuild then starts
+    from an older one, or W₀)."""
+    log.error("weight snapshot of version %d %s: not using it", version, why)
+    return None
+
+
 def _reset(editor: EditorLike) -> None:
     """Back to the base weights in one rebuild (removing n batches one by one would cost O(n²))."""
     if editor.batch_ids:
@@ -291,27 +298,16 @@ class ModelHost:
             return None
         digest = hashlib.sha256(data).hexdigest()
         if digest != snap.sha256:
-            log.error(
-                "weight snapshot of version %d is corrupt (its bytes hash to %s, it was stored as %s): not using it",
-                snap.version,
-                digest[:12],
-                snap.sha256[:12],
+            return _unusable(
+                snap.version, f"is corrupt (its bytes hash to {digest[:12]}, it was stored as {snap.sha256[:12]})"
             )
-            return None
         try:
             weights = weights_from_bytes(data)
             got = hash_weights(weights)
         except Exception as exc:
-            log.error("weight snapshot of version %d cannot be loaded (%s): not using it", snap.version, exc)
-            return None
+            return _unusable(snap.version, f"cannot be loaded ({exc})")
         if got != version.weights_hash:
-            log.error(
-                "weight snapshot of version %d hashes to %s, the log says %s: not using it",
-                snap.version,
-                got[:12],
-                version.weights_hash[:12],
-            )
-            return None
+            return _unusable(snap.version, f"hashes to {got[:12]}, the log says {version.weights_hash[:12]}")
         return weights
 
     def _remove_batch(self, session: Session, batch_id: int) -> None:

@@ -327,6 +327,16 @@ def test_checkpoint_sample_is_fixed_size_and_weights_can_be_restored(tmp_path, c
     assert summary["weights_hash"] != before and editor.weights_hash() == before
 
 
+def _tiny_eval_args(model_dir, cache, max_steps: int, generation_samples: int) -> list[str]:
+    """The options the CLI tests give `kedit eval` for the tiny model: two layers, short runs."""
+    sets = {"layers": "[1,2]", "stats_tokens": "1000", "max_steps": str(max_steps), "n_prefixes": "1"}
+    return [
+        *("--model", str(model_dir), "--cache-dir", str(cache), "--batch-size", "2"),
+        *(arg for name, value in sets.items() for arg in ("--set", f"{name}={value}")),
+        *("--generation-samples", str(generation_samples), "--gen-max-len", "12", "--no-progress"),
+    ]
+
+
 def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monkeypatch):
     from typer.testing import CliRunner
 
@@ -335,31 +345,13 @@ def test_cli_run_resume_and_compare(tmp_path, tiny_model_dir, shared_data, monke
     monkeypatch.setenv("KEDIT_STATS_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
     cache = tmp_path / "cache"
     base = [
-        "--model",
-        str(tiny_model_dir),
-        "--cache-dir",
-        str(cache),
+        *_tiny_eval_args(tiny_model_dir, cache, max_steps=3, generation_samples=4),
         "--records",
         "4",
-        "--batch-size",
-        "2",
-        "--set",
-        "layers=[1,2]",
-        "--set",
-        "stats_tokens=1000",
-        "--set",
-        "max_steps=3",
-        "--set",
-        "n_prefixes=1",
-        "--generation-samples",
-        "4",
-        "--gen-max-len",
-        "12",
         "--ppl-tokens",
         "128",
         "--checkpoint-every",
         "1",
-        "--no-progress",
     ]
     runner = CliRunner()
     res = runner.invoke(eval_app, ["run", *base, "--method", "encore", "--out", str(tmp_path / "encore")])
@@ -454,28 +446,7 @@ def test_cli_after_needs_a_finished_run_with_the_same_settings(tmp_path, tiny_mo
     from app.editing.settings import preset
 
     monkeypatch.setenv("KEDIT_STATS_CORPUS", str(shared_data / "corpus" / "wikitext103_valid.tokens.txt"))
-    base = [
-        "--model",
-        str(tiny_model_dir),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--batch-size",
-        "2",
-        "--set",
-        "layers=[1,2]",
-        "--set",
-        "stats_tokens=1000",
-        "--set",
-        "max_steps=2",
-        "--set",
-        "n_prefixes=1",
-        "--generation-samples",
-        "2",
-        "--gen-max-len",
-        "12",
-        "--no-health",
-        "--no-progress",
-    ]
+    base = [*_tiny_eval_args(tiny_model_dir, tmp_path / "cache", max_steps=2, generation_samples=2), "--no-health"]
     runner = CliRunner()
     res = runner.invoke(eval_app, [*base, "--records", "2", "--out", str(tmp_path / "cf")])
     assert res.exit_code == 0, res.output
