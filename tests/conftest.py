@@ -24,6 +24,13 @@ PG_ADMIN = os.environ.get("KEDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.
 REDIS = os.environ.get("KEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests on the real SmolLM2 (marked slow) first, then the fault tests, each in their order:
+    `make test` runs two workers (pytest-xdist, a module per worker at a time), and the longest
+    modules started last would leave one worker alone at the end, with one core idle."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.get_closest_marker("faults") is None))
+
+
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny_arch(request) -> str:
     return request.param

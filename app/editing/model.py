@@ -209,6 +209,32 @@ def wrap_model(
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, device=dev)
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 matmul units
+
+
+def bf16_is_fast(device: str, cpuinfo: str | None = None) -> bool:
+    """Whether bf16 forward passes beat float32 on `device`: on CUDA, and on CPUs with bf16 units.
+    Elsewhere torch emulates bf16 matmuls (on a 2-core AVX2 EPYC, SmolLM2's canaries took 7× as
+    long in bf16 as in float32). `cpuinfo`: /proc/cpuinfo's text (read when None; '' off Linux)."""
+    if device.startswith("cuda"):
+        return True
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def reading_dtype(name: str, device: str) -> torch.dtype:
+    """The torch dtype for a read-only copy named 'float32', 'bfloat16', 'float16' or 'auto'
+    (bfloat16 where bf16_is_fast, else float32)."""
+    if name == "auto":
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+    return getattr(torch, name)
+
+
 class LoweredCopy:
     """The model in a lower precision (bf16 / fp16) for reading only, whose edited layers follow the
     float32 weights on refresh(): edits and replay stay float32 (the log's hash is over them, and

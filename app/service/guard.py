@@ -15,13 +15,15 @@ a threshold gets:
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import torch
 from sqlalchemy.exc import IntegrityError
 
 from app.config import ServiceConfig
-from app.editing.model import LoweredCopy
+from app.editing.model import LoweredCopy, reading_dtype
+from app.editing.progress import Cancelled
 from app.editing.prompts import decode_text
 from app.editing.reading import target_probabilities
 from app.editing.types import BatchResult, EditOutcome, EditRequest, LayerDelta, join_deltas
@@ -75,16 +77,40 @@ class Guard:
     def model(self):
         """The model the canaries read: a copy in `canary_dtype` whose edited layers are the worker's now."""
         if self._copy is None:
-            self._copy = LoweredCopy(self.host.editor.lm, self.host.layers, getattr(torch, self.config.canary_dtype))
+            lm = self.host.editor.lm
+            self._copy = LoweredCopy(lm, self.host.layers, reading_dtype(self.config.canary_dtype, str(lm.device)))
         self._copy.refresh()
         return self._copy.model
 
     # --- the canaries of this log -------------------------------------------------------------
 
-    def ensure(self) -> None:
+    @contextmanager
+    def stoppable(self, stop: threading.Event | None):
+        """While inside, every forward pass of the canary model first checks `stop` and raises
+        Cancelled once it is set: choosing and scoring the canaries takes seconds to minutes, and a
+        process asked to stop must not wait for it. Nothing is recorded before a step finishes."""
+        if stop is None:
+            yield
+            return
+
+        def check(*_):
+            if stop.is_set():
+                raise Cancelled("stopped on request")
+
+        handle = self.model.base_model.register_forward_pre_hook(check)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def ensure(self, stop: threading.Event | None = None) -> None:
         """Load the log's canaries, or choose and record them (first start of a log); score the
         unedited model and the head version where they have no score yet. Called by the worker
-        once it holds the writer lock."""
+        once it holds the writer lock; `stop` set ends it at its next forward pass (Cancelled)."""
+        with self.stoppable(stop):
+            self._ensure()
+
+    def _ensure(self) -> None:
         with self.host.sessions() as session:
             rows = repo.canaries(session)
         if not rows:

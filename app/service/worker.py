@@ -16,6 +16,7 @@ import threading
 from prometheus_client import Counter, Histogram
 
 from app.config import ServiceConfig
+from app.editing.progress import Cancelled
 from app.queue import Message, QueueLost, WorkQueue
 from app.service import faults, shown
 from app.service.applying import JobReport, LostWriterLock, apply_edits, revert_edit
@@ -76,11 +77,13 @@ class Worker:
         self.guard = Guard(config, host) if config.canaries else None
         # The process's start-up, when this worker's first canary scoring is its last stage.
         self.startup: Startup | None = None
+        self._stop: threading.Event | None = None  # run()'s; ends a canary scoring under way
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Stand by until the writer lock is ours, then work until `stop` is set."""
+        self._stop = stop
         try:
             while not stop.is_set():
                 try:
@@ -100,6 +103,8 @@ class Worker:
                             log.error("writer lock lost; standing by again")
                             break
                         self.step()
+                except Cancelled:  # asked to stop in the middle of the canaries
+                    log.info("stopped while scoring the canaries")
                 except Exception as exc:  # keep the process alive; a standby may take over meanwhile
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("worker loop failed; releasing the writer lock and retrying")
@@ -122,7 +127,9 @@ class Worker:
                 startup.for_part("worker")
                 startup.begin("scoring canaries", "the unedited model and the log's head", expected_s=CANARIES_S)
             try:
-                self.guard.ensure()
+                self.guard.ensure(self._stop)
+            except Cancelled:
+                raise
             except Exception as exc:  # edits go on unguarded rather than not at all; /ready says why
                 self.guard.set = None
                 self.last_error = f"canaries unavailable ({type(exc).__name__}: {exc}); edits are not guarded"

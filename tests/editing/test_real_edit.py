@@ -67,7 +67,10 @@ def test_ten_counterfact_facts_in_one_batch(smollm2, shared_data):
         editor.remove_batch(1)
 
 
-def test_cli_edit_changes_the_real_models_answer():
+def test_cli_edit_changes_the_real_models_answer(shared_data, monkeypatch):
+    # The WikiText C₀ the other SmolLM2 tests share: the default (generated text) is built by
+    # tests/editing/test_corpus.py on a tiny model, and on SmolLM2 it takes minutes of sampling.
+    monkeypatch.setenv("KEDIT_STATS_CORPUS", str(shared_data / "corpus"))
     result = CliRunner().invoke(
         app,
         [

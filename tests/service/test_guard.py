@@ -8,6 +8,8 @@ Kills in the middle of a guarded batch: tests/faults/test_guard_kills.py."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from app.editing.types import EditRequest
@@ -16,7 +18,7 @@ from app.service import edits as edit_service
 from app.service.context import ServiceContext
 from app.store import repo
 from tests.utils.guard import answers, plant
-from tests.utils.service import FACTS, TINY_OVERRIDES, TINY_PROMPTS
+from tests.utils.service import FACTS, TINY_OVERRIDES, TINY_PROMPTS, wait_for
 
 # Prompts the tiny model may know; the canary is whichever one edit of the batch alone breaks.
 CANDIDATES = [
@@ -68,7 +70,8 @@ def guarded(make_config):
     made = []
 
     def make(policy: str):
-        ctx = ServiceContext.open(make_config(guard=policy, edit_overrides=STRONG, **LOOSE), queue=LocalQueue())
+        cfg = make_config(guard=policy, edit_overrides=STRONG, canary_dtype="bfloat16", **LOOSE)  # the bf16 copy
+        ctx = ServiceContext.open(cfg, queue=LocalQueue())
         worker = ctx.build_worker()
         assert worker.lock.try_acquire()
         made.append((ctx, worker))
@@ -168,3 +171,36 @@ def test_reject_of_a_batch_of_one_commits_nothing(guarded):
     with ctx.sessions() as s:
         assert repo.head_version_id(s) == 0
     assert worker.host.editor.weights_hash() == worker.host.base_hash
+
+
+def test_a_stop_while_the_canaries_are_chosen_ends_the_worker_and_records_nothing(make_config):
+    """Choosing and scoring the canaries is the worker's longest first step (about 20 s on SmolLM2);
+    a stop asked for in the middle ends it at the next forward pass, with nothing half recorded,
+    and the next start does the whole of it."""
+    ctx = ServiceContext.open(make_config(), queue=LocalQueue())
+    worker = ctx.build_worker()
+    choosing = threading.Event()
+    hook = worker.guard.model.base_model.register_forward_pre_hook(lambda *_: choosing.set())
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    try:
+        thread.start()
+        assert choosing.wait(60), "the worker never began choosing its canaries"
+        stop.set()
+        thread.join(60)
+        assert not thread.is_alive()
+        with ctx.sessions() as s:
+            assert repo.canaries(s) == [] and repo.quality_at(s, 0) is None
+        hook.remove()
+
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        wait_for(lambda: worker.active, 120, "the worker to choose and score its canaries")
+        assert worker.guard.active, worker.last_error
+        with ctx.sessions() as s:
+            assert repo.canaries(s) and repo.quality_at(s, 0) is not None
+    finally:
+        stop.set()
+        thread.join(60)
+        ctx.close()

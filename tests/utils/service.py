@@ -19,6 +19,10 @@ TINY_OVERRIDES = {
     "max_steps": 4,
     "lambda_p": 1.0,
     "lambda_n": 1.0,
+    # A random tiny model shows few facts, so the default re-edit passes would write every batch three
+    # times; the levers are tested where they are built (tests/editing) and on SmolLM2 by default.
+    "reedit_passes": 0,
+    "chat_contexts": 0,
 }
 
 TINY_CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
