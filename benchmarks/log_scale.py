@@ -23,6 +23,7 @@ database kedit_logscale_<random> is dropped at the end).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -375,8 +376,12 @@ def main(
         },
         "codec": "safetensors of u, v, keys in KEDIT_FACTOR_DTYPE, top bytes zlib-compressed, as app/store/codec.py "
         "stores them",
-        "cpu": f"{os.cpu_count()} cores, shared",
+        "cpu": f"{os.cpu_count()} cores",
         "torch_threads": torch.get_num_threads(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip(),
+        "date": datetime.date.today().isoformat(),
     }
     try:
         print(f"filling {url} with {edits} edits in batches of {batch_size} ...", flush=True)
@@ -487,11 +492,11 @@ def write(r: dict) -> None:
     api_how = "from the newest weight snapshot" if r.get("snapshot_every") else "from W₀"
     md = f"""# The edit log at {r["edits"]:,} edits (benchmarks/log_scale.py)
 
-PostgreSQL on 127.0.0.1, {r["cpu"]} (other jobs running beside it), torch threads {r["torch_threads"]}.
+Commit {r.get("commit", "?")}, {r.get("date", "?")}. PostgreSQL on 127.0.0.1, {r["cpu"]}, torch threads {r["torch_threads"]}.
 {r["edits"]:,} synthetic edits in {r["versions"]:,} batches of {r["batch_size"]} at SmolLM2-135M's edited layers
 {r["layers"]} (W 576×1536; per batch and layer U 576×B, V 1536×B, keys 1536×B), hashes computed the real
 way; stored as the service stores them: {r["codec"]}.
-Command: `nice .venv/bin/python -m benchmarks.log_scale --edits {r["edits"]}{snap_arg}`.
+Command: `.venv/bin/python -m benchmarks.log_scale --edits {r["edits"]}{snap_arg}`.
 
 | measure | value | goal |
 |---|---|---|

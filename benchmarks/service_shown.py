@@ -21,6 +21,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,7 @@ from benchmarks.procs import REPO, stop, wait_ready
 
 DATA = KeditConfig().data_dir / "counterfact_extra" / "counterfact-edit.json"
 GEN_TOKENS, CHAT_TOKENS = 10, 24  # as the evaluation and the worker's own check
+CLIENTS = 8  # concurrent clients asking, batched by the server as a user's clients are
 
 
 def _complete(c: httpx.Client, model: str, prompt: str) -> str:
@@ -54,17 +56,18 @@ def _chat(c: httpx.Client, model: str, question: str) -> str:
 
 
 def _ask_all(c: httpx.Client, model: str, records: list[CounterFactRecord], desc: str) -> list[dict]:
-    out = []
-    for r in tqdm(records, desc=desc, unit="fact"):
-        out.append(
-            {
-                "prompt": _complete(c, model, r.rewrite_prompt),
-                "paraphrase": _complete(c, model, r.paraphrase_prompts[0]),
-                "neighbour": _complete(c, model, r.neighborhood_prompts[0]),
-                "chat": _chat(c, model, chat_question(r)[0]),
-            }
-        )
-    return out
+    """Every record's four questions, CLIENTS at a time (the server batches concurrent requests)."""
+
+    def ask(r: CounterFactRecord) -> dict:
+        return {
+            "prompt": _complete(c, model, r.rewrite_prompt),
+            "paraphrase": _complete(c, model, r.paraphrase_prompts[0]),
+            "neighbour": _complete(c, model, r.neighborhood_prompts[0]),
+            "chat": _chat(c, model, chat_question(r)[0]),
+        }
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        return list(tqdm(pool.map(ask, records), total=len(records), desc=desc, unit="fact"))
 
 
 def _pct(flags: list[bool]) -> float:

@@ -36,6 +36,8 @@ def _config(builds_stats: bool = False, **given):
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic names each of its plugins at INFO on every start: a dozen lines that say nothing to an operator.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _run_http(cfg, with_worker: bool, log_level: str) -> None:
