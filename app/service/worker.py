@@ -77,13 +77,11 @@ class Worker:
         self.guard = Guard(config, host) if config.canaries else None
         # The process's start-up, when this worker's first canary scoring is its last stage.
         self.startup: Startup | None = None
-        self._stop: threading.Event | None = None  # run()'s; ends a canary scoring under way
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Stand by until the writer lock is ours, then work until `stop` is set."""
-        self._stop = stop
         try:
             while not stop.is_set():
                 try:
@@ -97,7 +95,7 @@ class Worker:
                     continue
                 log.info("writer lock acquired: this worker edits %s", self.host.model_name)
                 try:
-                    self.become_active()
+                    self.become_active(stop)
                     while not stop.is_set():
                         if not self.lock.still_held():
                             log.error("writer lock lost; standing by again")
@@ -115,7 +113,9 @@ class Worker:
         finally:
             self.lock.release()
 
-    def become_active(self) -> None:
+    def become_active(self, stop: threading.Event | None = None) -> None:
+        """Take up the writer's work: catch up with the log, requeue what a dead worker left, load or
+        choose the canaries (`stop` set ends that at its next forward pass: Cancelled)."""
         self.host.sync_or_rebuild()
         with transaction(self.host.sessions) as session:
             n = repo.requeue_applying(session)
@@ -127,7 +127,7 @@ class Worker:
                 startup.for_part("worker")
                 startup.begin("scoring canaries", "the unedited model and the log's head", expected_s=CANARIES_S)
             try:
-                self.guard.ensure(self._stop)
+                self.guard.ensure(stop)
             except Cancelled:
                 raise
             except Exception as exc:  # edits go on unguarded rather than not at all; /ready says why

@@ -329,8 +329,14 @@ def test_checkpoint_sample_is_fixed_size_and_weights_can_be_restored(tmp_path, c
 
 def _tiny_eval_args(model_dir, cache, max_steps: int, generation_samples: int) -> list[str]:
     """The options the CLI tests give `kedit eval` for the tiny model: two layers, short runs."""
-    sets = {"layers": "[1,2]", "stats_tokens": "1000", "max_steps": str(max_steps), "n_prefixes": "1"}
-    sets["reedit_passes"] = "0"  # a random tiny model shows few facts: the passes would only triple the run
+    # reedit_passes 0: a random tiny model shows few facts, so the passes would only triple the run.
+    sets = {
+        "layers": "[1,2]",
+        "stats_tokens": "1000",
+        "max_steps": str(max_steps),
+        "n_prefixes": "1",
+        "reedit_passes": "0",
+    }
     return [
         *("--model", str(model_dir), "--cache-dir", str(cache), "--batch-size", "2"),
         *(arg for name, value in sets.items() for arg in ("--set", f"{name}={value}")),
